@@ -1,0 +1,3 @@
+from cachefleet.cli import main
+
+main()

@@ -1,0 +1,55 @@
+"""The embedded bus: an amqtt MQTT broker on loopback, one per cluster.
+
+Run as ``python -m cachefleet.broker --host 127.0.0.1 --port P --state-dir D --cluster NAME``;
+it stops on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+from amqtt.broker import Broker
+
+from cachefleet.log import configure
+
+
+def broker_config(host: str, port: int) -> dict[str, object]:
+    return {
+        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 0}},
+        "plugins": {
+            "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+        },
+    }
+
+
+async def serve(host: str, port: int) -> None:
+    broker = Broker(broker_config(host, port))
+    await broker.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await broker.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m cachefleet.broker")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--cluster", default="")
+    parser.add_argument("--state-dir", default="")
+    args = parser.parse_args()
+    log = configure("broker", cluster=args.cluster)
+    logging.getLogger("amqtt").setLevel(logging.ERROR)
+    logging.getLogger("transitions").setLevel(logging.ERROR)
+    log.info("broker_started", address=f"{args.host}:{args.port}")
+    asyncio.run(serve(args.host, args.port))
+    log.info("broker_stopped")
+
+
+if __name__ == "__main__":
+    main()

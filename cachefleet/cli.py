@@ -1,0 +1,86 @@
+"""The `cachefleet` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from cachefleet import __version__
+from cachefleet.errors import CachefleetError, TopologyError
+
+
+def _out(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cachefleet", description="Self-hosted managed in-memory cache clusters."
+    )
+    parser.add_argument("--version", action="version", version=f"cachefleet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="create (or restart) a cluster from a topology file")
+    p.add_argument("topology", help="topology YAML file")
+    p.add_argument("--detach", action="store_true", help="return once the cluster is available")
+    p.add_argument("--state-dir", default=None, help="state directory (default ~/.cachefleet)")
+
+    p = sub.add_parser("status", help="show a cluster's shards, nodes and endpoints")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--state-dir", default=None)
+
+    p = sub.add_parser("down", help="stop every process of a cluster")
+    p.add_argument("name")
+    p.add_argument("--purge", action="store_true", help="also delete the cluster's state dir")
+    p.add_argument("--state-dir", default=None)
+
+    p = sub.add_parser("validate", help="check a topology file and print the resolved model")
+    p.add_argument("topology")
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from cachefleet import cluster
+
+    if args.command == "up":
+        return asyncio.run(
+            cluster.up(args.topology, state_dir=args.state_dir, detach=args.detach, out=_out)
+        )
+    if args.command == "status":
+        st = asyncio.run(cluster.status(args.name, state_dir=args.state_dir))
+        _out(json.dumps(st, indent=2) if args.json else cluster.format_status(st))
+        return 0
+    if args.command == "down":
+        return cluster.down(args.name, state_dir=args.state_dir, purge=args.purge, out=_out)
+    if args.command == "validate":
+        from cachefleet.topology import load_topology
+
+        topo = load_topology(args.topology)
+        _out(
+            f"{args.topology}: ok: cluster {topo.name}, {topo.engine}, {len(topo.zones)} zones, "
+            f"{topo.shards} shards x {1 + topo.replicas_per_shard} nodes"
+        )
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        code = run(argv)
+    except TopologyError as exc:
+        print(f"cachefleet: error: {exc}", file=sys.stderr)
+        code = 2
+    except CachefleetError as exc:
+        print(f"cachefleet: error: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

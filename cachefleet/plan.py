@@ -1,0 +1,156 @@
+"""Placement: which node lives in which zone on which port, decided once at `up`.
+
+The plan is pure given the topology and the allocated ports; `cachefleet up` writes it to
+``<state-dir>/<cluster>/plan.json`` and every process of the cluster reads it from there.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cachefleet.slots import Range, split_slots
+from cachefleet.topology import CLUSTER_BUS_OFFSET, Topology, parse_topology
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str  # stable logical name: <cluster>-<shard:04>-<member:03>
+    shard: int  # 1-based
+    member: int  # 0 = initial primary
+    zone: str
+    host: str
+    port: int
+    bus_port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    topology: Topology
+    raw_topology: dict[str, Any]
+    nodes: tuple[NodeSpec, ...]
+    slot_ranges: tuple[Range, ...]  # index i -> shard i+1
+    engine_binary: str
+    bus_host: str
+    bus_port: int
+    router_host: str
+    router_port: int
+
+    @property
+    def name(self) -> str:
+        return self.topology.name
+
+    def node(self, name: str) -> NodeSpec:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def zone_nodes(self, zone: str) -> list[NodeSpec]:
+        return [n for n in self.nodes if n.zone == zone]
+
+    def shard_nodes(self, shard: int) -> list[NodeSpec]:
+        return [n for n in self.nodes if n.shard == shard]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "v": 1,
+                "topology": self.raw_topology,
+                "source": self.topology.source,
+                "nodes": [asdict(n) for n in self.nodes],
+                "slot_ranges": [list(r) for r in self.slot_ranges],
+                "engine_binary": self.engine_binary,
+                "bus": {"host": self.bus_host, "port": self.bus_port},
+                "router": {"host": self.router_host, "port": self.router_port},
+            },
+            indent=2,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        data = json.loads(text)
+        topology = parse_topology(data["topology"], data.get("source", "<plan>"))
+        return cls(
+            topology=topology,
+            raw_topology=data["topology"],
+            nodes=tuple(NodeSpec(**n) for n in data["nodes"]),
+            slot_ranges=tuple((a, b) for a, b in data["slot_ranges"]),
+            engine_binary=data["engine_binary"],
+            bus_host=data["bus"]["host"],
+            bus_port=data["bus"]["port"],
+            router_host=data["router"]["host"],
+            router_port=data["router"]["port"],
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> Plan:
+        return cls.from_json(path.read_text())
+
+
+def node_name(cluster: str, shard: int, member: int) -> str:
+    return f"{cluster}-{shard:04d}-{member + 1:03d}"
+
+
+def place(topology: Topology) -> list[tuple[int, int, str]]:
+    """(shard, member, zone) for every node.
+
+    Primaries go round-robin over the zones; replica r of shard s goes to zone (s + r) mod Z,
+    so with more than one zone no replica shares its primary's zone and a shard's replicas use
+    distinct zones while there are enough zones.
+    """
+    zones = topology.zones
+    out = []
+    for s in range(topology.shards):
+        for member in range(1 + topology.replicas_per_shard):
+            out.append((s + 1, member, zones[(s + member) % len(zones)]))
+    return out
+
+
+def build_plan(
+    topology: Topology,
+    raw_topology: dict[str, Any],
+    *,
+    engine_binary: str,
+    node_ports: list[tuple[int, int]] | None,
+    bus: tuple[str, int],
+    router_port: int,
+) -> Plan:
+    """Combine placement with ports: fixed (ports.base) when node_ports is None."""
+    placed = place(topology)
+    nodes = []
+    for i, (shard, member, zone) in enumerate(placed):
+        if node_ports is None:
+            assert topology.ports_base is not None
+            port = topology.ports_base + i
+            bus_port = port + CLUSTER_BUS_OFFSET
+        else:
+            port, bus_port = node_ports[i]
+        nodes.append(
+            NodeSpec(
+                name=node_name(topology.name, shard, member),
+                shard=shard,
+                member=member,
+                zone=zone,
+                host=topology.zone_address(zone),
+                port=port,
+                bus_port=bus_port,
+            )
+        )
+    return Plan(
+        topology=topology,
+        raw_topology=raw_topology,
+        nodes=tuple(nodes),
+        slot_ranges=tuple(split_slots(topology.shards)),
+        engine_binary=engine_binary,
+        bus_host=bus[0],
+        bus_port=bus[1],
+        router_host="127.0.0.1",
+        router_port=router_port,
+    )

@@ -1,0 +1,152 @@
+"""Process bookkeeping: spawn detached children with pid files; find and stop them again.
+
+A pid file alone is not trusted: a pid is only ours while /proc/<pid>/cmdline still names the
+cluster's state directory, so a recycled pid is never signalled.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from cachefleet.state import ClusterDir
+
+
+def python_module_cmd(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def spawn(cdir: ClusterDir, process: str, argv: Sequence[str]) -> int:
+    """Start `argv` in its own session, output to logs/<process>.log, pid to pids/<process>.pid."""
+    cdir.make()
+    log = open(cdir.log_file(process), "ab")  # noqa: SIM115 - handed to the child
+    try:
+        child = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            cwd=cdir.root,
+        )
+    finally:
+        log.close()
+    write_pid(cdir.pid_file(process), child.pid)
+    return child.pid
+
+
+def write_pid(path: Path, pid: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{pid}\n")
+    tmp.replace(path)
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _argv(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.decode(errors="replace").split("\0")
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
+
+
+def alive_and_ours(pid: int, marker: str) -> bool:
+    """True while `pid` runs (not a zombie) and its argv names `marker`: an engine's config
+    file under that path, or a cachefleet process's ``--state-dir D --cluster NAME`` with
+    ``D/NAME == marker``."""
+    argv = _argv(pid)
+    if argv is None or not _names(argv, marker):
+        return False
+    return not _zombie(pid)
+
+
+def _names(argv: list[str], marker: str) -> bool:
+    if any(arg == marker or arg.startswith(marker + "/") for arg in argv):
+        return True
+    opts = dict(zip(argv, argv[1:], strict=False))
+    home, name = opts.get("--state-dir"), opts.get("--cluster")
+    return home is not None and name is not None and str(Path(home) / name) == marker
+
+
+def live_processes(cdir: ClusterDir) -> dict[str, int]:
+    """Every process of the cluster still running, by its pid-file name."""
+    marker = str(cdir.root)
+    out: dict[str, int] = {}
+    if not cdir.pids.is_dir():
+        return out
+    for pid_file in sorted(cdir.pids.glob("*.pid")):
+        pid = read_pid(pid_file)
+        if pid is not None and alive_and_ours(pid, marker):
+            out[pid_file.stem] = pid
+    return out
+
+
+def signal_pids(pids: Iterable[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def reap_children() -> None:
+    """Collect exited children of this process so they do not linger as zombies."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def wait_gone(pids: dict[str, int], marker: str, timeout: float) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    left = dict(pids)
+    while left and time.monotonic() < deadline:
+        reap_children()
+        left = {k: p for k, p in left.items() if alive_and_ours(p, marker)}
+        if left:
+            time.sleep(0.05)
+    return left
+
+
+def stop_processes(cdir: ClusterDir, order: Sequence[Sequence[str]], timeout: float = 10.0) -> None:
+    """Stop the cluster's processes group by group (prefix match), SIGTERM then SIGKILL."""
+    marker = str(cdir.root)
+    live = live_processes(cdir)
+    for prefixes in order:
+        group = {k: p for k, p in live.items() if any(k.startswith(x) for x in prefixes)}
+        signal_pids(group.values(), signal.SIGTERM)
+        signal_pids(group.values(), signal.SIGCONT)  # a paused process must see the SIGTERM
+        left = wait_gone(group, marker, timeout)
+        signal_pids(left.values(), signal.SIGKILL)
+        wait_gone(left, marker, 2.0)
+    rest = live_processes(cdir)
+    signal_pids(rest.values(), signal.SIGKILL)
+    wait_gone(rest, marker, 2.0)
+    for pid_file in cdir.pids.glob("*.pid") if cdir.pids.is_dir() else []:
+        pid = read_pid(pid_file)
+        if pid is None or not alive_and_ours(pid, marker):
+            pid_file.unlink(missing_ok=True)

@@ -1,0 +1,70 @@
+"""The state directory: ``<state-dir>/<cluster>/`` holds everything a cluster owns on disk."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from cachefleet.errors import StateError
+from cachefleet.plan import Plan
+
+
+def state_home(state_dir: str | os.PathLike[str] | None = None) -> Path:
+    """--state-dir, else $CACHEFLEET_HOME, else ~/.cachefleet (always absolute)."""
+    raw = state_dir or os.environ.get("CACHEFLEET_HOME") or Path.home() / ".cachefleet"
+    return Path(raw).expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class ClusterDir:
+    home: Path
+    name: str
+
+    @property
+    def root(self) -> Path:
+        return self.home / self.name
+
+    @property
+    def plan_path(self) -> Path:
+        return self.root / "plan.json"
+
+    @property
+    def pids(self) -> Path:
+        return self.root / "pids"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def events_path(self) -> Path:
+        return self.root / "events.jsonl"
+
+    def node_dir(self, node: str) -> Path:
+        return self.root / "nodes" / node
+
+    def sentinel_dir(self, sentinel: str) -> Path:
+        return self.root / "sentinels" / sentinel
+
+    def pid_file(self, process: str) -> Path:
+        return self.pids / f"{process}.pid"
+
+    def log_file(self, process: str) -> Path:
+        return self.logs / f"{process}.log"
+
+    def exists(self) -> bool:
+        return self.plan_path.exists()
+
+    def make(self) -> None:
+        for d in (self.root, self.pids, self.logs, self.root / "nodes"):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def load_plan(self) -> Plan:
+        if not self.plan_path.exists():
+            raise StateError(f"no cluster named {self.name!r} under {self.home}")
+        return Plan.load(self.plan_path)
+
+    def purge(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)

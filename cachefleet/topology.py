@@ -1,0 +1,383 @@
+"""The topology: a declared cache cluster (YAML) parsed once into a validated, frozen model.
+
+Every rule lives here, including the timing invariants between settings, so the rest of the
+code never re-checks a field. A bad file raises :class:`TopologyError` naming the file, the
+field (dotted path) and the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import yaml
+
+from cachefleet.errors import TopologyError
+
+ENGINES = ("valkey", "redis", "memcached")
+ZONE_ADDRESSING = ("per-zone", "shared")
+MAXMEMORY_POLICIES = (
+    "noeviction",
+    "allkeys-lru",
+    "allkeys-lfu",
+    "allkeys-random",
+    "volatile-lru",
+    "volatile-lfu",
+    "volatile-random",
+    "volatile-ttl",
+)
+READ_FROM = ("primary", "replica", "same-zone")
+
+#: Named node sizes, like a managed service's node types: name -> maxmemory in bytes.
+NODE_TYPES: dict[str, int] = {
+    "cache.micro": 64 * 1024**2,
+    "cache.small": 256 * 1024**2,
+    "cache.medium": 1024**3,
+    "cache.large": 4 * 1024**3,
+}
+
+MAX_ZONES = 6
+MAX_SHARDS = 500
+MAX_REPLICAS = 5
+#: Engines listen on ``port`` and gossip on ``port + CLUSTER_BUS_OFFSET`` when ports are fixed.
+CLUSTER_BUS_OFFSET = 10000
+MAX_PORT = 65535
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+_ZONE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class Sentinels:
+    count: int
+    quorum: int
+    probe_interval_ms: int = 100
+    down_after_ms: int = 1000
+    failover_timeout_ms: int = 5000
+
+
+@dataclass(frozen=True)
+class Router:
+    port: int | None  # None: allocate a free port at `up`
+    read_from: str = "primary"
+    failover_wait_ms: int = 5000
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class Bus:
+    url: str  # "embedded" or mqtt://host:port
+
+    @property
+    def embedded(self) -> bool:
+        return self.url == "embedded"
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        parsed = urlparse(self.url)
+        assert parsed.hostname is not None and parsed.port is not None
+        return parsed.hostname, parsed.port
+
+
+@dataclass(frozen=True)
+class Persistence:
+    appendonly: bool = False
+
+
+@dataclass(frozen=True)
+class Durability:
+    min_replicas_to_write: int = 0
+    max_lag_s: int = 10
+
+
+@dataclass(frozen=True)
+class Topology:
+    name: str
+    engine: Literal["valkey", "redis", "memcached"]
+    zones: tuple[str, ...]
+    shards: int
+    replicas_per_shard: int
+    node_type: str
+    sentinels: Sentinels
+    router: Router
+    bus: Bus
+    persistence: Persistence = field(default_factory=Persistence)
+    durability: Durability = field(default_factory=Durability)
+    ports_base: int | None = None  # None: allocate free ports at `up`
+    zone_addressing: str = "per-zone"
+    maxmemory_policy: str = "volatile-lru"
+    engine_binary: str | None = None
+    source: str = "<topology>"
+
+    @property
+    def maxmemory(self) -> int:
+        return NODE_TYPES[self.node_type]
+
+    @property
+    def nodes_total(self) -> int:
+        return self.shards * (1 + self.replicas_per_shard)
+
+    def zone_address(self, zone: str) -> str:
+        """Zone *i* (1-based) owns 127.0.i.1, unless every zone shares 127.0.0.1."""
+        if self.zone_addressing == "shared":
+            return "127.0.0.1"
+        return f"127.0.{self.zones.index(zone) + 1}.1"
+
+
+class _Section:
+    """Reads one mapping of the YAML, tracking the dotted path and the fields consumed."""
+
+    def __init__(self, source: str, path: str, data: Any) -> None:
+        self.source = source
+        self.path = path
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise TopologyError(source, path or "<root>", f"must be a mapping, got {_kind(data)}")
+        self.data: Mapping[str, Any] = data
+        self.used: set[str] = set()
+
+    def fail(self, key: str, message: str) -> TopologyError:
+        return TopologyError(self.source, self.dotted(key), message)
+
+    def dotted(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def raw(self, key: str, default: Any = None) -> Any:
+        self.used.add(key)
+        return self.data.get(key, default)
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def section(self, key: str) -> _Section:
+        return _Section(self.source, self.dotted(key), self.raw(key))
+
+    def int(self, key: str, default: int | None, lo: int, hi: int) -> int:
+        value = self.raw(key, default)
+        if value is None:
+            raise self.fail(key, "is required")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"must be an integer, got {_kind(value)}")
+        if not lo <= value <= hi:
+            raise self.fail(key, f"{value} is out of range {lo}..{hi}")
+        return value
+
+    def int_or_auto(self, key: str, default: int | str, lo: int, hi: int) -> int | None:
+        value = self.raw(key, default)
+        if value == "auto":
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"must be an integer or 'auto', got {_kind(value)}")
+        if not lo <= value <= hi:
+            raise self.fail(key, f"{value} is out of range {lo}..{hi}")
+        return value
+
+    def str(self, key: str, default: str | None) -> str:
+        value = self.raw(key, default)
+        if value is None:
+            raise self.fail(key, "is required")
+        if not isinstance(value, str):
+            raise self.fail(key, f"must be a string, got {_kind(value)}")
+        return value
+
+    def choice(self, key: str, default: str | None, choices: tuple[str, ...]) -> str:
+        value = self.str(key, default)
+        if value not in choices:
+            raise self.fail(key, f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self.raw(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(key, f"must be true or false, got {_kind(value)}")
+        return value
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used, key=str)
+        if unknown:
+            raise self.fail(str(unknown[0]), "unknown field")
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"boolean {value!r}".lower()
+    if isinstance(value, str):
+        return f"string {value!r}"
+    if isinstance(value, int | float):
+        return f"number {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _is_loopback_host(host: str) -> bool:
+    return host == "localhost" or host.startswith("127.")
+
+
+def parse_topology(data: Any, source: str = "<topology>") -> Topology:
+    """Validate a parsed YAML document and return the model, or raise TopologyError."""
+    root = _Section(source, "", data)
+
+    name = root.str("name", None)
+    if not _NAME_RE.match(name):
+        raise root.fail(
+            "name", f"{name!r} must be 1-40 lowercase letters, digits or '-', starting with a letter"
+        )
+    engine = root.choice("engine", "valkey", ENGINES)
+
+    zones_raw = root.raw("zones", None)
+    if zones_raw is None:
+        raise root.fail("zones", "is required")
+    if not isinstance(zones_raw, list):
+        raise root.fail("zones", f"must be a list of zone names, got {_kind(zones_raw)}")
+    if not zones_raw:
+        raise root.fail("zones", "zone list is empty: give at least one zone")
+    if len(zones_raw) > MAX_ZONES:
+        raise root.fail("zones", f"{len(zones_raw)} zones given, at most {MAX_ZONES} are supported")
+    for i, zone in enumerate(zones_raw):
+        if not isinstance(zone, str) or not _ZONE_RE.match(zone):
+            raise root.fail(
+                f"zones[{i}]", f"{zone!r} must be lowercase letters, digits or '-' (max 32)"
+            )
+    if len(set(zones_raw)) != len(zones_raw):
+        dup = next(z for z in zones_raw if zones_raw.count(z) > 1)
+        raise root.fail("zones", f"zone {dup!r} is listed twice")
+    zones = tuple(zones_raw)
+    zone_addressing = root.choice("zone_addressing", "per-zone", ZONE_ADDRESSING)
+
+    shards = root.int("shards", 3, 1, MAX_SHARDS)
+    replicas = root.int("replicas_per_shard", 1, 0, MAX_REPLICAS)
+    node_type = root.choice("node_type", "cache.small", tuple(NODE_TYPES))
+    policy = root.choice("maxmemory_policy", "volatile-lru", MAXMEMORY_POLICIES)
+
+    engine_binary = root.raw("engine_binary", None)
+    if engine_binary is not None and not isinstance(engine_binary, str):
+        raise root.fail("engine_binary", f"must be a path, got {_kind(engine_binary)}")
+
+    nodes_total = shards * (1 + replicas)
+    ports = root.section("ports")
+    base = ports.int_or_auto("base", "auto", 1024, MAX_PORT)
+    ports.done()
+    if base is not None and base + nodes_total - 1 + CLUSTER_BUS_OFFSET > MAX_PORT:
+        room = MAX_PORT - CLUSTER_BUS_OFFSET - base + 1
+        raise ports.fail(
+            "base",
+            f"more shards than ports available: {nodes_total} nodes need ports "
+            f"{base}..{base + nodes_total - 1} plus cluster-bus ports +{CLUSTER_BUS_OFFSET}, "
+            f"only {max(room, 0)} fit below {MAX_PORT}",
+        )
+
+    router_s = root.section("router")
+    router_port = router_s.int_or_auto("port", "auto", 1, MAX_PORT)
+    if router_port is not None and base is not None:
+        taken = range(base, base + nodes_total)
+        bus_taken = range(base + CLUSTER_BUS_OFFSET, base + CLUSTER_BUS_OFFSET + nodes_total)
+        if router_port in taken or router_port in bus_taken:
+            raise router_s.fail("port", f"{router_port} collides with the node ports of ports.base")
+    router = Router(
+        port=router_port,
+        read_from=router_s.choice("read_from", "primary", READ_FROM),
+        failover_wait_ms=router_s.int("failover_wait_ms", 5000, 0, 60000),
+        workers=router_s.int("workers", 1, 1, 64),
+    )
+    router_s.done()
+
+    bus_s = root.section("bus")
+    url = bus_s.str("url", "embedded")
+    if url != "embedded":
+        parsed = urlparse(url)
+        try:
+            port_ok = parsed.port is not None
+        except ValueError:
+            port_ok = False
+        if parsed.scheme != "mqtt" or not parsed.hostname or not port_ok:
+            raise bus_s.fail("url", f"{url!r} must be 'embedded' or mqtt://host:port")
+        if not _is_loopback_host(parsed.hostname):
+            raise bus_s.fail("url", f"{parsed.hostname!r} is not a loopback address (127.0.0.0/8)")
+    bus_s.done()
+
+    sent = root.section("sentinels")
+    default_count = max(3, len(zones)) if len(zones) > 1 else 1
+    count = sent.int("count", default_count, 0, 9)
+    quorum = sent.int("quorum", count // 2 + 1 if count else 0, 0 if count == 0 else 1, 9)
+    if quorum > count:
+        raise sent.fail("quorum", f"{quorum} is greater than sentinels.count ({count})")
+    probe = sent.int("probe_interval_ms", 100, 10, 5000)
+    down_after = sent.int("down_after_ms", 1000, 100, 600000)
+    failover_timeout = sent.int("failover_timeout_ms", 5000, 500, 600000)
+    if probe * 3 > down_after:
+        raise sent.fail(
+            "probe_interval_ms",
+            f"{probe} ms is too long for down_after_ms {down_after}: "
+            "need at least 3 probes per down-after period",
+        )
+    if failover_timeout <= down_after:
+        raise sent.fail(
+            "failover_timeout_ms",
+            f"{failover_timeout} must be greater than down_after_ms ({down_after})",
+        )
+    sent.done()
+    sentinels = Sentinels(count, quorum, probe, down_after, failover_timeout)
+
+    pers = root.section("persistence")
+    persistence = Persistence(appendonly=pers.bool("appendonly", False))
+    pers.done()
+
+    dur = root.section("durability")
+    min_rw = dur.int("min_replicas_to_write", 0, 0, MAX_REPLICAS)
+    if min_rw > replicas:
+        raise dur.fail(
+            "min_replicas_to_write",
+            f"{min_rw} is greater than replicas_per_shard ({replicas}): no write would succeed",
+        )
+    max_lag = dur.int("max_lag_s", 10, 1, 3600)
+    dur.done()
+
+    root.done()
+
+    return Topology(
+        name=name,
+        engine=engine,  # type: ignore[arg-type]
+        zones=zones,
+        shards=shards,
+        replicas_per_shard=replicas,
+        node_type=node_type,
+        sentinels=sentinels,
+        router=router,
+        bus=Bus(url),
+        persistence=persistence,
+        durability=Durability(min_rw, max_lag),
+        ports_base=base,
+        zone_addressing=zone_addressing,
+        maxmemory_policy=policy,
+        engine_binary=engine_binary,
+        source=source,
+    )
+
+
+def load_topology(path: str | Path) -> Topology:
+    """Read and validate a topology file."""
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise TopologyError(source, "", "file not found") from None
+    except OSError as exc:
+        raise TopologyError(source, "", f"cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise TopologyError(source, "", f"invalid YAML{where}: {problem}") from None
+    return parse_topology(data, source)

@@ -1,0 +1,1 @@
+"""Sentinels: failure detection quorum and failover authority."""

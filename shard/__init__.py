@@ -1,0 +1,1 @@
+"""Zone agents: render engine configs, start and supervise nodes, create the cluster."""

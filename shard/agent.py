@@ -1,0 +1,369 @@
+"""The zone agent: starts, watches and replaces the nodes of one zone; publishes their state.
+
+One process per zone (``python -m shard --cluster NAME --zone az-a --state-dir D``). Node
+supervision never depends on the bus: if the broker is down the agent keeps replacing nodes
+and reconnects to the bus with capped, jittered back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+import structlog
+
+from cachefleet import bus
+from cachefleet.events import append_event, make_event
+from cachefleet.plan import NodeSpec, Plan
+from cachefleet.proc import alive_and_ours, read_pid, write_pid
+from cachefleet.state import ClusterDir
+from shard.admin import connect, info, myself, parse_cluster_nodes, try_call
+from shard.config import render_engine_config
+
+STATE_INTERVAL_S = 1.0
+RESTART_BACKOFF_MIN_S = 0.05
+RESTART_BACKOFF_MAX_S = 5.0
+STOP_GRACE_S = 5.0
+
+
+@dataclass
+class NodeRuntime:
+    spec: NodeSpec
+    pid: int | None = None
+    child: asyncio.subprocess.Process | None = None
+    engine_id: str | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    status: str = "starting"
+    last_state: dict[str, Any] = field(default_factory=dict)
+
+
+class ZoneAgent:
+    def __init__(self, *, plan: Plan, cdir: ClusterDir, zone: str) -> None:
+        self.plan = plan
+        self.cdir = cdir
+        self.zone = zone
+        self.log = structlog.get_logger("agent").bind(cluster=plan.name, zone=zone)
+        self.nodes = {n.name: NodeRuntime(n) for n in plan.zone_nodes(zone)}
+        self.stopping = asyncio.Event()
+        self.outbox: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue(maxsize=10000)
+
+    # -- engine processes -------------------------------------------------------------------
+
+    def _paths(self, spec: NodeSpec) -> tuple[Any, Any, Any]:
+        node_dir = self.cdir.node_dir(spec.name)
+        return node_dir, node_dir / "data", node_dir / "node.conf"
+
+    def _write_config(self, spec: NodeSpec) -> Any:
+        node_dir, data_dir, conf = self._paths(spec)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        text = render_engine_config(self.plan, spec, data_dir, self.cdir.log_file(f"node.{spec.name}"))
+        conf.write_text(text)
+        return conf
+
+    async def _start(self, rt: NodeRuntime) -> None:
+        conf = self._write_config(rt.spec)
+        rt.child = await asyncio.create_subprocess_exec(
+            self.plan.engine_binary,
+            str(conf),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        rt.pid = rt.child.pid
+        rt.started_at = time.monotonic()
+        write_pid(self.cdir.pid_file(f"node.{rt.spec.name}"), rt.pid)
+        self.log.info("node_started", node=rt.spec.name, pid=rt.pid, address=rt.spec.address)
+
+    def _adopt(self, rt: NodeRuntime) -> bool:
+        """Take over a node process left running by an earlier agent of this zone."""
+        pid = read_pid(self.cdir.pid_file(f"node.{rt.spec.name}"))
+        _, _, conf = self._paths(rt.spec)
+        if pid is not None and alive_and_ours(pid, str(conf)):
+            rt.pid, rt.child = pid, None
+            rt.started_at = time.monotonic()
+            self.log.info("node_adopted", node=rt.spec.name, pid=pid)
+            return True
+        return False
+
+    async def _wait_exit(self, rt: NodeRuntime) -> int | None:
+        if rt.child is not None:
+            return await rt.child.wait()
+        _, _, conf = self._paths(rt.spec)
+        while rt.pid is not None and alive_and_ours(rt.pid, str(conf)):
+            await asyncio.sleep(0.1)
+        return None
+
+    async def _wait_ping(self, spec: NodeSpec, timeout: float = 10.0) -> str | None:
+        client = connect(spec.host, spec.port, timeout=1.0)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                node_id = await try_call(client, "CLUSTER", "MYID")
+                if node_id:
+                    return str(node_id)
+                await asyncio.sleep(0.02)
+            return None
+        finally:
+            await client.aclose()
+
+    async def supervise(self, rt: NodeRuntime) -> None:
+        """Start (or adopt) the node; whenever it dies, start it again and make it rejoin."""
+        if not self._adopt(rt):
+            await self._start(rt)
+        rt.engine_id = await self._wait_ping(rt.spec)
+        rt.status = "up"
+        backoff = RESTART_BACKOFF_MIN_S
+        while not self.stopping.is_set():
+            code = await self._wait_exit(rt)
+            if self.stopping.is_set():
+                return
+            rt.status = "down"
+            lived = time.monotonic() - rt.started_at
+            self.log.warning("node_exited", node=rt.spec.name, code=code, lived_s=round(lived, 2))
+            self._event("node_exited", node=rt.spec.name, zone=self.zone, code=code)
+            self._queue_state(rt, {"status": "down"})
+            backoff = RESTART_BACKOFF_MIN_S if lived > 10 else min(backoff * 2, RESTART_BACKOFF_MAX_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), backoff)
+            if self.stopping.is_set():
+                return
+            old_id = rt.engine_id
+            _, data_dir, _ = self._paths(rt.spec)
+            lost_identity = not (data_dir / "nodes.conf").exists()
+            await self._start(rt)
+            rt.restarts += 1
+            rt.engine_id = await self._wait_ping(rt.spec)
+            if lost_identity and rt.engine_id:
+                await self._rejoin(rt, old_id)
+            rt.status = "up"
+            self.log.info(
+                "node_replaced",
+                node=rt.spec.name,
+                pid=rt.pid,
+                lost_identity=lost_identity,
+                engine_id=rt.engine_id,
+            )
+            self._event(
+                "node_replaced",
+                node=rt.spec.name,
+                zone=self.zone,
+                id=rt.engine_id,
+                lost_identity=lost_identity,
+            )
+
+    async def _rejoin(self, rt: NodeRuntime, old_id: str | None) -> None:
+        """A node that lost nodes.conf comes back as a stranger: MEET it, make it a replica of
+        its shard's current primary, and make the others forget its old identity."""
+        peers = [n for n in self.plan.nodes if n.name != rt.spec.name]
+        me = connect(rt.spec.host, rt.spec.port)
+        try:
+            for peer in peers:
+                client = connect(peer.host, peer.port, timeout=1.0)
+                try:
+                    text = await try_call(client, "CLUSTER", "NODES")
+                    if not isinstance(text, str):
+                        continue
+                    view = parse_cluster_nodes(text)
+                    if len(view) <= 1:
+                        continue  # the cluster was never created: `up` will do it
+                    if old_id:
+                        await self._forget_everywhere(peers, old_id)
+                    await try_call(me, "CLUSTER", "MEET", peer.host, peer.port, peer.bus_port)
+                    shard_addrs = {(n.host, n.port) for n in self.plan.shard_nodes(rt.spec.shard)}
+                    primary = next(
+                        (
+                            line
+                            for line in view
+                            if line.is_primary and line.slots and (line.host, line.port) in shard_addrs
+                        ),
+                        None,
+                    )
+                    if primary is None:
+                        self.log.warning("rejoin_no_primary", node=rt.spec.name, shard=rt.spec.shard)
+                        return
+                    deadline = time.monotonic() + 10
+                    while time.monotonic() < deadline:
+                        reply = await try_call(me, "CLUSTER", "REPLICATE", primary.id)
+                        if reply:
+                            self.log.info("node_rejoined", node=rt.spec.name, primary=primary.id)
+                            return
+                        await asyncio.sleep(0.1)
+                    self.log.warning("rejoin_timeout", node=rt.spec.name)
+                    return
+                finally:
+                    await client.aclose()
+        finally:
+            await me.aclose()
+
+    async def _forget_everywhere(self, peers: list[NodeSpec], old_id: str) -> None:
+        async def forget(peer: NodeSpec) -> None:
+            client = connect(peer.host, peer.port, timeout=1.0)
+            try:
+                await try_call(client, "CLUSTER", "FORGET", old_id)
+            finally:
+                await client.aclose()
+
+        await asyncio.gather(*(forget(p) for p in peers))
+
+    async def stop_nodes(self) -> None:
+        pids = [rt.pid for rt in self.nodes.values() if rt.pid]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for rt in self.nodes.values():
+            if rt.pid is None:
+                continue
+            _, _, conf = self._paths(rt.spec)
+            if rt.child is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(rt.child.wait(), max(0.1, deadline - time.monotonic()))
+            while alive_and_ours(rt.pid, str(conf)) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if alive_and_ours(rt.pid, str(conf)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(rt.pid, signal.SIGKILL)
+                if rt.child is not None:
+                    await rt.child.wait()
+            self.cdir.pid_file(f"node.{rt.spec.name}").unlink(missing_ok=True)
+            self.log.info("node_stopped", node=rt.spec.name)
+
+    # -- state publishing ---------------------------------------------------------------------
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        event = make_event(kind, self.plan.name, **fields)
+        append_event(self.cdir.events_path, event)
+        self._enqueue(bus.topic(self.plan.name, "events"), bus.encode(event), False)
+
+    def _enqueue(self, topic: str, payload: bytes, retain: bool) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self.outbox.put_nowait((topic, payload, retain))
+
+    def _queue_state(self, rt: NodeRuntime, extra: dict[str, Any]) -> None:
+        state = {
+            "node": rt.spec.name,
+            "id": rt.engine_id,
+            "zone": self.zone,
+            "shard": rt.spec.shard,
+            "address": rt.spec.address,
+            "pid": rt.pid,
+            "restarts": rt.restarts,
+            **extra,
+        }
+        rt.last_state = state
+        self._enqueue(bus.topic(self.plan.name, "nodes", rt.spec.name, "state"), bus.encode(state), True)
+
+    async def _sample(self, rt: NodeRuntime) -> None:
+        if rt.status != "up":
+            return
+        client = connect(rt.spec.host, rt.spec.port, timeout=0.5)
+        try:
+            data = await info(client)
+            me = await myself(client)
+        finally:
+            await client.aclose()
+        if data is None:
+            self._queue_state(rt, {"status": "unresponsive"})
+            return
+        role = "primary" if data.get("role") == "master" else "replica"
+        offset = data.get("master_repl_offset", 0) if role == "primary" else data.get(
+            "slave_repl_offset", data.get("master_repl_offset", 0)
+        )
+        self._queue_state(
+            rt,
+            {
+                "status": "up",
+                "id": me.id if me else rt.engine_id,
+                "role": role,
+                "offset": offset,
+                "link": data.get("master_link_status") if role == "replica" else None,
+                "connected_replicas": data.get("connected_slaves", 0),
+                "used_memory": data.get("used_memory"),
+                "maxmemory": data.get("maxmemory"),
+                "ops_per_sec": data.get("instantaneous_ops_per_sec"),
+                "hits": data.get("keyspace_hits"),
+                "misses": data.get("keyspace_misses"),
+                "uptime_s": data.get("uptime_in_seconds"),
+            },
+        )
+
+    async def publish_states(self) -> None:
+        while not self.stopping.is_set():
+            await asyncio.gather(*(self._sample(rt) for rt in self.nodes.values()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), STATE_INTERVAL_S)
+
+    async def bus_pump(self) -> None:
+        """Send queued messages; one MQTT session for the agent, reconnecting with back-off."""
+        backoff = 0.2
+        agent_topic = bus.topic(self.plan.name, "agents", self.zone, "state")
+        while not self.stopping.is_set():
+            try:
+                async with bus.client(
+                    self.plan.bus_host,
+                    self.plan.bus_port,
+                    f"agent-{self.zone}",
+                    will=(agent_topic, b"offline"),
+                ) as client:
+                    backoff = 0.2
+                    await client.publish(
+                        agent_topic, bus.encode({"zone": self.zone, "status": "up"}), qos=1, retain=True
+                    )
+                    for rt in self.nodes.values():
+                        if rt.last_state:
+                            self._queue_state(rt, {})  # re-send current state after reconnect
+                    while True:
+                        getter = asyncio.ensure_future(self.outbox.get())
+                        stopper = asyncio.ensure_future(self.stopping.wait())
+                        done, _ = await asyncio.wait(
+                            {getter, stopper}, return_when=asyncio.FIRST_COMPLETED
+                        )
+                        stopper.cancel()
+                        if getter not in done:
+                            getter.cancel()
+                            await self._final_publish(client, agent_topic)
+                            return
+                        topic, payload, retain = getter.result()
+                        await client.publish(topic, payload, qos=1, retain=retain)
+            except aiomqtt.MqttError as exc:
+                self.log.warning("bus_disconnected", error=str(exc), retry_in_s=round(backoff, 2))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), backoff)
+                backoff = min(backoff * 2, 5.0) * random.uniform(0.8, 1.2)
+
+    async def _final_publish(self, client: aiomqtt.Client, agent_topic: str) -> None:
+        while not self.outbox.empty():
+            topic, payload, retain = self.outbox.get_nowait()
+            await client.publish(topic, payload, qos=1, retain=retain)
+        for rt in self.nodes.values():
+            await client.publish(
+                bus.topic(self.plan.name, "nodes", rt.spec.name, "state"), b"offline", qos=1, retain=True
+            )
+        await client.publish(agent_topic, b"offline", qos=1, retain=True)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        self.log.info("agent_started", nodes=sorted(self.nodes))
+        async with asyncio.TaskGroup() as tg:
+            for rt in self.nodes.values():
+                tg.create_task(self.supervise(rt), name=f"agent[{self.zone}].supervise[{rt.spec.name}]")
+            tg.create_task(self.publish_states(), name=f"agent[{self.zone}].states")
+            pump = tg.create_task(self.bus_pump(), name=f"agent[{self.zone}].bus")
+            await self.stopping.wait()
+            await self.stop_nodes()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(pump), 2.0)
+            pump.cancel()
+        self.log.info("agent_stopped")

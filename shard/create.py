@@ -1,0 +1,258 @@
+"""Cluster creation (MEET, ADDSLOTSRANGE, REPLICATE) and reading the live layout back.
+
+Every step is idempotent, so `up` on a half-created cluster finishes the job and `up` on a
+created one changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aredis
+
+from cachefleet.errors import ClusterTimeout
+from cachefleet.layout import Layout, LayoutNode, LayoutShard
+from cachefleet.plan import NodeSpec, Plan
+from cachefleet.slots import SLOTS
+from shard.admin import NodeLine, connect, info, parse_cluster_nodes, try_call
+
+Progress = Callable[[str], None]
+FULL_MESH_LIMIT = 64
+
+
+async def _until(
+    step: str, timeout: float, check: Callable[[], Awaitable[str | None]], interval: float = 0.05
+) -> None:
+    """Poll `check` (returns None when done, else what is still missing) until the deadline."""
+    deadline = time.monotonic() + timeout
+    missing: str | None = "not checked"
+    while time.monotonic() < deadline:
+        missing = await check()
+        if missing is None:
+            return
+        await asyncio.sleep(interval)
+    raise ClusterTimeout(step, timeout, missing or "")
+
+
+class Creator:
+    def __init__(self, *, plan: Plan, progress: Progress | None = None) -> None:
+        self.plan = plan
+        self.progress = progress or (lambda _msg: None)
+        self.clients: dict[str, aredis.Redis] = {
+            n.name: connect(n.host, n.port, timeout=3.0) for n in plan.nodes
+        }
+        self.ids: dict[str, str] = {}
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.aclose() for c in self.clients.values()), return_exceptions=True)
+
+    async def wait_nodes_up(self, timeout: float = 30.0) -> None:
+        async def check() -> str | None:
+            replies = await asyncio.gather(
+                *(try_call(c, "CLUSTER", "MYID") for c in self.clients.values())
+            )
+            down = [n for n, r in zip(self.clients, replies, strict=True) if not r]
+            for name, reply in zip(self.clients, replies, strict=True):
+                if reply:
+                    self.ids[name] = str(reply)
+            return f"nodes not answering: {', '.join(down)}" if down else None
+
+        await _until("nodes start", timeout, check)
+
+    async def _nodes_view(self, name: str) -> list[NodeLine] | None:
+        text = await try_call(self.clients[name], "CLUSTER", "NODES")
+        return parse_cluster_nodes(text) if isinstance(text, str) else None
+
+    async def create(self, timeout: float = 60.0) -> Layout:
+        plan = self.plan
+        nodes = list(plan.nodes)
+        self.progress(f"waiting for {len(nodes)} nodes")
+        await self.wait_nodes_up()
+
+        infos = await asyncio.gather(
+            *(try_call(self.clients[n.name], "CLUSTER", "INFO") for n in nodes)
+        )
+        fresh = all(
+            isinstance(i, str) and "cluster_known_nodes:1\r\n" in i + "\r\n" for i in infos
+        )
+        if fresh:
+            # Distinct config epochs up front, as `redis-cli --cluster create` does, so the
+            # engines need no epoch-collision rounds.
+            await asyncio.gather(
+                *(
+                    try_call(self.clients[n.name], "CLUSTER", "SET-CONFIG-EPOCH", i + 1)
+                    for i, n in enumerate(nodes)
+                    if n.member == 0
+                )
+            )
+
+        self.progress("meeting nodes")
+        await self._meet(nodes)
+
+        self.progress("assigning slots")
+        await self._assign_slots()
+
+        self.progress("waiting until every node knows every other")
+        await _until("cluster meet", timeout, self._check_all_known)
+
+        self.progress("attaching replicas")
+        await self._replicate()
+
+        self.progress("waiting for one agreed configuration and replicas in sync")
+        await _until("cluster convergence", timeout, self._check_converged)
+        return await self.observe(epoch=1)
+
+    async def _meet(self, nodes: list[NodeSpec]) -> None:
+        calls = []
+        if len(nodes) <= FULL_MESH_LIMIT:
+            pairs = [(a, b) for i, a in enumerate(nodes) for b in nodes[i + 1 :]]
+        else:
+            pairs = [(b, nodes[0]) for b in nodes[1:]]
+        for a, b in pairs:
+            calls.append(try_call(self.clients[a.name], "CLUSTER", "MEET", b.host, b.port, b.bus_port))
+        await asyncio.gather(*calls)
+
+    async def _assign_slots(self) -> None:
+        plan = self.plan
+        view = await self._nodes_view(plan.nodes[0].name) or []
+        assigned = {slot for line in view for a, b in line.slots for slot in range(a, b + 1)}
+        calls = []
+        for shard_index, (start, end) in enumerate(plan.slot_ranges):
+            primary = next(n for n in plan.shard_nodes(shard_index + 1) if n.member == 0)
+            if any(s in assigned for s in range(start, end + 1)):
+                continue
+            calls.append(
+                try_call(self.clients[primary.name], "CLUSTER", "ADDSLOTSRANGE", start, end)
+            )
+        await asyncio.gather(*calls)
+
+    async def _check_all_known(self) -> str | None:
+        wanted = set(self.ids.values())
+        views = await asyncio.gather(*(self._nodes_view(n) for n in self.clients))
+        for name, view in zip(self.clients, views, strict=True):
+            if view is None:
+                return f"{name} does not answer CLUSTER NODES"
+            known = {line.id for line in view if "handshake" not in line.flags}
+            if not wanted <= known:
+                return f"{name} knows {len(known & wanted)}/{len(wanted)} nodes"
+        return None
+
+    async def _replicate(self) -> None:
+        calls = []
+        views = await asyncio.gather(*(self._nodes_view(n.name) for n in self.plan.nodes))
+        mine = {
+            n.name: next((line for line in (v or []) if "myself" in line.flags), None)
+            for n, v in zip(self.plan.nodes, views, strict=True)
+        }
+        for node in self.plan.nodes:
+            if node.member == 0:
+                continue
+            primary = next(n for n in self.plan.shard_nodes(node.shard) if n.member == 0)
+            current = mine[node.name]
+            if current is not None and current.master_id == self.ids[primary.name]:
+                continue
+            calls.append(
+                try_call(self.clients[node.name], "CLUSTER", "REPLICATE", self.ids[primary.name])
+            )
+        await asyncio.gather(*calls)
+
+    async def _check_converged(self) -> str | None:
+        names = list(self.clients)
+        views = await asyncio.gather(*(self._nodes_view(n) for n in names))
+        signatures = set()
+        for name, view in zip(names, views, strict=True):
+            if view is None:
+                return f"{name} does not answer"
+            served = sum(b - a + 1 for line in view if line.is_primary for a, b in line.slots)
+            if served != SLOTS:
+                return f"{name} sees {served}/{SLOTS} slots served"
+            sig = tuple(
+                sorted((line.id, line.is_primary, line.master_id or "", line.slots) for line in view)
+            )
+            if any(line.failing for line in view):
+                return f"{name} still sees a node in handshake or failing"
+            signatures.add(sig)
+        if len(signatures) != 1:
+            return "nodes disagree on the configuration"
+        # A primary keeps cluster_state:fail for ~2 s after it starts (the engine's writable
+        # delay) and refuses commands until then: wait for ok everywhere.
+        infos = await asyncio.gather(*(try_call(c, "CLUSTER", "INFO") for c in self.clients.values()))
+        for name, text in zip(names, infos, strict=True):
+            if not isinstance(text, str) or "cluster_state:ok" not in text:
+                return f"{name} reports cluster_state other than ok"
+        replicas = [n for n in self.plan.nodes if n.member != 0]
+        repl = await asyncio.gather(*(info(self.clients[n.name], "replication") for n in replicas))
+        for node, rep in zip(replicas, repl, strict=True):
+            if rep is None or rep.get("master_link_status") != "up":
+                return f"{node.name} replica link not up"
+            if int(rep.get("master_sync_in_progress", 0)):
+                return f"{node.name} still syncing"
+        return None
+
+    async def observe(self, epoch: int) -> Layout:
+        """The live layout as the nodes report it (ids, roles, slots), shard ids from the plan."""
+        return await observe_layout(self.plan, self.clients, epoch=epoch)
+
+
+async def observe_layout(plan: Plan, clients: dict[str, aredis.Redis], *, epoch: int) -> Layout:
+    """Build the layout from CLUSTER NODES of the first node that answers."""
+    view: list[NodeLine] | None = None
+    for node in plan.nodes:
+        text = await try_call(clients[node.name], "CLUSTER", "NODES")
+        if isinstance(text, str):
+            view = parse_cluster_nodes(text)
+            if any(line.slots for line in view):
+                break
+    if view is None:
+        raise ClusterTimeout("observe layout", 0, "no node answers CLUSTER NODES")
+    by_addr = {(line.host, line.port): line for line in view}
+    shards = []
+    for shard_id in range(1, plan.topology.shards + 1):
+        members = []
+        slots: tuple[tuple[int, int], ...] = ()
+        for spec in plan.shard_nodes(shard_id):
+            line = by_addr.get((spec.host, spec.port))
+            if line is None:
+                continue
+            role = "primary" if line.is_primary else "replica"
+            if line.is_primary and line.slots:
+                slots = line.slots
+            members.append(
+                LayoutNode(
+                    name=spec.name,
+                    id=line.id,
+                    shard=shard_id,
+                    zone=spec.zone,
+                    host=spec.host,
+                    port=spec.port,
+                    bus_port=spec.bus_port,
+                    role=role,
+                )
+            )
+        # A shard has one primary in the layout: the master that holds its slots.
+        owners = [m for m in members if m.role == "primary"]
+        if len(owners) > 1:
+            holder = {
+                (line.host, line.port) for line in view if line.is_primary and line.slots
+            }
+            members = [
+                m if (m.role != "primary" or (m.host, m.port) in holder) else _as_replica(m)
+                for m in members
+            ]
+        shards.append(LayoutShard(id=shard_id, slots=slots, nodes=tuple(members)))
+    return Layout(cluster=plan.name, epoch=epoch, shards=tuple(shards))
+
+
+def _as_replica(node: LayoutNode) -> LayoutNode:
+    return LayoutNode(
+        name=node.name,
+        id=node.id,
+        shard=node.shard,
+        zone=node.zone,
+        host=node.host,
+        port=node.port,
+        bus_port=node.bus_port,
+        role="replica",
+    )
