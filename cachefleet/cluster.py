@@ -69,13 +69,16 @@ def _make_plan(topo: Topology, raw: dict[str, Any], binary: str) -> Plan:
     if topo.ports_base is None:
         hosts = [topo.zone_address(z) for _, _, z in _placement(topo)]
         node_ports = ports.allocate(hosts, pairs=True)
-    if topo.bus.embedded:
-        bus_addr = ("127.0.0.1", ports.allocate_one())
-    else:
-        bus_addr = topo.bus.host_port
+    embedded = topo.bus.embedded
+    bus_addr = ("127.0.0.1", ports.allocate_one()) if embedded else topo.bus.host_port
     router_port = topo.router.port if topo.router.port is not None else ports.allocate_one()
     return build_plan(
-        topo, raw, engine_binary=binary, node_ports=node_ports, bus=bus_addr, router_port=router_port
+        topo,
+        raw,
+        engine_binary=binary,
+        node_ports=node_ports,
+        bus=bus_addr,
+        router_port=router_port,
     )
 
 
@@ -96,9 +99,7 @@ def _check_ports_free(plan: Plan) -> None:
             raise CachefleetError(f"port {host}:{port} for the {what} is already in use")
 
 
-async def up(
-    topology_path: str, *, state_dir: str | None, detach: bool, out: Out
-) -> int:
+async def up(topology_path: str, *, state_dir: str | None, detach: bool, out: Out) -> int:
     t0 = time.monotonic()
 
     def step(msg: str) -> None:
@@ -143,6 +144,7 @@ async def up(
             layout = Layout(cluster=layout.cluster, epoch=epoch, shards=layout.shards)
         finally:
             await creator.close()
+        await _wait_bus(plan, cdir)
         await publish_layout(plan, cdir, layout)
         append_event(
             cdir.events_path,
@@ -183,6 +185,9 @@ async def _start_processes(plan: Plan, cdir: ClusterDir, step: Out) -> None:
             python_module_cmd("shard", "--cluster", plan.name, "--zone", zone, "--state-dir", home),
         )
     spawn(cdir, "router", python_module_cmd("router", "--cluster", plan.name, "--state-dir", home))
+
+
+async def _wait_bus(plan: Plan, cdir: ClusterDir) -> None:
     if plan.topology.bus.embedded and not await asyncio.to_thread(
         _wait_port, plan.bus_host, plan.bus_port, 15.0
     ):
@@ -295,7 +300,7 @@ async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
     cdir = ClusterDir(state_home(state_dir), name)
     plan = cdir.load_plan()
     live = live_processes(cdir)
-    layout = (await _bus_layout(plan) if "broker" in live or not plan.topology.bus.embedded else None)
+    layout = await _bus_layout(plan) if "broker" in live or not plan.topology.bus.embedded else None
     layout = layout or load_layout_file(cdir)
     probes = await asyncio.gather(*(_probe(n.host, n.port) for n in plan.nodes))
     by_name = dict(zip([n.name for n in plan.nodes], probes, strict=True))
@@ -315,28 +320,33 @@ async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
             "healthy": healthy,
         }
 
-    shards = []
+    shards: list[dict[str, Any]] = []
+    all_nodes: list[dict[str, Any]] = []
     for shard_id in range(1, plan.topology.shards + 1):
         members = plan.shard_nodes(shard_id)
         lshard = layout.shard(shard_id) if layout else None
         layout_roles = {n.name: n.role for n in lshard.nodes} if lshard else {}
         nodes = [node_json(m.name, layout_roles.get(m.name)) for m in members]
-        live_primaries = [
-            n for n in nodes if n["role"] == "primary" and by_name[n["name"]] and by_name[n["name"]]["slots"]
-        ]
-        if live_primaries:
-            primary = live_primaries[0]
-            slots = by_name[primary["name"]]["slots"]
+        layout_primary = lshard.primary.name if lshard and lshard.primary else None
+        live_slots = {n["name"]: (by_name[n["name"]] or {}).get("slots") for n in nodes}
+        # The primary is the live master holding slots (the layout's choice first, should two
+        # claim them); if none answers, the layout's primary, reported unhealthy.
+        claimants = sorted(
+            (n for n in nodes if n["role"] == "primary" and live_slots[n["name"]]),
+            key=lambda n: n["name"] != layout_primary,
+        )
+        primary: dict[str, Any] | None = None
+        slots: list[list[int]] = [list(r) for r in lshard.slots] if lshard else []
+        if claimants:
+            primary = claimants[0]
+            slots = live_slots[primary["name"]] or slots
         else:
-            lp = lshard.primary if lshard else None
-            primary = next((n for n in nodes if lp and n["name"] == lp.name), None)
-            slots = [list(r) for r in lshard.slots] if lshard else []
-            if primary is not None:
-                primary = {**primary, "role": "primary"}
+            fallback = next((n for n in nodes if n["name"] == layout_primary), None)
+            if fallback is not None:
+                primary = {**fallback, "role": "primary"}
         replicas = [n for n in nodes if primary is None or n["name"] != primary["name"]]
         shards.append({"id": shard_id, "slots": slots, "primary": primary, "replicas": replicas})
-
-    all_nodes = [n for s in shards for n in ([s["primary"]] if s["primary"] else []) + s["replicas"]]
+        all_nodes += ([primary] if primary else []) + replicas
     if not live:
         state = "stopped"
     elif layout is None:

@@ -46,6 +46,4 @@ def resolve_engine_binary(engine: str, explicit: str | None = None) -> str:
 
 def resolve_cli_binary() -> str | None:
     """A redis-cli compatible client (redis-cli, valkey-cli, or the embedded valkey-cli)."""
-    return (
-        shutil.which("redis-cli") or shutil.which("valkey-cli") or _embedded_valkey("valkey-cli")
-    )
+    return shutil.which("redis-cli") or shutil.which("valkey-cli") or _embedded_valkey("valkey-cli")

@@ -40,7 +40,7 @@ def make_event(kind: str, cluster: str, **fields: Any) -> dict[str, Any]:
 
 
 def append_event(path: Path, event: dict[str, Any]) -> None:
-    """One JSON line, written with a single O_APPEND write so concurrent writers never interleave."""
+    """One JSON line, one O_APPEND write: concurrent writers never interleave."""
     line = (json.dumps(event, separators=(",", ":")) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:

@@ -27,7 +27,5 @@ def configure(process: str, **bound: Any) -> structlog.stdlib.BoundLogger:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    log: structlog.stdlib.BoundLogger = structlog.get_logger(process).bind(
-        process=process, **bound
-    )
+    log: structlog.stdlib.BoundLogger = structlog.get_logger(process).bind(process=process, **bound)
     return log

@@ -17,7 +17,7 @@ from cachefleet.topology import CLUSTER_BUS_OFFSET, Topology, parse_topology
 
 @dataclass(frozen=True)
 class NodeSpec:
-    name: str  # stable logical name: <cluster>-<shard:04>-<member:03>
+    name: str  # stable logical name: <cluster>-<shard:04>-<member+1:03> (primary is -001)
     shard: int  # 1-based
     member: int  # 0 = initial primary
     zone: str
@@ -101,15 +101,19 @@ def node_name(cluster: str, shard: int, member: int) -> str:
 def place(topology: Topology) -> list[tuple[int, int, str]]:
     """(shard, member, zone) for every node.
 
-    Primaries go round-robin over the zones; replica r of shard s goes to zone (s + r) mod Z,
-    so with more than one zone no replica shares its primary's zone and a shard's replicas use
-    distinct zones while there are enough zones.
+    Primaries go round-robin over the zones; replica r (1-based) of shard s cycles through the
+    Z - 1 other zones, starting with the next one: zone (s + 1 + (r - 1) mod (Z - 1)) mod Z.
+    So with more than one zone no replica ever shares its primary's zone, and a shard's
+    replicas use distinct zones while there are enough zones.
     """
     zones = topology.zones
+    z = len(zones)
     out = []
     for s in range(topology.shards):
-        for member in range(1 + topology.replicas_per_shard):
-            out.append((s + 1, member, zones[(s + member) % len(zones)]))
+        out.append((s + 1, 0, zones[s % z]))
+        for r in range(1, 1 + topology.replicas_per_shard):
+            zone = zones[0] if z == 1 else zones[(s + 1 + (r - 1) % (z - 1)) % z]
+            out.append((s + 1, r, zone))
     return out
 
 

@@ -6,6 +6,8 @@ cluster's state directory, so a recycled pid is never signalled.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -84,7 +86,7 @@ def alive_and_ours(pid: int, marker: str) -> bool:
 def _names(argv: list[str], marker: str) -> bool:
     if any(arg == marker or arg.startswith(marker + "/") for arg in argv):
         return True
-    opts = dict(zip(argv, argv[1:], strict=False))
+    opts = dict(itertools.pairwise(argv))
     home, name = opts.get("--state-dir"), opts.get("--cluster")
     return home is not None and name is not None and str(Path(home) / name) == marker
 
@@ -104,10 +106,8 @@ def live_processes(cdir: ClusterDir) -> dict[str, int]:
 
 def signal_pids(pids: Iterable[int], sig: signal.Signals) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def reap_children() -> None:

@@ -157,8 +157,10 @@ class _Section:
     def section(self, key: str) -> _Section:
         return _Section(self.source, self.dotted(key), self.raw(key))
 
-    def int(self, key: str, default: int | None, lo: int, hi: int) -> int:
-        value = self.raw(key, default)
+    def integer(self, key: str, default: int | None, lo: int, hi: int) -> int:
+        value = self.raw(key, None)
+        if value is None:  # absent or explicitly empty: the default
+            value = default
         if value is None:
             raise self.fail(key, "is required")
         if isinstance(value, bool) or not isinstance(value, int):
@@ -177,7 +179,7 @@ class _Section:
             raise self.fail(key, f"{value} is out of range {lo}..{hi}")
         return value
 
-    def str(self, key: str, default: str | None) -> str:
+    def string(self, key: str, default: str | None) -> str:
         value = self.raw(key, default)
         if value is None:
             raise self.fail(key, "is required")
@@ -186,12 +188,12 @@ class _Section:
         return value
 
     def choice(self, key: str, default: str | None, choices: tuple[str, ...]) -> str:
-        value = self.str(key, default)
+        value = self.string(key, default)
         if value not in choices:
             raise self.fail(key, f"{value!r} is not one of {', '.join(choices)}")
         return value
 
-    def bool(self, key: str, default: bool) -> bool:
+    def boolean(self, key: str, default: bool) -> bool:
         value = self.raw(key, default)
         if not isinstance(value, bool):
             raise self.fail(key, f"must be true or false, got {_kind(value)}")
@@ -227,10 +229,11 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
     """Validate a parsed YAML document and return the model, or raise TopologyError."""
     root = _Section(source, "", data)
 
-    name = root.str("name", None)
-    if not _NAME_RE.match(name):
+    name = root.string("name", None)
+    if not _NAME_RE.fullmatch(name):
         raise root.fail(
-            "name", f"{name!r} must be 1-40 lowercase letters, digits or '-', starting with a letter"
+            "name",
+            f"{name!r} must be 1-40 lowercase letters, digits or '-', starting with a letter",
         )
     engine = root.choice("engine", "valkey", ENGINES)
 
@@ -244,7 +247,7 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
     if len(zones_raw) > MAX_ZONES:
         raise root.fail("zones", f"{len(zones_raw)} zones given, at most {MAX_ZONES} are supported")
     for i, zone in enumerate(zones_raw):
-        if not isinstance(zone, str) or not _ZONE_RE.match(zone):
+        if not isinstance(zone, str) or not _ZONE_RE.fullmatch(zone):
             raise root.fail(
                 f"zones[{i}]", f"{zone!r} must be lowercase letters, digits or '-' (max 32)"
             )
@@ -254,8 +257,8 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
     zones = tuple(zones_raw)
     zone_addressing = root.choice("zone_addressing", "per-zone", ZONE_ADDRESSING)
 
-    shards = root.int("shards", 3, 1, MAX_SHARDS)
-    replicas = root.int("replicas_per_shard", 1, 0, MAX_REPLICAS)
+    shards = root.integer("shards", 3, 1, MAX_SHARDS)
+    replicas = root.integer("replicas_per_shard", 1, 0, MAX_REPLICAS)
     node_type = root.choice("node_type", "cache.small", tuple(NODE_TYPES))
     policy = root.choice("maxmemory_policy", "volatile-lru", MAXMEMORY_POLICIES)
 
@@ -286,17 +289,17 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
     router = Router(
         port=router_port,
         read_from=router_s.choice("read_from", "primary", READ_FROM),
-        failover_wait_ms=router_s.int("failover_wait_ms", 5000, 0, 60000),
-        workers=router_s.int("workers", 1, 1, 64),
+        failover_wait_ms=router_s.integer("failover_wait_ms", 5000, 0, 60000),
+        workers=router_s.integer("workers", 1, 1, 64),
     )
     router_s.done()
 
     bus_s = root.section("bus")
-    url = bus_s.str("url", "embedded")
+    url = bus_s.string("url", "embedded")
     if url != "embedded":
         parsed = urlparse(url)
         try:
-            port_ok = parsed.port is not None
+            port_ok = parsed.port is not None and parsed.port > 0
         except ValueError:
             port_ok = False
         if parsed.scheme != "mqtt" or not parsed.hostname or not port_ok:
@@ -307,13 +310,13 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
 
     sent = root.section("sentinels")
     default_count = max(3, len(zones)) if len(zones) > 1 else 1
-    count = sent.int("count", default_count, 0, 9)
-    quorum = sent.int("quorum", count // 2 + 1 if count else 0, 0 if count == 0 else 1, 9)
+    count = sent.integer("count", default_count, 0, 9)
+    quorum = sent.integer("quorum", count // 2 + 1 if count else 0, 0 if count == 0 else 1, 9)
     if quorum > count:
         raise sent.fail("quorum", f"{quorum} is greater than sentinels.count ({count})")
-    probe = sent.int("probe_interval_ms", 100, 10, 5000)
-    down_after = sent.int("down_after_ms", 1000, 100, 600000)
-    failover_timeout = sent.int("failover_timeout_ms", 5000, 500, 600000)
+    probe = sent.integer("probe_interval_ms", 100, 10, 5000)
+    down_after = sent.integer("down_after_ms", 1000, 100, 600000)
+    failover_timeout = sent.integer("failover_timeout_ms", 5000, 500, 600000)
     if probe * 3 > down_after:
         raise sent.fail(
             "probe_interval_ms",
@@ -329,17 +332,17 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
     sentinels = Sentinels(count, quorum, probe, down_after, failover_timeout)
 
     pers = root.section("persistence")
-    persistence = Persistence(appendonly=pers.bool("appendonly", False))
+    persistence = Persistence(appendonly=pers.boolean("appendonly", False))
     pers.done()
 
     dur = root.section("durability")
-    min_rw = dur.int("min_replicas_to_write", 0, 0, MAX_REPLICAS)
+    min_rw = dur.integer("min_replicas_to_write", 0, 0, MAX_REPLICAS)
     if min_rw > replicas:
         raise dur.fail(
             "min_replicas_to_write",
             f"{min_rw} is greater than replicas_per_shard ({replicas}): no write would succeed",
         )
-    max_lag = dur.int("max_lag_s", 10, 1, 3600)
+    max_lag = dur.integer("max_lag_s", 10, 1, 3600)
     dur.done()
 
     root.done()

@@ -42,7 +42,9 @@ def _encode(value: Any, resp3: bool, out: list[bytes]) -> None:
     elif isinstance(value, Simple):
         out.append(b"+" + _line(value) + CRLF)
     elif isinstance(value, bool):
-        out.append((b"#t\r\n" if value else b"#f\r\n") if resp3 else (b":1\r\n" if value else b":0\r\n"))
+        out.append(
+            (b"#t\r\n" if value else b"#f\r\n") if resp3 else (b":1\r\n" if value else b":0\r\n")
+        )
     elif isinstance(value, int):
         out.append(b":%d\r\n" % value)
     elif isinstance(value, float):
@@ -91,46 +93,70 @@ class InlineError(ValueError):
     pass
 
 
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
+
+
 def split_inline(line: bytes) -> list[bytes]:
-    """Split an inline command like the engine: whitespace-separated, "double" and 'single'
-    quotes with backslash escapes inside double quotes. Unbalanced quotes raise."""
+    """Split an inline command the way the engine does (sdssplitargs): whitespace separates
+    arguments; a "double-quoted" part (\\xHH and \\n-style escapes) or a 'single-quoted' part
+    (only \\' escaped) may appear anywhere in an argument, and a closing quote must be
+    followed by whitespace or the end. Unbalanced quotes raise InlineError."""
     args: list[bytes] = []
     i, n = 0, len(line)
     while True:
-        while i < n and line[i : i + 1].isspace():
+        while i < n and line[i] in b" \t\r\n\v\f":
             i += 1
         if i >= n:
             return args
         cur = bytearray()
-        if line[i : i + 1] in (b'"', b"'"):
-            quote = line[i]
-            i += 1
-            while True:
+        in_double = in_single = False
+        while True:
+            if in_double:
                 if i >= n:
                     raise InlineError("unbalanced quotes in request")
                 c = line[i]
-                if quote == 0x22 and c == 0x5C and i + 1 < n:  # backslash in "..."
-                    nxt = line[i + 1 : i + 2]
-                    esc = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"b": b"\b", b"a": b"\a"}
-                    if nxt == b"x" and i + 3 < n:
-                        try:
-                            cur.append(int(line[i + 2 : i + 4], 16))
-                            i += 4
-                            continue
-                        except ValueError:
-                            pass
-                    cur += esc.get(nxt, nxt)
+                if c == 0x5C and i + 3 < n and line[i + 1] == ord("x") and (
+                    line[i + 2] in _HEX and line[i + 3] in _HEX
+                ):
+                    cur.append(int(line[i + 2 : i + 4], 16))
+                    i += 4
+                    continue
+                if c == 0x5C and i + 1 < n:
+                    cur.append(_ESCAPES.get(line[i + 1], line[i + 1]))
                     i += 2
                     continue
-                if c == quote:
+                if c == 0x22:
                     i += 1
-                    if i < n and not line[i : i + 1].isspace():
+                    if i < n and line[i] not in b" \t\r\n\v\f":
                         raise InlineError("unbalanced quotes in request")
                     break
                 cur.append(c)
                 i += 1
-        else:
-            while i < n and not line[i : i + 1].isspace():
-                cur.append(line[i])
+            elif in_single:
+                if i >= n:
+                    raise InlineError("unbalanced quotes in request")
+                c = line[i]
+                if c == 0x5C and i + 1 < n and line[i + 1] == 0x27:
+                    cur.append(0x27)
+                    i += 2
+                    continue
+                if c == 0x27:
+                    i += 1
+                    if i < n and line[i] not in b" \t\r\n\v\f":
+                        raise InlineError("unbalanced quotes in request")
+                    break
+                cur.append(c)
+                i += 1
+            else:
+                if i >= n or line[i] in b" \t\r\n\v\f":
+                    break
+                c = line[i]
+                if c == 0x22:
+                    in_double = True
+                elif c == 0x27:
+                    in_single = True
+                else:
+                    cur.append(c)
                 i += 1
         args.append(bytes(cur))

@@ -54,7 +54,9 @@ class NodeLink:
                 return await asyncio.wait_for(self._call(args), timeout)
             except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
                 await self.close()
-                raise BackendError(f"node {self.host}:{self.port}: {exc or type(exc).__name__}") from exc
+                raise BackendError(
+                    f"node {self.host}:{self.port}: {exc or type(exc).__name__}"
+                ) from exc
 
     async def _call(self, args: Sequence[bytes | str | int]) -> Any:
         if self.writer is None or self.writer.is_closing():
@@ -161,7 +163,12 @@ class Router:
                 for entry in reply:
                     name = bytes(entry[0]).upper()
                     flags = {bytes(f) for f in entry[2]}
-                    table[name] = (int(entry[3]), int(entry[4]), int(entry[5]), b"movablekeys" in flags)
+                    table[name] = (
+                        int(entry[3]),
+                        int(entry[4]),
+                        int(entry[5]),
+                        b"movablekeys" in flags,
+                    )
                 self.command_table = table
             return table
         return self.command_table
@@ -375,7 +382,9 @@ class Router:
 
     # -- transport --------------------------------------------------------------------------
 
-    async def serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         conn = ClientState(id=next(self.client_ids))
         self.connections += 1
         parser = hiredis.Reader(notEnoughData=Ellipsis)

@@ -1,13 +1,17 @@
-"""``python -m shard --cluster NAME --zone ZONE --state-dir D``: run one zone agent."""
+"""``python -m shard --cluster NAME --zone ZONE --state-dir D``: run one zone agent.
+
+The zone's engines are started first, before the agent's heavier imports, so they are up
+(and through the engine's 2 s writable delay) as early as possible.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import subprocess
 
-from cachefleet.log import configure
+from cachefleet.proc import alive_and_ours, read_pid
 from cachefleet.state import ClusterDir, state_home
-from shard.agent import ZoneAgent
+from shard.launch import node_paths, start_engine
 
 
 def main() -> None:
@@ -16,12 +20,27 @@ def main() -> None:
     parser.add_argument("--zone", required=True)
     parser.add_argument("--state-dir", default=None)
     args = parser.parse_args()
-    configure("agent", cluster=args.cluster, zone=args.zone)
     cdir = ClusterDir(state_home(args.state_dir), args.cluster)
     plan = cdir.load_plan()
     if args.zone not in plan.topology.zones:
-        parser.error(f"zone {args.zone!r} is not in the topology ({', '.join(plan.topology.zones)})")
-    asyncio.run(ZoneAgent(plan=plan, cdir=cdir, zone=args.zone).run())
+        parser.error(
+            f"zone {args.zone!r} is not in the topology ({', '.join(plan.topology.zones)})"
+        )
+
+    prestarted: dict[str, subprocess.Popen[bytes]] = {}
+    for spec in plan.zone_nodes(args.zone):
+        pid = read_pid(cdir.pid_file(f"node.{spec.name}"))
+        if pid is not None and alive_and_ours(pid, str(node_paths(cdir, spec)[1])):
+            continue  # left running by an earlier agent: adopted below
+        prestarted[spec.name] = start_engine(plan, cdir, spec)
+
+    import asyncio
+
+    from cachefleet.log import configure
+    from shard.agent import ZoneAgent
+
+    configure("agent", cluster=args.cluster, zone=args.zone)
+    asyncio.run(ZoneAgent(plan=plan, cdir=cdir, zone=args.zone, prestarted=prestarted).run())
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -81,8 +80,8 @@ def parse_cluster_nodes(text: str) -> list[NodeLine]:
 
 async def try_call(client: aredis.Redis, *args: Any) -> Any | None:
     try:
-        return await client.execute_command(*args)
-    except (RedisError, OSError, asyncio.TimeoutError):
+        return await client.execute_command(*args)  # type: ignore[no-untyped-call]
+    except (TimeoutError, RedisError, OSError):
         return None
 
 
@@ -90,7 +89,7 @@ async def info(client: aredis.Redis, section: str | None = None) -> Mapping[str,
     try:
         result: Mapping[str, Any] = await (client.info(section) if section else client.info())
         return result
-    except (RedisError, OSError, asyncio.TimeoutError):
+    except (TimeoutError, RedisError, OSError):
         return None
 
 

@@ -12,6 +12,7 @@ import contextlib
 import os
 import random
 import signal
+import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,10 +23,10 @@ import structlog
 from cachefleet import bus
 from cachefleet.events import append_event, make_event
 from cachefleet.plan import NodeSpec, Plan
-from cachefleet.proc import alive_and_ours, read_pid, write_pid
+from cachefleet.proc import alive_and_ours, read_pid
 from cachefleet.state import ClusterDir
 from shard.admin import connect, info, myself, parse_cluster_nodes, try_call
-from shard.config import render_engine_config
+from shard.launch import node_paths, start_engine
 
 STATE_INTERVAL_S = 1.0
 RESTART_BACKOFF_MIN_S = 0.05
@@ -37,7 +38,7 @@ STOP_GRACE_S = 5.0
 class NodeRuntime:
     spec: NodeSpec
     pid: int | None = None
-    child: asyncio.subprocess.Process | None = None
+    child: subprocess.Popen[bytes] | None = None
     engine_id: str | None = None
     started_at: float = 0.0
     restarts: int = 0
@@ -46,61 +47,59 @@ class NodeRuntime:
 
 
 class ZoneAgent:
-    def __init__(self, *, plan: Plan, cdir: ClusterDir, zone: str) -> None:
+    def __init__(
+        self,
+        *,
+        plan: Plan,
+        cdir: ClusterDir,
+        zone: str,
+        prestarted: dict[str, subprocess.Popen[bytes]] | None = None,
+    ) -> None:
         self.plan = plan
         self.cdir = cdir
         self.zone = zone
         self.log = structlog.get_logger("agent").bind(cluster=plan.name, zone=zone)
         self.nodes = {n.name: NodeRuntime(n) for n in plan.zone_nodes(zone)}
+        for name, child in (prestarted or {}).items():
+            self.nodes[name].child = child
         self.stopping = asyncio.Event()
         self.outbox: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue(maxsize=10000)
 
     # -- engine processes -------------------------------------------------------------------
 
-    def _paths(self, spec: NodeSpec) -> tuple[Any, Any, Any]:
-        node_dir = self.cdir.node_dir(spec.name)
-        return node_dir, node_dir / "data", node_dir / "node.conf"
-
-    def _write_config(self, spec: NodeSpec) -> Any:
-        node_dir, data_dir, conf = self._paths(spec)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        text = render_engine_config(self.plan, spec, data_dir, self.cdir.log_file(f"node.{spec.name}"))
-        conf.write_text(text)
-        return conf
+    def _conf(self, spec: NodeSpec) -> str:
+        return str(node_paths(self.cdir, spec)[1])
 
     async def _start(self, rt: NodeRuntime) -> None:
-        conf = self._write_config(rt.spec)
-        rt.child = await asyncio.create_subprocess_exec(
-            self.plan.engine_binary,
-            str(conf),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        rt.child = start_engine(self.plan, self.cdir, rt.spec)
         rt.pid = rt.child.pid
         rt.started_at = time.monotonic()
-        write_pid(self.cdir.pid_file(f"node.{rt.spec.name}"), rt.pid)
         self.log.info("node_started", node=rt.spec.name, pid=rt.pid, address=rt.spec.address)
 
     def _adopt(self, rt: NodeRuntime) -> bool:
-        """Take over a node process left running by an earlier agent of this zone."""
-        pid = read_pid(self.cdir.pid_file(f"node.{rt.spec.name}"))
-        _, _, conf = self._paths(rt.spec)
-        if pid is not None and alive_and_ours(pid, str(conf)):
-            rt.pid, rt.child = pid, None
+        """Take over a node process started before the agent's loop ran (by `python -m shard`
+        right at start-up) or left running by an earlier agent of this zone."""
+        if rt.child is not None:
+            rt.pid = rt.child.pid
+        else:
+            rt.pid = read_pid(self.cdir.pid_file(f"node.{rt.spec.name}"))
+        if rt.pid is not None and alive_and_ours(rt.pid, self._conf(rt.spec)):
             rt.started_at = time.monotonic()
-            self.log.info("node_adopted", node=rt.spec.name, pid=pid)
+            self.log.info("node_started", node=rt.spec.name, pid=rt.pid, address=rt.spec.address)
             return True
+        rt.child = None
         return False
 
     async def _wait_exit(self, rt: NodeRuntime) -> int | None:
-        if rt.child is not None:
-            return await rt.child.wait()
-        _, _, conf = self._paths(rt.spec)
-        while rt.pid is not None and alive_and_ours(rt.pid, str(conf)):
-            await asyncio.sleep(0.1)
-        return None
+        """Wait until the node's process has exited (polled: it may not be our child)."""
+        while True:
+            if rt.child is not None:
+                code = rt.child.poll()
+                if code is not None:
+                    return code
+            elif rt.pid is None or not alive_and_ours(rt.pid, self._conf(rt.spec)):
+                return None
+            await asyncio.sleep(0.05)
 
     async def _wait_ping(self, spec: NodeSpec, timeout: float = 10.0) -> str | None:
         client = connect(spec.host, spec.port, timeout=1.0)
@@ -131,13 +130,15 @@ class ZoneAgent:
             self.log.warning("node_exited", node=rt.spec.name, code=code, lived_s=round(lived, 2))
             self._event("node_exited", node=rt.spec.name, zone=self.zone, code=code)
             self._queue_state(rt, {"status": "down"})
-            backoff = RESTART_BACKOFF_MIN_S if lived > 10 else min(backoff * 2, RESTART_BACKOFF_MAX_S)
+            backoff = (
+                RESTART_BACKOFF_MIN_S if lived > 10 else min(backoff * 2, RESTART_BACKOFF_MAX_S)
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), backoff)
             if self.stopping.is_set():
                 return
             old_id = rt.engine_id
-            _, data_dir, _ = self._paths(rt.spec)
+            data_dir, _ = node_paths(self.cdir, rt.spec)
             lost_identity = not (data_dir / "nodes.conf").exists()
             await self._start(rt)
             rt.restarts += 1
@@ -183,12 +184,16 @@ class ZoneAgent:
                         (
                             line
                             for line in view
-                            if line.is_primary and line.slots and (line.host, line.port) in shard_addrs
+                            if line.is_primary
+                            and line.slots
+                            and (line.host, line.port) in shard_addrs
                         ),
                         None,
                     )
                     if primary is None:
-                        self.log.warning("rejoin_no_primary", node=rt.spec.name, shard=rt.spec.shard)
+                        self.log.warning(
+                            "rejoin_no_primary", node=rt.spec.name, shard=rt.spec.shard
+                        )
                         return
                     deadline = time.monotonic() + 10
                     while time.monotonic() < deadline:
@@ -224,17 +229,16 @@ class ZoneAgent:
         for rt in self.nodes.values():
             if rt.pid is None:
                 continue
-            _, _, conf = self._paths(rt.spec)
-            if rt.child is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(rt.child.wait(), max(0.1, deadline - time.monotonic()))
-            while alive_and_ours(rt.pid, str(conf)) and time.monotonic() < deadline:
+            conf = self._conf(rt.spec)
+            while time.monotonic() < deadline and (
+                rt.child.poll() is None if rt.child is not None else alive_and_ours(rt.pid, conf)
+            ):
                 await asyncio.sleep(0.05)
-            if alive_and_ours(rt.pid, str(conf)):
+            if alive_and_ours(rt.pid, conf):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(rt.pid, signal.SIGKILL)
-                if rt.child is not None:
-                    await rt.child.wait()
+            if rt.child is not None:
+                await asyncio.to_thread(rt.child.wait)
             self.cdir.pid_file(f"node.{rt.spec.name}").unlink(missing_ok=True)
             self.log.info("node_stopped", node=rt.spec.name)
 
@@ -261,7 +265,9 @@ class ZoneAgent:
             **extra,
         }
         rt.last_state = state
-        self._enqueue(bus.topic(self.plan.name, "nodes", rt.spec.name, "state"), bus.encode(state), True)
+        self._enqueue(
+            bus.topic(self.plan.name, "nodes", rt.spec.name, "state"), bus.encode(state), True
+        )
 
     async def _sample(self, rt: NodeRuntime) -> None:
         if rt.status != "up":
@@ -276,8 +282,10 @@ class ZoneAgent:
             self._queue_state(rt, {"status": "unresponsive"})
             return
         role = "primary" if data.get("role") == "master" else "replica"
-        offset = data.get("master_repl_offset", 0) if role == "primary" else data.get(
-            "slave_repl_offset", data.get("master_repl_offset", 0)
+        offset = (
+            data.get("master_repl_offset", 0)
+            if role == "primary"
+            else data.get("slave_repl_offset", data.get("master_repl_offset", 0))
         )
         self._queue_state(
             rt,
@@ -317,7 +325,10 @@ class ZoneAgent:
                 ) as client:
                     backoff = 0.2
                     await client.publish(
-                        agent_topic, bus.encode({"zone": self.zone, "status": "up"}), qos=1, retain=True
+                        agent_topic,
+                        bus.encode({"zone": self.zone, "status": "up"}),
+                        qos=1,
+                        retain=True,
                     )
                     for rt in self.nodes.values():
                         if rt.last_state:
@@ -347,7 +358,10 @@ class ZoneAgent:
             await client.publish(topic, payload, qos=1, retain=retain)
         for rt in self.nodes.values():
             await client.publish(
-                bus.topic(self.plan.name, "nodes", rt.spec.name, "state"), b"offline", qos=1, retain=True
+                bus.topic(self.plan.name, "nodes", rt.spec.name, "state"),
+                b"offline",
+                qos=1,
+                retain=True,
             )
         await client.publish(agent_topic, b"offline", qos=1, retain=True)
 
@@ -358,7 +372,9 @@ class ZoneAgent:
         self.log.info("agent_started", nodes=sorted(self.nodes))
         async with asyncio.TaskGroup() as tg:
             for rt in self.nodes.values():
-                tg.create_task(self.supervise(rt), name=f"agent[{self.zone}].supervise[{rt.spec.name}]")
+                tg.create_task(
+                    self.supervise(rt), name=f"agent[{self.zone}].supervise[{rt.spec.name}]"
+                )
             tg.create_task(self.publish_states(), name=f"agent[{self.zone}].states")
             pump = tg.create_task(self.bus_pump(), name=f"agent[{self.zone}].bus")
             await self.stopping.wait()

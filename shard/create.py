@@ -74,9 +74,7 @@ class Creator:
         infos = await asyncio.gather(
             *(try_call(self.clients[n.name], "CLUSTER", "INFO") for n in nodes)
         )
-        fresh = all(
-            isinstance(i, str) and "cluster_known_nodes:1\r\n" in i + "\r\n" for i in infos
-        )
+        fresh = all(isinstance(i, str) and "cluster_known_nodes:1\r\n" in i + "\r\n" for i in infos)
         if fresh:
             # Distinct config epochs up front, as `redis-cli --cluster create` does, so the
             # engines need no epoch-collision rounds.
@@ -111,7 +109,9 @@ class Creator:
         else:
             pairs = [(b, nodes[0]) for b in nodes[1:]]
         for a, b in pairs:
-            calls.append(try_call(self.clients[a.name], "CLUSTER", "MEET", b.host, b.port, b.bus_port))
+            calls.append(
+                try_call(self.clients[a.name], "CLUSTER", "MEET", b.host, b.port, b.bus_port)
+            )
         await asyncio.gather(*calls)
 
     async def _assign_slots(self) -> None:
@@ -169,7 +169,9 @@ class Creator:
             if served != SLOTS:
                 return f"{name} sees {served}/{SLOTS} slots served"
             sig = tuple(
-                sorted((line.id, line.is_primary, line.master_id or "", line.slots) for line in view)
+                sorted(
+                    (line.id, line.is_primary, line.master_id or "", line.slots) for line in view
+                )
             )
             if any(line.failing for line in view):
                 return f"{name} still sees a node in handshake or failing"
@@ -178,7 +180,9 @@ class Creator:
             return "nodes disagree on the configuration"
         # A primary keeps cluster_state:fail for ~2 s after it starts (the engine's writable
         # delay) and refuses commands until then: wait for ok everywhere.
-        infos = await asyncio.gather(*(try_call(c, "CLUSTER", "INFO") for c in self.clients.values()))
+        infos = await asyncio.gather(
+            *(try_call(c, "CLUSTER", "INFO") for c in self.clients.values())
+        )
         for name, text in zip(names, infos, strict=True):
             if not isinstance(text, str) or "cluster_state:ok" not in text:
                 return f"{name} reports cluster_state other than ok"
@@ -234,9 +238,7 @@ async def observe_layout(plan: Plan, clients: dict[str, aredis.Redis], *, epoch:
         # A shard has one primary in the layout: the master that holds its slots.
         owners = [m for m in members if m.role == "primary"]
         if len(owners) > 1:
-            holder = {
-                (line.host, line.port) for line in view if line.is_primary and line.slots
-            }
+            holder = {(line.host, line.port) for line in view if line.is_primary and line.slots}
             members = [
                 m if (m.role != "primary" or (m.host, m.port) in holder) else _as_replica(m)
                 for m in members
