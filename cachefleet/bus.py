@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import random
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
@@ -94,3 +97,97 @@ async def publish_once(
             await c.publish(topic_name, payload, qos=1, retain=retain)
     except aiomqtt.MqttError as exc:
         raise BusError(f"bus at {host}:{port} unreachable: {exc}") from exc
+
+
+class BusLink:
+    """One long-lived MQTT session of a process: a last-will, subscriptions, an outbox that
+    never blocks the caller, and reconnection with capped, jittered back-off.
+
+    ``on_connect`` runs after every (re)connect, so retained state can be re-published;
+    ``on_message(topic, payload)`` is called for every message received.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        name: str,
+        will: tuple[str, bytes] | None = None,
+        subscriptions: tuple[str, ...] = (),
+        on_message: Callable[[str, bytes], None] | None = None,
+        on_connect: Callable[[], None] | None = None,
+        log: Any = None,
+    ) -> None:
+        self.host, self.port, self.name = host, port, name
+        self.will = will
+        self.subscriptions = subscriptions
+        self.on_message = on_message
+        self.on_connect = on_connect
+        self.log = log
+        self.outbox: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue(maxsize=10000)
+        self.connected = asyncio.Event()
+
+    def publish(self, topic_name: str, payload: bytes, *, retain: bool = False) -> None:
+        try:
+            self.outbox.put_nowait((topic_name, payload, retain))
+        except asyncio.QueueFull:
+            if self.log is not None:
+                self.log.warning("bus_outbox_full", dropped=topic_name)
+
+    async def run(self, stop: asyncio.Event, final: list[tuple[str, bytes]] | None = None) -> None:
+        """Until `stop`: stay connected, deliver messages both ways. On stop, flush the outbox
+        and publish `final` (retained), e.g. "offline" states."""
+        backoff = 0.2
+        while not stop.is_set():
+            try:
+                async with client(self.host, self.port, self.name, will=self.will) as c:
+                    backoff = 0.2
+                    for sub in self.subscriptions:
+                        await c.subscribe(sub, qos=1)
+                    self.connected.set()
+                    if self.on_connect is not None:
+                        self.on_connect()
+                    await self._pump(c, stop)
+                    while not self.outbox.empty():
+                        name, payload, retain = self.outbox.get_nowait()
+                        await c.publish(name, payload, qos=1, retain=retain)
+                    for name, payload in final or []:
+                        await c.publish(name, payload, qos=1, retain=True)
+                    return
+            except aiomqtt.MqttError as exc:
+                self.connected.clear()
+                if self.log is not None:
+                    self.log.warning(
+                        "bus_disconnected", error=str(exc), retry_in_s=round(backoff, 2)
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, 5.0) * random.uniform(0.8, 1.2)
+
+    async def _pump(self, c: aiomqtt.Client, stop: asyncio.Event) -> None:
+        async def reader() -> None:
+            async for msg in c.messages:
+                if self.on_message is not None and isinstance(msg.payload, bytes | bytearray):
+                    self.on_message(str(msg.topic), bytes(msg.payload))
+
+        read_task = asyncio.ensure_future(reader())
+        stop_task = asyncio.ensure_future(stop.wait())
+        try:
+            while True:
+                get_task = asyncio.ensure_future(self.outbox.get())
+                done, _ = await asyncio.wait(
+                    {get_task, stop_task, read_task}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if get_task in done:
+                    name, payload, retain = get_task.result()
+                    await c.publish(name, payload, qos=1, retain=retain)
+                    continue
+                get_task.cancel()
+                if read_task in done:
+                    read_task.result()  # re-raise the MqttError that ended the reader
+                    raise aiomqtt.MqttError("message stream ended")
+                return
+        finally:
+            read_task.cancel()
+            stop_task.cancel()

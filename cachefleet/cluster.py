@@ -177,7 +177,10 @@ async def _start_processes(plan: Plan, cdir: ClusterDir, step: Out) -> None:
             ),
         )  # fmt: skip
     zones = [z for z in plan.topology.zones if plan.zone_nodes(z)]
-    step(f"starting zone agents ({', '.join(zones)}) and the router")
+    step(
+        f"starting zone agents ({', '.join(zones)}), the router and "
+        f"{plan.topology.sentinels.count} sentinels"
+    )
     for zone in zones:
         spawn(
             cdir,
@@ -185,6 +188,13 @@ async def _start_processes(plan: Plan, cdir: ClusterDir, step: Out) -> None:
             python_module_cmd("shard", "--cluster", plan.name, "--zone", zone, "--state-dir", home),
         )
     spawn(cdir, "router", python_module_cmd("router", "--cluster", plan.name, "--state-dir", home))
+    for i in range(plan.topology.sentinels.count):
+        sid = f"s{i + 1}"
+        spawn(
+            cdir,
+            f"sentinel.{sid}",
+            python_module_cmd("sentinel", "--cluster", plan.name, "--id", sid, "--state-dir", home),
+        )
 
 
 async def _wait_bus(plan: Plan, cdir: ClusterDir) -> None:

@@ -10,14 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiomqtt
 import structlog
 
 from cachefleet import bus
@@ -63,7 +61,15 @@ class ZoneAgent:
         for name, child in (prestarted or {}).items():
             self.nodes[name].child = child
         self.stopping = asyncio.Event()
-        self.outbox: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue(maxsize=10000)
+        self.agent_topic = bus.topic(plan.name, "agents", zone, "state")
+        self.bus = bus.BusLink(
+            host=plan.bus_host,
+            port=plan.bus_port,
+            name=f"agent-{zone}",
+            will=(self.agent_topic, b"offline"),
+            on_connect=self._on_connect,
+            log=self.log,
+        )
 
     # -- engine processes -------------------------------------------------------------------
 
@@ -137,6 +143,9 @@ class ZoneAgent:
                 await asyncio.wait_for(self.stopping.wait(), backoff)
             if self.stopping.is_set():
                 return
+            await self._hold_while_primary(rt)
+            if self.stopping.is_set():
+                return
             old_id = rt.engine_id
             data_dir, _ = node_paths(self.cdir, rt.spec)
             lost_identity = not (data_dir / "nodes.conf").exists()
@@ -160,6 +169,59 @@ class ZoneAgent:
                 id=rt.engine_id,
                 lost_identity=lost_identity,
             )
+
+    async def _peer_views(self, rt: NodeRuntime) -> list[list[Any]]:
+        async def view(peer: NodeSpec) -> list[Any]:
+            client = connect(peer.host, peer.port, timeout=0.5)
+            try:
+                text = await try_call(client, "CLUSTER", "NODES")
+            finally:
+                await client.aclose()
+            return parse_cluster_nodes(text) if isinstance(text, str) else []
+
+        peers = [n for n in self.plan.nodes if n.name != rt.spec.name]
+        return list(await asyncio.gather(*(view(p) for p in peers)))
+
+    async def _hold_while_primary(self, rt: NodeRuntime) -> None:
+        """Do not bring a dead primary straight back.
+
+        Without persistence it would restart empty while still owning its slots, and its
+        replicas would resync that empty data set: everything the shard held, lost. So while
+        the sentinels can fail the shard over, the agent waits until another member of the
+        shard holds its slots (the restarted node then rejoins as that primary's replica),
+        for at most down_after + 2 x failover_timeout.
+        """
+        topo = self.plan.topology
+        if topo.sentinels.count == 0 or topo.replicas_per_shard == 0 or not rt.engine_id:
+            return
+        if topo.persistence.appendonly:
+            return  # it restarts with its data
+        views = await self._peer_views(rt)
+        serving = any(
+            line.id == rt.engine_id and line.is_primary and line.slots
+            for view in views
+            for line in view
+        )
+        if not serving:
+            return
+        shard_addrs = {(n.host, n.port) for n in self.plan.shard_nodes(rt.spec.shard)}
+        hold_s = (topo.sentinels.down_after_ms + 2 * topo.sentinels.failover_timeout_ms) / 1000
+        self.log.info("primary_restart_held", node=rt.spec.name, max_s=hold_s)
+        deadline = time.monotonic() + hold_s
+        while time.monotonic() < deadline and not self.stopping.is_set():
+            for view in await self._peer_views(rt):
+                for line in view:
+                    if (
+                        line.is_primary
+                        and line.slots
+                        and line.id != rt.engine_id
+                        and (line.host, line.port) in shard_addrs
+                    ):
+                        self.log.info("primary_restart_released", node=rt.spec.name, by=line.id)
+                        return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), 0.1)
+        self.log.warning("primary_restart_hold_expired", node=rt.spec.name)
 
     async def _rejoin(self, rt: NodeRuntime, old_id: str | None) -> None:
         """A node that lost nodes.conf comes back as a stranger: MEET it, make it a replica of
@@ -247,11 +309,7 @@ class ZoneAgent:
     def _event(self, kind: str, **fields: Any) -> None:
         event = make_event(kind, self.plan.name, **fields)
         append_event(self.cdir.events_path, event)
-        self._enqueue(bus.topic(self.plan.name, "events"), bus.encode(event), False)
-
-    def _enqueue(self, topic: str, payload: bytes, retain: bool) -> None:
-        with contextlib.suppress(asyncio.QueueFull):
-            self.outbox.put_nowait((topic, payload, retain))
+        self.bus.publish(bus.topic(self.plan.name, "events"), bus.encode(event))
 
     def _queue_state(self, rt: NodeRuntime, extra: dict[str, Any]) -> None:
         state = {
@@ -265,9 +323,8 @@ class ZoneAgent:
             **extra,
         }
         rt.last_state = state
-        self._enqueue(
-            bus.topic(self.plan.name, "nodes", rt.spec.name, "state"), bus.encode(state), True
-        )
+        topic = bus.topic(self.plan.name, "nodes", rt.spec.name, "state")
+        self.bus.publish(topic, bus.encode(state), retain=True)
 
     async def _sample(self, rt: NodeRuntime) -> None:
         if rt.status != "up":
@@ -311,59 +368,13 @@ class ZoneAgent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), STATE_INTERVAL_S)
 
-    async def bus_pump(self) -> None:
-        """Send queued messages; one MQTT session for the agent, reconnecting with back-off."""
-        backoff = 0.2
-        agent_topic = bus.topic(self.plan.name, "agents", self.zone, "state")
-        while not self.stopping.is_set():
-            try:
-                async with bus.client(
-                    self.plan.bus_host,
-                    self.plan.bus_port,
-                    f"agent-{self.zone}",
-                    will=(agent_topic, b"offline"),
-                ) as client:
-                    backoff = 0.2
-                    await client.publish(
-                        agent_topic,
-                        bus.encode({"zone": self.zone, "status": "up"}),
-                        qos=1,
-                        retain=True,
-                    )
-                    for rt in self.nodes.values():
-                        if rt.last_state:
-                            self._queue_state(rt, {})  # re-send current state after reconnect
-                    while True:
-                        getter = asyncio.ensure_future(self.outbox.get())
-                        stopper = asyncio.ensure_future(self.stopping.wait())
-                        done, _ = await asyncio.wait(
-                            {getter, stopper}, return_when=asyncio.FIRST_COMPLETED
-                        )
-                        stopper.cancel()
-                        if getter not in done:
-                            getter.cancel()
-                            await self._final_publish(client, agent_topic)
-                            return
-                        topic, payload, retain = getter.result()
-                        await client.publish(topic, payload, qos=1, retain=retain)
-            except aiomqtt.MqttError as exc:
-                self.log.warning("bus_disconnected", error=str(exc), retry_in_s=round(backoff, 2))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), backoff)
-                backoff = min(backoff * 2, 5.0) * random.uniform(0.8, 1.2)
-
-    async def _final_publish(self, client: aiomqtt.Client, agent_topic: str) -> None:
-        while not self.outbox.empty():
-            topic, payload, retain = self.outbox.get_nowait()
-            await client.publish(topic, payload, qos=1, retain=retain)
+    def _on_connect(self) -> None:
+        self.bus.publish(
+            self.agent_topic, bus.encode({"zone": self.zone, "status": "up"}), retain=True
+        )
         for rt in self.nodes.values():
-            await client.publish(
-                bus.topic(self.plan.name, "nodes", rt.spec.name, "state"),
-                b"offline",
-                qos=1,
-                retain=True,
-            )
-        await client.publish(agent_topic, b"offline", qos=1, retain=True)
+            if rt.last_state:
+                self._queue_state(rt, {})  # re-send current state after a reconnect
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -376,9 +387,16 @@ class ZoneAgent:
                     self.supervise(rt), name=f"agent[{self.zone}].supervise[{rt.spec.name}]"
                 )
             tg.create_task(self.publish_states(), name=f"agent[{self.zone}].states")
-            pump = tg.create_task(self.bus_pump(), name=f"agent[{self.zone}].bus")
+            bus_stop = asyncio.Event()
+            final = [
+                (bus.topic(self.plan.name, "nodes", name, "state"), b"offline")
+                for name in self.nodes
+            ]
+            final.append((self.agent_topic, b"offline"))
+            pump = tg.create_task(self.bus.run(bus_stop, final), name=f"agent[{self.zone}].bus")
             await self.stopping.wait()
             await self.stop_nodes()
+            bus_stop.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(pump), 2.0)
             pump.cancel()
