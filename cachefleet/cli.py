@@ -37,6 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--purge", action="store_true", help="also delete the cluster's state dir")
     p.add_argument("--state-dir", default=None)
 
+    p = sub.add_parser("failover", help="graceful failover of one shard (plain CLUSTER FAILOVER)")
+    p.add_argument("name")
+    p.add_argument("--shard", type=int, required=True, help="shard id (1-based)")
+    p.add_argument("--to", default=None, help="replica to promote (node name or engine id)")
+    p.add_argument("--state-dir", default=None)
+
+    p = sub.add_parser("events", help="print a cluster's events")
+    p.add_argument("name")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--state-dir", default=None)
+
     p = sub.add_parser("validate", help="check a topology file and print the resolved model")
     p.add_argument("topology")
     return parser
@@ -56,6 +68,23 @@ def run(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "down":
         return cluster.down(args.name, state_dir=args.state_dir, purge=args.purge, out=_out)
+    if args.command == "failover":
+        from cachefleet.failover import graceful_failover
+
+        _out(
+            asyncio.run(
+                graceful_failover(
+                    args.name, shard_id=args.shard, to=args.to, state_dir=args.state_dir
+                )
+            )
+        )
+        return 0
+    if args.command == "events":
+        from cachefleet.events import follow_events
+
+        return follow_events(
+            args.name, state_dir=args.state_dir, follow=args.follow, as_json=args.json, out=_out
+        )
     if args.command == "validate":
         from cachefleet.topology import load_topology
 

@@ -22,6 +22,7 @@ from cachefleet.plan import Plan, build_plan
 from cachefleet.proc import live_processes, python_module_cmd, spawn, stop_processes
 from cachefleet.state import ClusterDir, state_home
 from cachefleet.topology import Topology, load_topology
+from sentinel.process import sentinel_ids, sentinel_zone
 from shard.admin import connect, info, myself, try_call
 
 Out = Callable[[str], None]
@@ -289,6 +290,32 @@ async def _probe(host: str, port: int) -> dict[str, Any] | None:
         await client.aclose()
 
 
+async def current_layout(plan: Plan, cdir: ClusterDir) -> Layout | None:
+    """The retained layout on the bus, else the last one saved in the state dir."""
+    live = live_processes(cdir)
+    layout = None
+    if "broker" in live or not plan.topology.bus.embedded:
+        layout = await _bus_layout(plan)
+    return layout or load_layout_file(cdir)
+
+
+async def sentinel_hellos(plan: Plan) -> dict[str, dict[str, Any]]:
+    """Retained hellos of the sentinels that are online, by sentinel id."""
+    try:
+        got = await bus.read_retained(
+            plan.bus_host, plan.bus_port, bus.topic(plan.name, "sentinels", "+", "hello"),
+            timeout=1.0,
+        )  # fmt: skip
+    except CachefleetError:
+        return {}
+    out = {}
+    for name, payload in got.items():
+        data = bus.decode(payload)
+        if data:
+            out[name.split("/")[-2]] = data
+    return out
+
+
 async def _bus_layout(plan: Plan) -> Layout | None:
     try:
         got = await bus.read_retained(
@@ -310,8 +337,9 @@ async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
     cdir = ClusterDir(state_home(state_dir), name)
     plan = cdir.load_plan()
     live = live_processes(cdir)
-    layout = await _bus_layout(plan) if "broker" in live or not plan.topology.bus.embedded else None
-    layout = layout or load_layout_file(cdir)
+    layout = await current_layout(plan, cdir)
+    bus_up = "broker" in live or not plan.topology.bus.embedded
+    hellos = await sentinel_hellos(plan) if bus_up else {}
     probes = await asyncio.gather(*(_probe(n.host, n.port) for n in plan.nodes))
     by_name = dict(zip([n.name for n in plan.nodes], probes, strict=True))
     ids = {n.name: n.id for n in layout.nodes()} if layout else {}
@@ -357,10 +385,13 @@ async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
         replicas = [n for n in nodes if primary is None or n["name"] != primary["name"]]
         shards.append({"id": shard_id, "slots": slots, "primary": primary, "replicas": replicas})
         all_nodes += ([primary] if primary else []) + replicas
+    failing_over = sorted({int(s) for h in hellos.values() for s in h.get("failing_over", [])})
     if not live:
         state = "stopped"
     elif layout is None:
         state = "creating"
+    elif failing_over:
+        state = "failing-over"
     elif all(n["healthy"] for n in all_nodes) and all(s["primary"] for s in shards):
         state = "available"
     else:
@@ -384,7 +415,20 @@ async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
             "address": f"{plan.router_host}:{plan.router_port}",
             "running": "router" in live,
         },
-        "sentinels": [],
+        "sentinels": [
+            {
+                "id": sid,
+                "zone": sentinel_zone(plan, sid),
+                "address": plan.topology.zone_address(sentinel_zone(plan, sid)),
+                "running": f"sentinel.{sid}" in live,
+                "online": sid in hellos,
+                "epoch": int(hellos.get(sid, {}).get("epoch", 0)),
+                "sdown": hellos.get(sid, {}).get("sdown", []),
+                "stalled": bool(hellos.get(sid, {}).get("stalled", False)),
+            }
+            for sid in sentinel_ids(plan)
+        ],
+        "failing_over": failing_over,
         "bus": {
             "url": f"mqtt://{plan.bus_host}:{plan.bus_port}",
             "embedded": plan.topology.bus.embedded,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +60,52 @@ def read_events(path: Path) -> list[dict[str, Any]]:
         except ValueError:
             continue
     return out
+
+
+def format_event(event: dict[str, Any]) -> str:
+    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(float(event.get("ts", 0))))
+    ms = int(float(event.get("ts", 0)) * 1000) % 1000
+    rest = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("v", "ts", "type", "cluster"))
+    return f"{ts}.{ms:03d}Z {event.get('type', '?'):<20} {rest}"
+
+
+def follow_events(
+    name: str,
+    *,
+    state_dir: str | None,
+    follow: bool,
+    as_json: bool,
+    out: Callable[[str], None],
+    poll_s: float = 0.2,
+) -> int:
+    """Print the event log; with `follow`, keep printing new events until interrupted."""
+    from cachefleet.errors import StateError
+    from cachefleet.state import ClusterDir, state_home
+
+    cdir = ClusterDir(state_home(state_dir), name)
+    if not cdir.root.exists():
+        raise StateError(f"no cluster named {name!r} under {cdir.home}")
+    offset = 0
+    pending = b""
+    try:
+        while True:
+            try:
+                with open(cdir.events_path, "rb") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+            except FileNotFoundError:
+                chunk = b""
+            offset += len(chunk)
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                out(json.dumps(event) if as_json else format_event(event))
+            if not follow:
+                return 0
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cachefleet.slots import SLOTS, Range
@@ -87,6 +87,22 @@ class Layout:
                 for slot in range(start, end + 1):
                     table[slot] = s
         return table
+
+    def with_primary(self, shard_id: int, name: str, node_id: str, epoch: int) -> Layout:
+        """The layout after a failover: node `name` (engine id `node_id`) leads the shard,
+        every other member of it is a replica; other shards unchanged."""
+        shards = []
+        for shard in self.shards:
+            if shard.id == shard_id:
+                nodes = tuple(
+                    replace(n, role="primary", id=node_id)
+                    if n.name == name
+                    else replace(n, role="replica")
+                    for n in shard.nodes
+                )
+                shard = replace(shard, nodes=nodes)
+            shards.append(shard)
+        return Layout(cluster=self.cluster, epoch=epoch, shards=tuple(shards))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -91,7 +91,7 @@ class Persistence:
 @dataclass(frozen=True)
 class Durability:
     min_replicas_to_write: int = 0
-    max_lag_s: int = 10
+    max_lag_s: int = 2
 
 
 @dataclass(frozen=True)
@@ -342,7 +342,15 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
             "min_replicas_to_write",
             f"{min_rw} is greater than replicas_per_shard ({replicas}): no write would succeed",
         )
-    max_lag = dur.integer("max_lag_s", 10, 1, 3600)
+    max_lag = dur.integer("max_lag_s", 2, 1, 3600)
+    fence_bound_ms = down_after + failover_timeout
+    if min_rw > 0 and max_lag * 1000 > fence_bound_ms:
+        raise dur.fail(
+            "max_lag_s",
+            f"{max_lag} s lets a primary cut off from its replicas keep accepting writes longer "
+            f"than sentinels.down_after_ms + failover_timeout_ms ({fence_bound_ms} ms); "
+            "lower it or raise those",
+        )
     dur.done()
 
     root.done()

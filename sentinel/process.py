@@ -16,7 +16,7 @@ import os
 import random
 import signal
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -596,7 +596,7 @@ class Sentinel:
         self, shard_id: int, new_primary: str, new_id: str, epoch: int
     ) -> None:
         assert self.layout is not None
-        layout = switch_primary(self.layout, shard_id, new_primary, new_id, epoch)
+        layout = self.layout.with_primary(shard_id, new_primary, new_id, epoch)
         payload = bus.encode(layout.to_dict())
         self.bus.publish(bus.topic(self.plan.name, "layout"), payload, retain=True)
         self.layout = layout
@@ -632,22 +632,3 @@ class Sentinel:
         for prober in self.probers.values():
             await prober.close()
         self.log.info("sentinel_stopped")
-
-
-def switch_primary(
-    layout: Layout, shard_id: int, new_primary: str, new_id: str, epoch: int
-) -> Layout:
-    """The layout after a failover: `new_primary` (now engine id `new_id`) leads the shard,
-    every other member of the shard is a replica; other shards unchanged."""
-    shards = []
-    for shard in layout.shards:
-        if shard.id == shard_id:
-            nodes = tuple(
-                replace(n, role="primary", id=new_id)
-                if n.name == new_primary
-                else replace(n, role="replica")
-                for n in shard.nodes
-            )
-            shard = replace(shard, nodes=nodes)
-        shards.append(shard)
-    return Layout(cluster=layout.cluster, epoch=epoch, shards=tuple(shards))

@@ -88,7 +88,7 @@ def test_memory_and_replication_settings() -> None:
     assert conf["appendonly"] == "no"
     assert conf["repl-diskless-sync-delay"] == "0"
     assert conf["min-replicas-to-write"] == "0"
-    assert conf["min-replicas-max-lag"] == "10"
+    assert conf["min-replicas-max-lag"] == "2"
     assert conf["cluster-node-timeout"] == "1000"  # sentinels.down_after_ms
 
 
@@ -101,12 +101,12 @@ def test_appendonly_yes_when_persistence_enabled() -> None:
 
 def test_durability_settings_flow_into_config() -> None:
     data = copy.deepcopy(default_raw())
-    data["durability"] = {"min_replicas_to_write": 1, "max_lag_s": 7}
+    data["durability"] = {"min_replicas_to_write": 1, "max_lag_s": 3}
     plan = make_plan(data)
     for node in plan.nodes:
         conf = render(plan, node)
         assert conf["min-replicas-to-write"] == "1"
-        assert conf["min-replicas-max-lag"] == "7"
+        assert conf["min-replicas-max-lag"] == "3"
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,7 @@ BASE: dict[str, Any] = {
         "failover_timeout_ms": 5000,
     },
     "persistence": {"appendonly": False},
-    "durability": {"min_replicas_to_write": 0, "max_lag_s": 10},
+    "durability": {"min_replicas_to_write": 0, "max_lag_s": 2},
 }
 
 DELETE = object()
@@ -361,7 +361,7 @@ def test_minimal_document_gets_documented_defaults() -> None:
     assert topo.sentinels.failover_timeout_ms == 5000
     assert topo.persistence.appendonly is False
     assert topo.durability.min_replicas_to_write == 0
-    assert topo.durability.max_lag_s == 10
+    assert topo.durability.max_lag_s == 2
     assert topo.engine_binary is None
     assert topo.source == "t.yaml"
 

@@ -1,0 +1,148 @@
+"""Operator-requested (graceful) failover of one shard: plain ``CLUSTER FAILOVER``.
+
+The engine coordinates it: the primary stops accepting writes, the replica catches up to the
+primary's exact offset, then takes over — no acknowledged write is lost. It needs a reachable
+primary and a healthy, linked replica; otherwise it refuses (an unreachable primary is the
+sentinels' job, with TAKEOVER).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from cachefleet import bus
+from cachefleet.errors import CachefleetError, ClusterTimeout
+from cachefleet.events import append_event, make_event
+from cachefleet.layout import LayoutNode
+from cachefleet.state import ClusterDir, state_home
+from shard.admin import connect, info, myself, try_call
+
+
+@dataclass(frozen=True)
+class ReplicaState:
+    node: LayoutNode
+    offset: int
+    linked: bool
+    master: tuple[str, int] | None
+
+
+async def _replica_state(node: LayoutNode) -> ReplicaState | None:
+    client = connect(node.host, node.port, timeout=1.0)
+    try:
+        rep = await info(client, "replication")
+    finally:
+        await client.aclose()
+    if rep is None or rep.get("role") != "slave":
+        return None
+    master = (str(rep.get("master_host")), int(rep.get("master_port", 0)))
+    return ReplicaState(
+        node=node,
+        offset=int(rep.get("slave_repl_offset", 0)),
+        linked=rep.get("master_link_status") == "up",
+        master=master,
+    )
+
+
+def choose_replica(
+    states: list[ReplicaState], primary: LayoutNode, to: str | None
+) -> ReplicaState | None:
+    """Healthy replicas of `primary`; `to` (name or engine id) if given, else the most
+    caught-up one, preferring another zone, then the lowest name."""
+    healthy = [s for s in states if s.linked and s.master == (primary.host, primary.port)]
+    if to is not None:
+        return next((s for s in healthy if to in (s.node.name, s.node.id)), None)
+    healthy.sort(key=lambda s: (-s.offset, s.node.zone == primary.zone, s.node.name))
+    return healthy[0] if healthy else None
+
+
+async def graceful_failover(
+    name: str, *, shard_id: int, to: str | None, state_dir: str | None
+) -> str:
+    from cachefleet.cluster import current_layout, save_layout, sentinel_hellos
+
+    cdir = ClusterDir(state_home(state_dir), name)
+    plan = cdir.load_plan()
+    layout = await current_layout(plan, cdir)
+    if layout is None:
+        raise CachefleetError(f"cluster {name!r} has no published layout (is it running?)")
+    ids = [s.id for s in layout.shards]
+    if shard_id not in ids:
+        raise CachefleetError(
+            f"cluster {name!r} has no shard {shard_id} (shards {ids[0]}..{ids[-1]})"
+        )
+    shard = layout.shard(shard_id)
+    primary = shard.primary
+    if primary is None:
+        raise CachefleetError(f"shard {shard_id} has no primary in the layout")
+    pclient = connect(primary.host, primary.port, timeout=1.0)
+    try:
+        me = await myself(pclient)
+    finally:
+        await pclient.aclose()
+    if me is None or not me.is_primary or not me.slots:
+        raise CachefleetError(
+            f"shard {shard_id}: primary {primary.name} is not serving; a graceful failover needs "
+            "a live primary (the sentinels fail over a dead one)"
+        )
+    states = [s for s in await asyncio.gather(*(_replica_state(r) for r in shard.replicas)) if s]
+    chosen = choose_replica(states, primary, to)
+    if chosen is None:
+        if to is not None:
+            raise CachefleetError(
+                f"shard {shard_id}: {to!r} is not a healthy replica of {primary.name}"
+            )
+        raise CachefleetError(f"shard {shard_id} has no healthy replica to fail over to")
+
+    t0 = time.monotonic()
+    target = chosen.node
+    client = connect(target.host, target.port, timeout=2.0)
+    timeout = 2 * plan.topology.sentinels.failover_timeout_ms / 1000
+    try:
+        reply = await try_call(client, "CLUSTER", "FAILOVER")
+        if reply is None:
+            raise CachefleetError(f"{target.name} refused CLUSTER FAILOVER")
+        new_id: str | None = None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = await myself(client)
+            if line is not None and line.is_primary and line.slots:
+                new_id = line.id
+                break
+            await asyncio.sleep(0.02)
+        if new_id is None:
+            raise ClusterTimeout(f"graceful failover of shard {shard_id}", timeout)
+    finally:
+        await client.aclose()
+    elapsed = time.monotonic() - t0
+
+    hellos = await sentinel_hellos(plan)
+    epoch = max([layout.epoch, *(int(h.get("epoch", 0)) for h in hellos.values())]) + 1
+    new_layout = layout.with_primary(shard_id, target.name, new_id, epoch)
+    await bus.publish_once(
+        plan.bus_host,
+        plan.bus_port,
+        bus.topic(plan.name, "layout"),
+        bus.encode(new_layout.to_dict()),
+        retain=True,
+    )
+    save_layout(cdir, new_layout)
+    event = make_event(
+        "graceful_failover",
+        plan.name,
+        shard=shard_id,
+        epoch=epoch,
+        old=primary.name,
+        new=target.name,
+        zone=target.zone,
+        duration_ms=round(elapsed * 1000),
+    )
+    append_event(cdir.events_path, event)
+    await bus.publish_once(
+        plan.bus_host, plan.bus_port, bus.topic(plan.name, "events"), bus.encode(event)
+    )
+    return (
+        f"shard {shard_id}: primary {primary.name} ({primary.zone}) -> {target.name} "
+        f"({target.zone}) in {elapsed:.2f}s, epoch {epoch}"
+    )

@@ -1,0 +1,284 @@
+"""Sentinel quorum failover, acceptance scenarios on real engines, sentinels and agents.
+
+Each reads as a sentence: "kill the primary of shard 1 → a replica in another zone serves
+shard 1's slots → the killed node comes back as its replica".
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+from conftest import RunningCluster, cli
+from redis.cluster import RedisCluster
+
+from cachefleet.events import read_events
+from cachefleet.proc import read_pid
+from cachefleet.slots import key_slot
+from shard.admin import parse_cluster_nodes
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def node(address: str) -> redis.Redis:
+    host, port = address.rsplit(":", 1)
+    return redis.Redis(host=host, port=int(port), socket_timeout=1, decode_responses=True)
+
+
+def events(c: RunningCluster, kind: str | None = None) -> list[dict[str, Any]]:
+    return [e for e in read_events(c.cdir.events_path) if kind is None or e["type"] == kind]
+
+
+def node_pid(c: RunningCluster, name: str) -> int:
+    pid = read_pid(c.cdir.pid_file(f"node.{name}"))
+    assert pid is not None
+    return pid
+
+
+def masters_holding(c: RunningCluster, slot: int) -> set[str]:
+    """Addresses of every live node that, in its own view, is a master owning `slot`."""
+    owners = set()
+    for spec in c.plan.nodes:
+        try:
+            text = node(spec.address).execute_command("CLUSTER", "NODES")
+        except redis.RedisError:
+            continue
+        me = next((ln for ln in parse_cluster_nodes(str(text)) if "myself" in ln.flags), None)
+        if me and me.is_primary and any(a <= slot <= b for a, b in me.slots):
+            owners.add(spec.address)
+    return owners
+
+
+def key_in_shard(status: dict[str, Any], shard_id: int, n: int = 0) -> str:
+    shard = next(s for s in status["shards"] if s["id"] == shard_id)
+    i = 0
+    found = 0
+    while True:
+        k = f"k{i}"
+        if any(a <= key_slot(k) <= b for a, b in shard["slots"]):
+            if found == n:
+                return k
+            found += 1
+        i += 1
+
+
+def primary_of(c: RunningCluster, shard_id: int) -> dict[str, Any]:
+    st = c.status()
+    shard = next(s for s in st["shards"] if s["id"] == shard_id)
+    return dict(shard["primary"])
+
+
+def test_killed_primary_is_replaced_by_a_replica_in_another_zone(cluster_factory: Any) -> None:
+    c: RunningCluster = cluster_factory()
+    before = c.status()
+    old = before["shards"][0]["primary"]
+    replica = before["shards"][0]["replicas"][0]
+    slot = before["shards"][0]["slots"][0][0]
+    os.kill(node_pid(c, old["name"]), signal.SIGKILL)
+
+    wait_for(lambda: masters_holding(c, slot) == {replica["address"]}, 15, "the replica to serve")
+    assert replica["zone"] != old["zone"]
+    host, port = c.router
+    rc = RedisCluster(host=host, port=port, decode_responses=True)
+    try:
+        k = key_in_shard(before, 1)
+        rc.set(k, "after-failover")
+        assert rc.get(k) == "after-failover"
+    finally:
+        rc.close()
+
+    def old_is_replica() -> bool:
+        try:
+            rep = node(old["address"]).info("replication")
+        except redis.RedisError:
+            return False
+        return rep["role"] == "slave" and rep.get("master_link_status") == "up"
+
+    wait_for(old_is_replica, 20, "the killed primary to return as a replica")
+    after = c.status()
+    shard = after["shards"][0]
+    assert shard["primary"]["name"] == replica["name"]
+    assert [r["name"] for r in shard["replicas"]] == [old["name"]]
+    assert after["epoch"] > before["epoch"]
+    kinds = [e["type"] for e in events(c)]
+    for kind in ("sdown", "odown", "new_epoch", "elected_leader", "failover_started",
+                 "switch_primary", "failover_completed", "node_replaced"):  # fmt: skip
+        assert kind in kinds, kind
+    assert masters_holding(c, slot) == {replica["address"]}
+
+
+def test_paused_primary_fails_over_and_returns_as_replica_never_a_second_primary(
+    cluster_factory: Any,
+) -> None:
+    c: RunningCluster = cluster_factory(shards=2)
+    before = c.status()
+    old = before["shards"][1]["primary"]
+    replica = before["shards"][1]["replicas"][0]
+    slot = before["shards"][1]["slots"][0][0]
+    pid = node_pid(c, old["name"])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: replica["address"] in masters_holding(c, slot), 15, "promotion")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+    def settled() -> bool:
+        try:
+            rep = node(old["address"]).info("replication")
+        except redis.RedisError:
+            return False
+        return rep["role"] == "slave" and masters_holding(c, slot) == {replica["address"]}
+
+    wait_for(settled, 20, "the resumed primary to become a replica")
+    # it stays a replica: watch for a while that only one node ever owns the slot
+    for _ in range(20):
+        assert masters_holding(c, slot) == {replica["address"]}
+        time.sleep(0.1)
+    st = c.status()
+    assert st["shards"][1]["primary"]["name"] == replica["name"]
+
+
+def test_a_whole_zone_down_fails_over_every_primary_it_held(cluster_factory: Any) -> None:
+    c: RunningCluster = cluster_factory()
+    before = c.status()
+    zone = "az-a"
+    victims = [s for s in before["shards"] if s["primary"]["zone"] == zone]
+    assert victims, "placement puts a primary in every zone"
+    pids = list(_zone_pids(c, zone).values())  # the agent first: nothing restarts
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    for shard in victims:
+        slot = shard["slots"][0][0]
+        replica = shard["replicas"][0]
+        wait_for(
+            lambda slot=slot, replica=replica: masters_holding(c, slot) == {replica["address"]},
+            15,
+            f"shard {shard['id']} to fail over",
+        )
+    st = c.status()
+    for shard in victims:
+        now = next(s for s in st["shards"] if s["id"] == shard["id"])
+        assert now["primary"]["zone"] != zone
+
+
+def _zone_pids(c: RunningCluster, zone: str) -> dict[str, int]:
+    """Agent, nodes and sentinels of one zone (their pid files)."""
+    plan = c.plan
+    names = [f"agent.{zone}"] + [f"node.{n.name}" for n in plan.zone_nodes(zone)]
+    zones = plan.topology.zones
+    names += [f"sentinel.s{i + 1}" for i in range(plan.topology.sentinels.count)
+              if zones[i % len(zones)] == zone]  # fmt: skip
+    out = {}
+    for name in names:
+        pid = read_pid(c.cdir.pid_file(name))
+        if pid:
+            out[name] = pid
+    return out
+
+
+def test_one_sentinel_down_still_fails_over(cluster_factory: Any) -> None:
+    c: RunningCluster = cluster_factory(shards=2)
+    os.kill(read_pid(c.cdir.pid_file("sentinel.s3")) or 0, signal.SIGKILL)
+    before = c.status()
+    old = before["shards"][0]["primary"]
+    replica = before["shards"][0]["replicas"][0]
+    os.kill(node_pid(c, old["name"]), signal.SIGKILL)
+    slot = before["shards"][0]["slots"][0][0]
+    wait_for(lambda: masters_holding(c, slot) == {replica["address"]}, 15, "failover with 2 of 3")
+    leaders = {e["sentinel"] for e in events(c, "elected_leader")}
+    assert leaders and "s3" not in leaders
+
+
+def test_minority_of_sentinels_never_promotes_and_says_so(cluster_factory: Any) -> None:
+    c: RunningCluster = cluster_factory(shards=2)
+    for sid in ("s2", "s3"):
+        os.kill(read_pid(c.cdir.pid_file(f"sentinel.{sid}")) or 0, signal.SIGKILL)
+    before = c.status()
+    old = before["shards"][0]["primary"]
+    replica = before["shards"][0]["replicas"][0]
+    os.kill(node_pid(c, old["name"]), signal.SIGKILL)
+    wait_for(lambda: events(c, "no_quorum"), 10, "a no_quorum event")
+    # well past detection + election time: still nobody promoted
+    time.sleep(2.0)
+    rep = node(replica["address"]).info("replication")
+    assert rep["role"] == "slave"
+    assert not events(c, "switch_primary")
+    assert not events(c, "elected_leader")
+    ev = events(c, "no_quorum")[0]
+    assert ev["sentinel"] == "s1" and ev["shard"] == 1
+
+
+def test_graceful_failover_under_a_steady_writer_loses_no_acknowledged_write(
+    cluster_factory: Any,
+) -> None:
+    c: RunningCluster = cluster_factory(shards=2)
+    before = c.status()
+    host, port = c.router
+    rc = RedisCluster(host=host, port=port, decode_responses=True)
+    acked: dict[str, int] = {}
+    indeterminate: dict[str, set[int]] = {}
+    stop = threading.Event()
+    counter = 0
+
+    def writer() -> None:
+        nonlocal counter
+        deadline = time.monotonic() + 30
+        while not stop.is_set() and time.monotonic() < deadline:
+            counter += 1
+            k = f"g:{counter % 500}"
+            try:
+                rc.set(k, counter)
+                acked[k] = counter
+            except redis.RedisError:
+                indeterminate.setdefault(k, set()).add(counter)
+                time.sleep(0.005)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        time.sleep(1.0)
+        out = cli("failover", c.name, "--shard", "1", "--state-dir", str(c.state_dir))
+        assert "shard 1: primary" in out.stdout
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        t.join()
+    assert len(acked) == 500
+    new = primary_of(c, 1)
+    assert new["name"] == before["shards"][0]["replicas"][0]["name"]
+    lost = []
+    for k, v in acked.items():
+        got = int(rc.get(k))
+        if got != v and got not in indeterminate.get(k, set()):
+            lost.append((k, v, got))
+    rc.close()
+    assert lost == []
+    assert events(c, "graceful_failover")[0]["new"] == new["name"]
+
+
+def test_graceful_failover_refuses_without_a_healthy_replica(cluster_factory: Any) -> None:
+    c: RunningCluster = cluster_factory(shards=1, replicas_per_shard=0, zones=["az-a"])
+    proc = cli("failover", c.name, "--shard", "1", "--state-dir", str(c.state_dir), check=False)
+    assert proc.returncode == 1
+    assert (
+        proc.stderr.strip() == "cachefleet: error: shard 1 has no healthy replica to fail over to"
+    )
+    proc = cli("failover", c.name, "--shard", "9", "--state-dir", str(c.state_dir), check=False)
+    assert proc.returncode == 1
+    assert "has no shard 9" in proc.stderr
