@@ -116,8 +116,11 @@ def split_inline(line: bytes) -> list[bytes]:
                 if i >= n:
                     raise InlineError("unbalanced quotes in request")
                 c = line[i]
-                if c == 0x5C and i + 3 < n and line[i + 1] == ord("x") and (
-                    line[i + 2] in _HEX and line[i + 3] in _HEX
+                if (
+                    c == 0x5C
+                    and i + 3 < n
+                    and line[i + 1] == ord("x")
+                    and (line[i + 2] in _HEX and line[i + 3] in _HEX)
                 ):
                     cur.append(int(line[i + 2 : i + 4], 16))
                     i += 4
