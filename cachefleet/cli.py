@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--state-dir", default=None)
 
+    p = sub.add_parser("chaos", help="run a chaos scenario and write its report")
+    p.add_argument("scenario", help="scenario YAML (see scenarios/)")
+    p.add_argument("--trials", type=int, default=None, help="override the scenario's trials")
+    p.add_argument("--state-dir", default=None)
+
     p = sub.add_parser("validate", help="check a topology file and print the resolved model")
     p.add_argument("topology")
     return parser
@@ -85,6 +90,13 @@ def run(argv: list[str] | None = None) -> int:
         return follow_events(
             args.name, state_dir=args.state_dir, follow=args.follow, as_json=args.json, out=_out
         )
+    if args.command == "chaos":
+        from cachefleet.chaos.runner import run_scenario
+
+        code, _ = asyncio.run(
+            run_scenario(args.scenario, state_dir=args.state_dir, trials=args.trials, out=_out)
+        )
+        return code
     if args.command == "validate":
         from cachefleet.topology import load_topology
 

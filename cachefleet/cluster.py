@@ -122,7 +122,14 @@ async def up(topology_path: str, *, state_dir: str | None, detach: bool, out: Ou
             )
         live = live_processes(cdir)
         if live:
-            out(f"cluster {topo.name} is already running ({len(live)} processes); nothing changed")
+            restarted = repair(plan, cdir)
+            if restarted:
+                out(f"cluster {topo.name} is running; restarted {', '.join(restarted)}")
+            else:
+                out(
+                    f"cluster {topo.name} is already running ({len(live)} processes); "
+                    "nothing changed"
+                )
             _print_endpoints(plan, load_layout_file(cdir), out)
             return 0
         step(f"restarting cluster {topo.name} from {cdir.root}")
@@ -164,38 +171,44 @@ async def up(topology_path: str, *, state_dir: str | None, detach: bool, out: Ou
     return await _foreground(plan, cdir, out)
 
 
-async def _start_processes(plan: Plan, cdir: ClusterDir, step: Out) -> None:
+def control_processes(plan: Plan, cdir: ClusterDir) -> dict[str, list[str]]:
+    """Every long-running cachefleet process of the cluster, by pid-file name, with its argv.
+    (Engine nodes are not here: their zone agent starts them.)"""
     home = str(cdir.home)
+    common = ["--cluster", plan.name, "--state-dir", home]
+    procs: dict[str, list[str]] = {}
     if plan.topology.bus.embedded:
-        step(f"starting the bus on {plan.bus_host}:{plan.bus_port}")
-        spawn(
-            cdir,
-            "broker",
-            python_module_cmd(
-                "cachefleet.broker",
-                "--host", plan.bus_host, "--port", str(plan.bus_port),
-                "--cluster", plan.name, "--state-dir", home,
-            ),
-        )  # fmt: skip
-    zones = [z for z in plan.topology.zones if plan.zone_nodes(z)]
+        procs["broker"] = python_module_cmd(
+            "cachefleet.broker", "--host", plan.bus_host, "--port", str(plan.bus_port), *common
+        )
+    for zone in plan.topology.zones:
+        if plan.zone_nodes(zone):
+            procs[f"agent.{zone}"] = python_module_cmd("shard", "--zone", zone, *common)
+    procs["router"] = python_module_cmd("router", *common)
+    for sid in sentinel_ids(plan):
+        procs[f"sentinel.{sid}"] = python_module_cmd("sentinel", "--id", sid, *common)
+    return procs
+
+
+async def _start_processes(plan: Plan, cdir: ClusterDir, step: Out) -> None:
+    procs = control_processes(plan, cdir)
+    zones = [k.split(".", 1)[1] for k in procs if k.startswith("agent.")]
     step(
-        f"starting zone agents ({', '.join(zones)}), the router and "
+        f"starting the bus, zone agents ({', '.join(zones)}), the router and "
         f"{plan.topology.sentinels.count} sentinels"
     )
-    for zone in zones:
-        spawn(
-            cdir,
-            f"agent.{zone}",
-            python_module_cmd("shard", "--cluster", plan.name, "--zone", zone, "--state-dir", home),
-        )
-    spawn(cdir, "router", python_module_cmd("router", "--cluster", plan.name, "--state-dir", home))
-    for i in range(plan.topology.sentinels.count):
-        sid = f"s{i + 1}"
-        spawn(
-            cdir,
-            f"sentinel.{sid}",
-            python_module_cmd("sentinel", "--cluster", plan.name, "--id", sid, "--state-dir", home),
-        )
+    for name, argv in procs.items():
+        spawn(cdir, name, argv)
+
+
+def repair(plan: Plan, cdir: ClusterDir) -> list[str]:
+    """Start every control process of a running cluster that is not running (after a crash or
+    a chaos fault); returns their names. Agents restart their zone's nodes themselves."""
+    live = live_processes(cdir)
+    missing = [name for name in control_processes(plan, cdir) if name not in live]
+    for name in missing:
+        spawn(cdir, name, control_processes(plan, cdir)[name])
+    return missing
 
 
 async def _wait_bus(plan: Plan, cdir: ClusterDir) -> None:

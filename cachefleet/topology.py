@@ -128,7 +128,7 @@ class Topology:
         return f"127.0.{self.zones.index(zone) + 1}.1"
 
 
-class _Section:
+class Section:
     """Reads one mapping of the YAML, tracking the dotted path and the fields consumed."""
 
     def __init__(self, source: str, path: str, data: Any) -> None:
@@ -154,8 +154,8 @@ class _Section:
     def has(self, key: str) -> bool:
         return key in self.data
 
-    def section(self, key: str) -> _Section:
-        return _Section(self.source, self.dotted(key), self.raw(key))
+    def section(self, key: str) -> Section:
+        return Section(self.source, self.dotted(key), self.raw(key))
 
     def integer(self, key: str, default: int | None, lo: int, hi: int) -> int:
         value = self.raw(key, None)
@@ -227,7 +227,7 @@ def _is_loopback_host(host: str) -> bool:
 
 def parse_topology(data: Any, source: str = "<topology>") -> Topology:
     """Validate a parsed YAML document and return the model, or raise TopologyError."""
-    root = _Section(source, "", data)
+    root = Section(source, "", data)
 
     name = root.string("name", None)
     if not _NAME_RE.fullmatch(name):

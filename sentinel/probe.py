@@ -52,6 +52,7 @@ def reply_from_info(info: dict[str, str]) -> ProbeReply:
 class NodeProber:
     def __init__(self, *, host: str, port: int, source: str | None = None) -> None:
         self.host, self.port, self.source = host, port, source
+        self._lock = asyncio.Lock()  # one request in flight per connection
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
@@ -88,6 +89,10 @@ class NodeProber:
         return reply_from_info(parse_info(info.decode() if isinstance(info, bytes) else str(info)))
 
     async def _request(self, commands: list[tuple[Any, ...]]) -> Any:
+        async with self._lock:
+            return await self._request_locked(commands)
+
+    async def _request_locked(self, commands: list[tuple[Any, ...]]) -> Any:
         if self._writer is None or self._writer.is_closing():
             local = (self.source, 0) if self.source else None
             self._reader, self._writer = await asyncio.open_connection(

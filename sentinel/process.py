@@ -84,6 +84,11 @@ class Sentinel:
         self.probers = {
             n.name: NodeProber(host=n.host, port=n.port, source=self.address) for n in plan.nodes
         }
+        # The failover executor's commands use their own connections: a probe never waits
+        # behind a slow TAKEOVER and vice versa.
+        self.admin = {
+            n.name: NodeProber(host=n.host, port=n.port, source=self.address) for n in plan.nodes
+        }
         self.hellos: dict[str, Hello] = {}
         self.hello_epochs: dict[str, int] = {}
         self.my_sdown: frozenset[str] = frozenset()
@@ -180,6 +185,7 @@ class Sentinel:
             except (KeyError, ValueError, TypeError):
                 return
             if self.layout is None or layout.epoch >= self.layout.epoch:
+                self._note_switches(self.layout, layout, now)
                 self.layout = layout
                 self.epoch = max(self.epoch, layout.epoch)
         elif parts[-1] == "hello" and len(parts) >= 2:
@@ -204,6 +210,30 @@ class Sentinel:
             elif data.get("type") == "vote":
                 self.on_vote(data)
 
+    def _note_switches(self, old: Layout | None, new: Layout, now: float) -> None:
+        """Every sentinel, not only the leader, learns that a shard just failed over: the
+        shard settles and its new primary gets its grace period."""
+        if old is None:
+            return
+        for shard in new.shards:
+            try:
+                before = old.shard(shard.id).primary
+            except KeyError:
+                continue
+            after = shard.primary
+            if after is not None and (before is None or before.name != after.name):
+                self.done_at[shard.id] = now
+                self.promoted_at[after.name] = now
+
+    def current_primary(self, shard_id: int) -> str | None:
+        if self.layout is None:
+            return None
+        try:
+            primary = self.layout.shard(shard_id).primary
+        except KeyError:
+            return None
+        return primary.name if primary else None
+
     def on_vote_request(self, data: dict[str, Any], now: float) -> None:
         req = VoteRequest(
             candidate=str(data["candidate"]),
@@ -219,7 +249,9 @@ class Sentinel:
             self.vote,
             req,
             my_layout_epoch=self.layout.epoch if self.layout else 0,
-            i_see_sdown=req.primary in self.my_sdown,
+            # only a vote against the shard's *current* primary, which I see down myself
+            i_see_sdown=req.primary in self.my_sdown
+            and self.current_primary(req.shard) == req.primary,
             stalled=self.guard.stalled(now),
             shard_settling=decide.shard_settling(self.done_at.get(req.shard), now, self.settle),
         )
@@ -260,7 +292,12 @@ class Sentinel:
         self.obs[name] = Observation(first_probe=time.monotonic())
         next_at = time.monotonic()
         while not self.stop.is_set():
-            reply = await prober.probe(self.probe_timeout)
+            try:
+                reply = await prober.probe(self.probe_timeout)
+            except Exception:  # a sentinel that stops probing would silently leave the quorum
+                self.log.exception("probe_failed", node=name)
+                await prober.close()
+                reply = None
             if reply is not None:
                 ob = self.obs[name]
                 ob.last_ok, ob.reply = time.monotonic(), reply
@@ -411,6 +448,8 @@ class Sentinel:
                 return
             if primary not in self.my_sdown or self.guard.stalled(now):
                 return
+            if self.current_primary(shard) != primary:
+                return  # the shard failed over meanwhile
             elected, epoch = await self.elect(shard, primary)
             if not elected:
                 self.next_try[shard] = time.monotonic() + random.uniform(0.2, 0.6)
@@ -510,9 +549,10 @@ class Sentinel:
         new_id: str | None = None
         while fo.state not in (FailoverState.DONE, FailoverState.ABORTED):
             now = time.monotonic()
+            still_down = primary in self.my_sdown and self.current_primary(shard_id) == primary
             result = decide.step(
                 fo, now=now, timeout_s=self.failover_timeout,
-                primary_sdown=primary in self.my_sdown, ranked=ranked, promoted=promoted,
+                primary_sdown=still_down, ranked=ranked, promoted=promoted,
                 replicas_reattached=reattached, published=published,
             )  # fmt: skip
             fo = result.failover
@@ -526,7 +566,7 @@ class Sentinel:
                     continue
                 case Action.SEND_TAKEOVER:
                     assert fo.candidate is not None
-                    reply = await self.probers[fo.candidate].call("CLUSTER", "FAILOVER", "TAKEOVER")
+                    reply = await self.admin[fo.candidate].call("CLUSTER", "FAILOVER", "TAKEOVER")
                     self.log.info("takeover_sent", node=fo.candidate, reply=str(reply))
                     promoted = False
                     continue
@@ -571,7 +611,7 @@ class Sentinel:
                 self.event("no_eligible_replica", shard=shard_id, excluded=excluded)
 
     async def check_promoted(self, name: str) -> str | None:
-        text = await self.probers[name].call("CLUSTER", "NODES")
+        text = await self.admin[name].call("CLUSTER", "NODES")
         if not isinstance(text, bytes | str):
             return None
         raw = text.decode() if isinstance(text, bytes) else text
@@ -590,7 +630,7 @@ class Sentinel:
                 continue
             if node.name in self.my_sdown:
                 continue  # it is reattached by the engine (or its agent) when it returns
-            await self.probers[node.name].call("CLUSTER", "REPLICATE", new_id, timeout=1.0)
+            await self.admin[node.name].call("CLUSTER", "REPLICATE", new_id, timeout=1.0)
 
     async def publish_layout(
         self, shard_id: int, new_primary: str, new_id: str, epoch: int
@@ -629,6 +669,6 @@ class Sentinel:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(pump), 2.0)
             pump.cancel()
-        for prober in self.probers.values():
+        for prober in [*self.probers.values(), *self.admin.values()]:
             await prober.close()
         self.log.info("sentinel_stopped")

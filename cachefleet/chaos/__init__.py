@@ -1,0 +1,1 @@
+"""Chaos runs: scenarios, fault injection, recorded workload, checker, reports."""
