@@ -39,6 +39,7 @@ format: $(STAMP)
 ## Benchmarks print their figures; nothing is asserted.
 bench: $(STAMP)
 	$(PY) bench/up_time.py
+	$(PY) bench/failover.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

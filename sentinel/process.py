@@ -103,7 +103,7 @@ class Sentinel:
         self.vote, self.epoch = self._load_state()
         self.elections: dict[int, Election] = {}
         self.failovers: dict[int, asyncio.Task[None]] = {}
-        self.voted_at: dict[int, tuple[float, int]] = {}
+        self.voted_at: dict[int, tuple[float, int, str]] = {}  # shard -> (when, epoch, leader)
         self.next_try: dict[int, float] = {}
         self.done_at: dict[int, float] = {}
         self.promoted_at: dict[str, float] = {}
@@ -224,6 +224,16 @@ class Sentinel:
             if after is not None and (before is None or before.name != after.name):
                 self.done_at[shard.id] = now
                 self.promoted_at[after.name] = now
+                self.voted_at.pop(shard.id, None)  # that leader's job is done
+
+    def _leader_in_charge(self, shard: int, candidate: str, now: float) -> bool:
+        """I voted another sentinel leader of this shard's failover less than
+        failover_timeout ago: give it that long before backing anyone else (like Sentinel's
+        failover-timeout), so one failure never gets two failovers."""
+        voted = self.voted_at.get(shard)
+        if voted is None or now - voted[0] >= self.failover_timeout:
+            return False
+        return voted[2] != candidate
 
     def current_primary(self, shard_id: int) -> str | None:
         if self.layout is None:
@@ -253,12 +263,13 @@ class Sentinel:
             i_see_sdown=req.primary in self.my_sdown
             and self.current_primary(req.shard) == req.primary,
             stalled=self.guard.stalled(now),
-            shard_settling=decide.shard_settling(self.done_at.get(req.shard), now, self.settle),
+            shard_settling=decide.shard_settling(self.done_at.get(req.shard), now, self.settle)
+            or self._leader_in_charge(req.shard, req.candidate, now),
         )
         if decision.granted and decision.state != self.vote:
             self.vote = decision.state
             self._save_state()
-            self.voted_at[req.shard] = (now, req.epoch)
+            self.voted_at[req.shard] = (now, req.epoch, req.candidate)
             self.event("vote_for_leader", shard=req.shard, epoch=req.epoch, leader=req.candidate)
         self.bus.publish(
             bus.topic(self.plan.name, "failover", str(req.shard), "votes"),
@@ -409,7 +420,7 @@ class Sentinel:
             if decide.shard_settling(self.done_at.get(shard.id), now, self.settle):
                 continue
             voted = self.voted_at.get(shard.id)
-            if voted and now - voted[0] < self.failover_timeout and voted[1] > self.layout.epoch:
+            if voted and now - voted[0] < self.failover_timeout:
                 continue  # another sentinel is leading this shard's failover
             if now < self.next_try.get(shard.id, 0.0):
                 continue
@@ -443,8 +454,7 @@ class Sentinel:
             await asyncio.sleep(random.uniform(0, 0.1))  # de-synchronise competing candidates
             now = time.monotonic()
             voted = self.voted_at.get(shard)
-            layout_epoch = self.layout.epoch if self.layout else 0
-            if voted and now - voted[0] < self.failover_timeout and voted[1] > layout_epoch:
+            if voted and now - voted[0] < self.failover_timeout:
                 return
             if primary not in self.my_sdown or self.guard.stalled(now):
                 return

@@ -84,16 +84,32 @@ def availability(
     )
 
 
-def split_brain_window(history: Iterable[Op], in_shard: Callable[[str], bool]) -> float:
-    """Longest time two different nodes were both acknowledging writes for one shard: the
-    overlap of their [first ack, last ack] intervals (0 when never)."""
+def split_brain_window(
+    history: Iterable[Op],
+    in_shard: Callable[[str], bool],
+    promotions: Iterable[tuple[float, str]] = (),
+) -> float:
+    """How long two primaries accepted writes for one shard (0 when never).
+
+    Two measures, the larger wins: after each promotion ``(time, new primary address)``, how
+    long any *other* node still acknowledged writes for the shard; and the overlap of the
+    [first ack, last ack] intervals of any two nodes that both acknowledged writes.
+    """
+    ops = [
+        op
+        for op in history
+        if op.kind == "w" and op.outcome == "ok" and op.node is not None and in_shard(op.key)
+    ]
+    worst = 0.0
+    for at, new_primary in promotions:
+        late = [op.end for op in ops if op.end > at and op.node != new_primary]
+        if late:
+            worst = max(worst, max(late) - at)
     spans: dict[str, tuple[float, float]] = {}
-    for op in history:
-        if op.kind != "w" or op.outcome != "ok" or op.node is None or not in_shard(op.key):
-            continue
+    for op in ops:
+        assert op.node is not None
         first, last = spans.get(op.node, (op.end, op.end))
         spans[op.node] = (min(first, op.end), max(last, op.end))
-    worst = 0.0
     nodes = list(spans)
     for i, a in enumerate(nodes):
         for b in nodes[i + 1 :]:

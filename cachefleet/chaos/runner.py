@@ -165,6 +165,12 @@ class ChaosRun:
             return self._zone(plan, zone), f"zone {zone}"
         raise CachefleetError(f"unknown target {target!r}")
 
+    def _address(self, node_name: str) -> str | None:
+        try:
+            return self.cdir.load_plan().node(node_name).address
+        except KeyError:
+            return None
+
     def _zone(self, plan: Plan, zone: str) -> list[str]:
         names = [f"agent.{zone}"]  # first: nothing may restart the zone's nodes meanwhile
         names += [f"node.{n.name}" for n in plan.zone_nodes(zone)]
@@ -239,9 +245,7 @@ class ChaosRun:
         pending = b""
         while not stop.is_set():
             try:
-                with open(path, "rb") as f:
-                    f.seek(offset)
-                    chunk = f.read()
+                chunk = _read_from(path, offset)
             except FileNotFoundError:
                 chunk = b""
             offset += len(chunk)
@@ -255,7 +259,14 @@ class ChaosRun:
                 if ev.get("type") in ("switch_primary", "graceful_failover"):
                     t = ev["ts"] - (time.time() - trial.now())
                     what = f"shard {ev['shard']} primary now {ev['new']} ({ev.get('zone', '?')})"
-                    trial.failovers.append({"t": round(t, 3), "shard": ev["shard"], "what": what})
+                    trial.failovers.append(
+                        {
+                            "t": round(t, 3),
+                            "shard": ev["shard"],
+                            "what": what,
+                            "address": self._address(ev["new"]),
+                        }
+                    )
                     self.progress(f"  t={t:.1f}s {what}")
                 elif ev.get("type") in ("no_quorum", "failover_aborted", "no_eligible_replica"):
                     self.progress(f"  t={trial.now():.1f}s {ev['type']} (shard {ev.get('shard')})")
@@ -465,7 +476,12 @@ class ChaosRun:
                 "errors": a.errors,
                 "affected": a.errors > 0,
             }
-            split[str(sid)] = round(checker.split_brain_window(history, in_shard), 3)
+            promotions = [
+                (fo["t"], fo["address"])
+                for fo in trial.failovers
+                if fo["shard"] == sid and fo.get("address")
+            ]
+            split[str(sid)] = round(checker.split_brain_window(history, in_shard, promotions), 3)
         stale = checker.stale_reads(history)
         timeline = f"timeline-{trial.number}.svg"
         return {
@@ -606,6 +622,12 @@ class ChaosRun:
             "expect": expect,
             "passed": all(e["met"] for e in expect.values()),
         }
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read()
 
 
 async def run_scenario(
