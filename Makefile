@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test unit integration check format bench clean
+.PHONY: install run test unit integration check format bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/up_time.py
 	$(PY) bench/failover.py
+	$(PY) bench/router.py
+
+## Every shipped chaos scenario at its full trial count (minutes; partition-zone needs root).
+chaos: $(STAMP)
+	for s in scenarios/*.yaml; do $(VENV)/bin/cachefleet chaos $$s || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

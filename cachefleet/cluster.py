@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import socket
@@ -303,56 +304,57 @@ async def _probe(host: str, port: int) -> dict[str, Any] | None:
         await client.aclose()
 
 
+class BusView:
+    """Everything retained under ``cachefleet/<cluster>/`` read in one subscription: the
+    layout, sentinel hellos, router states (offline wills dropped)."""
+
+    def __init__(self, retained: dict[str, bytes], cluster: str) -> None:
+        prefix = bus.topic(cluster, "")
+        self.layout: Layout | None = None
+        self.hellos: dict[str, dict[str, Any]] = {}
+        self.routers: dict[str, dict[str, Any]] = {}
+        for name, payload in retained.items():
+            data = bus.decode(payload)
+            if data is None or not name.startswith(prefix):
+                continue
+            parts = name[len(prefix) :].split("/")
+            if parts == ["layout"]:
+                with contextlib.suppress(KeyError, ValueError, TypeError):
+                    self.layout = Layout.from_dict(data)
+            elif len(parts) == 3 and parts[0] == "sentinels" and parts[2] == "hello":
+                self.hellos[parts[1]] = data
+            elif len(parts) == 3 and parts[0] == "routers" and parts[2] == "state":
+                self.routers[parts[1]] = data
+
+
+async def read_bus(plan: Plan, cdir: ClusterDir) -> BusView:
+    live = live_processes(cdir)
+    retained: dict[str, bytes] = {}
+    if "broker" in live or not plan.topology.bus.embedded:
+        with contextlib.suppress(CachefleetError):
+            retained = await bus.read_retained(
+                plan.bus_host, plan.bus_port, bus.topic(plan.name, "#"), timeout=1.0
+            )
+    return BusView(retained, plan.name)
+
+
 async def current_layout(plan: Plan, cdir: ClusterDir) -> Layout | None:
     """The retained layout on the bus, else the last one saved in the state dir."""
-    live = live_processes(cdir)
-    layout = None
-    if "broker" in live or not plan.topology.bus.embedded:
-        layout = await _bus_layout(plan)
-    return layout or load_layout_file(cdir)
+    return (await read_bus(plan, cdir)).layout or load_layout_file(cdir)
 
 
-async def sentinel_hellos(plan: Plan) -> dict[str, dict[str, Any]]:
+async def sentinel_hellos(plan: Plan, cdir: ClusterDir) -> dict[str, dict[str, Any]]:
     """Retained hellos of the sentinels that are online, by sentinel id."""
-    try:
-        got = await bus.read_retained(
-            plan.bus_host, plan.bus_port, bus.topic(plan.name, "sentinels", "+", "hello"),
-            timeout=1.0,
-        )  # fmt: skip
-    except CachefleetError:
-        return {}
-    out = {}
-    for name, payload in got.items():
-        data = bus.decode(payload)
-        if data:
-            out[name.split("/")[-2]] = data
-    return out
-
-
-async def _bus_layout(plan: Plan) -> Layout | None:
-    try:
-        got = await bus.read_retained(
-            plan.bus_host, plan.bus_port, bus.topic(plan.name, "layout"), timeout=1.0
-        )
-    except CachefleetError:
-        return None
-    for payload in got.values():
-        data = bus.decode(payload)
-        if data:
-            try:
-                return Layout.from_dict(data)
-            except (KeyError, ValueError, TypeError):
-                return None
-    return None
+    return (await read_bus(plan, cdir)).hellos
 
 
 async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
     cdir = ClusterDir(state_home(state_dir), name)
     plan = cdir.load_plan()
     live = live_processes(cdir)
-    layout = await current_layout(plan, cdir)
-    bus_up = "broker" in live or not plan.topology.bus.embedded
-    hellos = await sentinel_hellos(plan) if bus_up else {}
+    view = await read_bus(plan, cdir)
+    layout = view.layout or load_layout_file(cdir)
+    hellos = view.hellos
     probes = await asyncio.gather(*(_probe(n.host, n.port) for n in plan.nodes))
     by_name = dict(zip([n.name for n in plan.nodes], probes, strict=True))
     ids = {n.name: n.id for n in layout.nodes()} if layout else {}
@@ -427,6 +429,9 @@ async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
         "router": {
             "address": f"{plan.router_host}:{plan.router_port}",
             "running": "router" in live,
+            "connections": sum(int(r.get("connections", 0)) for r in view.routers.values()),
+            "ops_per_sec": sum(float(r.get("ops_per_sec", 0)) for r in view.routers.values()),
+            "workers": [view.routers[k] for k in sorted(view.routers)],
         },
         "sentinels": [
             {
@@ -454,7 +459,12 @@ async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
 
 def format_status(st: dict[str, Any]) -> str:
     lines = [f"cluster {st['name']} ({st['engine']}): {st['state']}, epoch {st['epoch']}"]
-    lines.append(f"  router (configuration endpoint): {st['router']['address']}")
+    r = st["router"]
+    lines.append(
+        f"  router (configuration endpoint and proxy): {r['address']}, "
+        f"{len(r['workers'])} worker(s), {r['connections']} connections, "
+        f"{r['ops_per_sec']:.0f} ops/s"
+    )
     for z in st["zones"]:
         lines.append(f"  zone {z['name']} {z['address']}: agent {z['agent']}")
     for s in st["shards"]:

@@ -117,7 +117,7 @@ async def graceful_failover(
         await client.aclose()
     elapsed = time.monotonic() - t0
 
-    hellos = await sentinel_hellos(plan)
+    hellos = await sentinel_hellos(plan, cdir)
     epoch = max([layout.epoch, *(int(h.get("epoch", 0)) for h in hellos.values())]) + 1
     new_layout = layout.with_primary(shard_id, target.name, new_id, epoch)
     await bus.publish_once(

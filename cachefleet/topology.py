@@ -65,7 +65,8 @@ class Router:
     port: int | None  # None: allocate a free port at `up`
     read_from: str = "primary"
     failover_wait_ms: int = 5000
-    workers: int = 1
+    workers: int = 0  # 0: one worker per core
+    zone: str | None = None  # the router's zone, for read_from: same-zone
 
 
 @dataclass(frozen=True)
@@ -280,6 +281,9 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
         )
 
     router_s = root.section("router")
+    router_zone = router_s.raw("zone", None)
+    if router_zone is not None and router_zone not in zones:
+        raise router_s.fail("zone", f"{router_zone!r} is not one of the zones ({', '.join(zones)})")
     router_port = router_s.int_or_auto("port", "auto", 1, MAX_PORT)
     if router_port is not None and base is not None:
         taken = range(base, base + nodes_total)
@@ -290,7 +294,8 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
         port=router_port,
         read_from=router_s.choice("read_from", "primary", READ_FROM),
         failover_wait_ms=router_s.integer("failover_wait_ms", 5000, 0, 60000),
-        workers=router_s.integer("workers", 1, 1, 64),
+        workers=router_s.integer("workers", 0, 0, 64),
+        zone=router_zone,
     )
     router_s.done()
 

@@ -16,7 +16,7 @@ import os
 import random
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -57,6 +57,7 @@ class Election:
     primary: str
     grants: set[str]
     done: asyncio.Event
+    refused: set[str] = field(default_factory=set)
 
 
 class Sentinel:
@@ -209,6 +210,11 @@ class Sentinel:
                 self.on_vote_request(data, now)
             elif data.get("type") == "vote":
                 self.on_vote(data)
+            elif data.get("type") == "elected" and data.get("candidate") != self.sid:
+                # another sentinel leads this shard's failover: leave it the job
+                shard = int(data["shard"])
+                self.voted_at[shard] = (now, int(data["epoch"]), str(data["candidate"]))
+                self.epoch = max(self.epoch, int(data["epoch"]))
 
     def _note_switches(self, old: Layout | None, new: Layout, now: float) -> None:
         """Every sentinel, not only the leader, learns that a shard just failed over: the
@@ -230,6 +236,8 @@ class Sentinel:
         """I voted another sentinel leader of this shard's failover less than
         failover_timeout ago: give it that long before backing anyone else (like Sentinel's
         failover-timeout), so one failure never gets two failovers."""
+        if shard in self.failovers:
+            return True  # I am running for (or leading) this shard's failover myself
         voted = self.voted_at.get(shard)
         if voted is None or now - voted[0] >= self.failover_timeout:
             return False
@@ -287,13 +295,18 @@ class Sentinel:
         )
 
     def on_vote(self, data: dict[str, Any]) -> None:
-        if data.get("candidate") != self.sid or not data.get("granted"):
+        if data.get("candidate") != self.sid:
             return
         election = self.elections.get(int(data["epoch"]))
         if election is None:
             return
-        election.grants.add(str(data["voter"]))
-        if decide.is_elected(election.grants, self.configured):
+        voter = str(data["voter"])
+        (election.grants if data.get("granted") else election.refused).add(voter)
+        answered = len(election.grants) + len(election.refused)
+        # elected, or every sentinel that can answer has: no point waiting out the timeout
+        if decide.is_elected(election.grants, self.configured) or answered >= self.live_sentinels(
+            time.monotonic()
+        ):
             election.done.set()
 
     # -- probing ----------------------------------------------------------------------------
@@ -462,7 +475,9 @@ class Sentinel:
                 return  # the shard failed over meanwhile
             elected, epoch = await self.elect(shard, primary)
             if not elected:
-                self.next_try[shard] = time.monotonic() + random.uniform(0.2, 0.6)
+                # a lost round is usually a voter that saw the primary down a few ms later
+                # than us: retry soon, jittered so that competing candidates drift apart
+                self.next_try[shard] = time.monotonic() + random.uniform(0.05, 0.25)
                 return
             await self.failover(shard, primary, epoch)
         except Exception:
@@ -505,7 +520,7 @@ class Sentinel:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(election.done.wait(), self.election_timeout)
         self.elections.pop(epoch, None)
-        if not election.done.is_set():
+        if not decide.is_elected(election.grants, self.configured):
             live = self.live_sentinels(time.monotonic())
             if live < decide.majority(self.configured):
                 self.report_once(
@@ -516,6 +531,10 @@ class Sentinel:
             self.log.info("election_lost", shard=shard, epoch=epoch, votes=sorted(election.grants))
             return False, epoch
         self.event("elected_leader", shard=shard, epoch=epoch, votes=sorted(election.grants))
+        self.bus.publish(
+            bus.topic(self.plan.name, "failover", str(shard), "votes"),
+            bus.encode({"type": "elected", "candidate": self.sid, "epoch": epoch, "shard": shard}),
+        )
         return True, epoch
 
     def replicas_view(self, shard: LayoutShard, failed: LayoutNode, now: float) -> decide.Ranked:

@@ -125,7 +125,8 @@ INVALID = [
     pytest.param(doc(sentinels__quorum=0), "sentinels.quorum", "out of range 1..9", id="quorum-0"),
     pytest.param(doc(ports__base=1023), "ports.base", "out of range 1024..65535", id="base-1023"),
     pytest.param(doc(router__port=0), "router.port", "out of range", id="router-port-0"),
-    pytest.param(doc(router__workers=0), "router.workers", "out of range", id="workers-0"),
+    pytest.param(doc(router__workers=-1), "router.workers", "out of range", id="workers-neg"),
+    pytest.param(doc(router__zone="az-x"), "router.zone", "is not one of the zones", id="rzone"),
     pytest.param(
         doc(durability__max_lag_s=0), "durability.max_lag_s", "out of range", id="max-lag-0"
     ),
@@ -352,7 +353,8 @@ def test_minimal_document_gets_documented_defaults() -> None:
     assert topo.router.port is None  # auto
     assert topo.router.read_from == "primary"
     assert topo.router.failover_wait_ms == 5000
-    assert topo.router.workers == 1
+    assert topo.router.workers == 0  # one per core
+    assert topo.router.zone is None
     assert topo.bus.url == "embedded"
     assert topo.sentinels.count == 3
     assert topo.sentinels.quorum == 2

@@ -1,0 +1,153 @@
+"""Router throughput and latency beside the engine itself, and the router's idle memory.
+
+In one run, on the same machine and binary: `redis-benchmark -t set,get -n N -c 50` at -P 1
+and -P 16 against (a) one engine node directly and (b) the router in front of a one-shard
+cluster (started with `cachefleet up`). Prints ops/s, router/direct ratio, p50/p99 latency;
+then the router's RSS before and after 1,000 idle client connections. Asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cachefleet import ports  # noqa: E402
+from cachefleet.engine import resolve_engine_binary  # noqa: E402
+from cachefleet.proc import read_pid  # noqa: E402
+from cachefleet.state import ClusterDir  # noqa: E402
+
+
+def benchmark_binary() -> str:
+    found = shutil.which("redis-benchmark") or shutil.which("valkey-benchmark")
+    if not found:
+        raise SystemExit("redis-benchmark (or valkey-benchmark) is needed on the PATH")
+    return found
+
+
+def run_benchmark(port: int, pipeline: int, n: int, clients: int) -> dict[str, dict[str, float]]:
+    out = subprocess.run(
+        [benchmark_binary(), "-h", "127.0.0.1", "-p", str(port), "-t", "set,get", "-n", str(n),
+         "-c", str(clients), "-P", str(pipeline), "--csv", "-r", "100000"],
+        capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    rows = list(csv.reader(io.StringIO(out.stdout)))
+    header, body = rows[0], rows[1:]
+    result: dict[str, dict[str, float]] = {}
+    for row in body:
+        rec = dict(zip(header, row, strict=False))
+        result[rec["test"]] = {
+            "rps": float(rec["rps"]),
+            "p50": float(rec.get("p50_latency_ms", "nan")),
+            "p99": float(rec.get("p99_latency_ms", "nan")),
+        }
+    return result
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listening on {port}")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cli(*args: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "cachefleet", *args], cwd=ROOT, check=True, capture_output=True
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-n", type=int, default=200_000)
+    parser.add_argument("-c", type=int, default=50)
+    args = parser.parse_args()
+    engine = resolve_engine_binary("valkey")
+    with tempfile.TemporaryDirectory() as tmp:
+        direct_port = ports.allocate_one()
+        direct = subprocess.Popen(
+            [engine, "--port", str(direct_port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", tmp],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        name = f"bench-router-{os.getpid()}"
+        topo = {
+            "name": name,
+            "engine": "valkey",
+            "zones": ["az-a"],
+            "shards": 1,
+            "replicas_per_shard": 0,
+            "node_type": "cache.small",
+            "ports": {"base": "auto"},
+            "router": {"port": "auto"},
+            "sentinels": {"count": 1, "quorum": 1},
+            "bus": {"url": "embedded"},
+        }
+        path = Path(tmp) / "t.yaml"
+        path.write_text(yaml.safe_dump(topo))
+        state = Path(tmp) / "state"
+        try:
+            wait_port(direct_port)
+            cli("up", str(path), "--detach", "--state-dir", str(state))
+            cdir = ClusterDir(state, name)
+            router_port = cdir.load_plan().router_port
+            print(f"redis-benchmark -t set,get -n {args.n} -c {args.c} (ops/s, p50/p99 ms)")
+            print(f"{'':>6} {'test':>4} {'direct':>22} {'router':>22} {'ratio':>6}")
+            for pipeline in (1, 16):
+                d = run_benchmark(direct_port, pipeline, args.n, args.c)
+                r = run_benchmark(router_port, pipeline, args.n, args.c)
+                for test in ("SET", "GET"):
+                    a, b = d[test], r[test]
+                    print(
+                        f"-P {pipeline:<3} {test:>4} "
+                        f"{a['rps']:>10.0f} {a['p50']:>5.2f}/{a['p99']:<5.2f} "
+                        f"{b['rps']:>10.0f} {b['p50']:>5.2f}/{b['p99']:<5.2f} "
+                        f"{b['rps'] / a['rps']:>6.2f}"
+                    )
+            pid = read_pid(cdir.pid_file("router"))
+            assert pid
+            before = rss_kib(pid)
+            socks = [socket.create_connection(("127.0.0.1", router_port)) for _ in range(1000)]
+            for s in socks[::100]:
+                s.sendall(b"PING\r\n")
+                s.recv(64)
+            time.sleep(1.0)
+            after = rss_kib(pid)
+            print(
+                f"router RSS: {before / 1024:.1f} MiB before, {after / 1024:.1f} MiB with "
+                f"1,000 idle clients ({(after - before) / 1000:.1f} KiB per client)"
+            )
+            for s in socks:
+                s.close()
+        finally:
+            cli("down", name, "--purge", "--state-dir", str(state))
+            direct.terminate()
+            direct.wait(10)
+
+
+if __name__ == "__main__":
+    main()
