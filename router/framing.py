@@ -38,6 +38,10 @@ class ProtocolError(Exception):
 
 def _int(token: bytes) -> int | None:
     """string2ll: optional '-', digits, no leading zeros, no spaces or '+'."""
+    if token.isdigit():  # the common case, a plain length: one C call
+        if len(token) > 19 or (token[0] == 0x30 and len(token) > 1):
+            return None
+        return int(token)
     digits = token[1:] if token[:1] == b"-" else token
     if not digits or not digits.isdigit() or len(digits) > 19:
         return None
