@@ -146,16 +146,24 @@ class Creator:
             n.name: next((line for line in (v or []) if "myself" in line.flags), None)
             for n, v in zip(self.plan.nodes, views, strict=True)
         }
-        for node in self.plan.nodes:
-            if node.member == 0:
-                continue
-            primary = next(n for n in self.plan.shard_nodes(node.shard) if n.member == 0)
-            current = mine[node.name]
-            if current is not None and current.master_id == self.ids[primary.name]:
-                continue
-            calls.append(
-                try_call(self.clients[node.name], "CLUSTER", "REPLICATE", self.ids[primary.name])
+        for shard in range(1, self.plan.topology.shards + 1):
+            members = self.plan.shard_nodes(shard)
+            # The shard's primary is whichever member serves its slots: the plan's first member
+            # on a new cluster, possibly another after failovers and a restart.
+            holder = next(
+                (n for n in members if (m := mine[n.name]) and m.is_primary and m.slots), None
             )
+            if holder is None:
+                continue
+            for node in members:
+                current = mine[node.name]
+                if node is holder or (current and current.master_id == self.ids[holder.name]):
+                    continue
+                if current is not None and current.is_primary and current.slots:
+                    continue  # two holders: the engines' epochs settle it, not us
+                calls.append(
+                    try_call(self.clients[node.name], "CLUSTER", "REPLICATE", self.ids[holder.name])
+                )
         await asyncio.gather(*calls)
 
     async def _check_converged(self) -> str | None:
@@ -186,13 +194,22 @@ class Creator:
         for name, text in zip(names, infos, strict=True):
             if not isinstance(text, str) or "cluster_state:ok" not in text:
                 return f"{name} reports cluster_state other than ok"
-        replicas = [n for n in self.plan.nodes if n.member != 0]
-        repl = await asyncio.gather(*(info(self.clients[n.name], "replication") for n in replicas))
-        for node, rep in zip(replicas, repl, strict=True):
-            if rep is None or rep.get("master_link_status") != "up":
-                return f"{node.name} replica link not up"
+        # Every node that is not serving slots must be a replica with its link up (the plan's
+        # roles only hold on a new cluster; after failovers and a restart, roles are the
+        # engines' own).
+        reps = await asyncio.gather(*(info(self.clients[n], "replication") for n in names))
+        serving = {
+            line.id for view in views if view for line in view if line.is_primary and line.slots
+        }
+        for name, rep in zip(names, reps, strict=True):
+            if rep is None:
+                return f"{name} does not answer INFO"
+            if self.ids.get(name) in serving:
+                continue
+            if rep.get("role") != "slave" or rep.get("master_link_status") != "up":
+                return f"{name} replica link not up"
             if int(rep.get("master_sync_in_progress", 0)):
-                return f"{node.name} still syncing"
+                return f"{name} still syncing"
         return None
 
     async def observe(self, epoch: int) -> Layout:

@@ -185,14 +185,13 @@ class ChaosRun:
             await self._rolling_restart(fault, trial, plan)
             return
         names, what = self._resolve(fault.target, plan, rng)
-        t = trial.now()
         if fault.kind == "partition":
             zone = what.split()[1]
             address = plan.topology.zone_address(zone)
             others = [plan.topology.zone_address(z) for z in plan.topology.zones if z != zone]
             assert self.pf is not None
             self.pf.cut(address, others)
-            self._record(trial, t, f"partition {what}")
+            self._record(trial, trial.now(), f"partition {what}")
             if fault.duration_s:
                 await asyncio.sleep(fault.duration_s)
                 self.pf.heal()
@@ -203,7 +202,10 @@ class ChaosRun:
         for pid in pids:
             if signal_pid(pid, sig) and sig == signal.SIGSTOP:
                 trial.paused.add(pid)
-        self._record(trial, t, f"{fault.kind} {what}")
+        # The fault's time is when it has taken effect (the process is gone or stopped), so
+        # no operation started "after the fault" can still have been served by it.
+        await _until_state(pids, "Z" if sig == signal.SIGKILL else "T")
+        self._record(trial, trial.now(), f"{fault.kind} {what}")
         if fault.kind == "pause" and fault.duration_s:
             await asyncio.sleep(fault.duration_s)
             for pid in pids:
@@ -622,6 +624,23 @@ class ChaosRun:
             "expect": expect,
             "passed": all(e["met"] for e in expect.values()),
         }
+
+
+async def _until_state(pids: list[int], state: str, timeout: float = 1.0) -> None:
+    """Wait until every pid is gone (or a zombie, for "Z") or stopped ("T")."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pending = False
+        for pid in pids:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+            except OSError:
+                continue  # gone
+            if stat not in (state, "Z", "X") and not (state == "T" and stat == "t"):
+                pending = True
+        if not pending:
+            return
+        await asyncio.sleep(0.001)
 
 
 def _read_from(path: Path, offset: int) -> bytes:

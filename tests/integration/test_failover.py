@@ -282,3 +282,20 @@ def test_graceful_failover_refuses_without_a_healthy_replica(cluster_factory: An
     proc = cli("failover", c.name, "--shard", "9", "--state-dir", str(c.state_dir), check=False)
     assert proc.returncode == 1
     assert "has no shard 9" in proc.stderr
+
+
+def test_a_stopped_cluster_restarts_with_the_roles_its_failovers_left(cluster_factory: Any) -> None:
+    c: RunningCluster = cluster_factory(shards=2)
+    before = c.status()
+    old = before["shards"][0]["primary"]
+    replica = before["shards"][0]["replicas"][0]
+    slot = before["shards"][0]["slots"][0][0]
+    os.kill(node_pid(c, old["name"]), signal.SIGKILL)
+    wait_for(lambda: masters_holding(c, slot) == {replica["address"]}, 15, "failover")
+    c.down(purge=False)
+    cli("up", str(c.topology_path), "--detach", "--state-dir", str(c.state_dir), timeout=120)
+    after = c.status()
+    assert after["state"] == "available"
+    assert after["shards"][0]["primary"]["name"] == replica["name"]
+    assert after["epoch"] > before["epoch"]
+    assert all(n["healthy"] for s in after["shards"] for n in [s["primary"], *s["replicas"]])
