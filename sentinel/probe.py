@@ -70,12 +70,21 @@ class NodeProber:
             return None
 
     async def call(self, *args: Any, timeout: float = 2.0) -> Any:
-        """One command on this connection (used by the failover executor)."""
-        try:
-            return await asyncio.wait_for(self._request([args]), timeout)
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, hiredis.ProtocolError):
-            await self.close()
-            return None
+        """One command (used by the failover executor). A connection kept from before may be
+        dead (the node restarted since): when it fails at once, the command is sent once
+        more on a fresh connection — it never reached the node."""
+        for attempt in range(2):
+            reused = self._writer is not None
+            try:
+                return await asyncio.wait_for(self._request([args]), timeout)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                await self.close()
+                if not reused or attempt:
+                    return None
+            except (OSError, TimeoutError, hiredis.ProtocolError):
+                await self.close()
+                return None
+        return None
 
     async def _probe(self) -> ProbeReply | None:
         pong, info = await self._request([("PING",), ("INFO", "replication")])

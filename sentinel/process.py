@@ -32,6 +32,7 @@ from sentinel.probe import NodeProber, ProbeReply
 from shard.admin import parse_cluster_nodes
 
 HELLO_EVERY_S = 0.25
+TAKEOVER_RESEND_S = 0.5
 
 
 def sentinel_ids(plan: Plan) -> list[str]:
@@ -576,6 +577,7 @@ class Sentinel:
         ranked: decide.Ranked | None = None
         promoted = reattached = published = False
         new_id: str | None = None
+        sent_at = 0.0
         while fo.state not in (FailoverState.DONE, FailoverState.ABORTED):
             now = time.monotonic()
             still_down = primary in self.my_sdown and self.current_primary(shard_id) == primary
@@ -597,12 +599,21 @@ class Sentinel:
                     assert fo.candidate is not None
                     reply = await self.admin[fo.candidate].call("CLUSTER", "FAILOVER", "TAKEOVER")
                     self.log.info("takeover_sent", node=fo.candidate, reply=str(reply))
+                    sent_at = time.monotonic()
                     promoted = False
                     continue
                 case Action.CHECK_PROMOTED:
                     assert fo.candidate is not None
                     new_id = await self.check_promoted(fo.candidate)
                     promoted = new_id is not None
+                    if not promoted and time.monotonic() - sent_at > TAKEOVER_RESEND_S:
+                        # not taken yet (lost on the way, or refused): ask again until the
+                        # failover timeout moves on to the next candidate
+                        reply = await self.admin[fo.candidate].call(
+                            "CLUSTER", "FAILOVER", "TAKEOVER"
+                        )
+                        self.log.info("takeover_resent", node=fo.candidate, reply=str(reply))
+                        sent_at = time.monotonic()
                     if promoted:
                         self.event(
                             "switch_primary", shard=shard_id, epoch=epoch, old=primary,

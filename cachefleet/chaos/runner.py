@@ -472,8 +472,13 @@ class ChaosRun:
                 return shard_of.get(k) == sid
 
             a = checker.availability(history, first_fault, in_shard)
+            window = a.window_s
+            if window is None and a.errors:
+                # never recovered within the trial: count the rest of the trial, at least
+                window = self.scenario.duration_s - first_fault
             avail[str(sid)] = {
-                "window_s": round(a.window_s, 3) if a.window_s is not None else None,
+                "window_s": round(window, 3) if window is not None else None,
+                "recovered": a.window_s is not None,
                 "error_time_s": round(a.error_time_s, 3),
                 "errors": a.errors,
                 "affected": a.errors > 0,
