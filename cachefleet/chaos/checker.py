@@ -89,32 +89,22 @@ def split_brain_window(
     in_shard: Callable[[str], bool],
     promotions: Iterable[tuple[float, str]] = (),
 ) -> float:
-    """How long two primaries accepted writes for one shard (0 when never).
-
-    Two measures, the larger wins: after each promotion ``(time, new primary address)``, how
-    long any *other* node still acknowledged writes for the shard; and the overlap of the
-    [first ack, last ack] intervals of any two nodes that both acknowledged writes.
-    """
-    ops = [
-        op
+    """How long two primaries accepted writes for one shard (0 when never): after each
+    promotion ``(time, new primary address)``, until the shard's next promotion, how long any
+    *other* node still acknowledged writes for it. Handovers that are clean (the old primary
+    stops before the new one starts) give 0, however often they happen."""
+    acks = sorted(
+        (op.end, op.node)
         for op in history
         if op.kind == "w" and op.outcome == "ok" and op.node is not None and in_shard(op.key)
-    ]
+    )
+    ordered = sorted(promotions)
     worst = 0.0
-    for at, new_primary in promotions:
-        late = [op.end for op in ops if op.end > at and op.node != new_primary]
+    for i, (at, new_primary) in enumerate(ordered):
+        until = ordered[i + 1][0] if i + 1 < len(ordered) else float("inf")
+        late = [end for end, node in acks if at < end < until and node != new_primary]
         if late:
             worst = max(worst, max(late) - at)
-    spans: dict[str, tuple[float, float]] = {}
-    for op in ops:
-        assert op.node is not None
-        first, last = spans.get(op.node, (op.end, op.end))
-        spans[op.node] = (min(first, op.end), max(last, op.end))
-    nodes = list(spans)
-    for i, a in enumerate(nodes):
-        for b in nodes[i + 1 :]:
-            overlap = min(spans[a][1], spans[b][1]) - max(spans[a][0], spans[b][0])
-            worst = max(worst, overlap)
     return worst
 
 

@@ -310,7 +310,7 @@ class ChaosRun:
                     if w.wait:
                         outcome, node = await self._write_wait(client, node_clients, key, value)
                     else:
-                        await client.set(key, value)
+                        await asyncio.wait_for(client.set(key, value), 2 * w.op_timeout_ms / 1000)
                         outcome = "ok"
                         if w.via == "direct":
                             node = client.get_node_from_key(key).name
@@ -347,10 +347,14 @@ class ChaosRun:
             pipe = client.pipeline(transaction=False)
             pipe.set(key, value)
             pipe.execute_command("WAIT", w.wait, w.wait_timeout_ms)
-            set_reply, acks = await pipe.execute(raise_on_error=False)
+            # an explicit deadline: the client's socket timeout did not bound a pipeline to a
+            # paused (SIGSTOPped) node
+            deadline = (w.op_timeout_ms + w.wait_timeout_ms) / 1000
+            set_reply, acks = await asyncio.wait_for(pipe.execute(raise_on_error=False), deadline)
         except (RedisError, OSError, TimeoutError):
             node_clients.pop(node.name, None)
-            await client.aclose()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.aclose(), 0.5)
             await self._refresh(rc)
             raise
         if isinstance(set_reply, Exception):
@@ -373,7 +377,8 @@ class ChaosRun:
                 start = trial.now()
                 value: int | None = None
                 try:
-                    raw = await client.get(key)
+                    timeout = 2 * self.scenario.workload.op_timeout_ms / 1000
+                    raw = await asyncio.wait_for(client.get(key), timeout)
                     value = int(raw) if raw is not None else None
                     outcome = "ok"
                 except ResponseError:
@@ -464,6 +469,7 @@ class ChaosRun:
         history = trial.history
         lost = checker.lost_writes(history, final)
         first_fault = trial.faults[0]["t"] if trial.faults else 0.0
+        fault_times = sorted(f["t"] for f in trial.faults)
         avail: dict[str, Any] = {}
         split: dict[str, float] = {}
         for sid in ranges:
@@ -471,11 +477,24 @@ class ChaosRun:
             def in_shard(k: str, sid: int = sid) -> bool:
                 return shard_of.get(k) == sid
 
-            a = checker.availability(history, first_fault, in_shard)
+            # measured from the fault that hit this shard: the last one before its first
+            # failed write (a trial may first kill a sentinel, then a primary)
+            failed = [
+                op.start
+                for op in history
+                if op.kind == "w"
+                and op.outcome != "ok"
+                and op.end >= first_fault
+                and in_shard(op.key)
+            ]
+            fault_at = first_fault
+            if failed:
+                fault_at = max((t for t in fault_times if t <= min(failed)), default=first_fault)
+            a = checker.availability(history, fault_at, in_shard)
             window = a.window_s
             if window is None and a.errors:
                 # never recovered within the trial: count the rest of the trial, at least
-                window = self.scenario.duration_s - first_fault
+                window = self.scenario.duration_s - fault_at
             avail[str(sid)] = {
                 "window_s": round(window, 3) if window is not None else None,
                 "recovered": a.window_s is not None,
