@@ -24,7 +24,7 @@ from typing import Any
 
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ClusterDownError, RedisError, ResponseError
 
 from cachefleet import cluster
 from cachefleet.chaos import checker, report
@@ -34,9 +34,10 @@ from cachefleet.chaos.scenario import Fault, Scenario
 from cachefleet.errors import CachefleetError, ClusterTimeout
 from cachefleet.plan import Plan
 from cachefleet.proc import live_processes, read_pid
-from cachefleet.slots import key_slot
+from cachefleet.slots import SLOTS, key_slot
 from cachefleet.state import ClusterDir, state_home
 from cachefleet.topology import load_topology
+from sentinel.probe import NodeProber
 from sentinel.process import sentinel_ids, sentinel_zone
 
 Out = Callable[[str], None]
@@ -56,6 +57,35 @@ class Trial:
 
     def now(self) -> float:
         return time.monotonic() - self.t0
+
+
+class SlotMap:
+    """slot -> primary address, read from the configuration endpoint (`CLUSTER SLOTS` on the
+    router, which follows the layout the sentinels publish)."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self.endpoint = NodeProber(host=host, port=port)
+        self.timeout = timeout
+        self.table: list[tuple[str, int] | None] = [None] * SLOTS
+
+    def lookup(self, key: str) -> tuple[str, int] | None:
+        return self.table[key_slot(key)]
+
+    async def refresh(self) -> bool:
+        reply = await self.endpoint.call("CLUSTER", "SLOTS", timeout=self.timeout)
+        if not isinstance(reply, list):
+            return False
+        table: list[tuple[str, int] | None] = [None] * SLOTS
+        for entry in reply:
+            start, end, primary = int(entry[0]), int(entry[1]), entry[2]
+            host = primary[0].decode() if isinstance(primary[0], bytes) else str(primary[0])
+            for slot in range(start, end + 1):
+                table[slot] = (host, int(primary[1]))
+        self.table = table
+        return True
+
+    async def close(self) -> None:
+        await self.endpoint.close()
 
 
 class ChaosRun:
@@ -297,9 +327,12 @@ class ChaosRun:
         mine = self.keys[index :: w.writers]
         client = self._client(plan)
         node_clients: dict[str, aredis.Redis] = {}
+        slots = SlotMap(plan.router_host, plan.router_port, w.op_timeout_ms / 1000)
         try:
             if isinstance(client, RedisCluster):
                 await client.initialize()
+            if w.wait:
+                await slots.refresh()
             for key in itertools.cycle(mine):
                 if stop.is_set():
                     return
@@ -308,7 +341,7 @@ class ChaosRun:
                 node: str | None = None
                 try:
                     if w.wait:
-                        outcome, node = await self._write_wait(client, node_clients, key, value)
+                        outcome, node = await self._write_wait(slots, node_clients, key, value)
                     else:
                         await asyncio.wait_for(client.set(key, value), 2 * w.op_timeout_ms / 1000)
                         outcome = "ok"
@@ -325,48 +358,52 @@ class ChaosRun:
                     await asyncio.sleep(0.01)
         finally:
             await client.aclose()
+            await slots.close()
             for c in node_clients.values():
-                await c.aclose()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(c.aclose(), 0.5)
 
     async def _write_wait(
-        self, rc: Any, node_clients: dict[str, aredis.Redis], key: str, value: int
+        self, slots: SlotMap, node_clients: dict[str, aredis.Redis], key: str, value: int
     ) -> tuple[str, str | None]:
-        """SET then WAIT on the same connection of the key's node: acknowledged only when the
-        write reached `wait` replicas. A redirect or error refreshes the slot cache."""
+        """SET then WAIT on the same connection of the key's primary: acknowledged only when
+        the write reached `wait` replicas. The slot map comes from the configuration endpoint
+        and is refreshed after any error or timeout."""
         w = self.scenario.workload
-        node = rc.get_node_from_key(key)
-        client = node_clients.get(node.name)
+        addr = slots.lookup(key)
+        if addr is None:
+            await slots.refresh()
+            addr = slots.lookup(key)
+            if addr is None:
+                raise ClusterDownError("no slot map from the configuration endpoint")
+        name = f"{addr[0]}:{addr[1]}"
+        client = node_clients.get(name)
         if client is None:
-            timeout = max(w.op_timeout_ms, w.wait_timeout_ms + 200) / 1000
             client = aredis.Redis(
-                host=node.host, port=node.port, socket_timeout=timeout,
+                host=addr[0], port=addr[1], socket_timeout=w.op_timeout_ms / 1000,
                 socket_connect_timeout=w.op_timeout_ms / 1000, single_connection_client=True,
             )  # fmt: skip
-            node_clients[node.name] = client
+            node_clients[name] = client
         try:
             pipe = client.pipeline(transaction=False)
             pipe.set(key, value)
             pipe.execute_command("WAIT", w.wait, w.wait_timeout_ms)
-            # an explicit deadline: the client's socket timeout did not bound a pipeline to a
+            # an explicit deadline: the client's socket timeout does not bound a pipeline to a
             # paused (SIGSTOPped) node
             deadline = (w.op_timeout_ms + w.wait_timeout_ms) / 1000
             set_reply, acks = await asyncio.wait_for(pipe.execute(raise_on_error=False), deadline)
         except (RedisError, OSError, TimeoutError):
-            node_clients.pop(node.name, None)
+            node_clients.pop(name, None)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.aclose(), 0.5)
-            await self._refresh(rc)
+            await slots.refresh()
             raise
         if isinstance(set_reply, Exception):
-            await self._refresh(rc)
+            await slots.refresh()
             raise set_reply if isinstance(set_reply, ResponseError) else ResponseError(set_reply)
         if isinstance(acks, int) and acks >= w.wait:
-            return "ok", node.name
-        return "unknown", node.name  # applied on the primary, not confirmed replicated
-
-    async def _refresh(self, rc: Any) -> None:
-        with contextlib.suppress(RedisError, OSError, TimeoutError, IndexError):
-            await asyncio.wait_for(rc.nodes_manager.initialize(), 3.0)
+            return "ok", name
+        return "unknown", name  # applied on the primary, not confirmed replicated
 
     async def _reader(self, index: int, trial: Trial, plan: Plan, stop: asyncio.Event) -> None:
         rng = random.Random(self.scenario.seed * 1000 + index)
@@ -480,7 +517,7 @@ class ChaosRun:
             # measured from the fault that hit this shard: the last one before its first
             # failed write (a trial may first kill a sentinel, then a primary)
             failed = [
-                op.start
+                op.end
                 for op in history
                 if op.kind == "w"
                 and op.outcome != "ok"
