@@ -62,6 +62,32 @@ def read_events(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+class EventTail:
+    """Reads the events appended to an event log since the last call (whole lines only)."""
+
+    def __init__(self, path: Path, offset: int = 0) -> None:
+        self.path = path
+        self.offset = offset
+        self._pending = b""
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            chunk = b""
+        self.offset += len(chunk)
+        *lines, self._pending = (self._pending + chunk).split(b"\n")
+        events = []
+        for line in lines:
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+        return events
+
+
 def format_event(event: dict[str, Any]) -> str:
     ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(float(event.get("ts", 0))))
     ms = int(float(event.get("ts", 0)) * 1000) % 1000
@@ -85,24 +111,10 @@ def follow_events(
     cdir = ClusterDir(state_home(state_dir), name)
     if not cdir.root.exists():
         raise StateError(f"no cluster named {name!r} under {cdir.home}")
-    offset = 0
-    pending = b""
+    tail = EventTail(cdir.events_path)
     try:
         while True:
-            try:
-                with open(cdir.events_path, "rb") as f:
-                    f.seek(offset)
-                    chunk = f.read()
-            except FileNotFoundError:
-                chunk = b""
-            offset += len(chunk)
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
+            for event in tail.read():
                 out(json.dumps(event) if as_json else format_event(event))
             if not follow:
                 return 0

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -99,6 +100,18 @@ def start_cluster(tmp_path: Path, **overrides: Any) -> RunningCluster:
     cluster = RunningCluster(name, state, path, out.stdout)
     cluster.remember_pids()
     return cluster
+
+
+def wait_for(check: Any, timeout: float, what: str) -> Any:
+    """Poll `check` until it returns something truthy (a generous bound to catch hangs)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def assert_all_gone(pids: dict[str, int]) -> None:

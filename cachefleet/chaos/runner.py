@@ -32,6 +32,7 @@ from cachefleet.chaos.checker import Op
 from cachefleet.chaos.faults import PacketFilter, packet_filter, partition_support, signal_pid
 from cachefleet.chaos.scenario import Fault, Scenario
 from cachefleet.errors import CachefleetError, ClusterTimeout
+from cachefleet.events import EventTail
 from cachefleet.plan import Plan
 from cachefleet.proc import live_processes, read_pid
 from cachefleet.slots import SLOTS, key_slot
@@ -273,21 +274,9 @@ class ChaosRun:
 
     async def _watch_events(self, trial: Trial, stop: asyncio.Event, offset: int) -> None:
         """Live lines for failovers, from the event log."""
-        path = self.cdir.events_path
-        pending = b""
+        tail = EventTail(self.cdir.events_path, offset)
         while not stop.is_set():
-            try:
-                chunk = _read_from(path, offset)
-            except FileNotFoundError:
-                chunk = b""
-            offset += len(chunk)
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                try:
-                    ev = json.loads(line)
-                except ValueError:
-                    continue
+            for ev in tail.read():
                 if ev.get("type") in ("switch_primary", "graceful_failover"):
                     t = ev["ts"] - (time.time() - trial.now())
                     what = f"shard {ev['shard']} primary now {ev['new']} ({ev.get('zone', '?')})"
@@ -702,12 +691,6 @@ async def _until_state(pids: list[int], state: str, timeout: float = 1.0) -> Non
         if not pending:
             return
         await asyncio.sleep(0.001)
-
-
-def _read_from(path: Path, offset: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read()
 
 
 async def run_scenario(

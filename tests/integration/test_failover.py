@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import RunningCluster, cli
+from conftest import RunningCluster, cli, wait_for
 from redis.cluster import RedisCluster
 
 from cachefleet.events import read_events
@@ -23,17 +23,6 @@ from cachefleet.slots import key_slot
 from shard.admin import parse_cluster_nodes
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def node(address: str) -> redis.Redis:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from conftest import RunningCluster, assert_all_gone, cli
+from conftest import RunningCluster, assert_all_gone, cli, wait_for
 from redis.cluster import RedisCluster
 
 from cachefleet.engine import resolve_cli_binary
@@ -40,17 +39,6 @@ def shard_of_slot(status: dict[str, Any], slot: int) -> int:
         if any(a <= slot <= b for a, b in shard["slots"]):
             return int(shard["id"])
     raise AssertionError(f"slot {slot} not covered")
-
-
-def wait_for(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def test_cluster_client_bootstraps_from_router_and_reaches_every_shard(
