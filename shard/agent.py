@@ -257,6 +257,11 @@ class ZoneAgent:
                             "rejoin_no_primary", node=rt.spec.name, shard=rt.spec.shard
                         )
                         return
+                    # meet the shard's primary directly too: it learns the new identity at
+                    # once instead of by gossip
+                    await try_call(
+                        me, "CLUSTER", "MEET", primary.host, primary.port, primary.bus_port
+                    )
                     deadline = time.monotonic() + 10
                     while time.monotonic() < deadline:
                         reply = await try_call(me, "CLUSTER", "REPLICATE", primary.id)
