@@ -19,7 +19,7 @@ from cachefleet.engine import resolve_engine_binary
 from cachefleet.errors import CachefleetError, ClusterTimeout, StateError, TopologyError
 from cachefleet.events import append_event, make_event
 from cachefleet.layout import Layout
-from cachefleet.plan import Plan, build_plan
+from cachefleet.plan import Plan, build_plan, place
 from cachefleet.proc import live_processes, python_module_cmd, spawn, stop_processes
 from cachefleet.state import ClusterDir, state_home
 from cachefleet.topology import Topology, load_topology
@@ -69,7 +69,7 @@ def _wait_port(host: str, port: int, timeout: float) -> bool:
 def _make_plan(topo: Topology, raw: dict[str, Any], binary: str) -> Plan:
     node_ports: list[tuple[int, int]] | None = None
     if topo.ports_base is None:
-        hosts = [topo.zone_address(z) for _, _, z in _placement(topo)]
+        hosts = [topo.zone_address(z) for _, _, z in place(topo)]
         node_ports = ports.allocate(hosts, pairs=True)
     embedded = topo.bus.embedded
     bus_addr = ("127.0.0.1", ports.allocate_one()) if embedded else topo.bus.host_port
@@ -82,12 +82,6 @@ def _make_plan(topo: Topology, raw: dict[str, Any], binary: str) -> Plan:
         bus=bus_addr,
         router_port=router_port,
     )
-
-
-def _placement(topo: Topology) -> list[tuple[int, int, str]]:
-    from cachefleet.plan import place
-
-    return place(topo)
 
 
 def _check_ports_free(plan: Plan) -> None:
@@ -336,16 +330,6 @@ async def read_bus(plan: Plan, cdir: ClusterDir) -> BusView:
                 plan.bus_host, plan.bus_port, bus.topic(plan.name, "#"), timeout=1.0
             )
     return BusView(retained, plan.name)
-
-
-async def current_layout(plan: Plan, cdir: ClusterDir) -> Layout | None:
-    """The retained layout on the bus, else the last one saved in the state dir."""
-    return (await read_bus(plan, cdir)).layout or load_layout_file(cdir)
-
-
-async def sentinel_hellos(plan: Plan, cdir: ClusterDir) -> dict[str, dict[str, Any]]:
-    """Retained hellos of the sentinels that are online, by sentinel id."""
-    return (await read_bus(plan, cdir)).hellos
 
 
 async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:

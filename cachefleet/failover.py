@@ -60,11 +60,11 @@ def choose_replica(
 async def graceful_failover(
     name: str, *, shard_id: int, to: str | None, state_dir: str | None
 ) -> str:
-    from cachefleet.cluster import current_layout, save_layout, sentinel_hellos
+    from cachefleet.cluster import load_layout_file, read_bus, save_layout
 
     cdir = ClusterDir(state_home(state_dir), name)
     plan = cdir.load_plan()
-    layout = await current_layout(plan, cdir)
+    layout = (await read_bus(plan, cdir)).layout or load_layout_file(cdir)
     if layout is None:
         raise CachefleetError(f"cluster {name!r} has no published layout (is it running?)")
     ids = [s.id for s in layout.shards]
@@ -117,7 +117,7 @@ async def graceful_failover(
         await client.aclose()
     elapsed = time.monotonic() - t0
 
-    hellos = await sentinel_hellos(plan, cdir)
+    hellos = (await read_bus(plan, cdir)).hellos  # re-read: epochs may have moved meanwhile
     epoch = max([layout.epoch, *(int(h.get("epoch", 0)) for h in hellos.values())]) + 1
     new_layout = layout.with_primary(shard_id, target.name, new_id, epoch)
     await bus.publish_once(

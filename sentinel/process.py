@@ -403,6 +403,7 @@ class Sentinel:
             return
         own = Hello(self.sid, self.zone, self.my_sdown, now, False)
         hellos = {**self.hellos, self.sid: own}
+        majority = decide.majority(self.configured)
         for shard in self.layout.shards:
             primary = shard.primary
             if primary is None or primary.name not in self.my_sdown:
@@ -412,16 +413,7 @@ class Sentinel:
             if now - self.sdown_since.get(primary.name, now) < 0:
                 continue
             if not decide.is_odown(primary.name, hellos, now, self.quorum, self.hello_max_age):
-                if self.live_sentinels(now) < max(self.quorum, decide.majority(self.configured)):
-                    self.report_once(
-                        "no_quorum",
-                        primary.name,
-                        shard=shard.id,
-                        node=primary.name,
-                        reachable_sentinels=self.live_sentinels(now),
-                        quorum=self.quorum,
-                        majority=decide.majority(self.configured),
-                    )
+                self._check_quorum(shard.id, primary.name, now, max(self.quorum, majority))
                 continue
             if primary.name not in self.odown_seen:
                 self.odown_seen.add(primary.name)
@@ -438,21 +430,25 @@ class Sentinel:
                 continue  # another sentinel is leading this shard's failover
             if now < self.next_try.get(shard.id, 0.0):
                 continue
-            if self.live_sentinels(now) < decide.majority(self.configured):
-                self.report_once(
-                    "no_quorum",
-                    primary.name,
-                    shard=shard.id,
-                    node=primary.name,
-                    reachable_sentinels=self.live_sentinels(now),
-                    majority=decide.majority(self.configured),
-                )
+            if not self._check_quorum(shard.id, primary.name, now, majority):
                 continue
             self.next_try[shard.id] = now + self.failover_timeout
             self.failovers[shard.id] = asyncio.create_task(
                 self.run_candidacy(shard.id, primary.name),
                 name=f"sentinel[{self.sid}].failover[{shard.id}]",
             )
+
+    def _check_quorum(self, shard: int, primary: str, now: float, needed: int) -> bool:
+        """Enough sentinels reachable to reach `needed`? If not, say so (once per episode):
+        a minority never promotes."""
+        live = self.live_sentinels(now)
+        if live >= needed:
+            return True
+        self.report_once(
+            "no_quorum", primary, shard=shard, node=primary, reachable_sentinels=live,
+            quorum=self.quorum, majority=decide.majority(self.configured),
+        )  # fmt: skip
+        return False
 
     def report_once(self, kind: str, key: str, **fields: Any) -> None:
         """One event per (kind, node) until that node's SDOWN clears."""

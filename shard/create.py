@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import redis.asyncio as aredis
 
@@ -257,21 +258,10 @@ async def observe_layout(plan: Plan, clients: dict[str, aredis.Redis], *, epoch:
         if len(owners) > 1:
             holder = {(line.host, line.port) for line in view if line.is_primary and line.slots}
             members = [
-                m if (m.role != "primary" or (m.host, m.port) in holder) else _as_replica(m)
+                m
+                if (m.role != "primary" or (m.host, m.port) in holder)
+                else replace(m, role="replica")
                 for m in members
             ]
         shards.append(LayoutShard(id=shard_id, slots=slots, nodes=tuple(members)))
     return Layout(cluster=plan.name, epoch=epoch, shards=tuple(shards))
-
-
-def _as_replica(node: LayoutNode) -> LayoutNode:
-    return LayoutNode(
-        name=node.name,
-        id=node.id,
-        shard=node.shard,
-        zone=node.zone,
-        host=node.host,
-        port=node.port,
-        bus_port=node.bus_port,
-        role="replica",
-    )

@@ -11,6 +11,7 @@ third site that sees both sides, which is what lets a run observe a split brain 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -79,17 +80,10 @@ class PacketFilter:
         for line in proc.stdout.splitlines():
             if TAG not in line or not line.startswith("-A INPUT"):
                 continue
-            spec = _split_rule(line)[2:]
+            spec = shlex.split(line)[2:]  # comments may be quoted
             self.run(["iptables", "-D", "INPUT", *spec])
             removed += 1
         return removed
-
-
-def _split_rule(line: str) -> list[str]:
-    """Split an `iptables -S` line (comments may be quoted)."""
-    import shlex
-
-    return shlex.split(line)
 
 
 @contextmanager

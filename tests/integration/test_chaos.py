@@ -78,6 +78,7 @@ def test_partition_zone_measures_the_split_brain_window_and_heals(tmp_path: Path
         tmp_path, "partition-zone-ci", topo, trials=1, seed=12, duration_s=9,
         workload={"via": "direct", "writers": 2, "readers": 1, "keys": 300},
         faults=[{"at_s": 2, "kind": "partition", "target": "primary-zone:1", "duration_s": 5}],
+        expect={"split_brain_s": 3},  # the promised bound: durability.max_lag_s (2) + 1 s
     )  # fmt: skip
     state = tmp_path / "state"
     cdir = ClusterDir(state, "chaospz")
@@ -95,6 +96,9 @@ def test_partition_zone_measures_the_split_brain_window_and_heals(tmp_path: Path
     trial = result["trials"][0]
     assert any("partition zone" in f["what"] for f in trial["faults"])
     assert any("heal" in f["what"] for f in trial["faults"])
-    assert isinstance(trial["split_brain_max_s"], float)
+    # the window was measured and checked against the scenario's bound (exit 0 above)
+    assert result["expect"]["split_brain_s"] == {
+        "limit": 3.0, "got": trial["split_brain_max_s"], "met": True
+    }  # fmt: skip
     assert trial["failovers"], "the majority side promotes a replica of the cut-off primary"
     print("split-brain window measured:", trial["split_brain_s"])
