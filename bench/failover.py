@@ -49,6 +49,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
+import psutil
 import redis
 import yaml
 from redis.backoff import NoBackoff
@@ -247,10 +248,10 @@ class Side(Protocol):
 
 def _is_engine(pid: int, marker: str) -> bool:
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+        argv = psutil.Process(pid).cmdline()
+    except psutil.Error:
         return False
-    return any(marker.encode() in a for a in argv)
+    return any(marker in a for a in argv)
 
 
 def _cont(pid: int) -> None:

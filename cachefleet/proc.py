@@ -1,11 +1,13 @@
 """Process bookkeeping: spawn detached children with pid files; find and stop them again.
 
-A pid file alone is not trusted: a pid is only ours while /proc/<pid>/cmdline still names the
-cluster's state directory, so a recycled pid is never signalled.
+A pid file alone is not trusted: a pid is only ours while its command line still names the
+cluster's state directory, so a recycled pid is never signalled. Liveness and command lines
+come from psutil, so the same code runs on Linux and macOS.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import os
@@ -15,6 +17,8 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+import psutil
 
 from cachefleet.state import ClusterDir
 
@@ -58,19 +62,48 @@ def read_pid(path: Path) -> int | None:
 
 
 def _argv(pid: int) -> list[str] | None:
+    """The command line of a running process (None when gone, a zombie, or not ours to see)."""
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        proc = psutil.Process(pid)
+        if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return None
+        return proc.cmdline()
+    except (psutil.Error, OSError):
         return None
-    return raw.decode(errors="replace").split("\0")
 
 
-def _zombie(pid: int) -> bool:
+def running(pid: int) -> bool:
+    """True while `pid` is a running process (zombies count as gone)."""
+    return _argv(pid) is not None
+
+
+def process_rss(pid: int) -> int | None:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
+        return int(psutil.Process(pid).memory_info().rss)
+    except (psutil.Error, OSError):
+        return None
+
+
+def process_state(pid: int) -> str | None:
+    """psutil's status of a process: "running", "sleeping", "stopped" (SIGSTOP), ..."""
+    try:
+        return str(psutil.Process(pid).status())
+    except (psutil.Error, OSError):
+        return None
+
+
+async def until_state(pids: Iterable[int], stopped: bool, timeout: float = 1.0) -> None:
+    """Wait (bounded) until every pid is gone, or with `stopped`, gone or stopped by SIGSTOP:
+    a fault counts from the moment it has taken effect."""
+    deadline = time.monotonic() + timeout
+    done = {None, psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD}
+    if stopped:
+        done |= {psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP}
+    pending = list(pids)
+    while pending and time.monotonic() < deadline:
+        pending = [p for p in pending if process_state(p) not in done]
+        if pending:
+            await asyncio.sleep(0.001)
 
 
 def alive_and_ours(pid: int, marker: str) -> bool:
@@ -78,9 +111,7 @@ def alive_and_ours(pid: int, marker: str) -> bool:
     file under that path, or a cachefleet process's ``--state-dir D --cluster NAME`` with
     ``D/NAME == marker``."""
     argv = _argv(pid)
-    if argv is None or not _names(argv, marker):
-        return False
-    return not _zombie(pid)
+    return argv is not None and _names(argv, marker)
 
 
 def _names(argv: list[str], marker: str) -> bool:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from cachefleet.errors import StateError
+from cachefleet.layout import Layout
 from cachefleet.plan import Plan
 
 
@@ -42,6 +44,10 @@ class ClusterDir:
     def events_path(self) -> Path:
         return self.root / "events.jsonl"
 
+    @property
+    def layout_path(self) -> Path:
+        return self.root / "layout.json"
+
     def node_dir(self, node: str) -> Path:
         return self.root / "nodes" / node
 
@@ -65,6 +71,18 @@ class ClusterDir:
         if not self.plan_path.exists():
             raise StateError(f"no cluster named {self.name!r} under {self.home}")
         return Plan.load(self.plan_path)
+
+    def save_layout(self, layout: Layout) -> None:
+        """The last published layout, for a restart that finds no bus yet (atomic replace)."""
+        tmp = self.layout_path.with_name(f".layout.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(layout.to_dict(), indent=1))
+        tmp.replace(self.layout_path)
+
+    def load_layout(self) -> Layout | None:
+        try:
+            return Layout.from_dict(json.loads(self.layout_path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def purge(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

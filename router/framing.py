@@ -12,7 +12,7 @@ forwarded) and it does not bound bulk/multibulk headers.
 
 from __future__ import annotations
 
-from router.resp import InlineError, split_inline
+from router.inline import InlineError, split_inline
 
 PROTO_MAX_BULK_LEN = 512 * 1024 * 1024  # proto-max-bulk-len default
 QUERY_BUFFER_LIMIT = 1024 * 1024 * 1024  # client-query-buffer-limit default

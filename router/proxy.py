@@ -20,9 +20,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
+from cachefleet.resp import encode_command
 from router.framing import RequestFramer
 from router.replies import reply_end
-from router.resp import encode_command
 
 if TYPE_CHECKING:
     from router.commands import Command

@@ -13,7 +13,7 @@ from typing import Any
 
 import hiredis
 
-from router.resp import encode
+from cachefleet.resp import encode
 
 _LINE = frozenset(b"+-:_,#(")
 _BULK = frozenset(b"$=!")

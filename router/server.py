@@ -28,6 +28,7 @@ import structlog
 from cachefleet import bus
 from cachefleet.layout import Layout
 from cachefleet.plan import Plan
+from cachefleet.resp import OK, Err, Simple, Verbatim, encode, encode_command
 from cachefleet.slots import SLOTS
 from router import replies, routes
 from router.commands import (
@@ -53,7 +54,6 @@ from router.proxy import (
     ClientConn,
     Merge,
 )
-from router.resp import OK, Err, Simple, Verbatim, encode, encode_command
 
 CROSSSLOT = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n"
 POOL_SIZE = 2

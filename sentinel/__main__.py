@@ -7,7 +7,7 @@ import asyncio
 
 from cachefleet.log import configure
 from cachefleet.state import ClusterDir, state_home
-from sentinel.process import Sentinel, sentinel_ids
+from sentinel.process import Sentinel
 
 
 def main() -> None:
@@ -18,8 +18,9 @@ def main() -> None:
     args = parser.parse_args()
     configure("sentinel", cluster=args.cluster, sentinel=args.id)
     plan = ClusterDir(state_home(args.state_dir), args.cluster).load_plan()
-    if args.id not in sentinel_ids(plan):
-        parser.error(f"sentinel {args.id!r} is not configured ({', '.join(sentinel_ids(plan))})")
+    ids = [s.id for s in plan.sentinels]
+    if args.id not in ids:
+        parser.error(f"sentinel {args.id!r} is not configured ({', '.join(ids)})")
     cdir = ClusterDir(state_home(args.state_dir), args.cluster)
     try:
         import uvloop

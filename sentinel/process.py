@@ -24,31 +24,21 @@ import structlog
 from cachefleet import bus
 from cachefleet.events import append_event, make_event
 from cachefleet.layout import Layout, LayoutNode, LayoutShard
+from cachefleet.nodes import NodeLink, Replication, Role, myself_line
 from cachefleet.plan import Plan
 from cachefleet.state import ClusterDir
 from sentinel import decide
 from sentinel.decide import Action, FailoverState, Hello, VoteRequest, VoteState
-from sentinel.probe import NodeProber, ProbeReply
-from shard.admin import parse_cluster_nodes
 
 HELLO_EVERY_S = 0.25
 TAKEOVER_RESEND_S = 0.5
-
-
-def sentinel_ids(plan: Plan) -> list[str]:
-    return [f"s{i + 1}" for i in range(plan.topology.sentinels.count)]
-
-
-def sentinel_zone(plan: Plan, sid: str) -> str:
-    zones = plan.topology.zones
-    return zones[(int(sid[1:]) - 1) % len(zones)]
 
 
 @dataclass
 class Observation:
     first_probe: float
     last_ok: float | None = None
-    reply: ProbeReply | None = None
+    reply: Replication | None = None
 
 
 @dataclass
@@ -66,7 +56,7 @@ class Sentinel:
         self.plan = plan
         self.cdir = cdir
         self.sid = sid
-        self.zone = sentinel_zone(plan, sid)
+        self.zone = plan.sentinel(sid).zone
         self.address = plan.topology.zone_address(self.zone)
         cfg = plan.topology.sentinels
         self.configured = cfg.count
@@ -84,12 +74,12 @@ class Sentinel:
         self.layout: Layout | None = None
         self.obs: dict[str, Observation] = {}
         self.probers = {
-            n.name: NodeProber(host=n.host, port=n.port, source=self.address) for n in plan.nodes
+            n.name: NodeLink(host=n.host, port=n.port, source=self.address) for n in plan.nodes
         }
         # The failover executor's commands use their own connections: a probe never waits
         # behind a slow TAKEOVER and vice versa.
         self.admin = {
-            n.name: NodeProber(host=n.host, port=n.port, source=self.address) for n in plan.nodes
+            n.name: NodeLink(host=n.host, port=n.port, source=self.address) for n in plan.nodes
         }
         self.hellos: dict[str, Hello] = {}
         self.hello_epochs: dict[str, int] = {}
@@ -543,13 +533,13 @@ class Sentinel:
             fresh = bool(
                 ob and ob.last_ok and now - ob.last_ok <= self.probe_timeout + self.interval
             )
-            primary = by_addr.get(reply.master_addr) if reply and reply.master_addr else None
+            primary = by_addr.get(reply.primary_addr) if reply and reply.primary_addr else None
             replicas.append(
                 decide.Replica(
                     name=node.name,
                     zone=node.zone,
                     repl_offset=reply.offset if reply else 0,
-                    reachable=fresh and reply is not None and reply.role == "slave",
+                    reachable=fresh and reply is not None and reply.role is Role.REPLICA,
                     sdown=self.is_sdown(node.name, now),
                     link_down_s=reply.link_down_s if reply else float("inf"),
                     primary=primary,
@@ -612,8 +602,8 @@ class Sentinel:
                         sent_at = time.monotonic()
                     if promoted:
                         self.event(
-                            "switch_primary", shard=shard_id, epoch=epoch, old=primary,
-                            new=fo.candidate, zone=self.plan.node(fo.candidate).zone,
+                            "switch_primary", shard=shard_id, epoch=epoch, old_primary=primary,
+                            new_primary=fo.candidate, zone=self.plan.node(fo.candidate).zone,
                         )  # fmt: skip
                         continue
                 case Action.REATTACH_REPLICAS:
@@ -651,7 +641,7 @@ class Sentinel:
         if not isinstance(text, bytes | str):
             return None
         raw = text.decode() if isinstance(text, bytes) else text
-        me = next((ln for ln in parse_cluster_nodes(raw) if "myself" in ln.flags), None)
+        me = myself_line(raw)
         if me is not None and me.is_primary and me.slots:
             return me.id
         return None

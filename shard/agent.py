@@ -19,11 +19,19 @@ from typing import Any
 import structlog
 
 from cachefleet import bus
-from cachefleet.events import append_event, make_event
+from cachefleet.announce import emit_event
+from cachefleet.nodes import (
+    NodeLine,
+    Replication,
+    cluster_nodes,
+    connect,
+    info,
+    myself,
+    try_call,
+)
 from cachefleet.plan import NodeSpec, Plan
 from cachefleet.proc import alive_and_ours, read_pid
 from cachefleet.state import ClusterDir
-from shard.admin import connect, info, myself, parse_cluster_nodes, try_call
 from shard.launch import node_paths, start_engine
 
 STATE_INTERVAL_S = 1.0
@@ -170,14 +178,13 @@ class ZoneAgent:
                 lost_identity=lost_identity,
             )
 
-    async def _peer_views(self, rt: NodeRuntime) -> list[list[Any]]:
-        async def view(peer: NodeSpec) -> list[Any]:
+    async def _peer_views(self, rt: NodeRuntime) -> list[list[NodeLine]]:
+        async def view(peer: NodeSpec) -> list[NodeLine]:
             client = connect(peer.host, peer.port, timeout=0.5)
             try:
-                text = await try_call(client, "CLUSTER", "NODES")
+                return await cluster_nodes(client) or []
             finally:
                 await client.aclose()
-            return parse_cluster_nodes(text) if isinstance(text, str) else []
 
         peers = [n for n in self.plan.nodes if n.name != rt.spec.name]
         return list(await asyncio.gather(*(view(p) for p in peers)))
@@ -197,11 +204,7 @@ class ZoneAgent:
         if topo.persistence.appendonly:
             return  # it restarts with its data
         views = await self._peer_views(rt)
-        serving = any(
-            line.id == rt.engine_id and line.is_primary and line.slots
-            for view in views
-            for line in view
-        )
+        serving = any(line.id == rt.engine_id and line.serving for view in views for line in view)
         if not serving:
             return
         shard_addrs = {(n.host, n.port) for n in self.plan.shard_nodes(rt.spec.shard)}
@@ -212,8 +215,7 @@ class ZoneAgent:
             for view in await self._peer_views(rt):
                 for line in view:
                     if (
-                        line.is_primary
-                        and line.slots
+                        line.serving
                         and line.id != rt.engine_id
                         and (line.host, line.port) in shard_addrs
                     ):
@@ -232,10 +234,9 @@ class ZoneAgent:
             for peer in peers:
                 client = connect(peer.host, peer.port, timeout=1.0)
                 try:
-                    text = await try_call(client, "CLUSTER", "NODES")
-                    if not isinstance(text, str):
+                    view = await cluster_nodes(client)
+                    if view is None:
                         continue
-                    view = parse_cluster_nodes(text)
                     if len(view) <= 1:
                         continue  # the cluster was never created: `up` will do it
                     if old_id:
@@ -246,9 +247,7 @@ class ZoneAgent:
                         (
                             line
                             for line in view
-                            if line.is_primary
-                            and line.slots
-                            and (line.host, line.port) in shard_addrs
+                            if line.serving and (line.host, line.port) in shard_addrs
                         ),
                         None,
                     )
@@ -312,9 +311,7 @@ class ZoneAgent:
     # -- state publishing ---------------------------------------------------------------------
 
     def _event(self, kind: str, **fields: Any) -> None:
-        event = make_event(kind, self.plan.name, **fields)
-        append_event(self.cdir.events_path, event)
-        self.bus.publish(bus.topic(self.plan.name, "events"), bus.encode(event))
+        emit_event(self.bus, self.cdir, kind, **fields)
 
     def _queue_state(self, rt: NodeRuntime, extra: dict[str, Any]) -> None:
         state = {
@@ -343,21 +340,16 @@ class ZoneAgent:
         if data is None:
             self._queue_state(rt, {"status": "unresponsive"})
             return
-        role = "primary" if data.get("role") == "master" else "replica"
-        offset = (
-            data.get("master_repl_offset", 0)
-            if role == "primary"
-            else data.get("slave_repl_offset", data.get("master_repl_offset", 0))
-        )
+        rep = Replication.from_info(data)
         self._queue_state(
             rt,
             {
                 "status": "up",
                 "id": me.id if me else rt.engine_id,
-                "role": role,
-                "offset": offset,
-                "link": data.get("master_link_status") if role == "replica" else None,
-                "connected_replicas": data.get("connected_slaves", 0),
+                "role": str(rep.role),
+                "offset": rep.offset,
+                "link": None if rep.is_primary else ("up" if rep.link_up else "down"),
+                "connected_replicas": rep.connected_replicas,
                 "used_memory": data.get("used_memory"),
                 "maxmemory": data.get("maxmemory"),
                 "ops_per_sec": data.get("instantaneous_ops_per_sec"),

@@ -1,129 +1,13 @@
-"""Shared fixtures: real clusters started through the real CLI in temp state dirs."""
+"""Fixtures: real clusters started through the real CLI in temp state dirs."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-
-from cachefleet.plan import Plan
-from cachefleet.proc import live_processes
-from cachefleet.state import ClusterDir
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def cli(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "cachefleet", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"cachefleet {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-        )
-    return proc
-
-
-def base_topology(name: str, **overrides: Any) -> dict[str, Any]:
-    topo: dict[str, Any] = {
-        "name": name,
-        "engine": "valkey",
-        "zones": ["az-a", "az-b", "az-c"],
-        "shards": 3,
-        "replicas_per_shard": 1,
-        "node_type": "cache.micro",
-        "ports": {"base": "auto"},
-        "router": {"port": "auto"},
-        "bus": {"url": "embedded"},
-    }
-    topo.update(overrides)
-    return topo
-
-
-@dataclass
-class RunningCluster:
-    name: str
-    state_dir: Path
-    topology_path: Path
-    up_output: str
-    seen_pids: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def cdir(self) -> ClusterDir:
-        return ClusterDir(self.state_dir, self.name)
-
-    @property
-    def plan(self) -> Plan:
-        return self.cdir.load_plan()
-
-    @property
-    def router(self) -> tuple[str, int]:
-        plan = self.plan
-        return plan.router_host, plan.router_port
-
-    def status(self) -> dict[str, Any]:
-        out = cli("status", self.name, "--json", "--state-dir", str(self.state_dir))
-        data: dict[str, Any] = json.loads(out.stdout)
-        return data
-
-    def remember_pids(self) -> None:
-        self.seen_pids.update(live_processes(self.cdir))
-
-    def down(self, purge: bool = True) -> subprocess.CompletedProcess[str]:
-        self.remember_pids()
-        args = ["down", self.name, "--state-dir", str(self.state_dir)]
-        return cli(*args, *(["--purge"] if purge else []))
-
-
-def start_cluster(tmp_path: Path, **overrides: Any) -> RunningCluster:
-    name = overrides.pop("name", None) or f"t{uuid.uuid4().hex[:8]}"
-    topo = base_topology(name, **overrides)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(topo))
-    state = tmp_path / "state"
-    out = cli("up", str(path), "--detach", "--state-dir", str(state))
-    cluster = RunningCluster(name, state, path, out.stdout)
-    cluster.remember_pids()
-    return cluster
-
-
-def wait_for(check: Any, timeout: float, what: str) -> Any:
-    """Poll `check` until it returns something truthy (a generous bound to catch hangs)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
-def assert_all_gone(pids: dict[str, int]) -> None:
-    alive = []
-    for name, pid in pids.items():
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        if stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X"):
-            alive.append(f"{name}={pid}")
-    assert not alive, f"processes left running: {alive}"
+from helpers import RunningCluster, assert_all_gone, cli, start_cluster
 
 
 @pytest.fixture

@@ -26,23 +26,24 @@ import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ClusterDownError, RedisError, ResponseError
 
-from cachefleet import cluster
 from cachefleet.chaos import checker, report
 from cachefleet.chaos.checker import Op
 from cachefleet.chaos.faults import PacketFilter, packet_filter, partition_support, signal_pid
-from cachefleet.chaos.scenario import Fault, Scenario
+from cachefleet.chaos.scenario import Fault, Scenario, load_scenario
 from cachefleet.errors import CachefleetError, ClusterTimeout
 from cachefleet.events import EventTail
+from cachefleet.nodes import NodeLink
+from cachefleet.ops import lifecycle
+from cachefleet.ops.status import status
 from cachefleet.plan import Plan
-from cachefleet.proc import live_processes, read_pid
+from cachefleet.proc import live_processes, read_pid, until_state
 from cachefleet.slots import SLOTS, key_slot
 from cachefleet.state import ClusterDir, state_home
 from cachefleet.topology import load_topology
-from sentinel.probe import NodeProber
-from sentinel.process import sentinel_ids, sentinel_zone
 
 Out = Callable[[str], None]
 RECOVER_S = 90.0
+EXIT_SKIPPED = 4  # `cachefleet chaos` when the scenario cannot run here (see --allow-skip)
 
 
 class Trial:
@@ -65,7 +66,7 @@ class SlotMap:
     router, which follows the layout the sentinels publish)."""
 
     def __init__(self, host: str, port: int, timeout: float) -> None:
-        self.endpoint = NodeProber(host=host, port=port)
+        self.endpoint = NodeLink(host=host, port=port)
         self.timeout = timeout
         self.table: list[tuple[str, int] | None] = [None] * SLOTS
 
@@ -98,8 +99,10 @@ class ChaosRun:
         trials: int | None = None,
         out: Out = print,
         progress: Out | None = None,
+        allow_skip: bool = False,
     ) -> None:
         self.scenario = scenario
+        self.allow_skip = allow_skip
         self.state_dir = state_dir
         self.trials = trials or scenario.trials
         self.out = out
@@ -116,10 +119,10 @@ class ChaosRun:
         """Start the cluster unless it runs; True when this run started it."""
         if self.cdir.exists() and live_processes(self.cdir):
             self.progress(f"attaching to running cluster {self.topology.name}")
-            cluster.repair(self.cdir.load_plan(), self.cdir)
+            lifecycle.repair(self.cdir.load_plan(), self.cdir)
             return False
         self.progress(f"starting cluster {self.topology.name} from {self.scenario.topology}")
-        await cluster.up(
+        await lifecycle.up(
             str(self.scenario.topology), state_dir=self.state_dir, detach=True,
             out=lambda _m: None,
         )  # fmt: skip
@@ -129,23 +132,15 @@ class ChaosRun:
         """Restart killed control processes, re-publish the layout if the bus was restarted,
         and wait until every node is healthy; returns how long that took."""
         t = time.monotonic()
-        restarted = cluster.repair(plan, self.cdir)
+        restarted = lifecycle.repair(plan, self.cdir)
         if "broker" in restarted:
-            layout = cluster.load_layout_file(self.cdir)
-            if layout is not None:
-                deadline = time.monotonic() + 15
-                while time.monotonic() < deadline:
-                    try:
-                        await cluster.publish_layout(plan, self.cdir, layout)
-                        break
-                    except CachefleetError:
-                        await asyncio.sleep(0.2)
+            await lifecycle.republish_layout(plan, self.cdir)
         if restarted:
             self.progress(f"  restarted {', '.join(restarted)}")
         deadline = time.monotonic() + RECOVER_S
         last = None
         while time.monotonic() < deadline:
-            st = await cluster.status(plan.name, state_dir=self.state_dir)
+            st = await status(plan.name, state_dir=self.state_dir)
             last = st["state"]
             if (
                 st["state"] == "available"
@@ -163,7 +158,7 @@ class ChaosRun:
 
     def _resolve(self, target: str, plan: Plan, rng: random.Random) -> tuple[list[str], str]:
         """Pid-file names to signal, and a human description."""
-        layout = cluster.load_layout_file(self.cdir)
+        layout = self.cdir.load_layout()
         assert layout is not None
         kind, _, arg = target.partition(":")
         shard_ids = [s.id for s in layout.shards]
@@ -185,8 +180,8 @@ class ChaosRun:
         if kind == "node":
             return [f"node.{arg}"], f"node {arg} ({plan.node(arg).zone})"
         if kind == "sentinel":
-            sid = rng.choice(sentinel_ids(plan)) if arg == "random" else arg
-            return [f"sentinel.{sid}"], f"sentinel {sid} ({sentinel_zone(plan, sid)})"
+            sid = rng.choice([s.id for s in plan.sentinels]) if arg == "random" else arg
+            return [f"sentinel.{sid}"], f"sentinel {sid} ({plan.sentinel(sid).zone})"
         if kind == "router":
             return ["router"], "the router"
         if kind == "bus":
@@ -205,7 +200,7 @@ class ChaosRun:
     def _zone(self, plan: Plan, zone: str) -> list[str]:
         names = [f"agent.{zone}"]  # first: nothing may restart the zone's nodes meanwhile
         names += [f"node.{n.name}" for n in plan.zone_nodes(zone)]
-        names += [f"sentinel.{s}" for s in sentinel_ids(plan) if sentinel_zone(plan, s) == zone]
+        names += [f"sentinel.{s.id}" for s in plan.sentinels if s.zone == zone]
         return names
 
     # -- faults ---------------------------------------------------------------------------------
@@ -235,7 +230,7 @@ class ChaosRun:
                 trial.paused.add(pid)
         # The fault's time is when it has taken effect (the process is gone or stopped), so
         # no operation started "after the fault" can still have been served by it.
-        await _until_state(pids, "Z" if sig == signal.SIGKILL else "T")
+        await until_state(pids, stopped=sig != signal.SIGKILL)
         self._record(trial, trial.now(), f"{fault.kind} {what}")
         if fault.kind == "pause" and fault.duration_s:
             await asyncio.sleep(fault.duration_s)
@@ -248,13 +243,13 @@ class ChaosRun:
         """Every node once, one at a time, the way a managed service patches: a primary is
         first failed over gracefully, then the node is stopped (SIGTERM) and its agent
         restarts it; then wait for it to be a linked replica again."""
-        from cachefleet.failover import graceful_failover
+        from cachefleet.ops.failover import graceful_failover
 
         for node in plan.nodes:
             if trial.now() > self.scenario.duration_s - 1:
                 self._record(trial, trial.now(), "rolling restart: out of time, stopped")
                 return
-            layout = cluster.load_layout_file(self.cdir)
+            layout = self.cdir.load_layout()
             assert layout is not None
             shard = layout.shard(node.shard)
             if shard.primary is not None and shard.primary.name == node.name and shard.replicas:
@@ -279,13 +274,14 @@ class ChaosRun:
             for ev in tail.read():
                 if ev.get("type") in ("switch_primary", "graceful_failover"):
                     t = ev["ts"] - (time.time() - trial.now())
-                    what = f"shard {ev['shard']} primary now {ev['new']} ({ev.get('zone', '?')})"
+                    new, zone = ev["new_primary"], ev.get("zone", "?")
+                    what = f"shard {ev['shard']} primary now {new} ({zone})"
                     trial.failovers.append(
                         {
                             "t": round(t, 3),
                             "shard": ev["shard"],
                             "what": what,
-                            "address": self._address(ev["new"]),
+                            "address": self._address(ev["new_primary"]),
                         }
                     )
                     self.progress(f"  t={t:.1f}s {what}")
@@ -440,7 +436,7 @@ class ChaosRun:
 
     async def run_trial(self, number: int, plan: Plan) -> dict[str, Any]:
         await self._recover(plan)
-        st = await cluster.status(plan.name, state_dir=self.state_dir)
+        st = await status(plan.name, state_dir=self.state_dir)
         ranges = {s["id"]: [tuple(r) for r in s["slots"]] for s in st["shards"]}
         shard_of = {
             k: next(sid for sid, rs in ranges.items() if any(a <= key_slot(k) <= b for a, b in rs))
@@ -565,7 +561,7 @@ class ChaosRun:
                 why = "zone partitions need per-zone addresses (zone_addressing: shared)"
             if why is not None:
                 self.out(f"chaos {sc.name}: skipped: {why}")
-                return 0, None
+                return (0 if self.allow_skip else EXIT_SKIPPED), None
         owned = await self._ensure_cluster()
         plan = self.cdir.load_plan()
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
@@ -607,7 +603,9 @@ class ChaosRun:
         finally:
             self.pf = None
             if owned:
-                cluster.down(plan.name, state_dir=self.state_dir, purge=False, out=lambda _m: None)
+                await lifecycle.down(
+                    plan.name, state_dir=self.state_dir, purge=False, out=lambda _m: None
+                )
         result = self._aggregate(trials)
         report.write_json(run_dir / "result.json", result)
         report.write_markdown(run_dir / "report.md", result)
@@ -676,30 +674,18 @@ class ChaosRun:
         }
 
 
-async def _until_state(pids: list[int], state: str, timeout: float = 1.0) -> None:
-    """Wait until every pid is gone (or a zombie, for "Z") or stopped ("T")."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pending = False
-        for pid in pids:
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-            except OSError:
-                continue  # gone
-            if stat not in (state, "Z", "X") and not (state == "T" and stat == "t"):
-                pending = True
-        if not pending:
-            return
-        await asyncio.sleep(0.001)
-
-
 async def run_scenario(
-    path: str, *, state_dir: str | None, trials: int | None, out: Out
+    path: str,
+    *,
+    state_dir: str | None,
+    trials: int | None,
+    out: Out,
+    allow_skip: bool = False,
 ) -> tuple[int, Path | None]:
-    from cachefleet.chaos.scenario import load_scenario
-
+    """Run a scenario; exit code 0 when it passed, 1 when it failed, EXIT_SKIPPED when it
+    could not run here (e.g. partitions without root) unless `allow_skip`."""
     scenario = load_scenario(path)
-    runner = ChaosRun(scenario, state_dir=state_dir, trials=trials, out=out)
+    runner = ChaosRun(scenario, state_dir=state_dir, trials=trials, out=out, allow_skip=allow_skip)
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     assert main is not None

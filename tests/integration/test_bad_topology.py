@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import cli
+from helpers import cli
 
 HERE = Path(__file__).resolve().parent.parent / "topologies"
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import assert_all_gone, base_topology, cli
+from helpers import assert_all_gone, base_topology, cli
 
 from cachefleet.chaos.faults import TAG
 from cachefleet.proc import live_processes

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import RunningCluster, cli, wait_for
+from helpers import RunningCluster, cli, wait_for
 from redis.cluster import RedisCluster
 
 from cachefleet.events import read_events
+from cachefleet.nodes import parse_cluster_nodes
 from cachefleet.proc import read_pid
 from cachefleet.slots import key_slot
-from shard.admin import parse_cluster_nodes
 
 pytestmark = pytest.mark.integration
 
@@ -258,7 +258,7 @@ def test_graceful_failover_under_a_steady_writer_loses_no_acknowledged_write(
             lost.append((k, v, got))
     rc.close()
     assert lost == []
-    assert events(c, "graceful_failover")[0]["new"] == new["name"]
+    assert events(c, "graceful_failover")[0]["new_primary"] == new["name"]
 
 
 def test_graceful_failover_refuses_without_a_healthy_replica(cluster_factory: Any) -> None:

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import RunningCluster
+from helpers import RunningCluster
 
 from cachefleet.proc import read_pid
+from cachefleet.resp import encode_command
 from cachefleet.slots import key_slot
-from router.resp import encode_command
 
 pytestmark = pytest.mark.integration
 

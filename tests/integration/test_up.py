@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import RunningCluster, assert_all_gone, cli, wait_for
+from helpers import RunningCluster, assert_all_gone, cli, wait_for
 from redis.cluster import RedisCluster
 
 from cachefleet.engine import resolve_cli_binary
 from cachefleet.events import read_events
+from cachefleet.nodes import parse_cluster_nodes
 from cachefleet.proc import read_pid
 from cachefleet.slots import key_slot
-from shard.admin import parse_cluster_nodes
 
 pytestmark = pytest.mark.integration
 

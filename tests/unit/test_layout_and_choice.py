@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from cachefleet.errors import TopologyError
-from cachefleet.failover import ReplicaState, choose_replica
 from cachefleet.layout import Layout, LayoutNode, LayoutShard
+from cachefleet.ops.failover import ReplicaState, choose_replica
 from cachefleet.topology import parse_topology
 
 

@@ -9,17 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.resp import (
-    OK,
-    Err,
-    InlineError,
-    Simple,
-    Verbatim,
-    encode,
-    encode_command,
-    split_inline,
-)
-from shard.admin import parse_cluster_nodes
+from cachefleet.nodes import parse_cluster_nodes
+from cachefleet.resp import OK, Err, Simple, Verbatim, encode, encode_command
+from router.inline import InlineError, split_inline
 
 # --- encode -----------------------------------------------------------------------------
 

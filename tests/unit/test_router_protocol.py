@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cachefleet.layout import Layout, LayoutNode, LayoutShard
+from cachefleet.resp import encode_command
 from cachefleet.slots import key_slot as reference_slot
 from router import replies, routes
 from router.commands import (
@@ -25,7 +26,6 @@ from router.commands import (
     split,
 )
 from router.framing import ProtocolError, RequestFramer
-from router.resp import encode_command
 
 # `COMMAND INFO get set mget mset msetnx del unlink exists touch xread eval blpop dbsize keys
 # sort spublish object scan flushall rename lmpop zunionstore script` from Valkey 8.1, as

@@ -15,9 +15,9 @@ import redis.asyncio as aredis
 
 from cachefleet.errors import ClusterTimeout
 from cachefleet.layout import Layout, LayoutNode, LayoutShard
+from cachefleet.nodes import NodeLine, Role, cluster_nodes, connect, replication, try_call
 from cachefleet.plan import NodeSpec, Plan
 from cachefleet.slots import SLOTS
-from shard.admin import NodeLine, connect, info, parse_cluster_nodes, try_call
 
 Progress = Callable[[str], None]
 FULL_MESH_LIMIT = 64
@@ -63,8 +63,7 @@ class Creator:
         await _until("nodes start", timeout, check)
 
     async def _nodes_view(self, name: str) -> list[NodeLine] | None:
-        text = await try_call(self.clients[name], "CLUSTER", "NODES")
-        return parse_cluster_nodes(text) if isinstance(text, str) else None
+        return await cluster_nodes(self.clients[name])
 
     async def create(self, timeout: float = 60.0) -> Layout:
         plan = self.plan
@@ -144,23 +143,21 @@ class Creator:
         calls = []
         views = await asyncio.gather(*(self._nodes_view(n.name) for n in self.plan.nodes))
         mine = {
-            n.name: next((line for line in (v or []) if "myself" in line.flags), None)
+            n.name: next((line for line in (v or []) if line.is_myself), None)
             for n, v in zip(self.plan.nodes, views, strict=True)
         }
         for shard in range(1, self.plan.topology.shards + 1):
             members = self.plan.shard_nodes(shard)
             # The shard's primary is whichever member serves its slots: the plan's first member
             # on a new cluster, possibly another after failovers and a restart.
-            holder = next(
-                (n for n in members if (m := mine[n.name]) and m.is_primary and m.slots), None
-            )
+            holder = next((n for n in members if (m := mine[n.name]) and m.serving), None)
             if holder is None:
                 continue
             for node in members:
                 current = mine[node.name]
                 if node is holder or (current and current.master_id == self.ids[holder.name]):
                     continue
-                if current is not None and current.is_primary and current.slots:
+                if current is not None and current.serving:
                     continue  # two holders: the engines' epochs settle it, not us
                 calls.append(
                     try_call(self.clients[node.name], "CLUSTER", "REPLICATE", self.ids[holder.name])
@@ -198,18 +195,16 @@ class Creator:
         # Every node that is not serving slots must be a replica with its link up (the plan's
         # roles only hold on a new cluster; after failovers and a restart, roles are the
         # engines' own).
-        reps = await asyncio.gather(*(info(self.clients[n], "replication") for n in names))
-        serving = {
-            line.id for view in views if view for line in view if line.is_primary and line.slots
-        }
+        reps = await asyncio.gather(*(replication(self.clients[n]) for n in names))
+        serving = {line.id for view in views if view for line in view if line.serving}
         for name, rep in zip(names, reps, strict=True):
             if rep is None:
                 return f"{name} does not answer INFO"
             if self.ids.get(name) in serving:
                 continue
-            if rep.get("role") != "slave" or rep.get("master_link_status") != "up":
+            if rep.role is not Role.REPLICA or not rep.link_up:
                 return f"{name} replica link not up"
-            if int(rep.get("master_sync_in_progress", 0)):
+            if rep.syncing:
                 return f"{name} still syncing"
         return None
 
@@ -222,11 +217,9 @@ async def observe_layout(plan: Plan, clients: dict[str, aredis.Redis], *, epoch:
     """Build the layout from CLUSTER NODES of the first node that answers."""
     view: list[NodeLine] | None = None
     for node in plan.nodes:
-        text = await try_call(clients[node.name], "CLUSTER", "NODES")
-        if isinstance(text, str):
-            view = parse_cluster_nodes(text)
-            if any(line.slots for line in view):
-                break
+        view = await cluster_nodes(clients[node.name])
+        if view is not None and any(line.slots for line in view):
+            break
     if view is None:
         raise ClusterTimeout("observe layout", 0, "no node answers CLUSTER NODES")
     by_addr = {(line.host, line.port): line for line in view}
@@ -238,8 +231,8 @@ async def observe_layout(plan: Plan, clients: dict[str, aredis.Redis], *, epoch:
             line = by_addr.get((spec.host, spec.port))
             if line is None:
                 continue
-            role = "primary" if line.is_primary else "replica"
-            if line.is_primary and line.slots:
+            role = str(line.role)
+            if line.serving:
                 slots = line.slots
             members.append(
                 LayoutNode(
@@ -256,7 +249,7 @@ async def observe_layout(plan: Plan, clients: dict[str, aredis.Redis], *, epoch:
         # A shard has one primary in the layout: the master that holds its slots.
         owners = [m for m in members if m.role == "primary"]
         if len(owners) > 1:
-            holder = {(line.host, line.port) for line in view if line.is_primary and line.slots}
+            holder = {(line.host, line.port) for line in view if line.serving}
             members = [
                 m
                 if (m.role != "primary" or (m.host, m.port) in holder)

@@ -13,11 +13,12 @@ import time
 from dataclasses import dataclass
 
 from cachefleet import bus
+from cachefleet.announce import emit_event, publish_layout
 from cachefleet.errors import CachefleetError, ClusterTimeout
-from cachefleet.events import append_event, make_event
 from cachefleet.layout import LayoutNode
+from cachefleet.nodes import Role, connect, myself, replication, try_call
+from cachefleet.ops.status import read_bus
 from cachefleet.state import ClusterDir, state_home
-from shard.admin import connect, info, myself, try_call
 
 
 @dataclass(frozen=True)
@@ -31,18 +32,12 @@ class ReplicaState:
 async def _replica_state(node: LayoutNode) -> ReplicaState | None:
     client = connect(node.host, node.port, timeout=1.0)
     try:
-        rep = await info(client, "replication")
+        rep = await replication(client)
     finally:
         await client.aclose()
-    if rep is None or rep.get("role") != "slave":
+    if rep is None or rep.role is not Role.REPLICA:
         return None
-    master = (str(rep.get("master_host")), int(rep.get("master_port", 0)))
-    return ReplicaState(
-        node=node,
-        offset=int(rep.get("slave_repl_offset", 0)),
-        linked=rep.get("master_link_status") == "up",
-        master=master,
-    )
+    return ReplicaState(node=node, offset=rep.offset, linked=rep.link_up, master=rep.primary_addr)
 
 
 def choose_replica(
@@ -60,11 +55,9 @@ def choose_replica(
 async def graceful_failover(
     name: str, *, shard_id: int, to: str | None, state_dir: str | None
 ) -> str:
-    from cachefleet.cluster import load_layout_file, read_bus, save_layout
-
     cdir = ClusterDir(state_home(state_dir), name)
     plan = cdir.load_plan()
-    layout = (await read_bus(plan, cdir)).layout or load_layout_file(cdir)
+    layout = (await read_bus(plan, cdir)).layout or cdir.load_layout()
     if layout is None:
         raise CachefleetError(f"cluster {name!r} has no published layout (is it running?)")
     ids = [s.id for s in layout.shards]
@@ -81,7 +74,7 @@ async def graceful_failover(
         me = await myself(pclient)
     finally:
         await pclient.aclose()
-    if me is None or not me.is_primary or not me.slots:
+    if me is None or not me.serving:
         raise CachefleetError(
             f"shard {shard_id}: primary {primary.name} is not serving; a graceful failover needs "
             "a live primary (the sentinels fail over a dead one)"
@@ -107,7 +100,7 @@ async def graceful_failover(
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             line = await myself(client)
-            if line is not None and line.is_primary and line.slots:
+            if line is not None and line.serving:
                 new_id = line.id
                 break
             await asyncio.sleep(0.02)
@@ -117,32 +110,26 @@ async def graceful_failover(
         await client.aclose()
     elapsed = time.monotonic() - t0
 
-    hellos = (await read_bus(plan, cdir)).hellos  # re-read: epochs may have moved meanwhile
-    epoch = max([layout.epoch, *(int(h.get("epoch", 0)) for h in hellos.values())]) + 1
-    new_layout = layout.with_primary(shard_id, target.name, new_id, epoch)
-    await bus.publish_once(
-        plan.bus_host,
-        plan.bus_port,
-        bus.topic(plan.name, "layout"),
-        bus.encode(new_layout.to_dict()),
-        retain=True,
-    )
-    save_layout(cdir, new_layout)
-    event = make_event(
+    # The new layout's config epoch must beat both the current layout and any failover epoch
+    # the sentinels reached meanwhile (they stamp their layouts with it): re-read the hellos.
+    hellos = (await read_bus(plan, cdir)).hellos
+    config_epoch = max([layout.epoch, *(int(h.get("epoch", 0)) for h in hellos.values())]) + 1
+    new_layout = layout.with_primary(shard_id, target.name, new_id, config_epoch)
+    outbox = bus.Outbox(plan.bus_host, plan.bus_port)
+    publish_layout(outbox, cdir, new_layout)
+    emit_event(
+        outbox,
+        cdir,
         "graceful_failover",
-        plan.name,
         shard=shard_id,
-        epoch=epoch,
-        old=primary.name,
-        new=target.name,
+        config_epoch=config_epoch,
+        old_primary=primary.name,
+        new_primary=target.name,
         zone=target.zone,
         duration_ms=round(elapsed * 1000),
     )
-    append_event(cdir.events_path, event)
-    await bus.publish_once(
-        plan.bus_host, plan.bus_port, bus.topic(plan.name, "events"), bus.encode(event)
-    )
+    await outbox.flush()
     return (
         f"shard {shard_id}: primary {primary.name} ({primary.zone}) -> {target.name} "
-        f"({target.zone}) in {elapsed:.2f}s, epoch {epoch}"
+        f"({target.zone}) in {elapsed:.2f}s, config epoch {config_epoch}"
     )

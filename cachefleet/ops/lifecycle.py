@@ -1,0 +1,274 @@
+"""Cluster operations behind the CLI: up, status, down."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cachefleet import bus, ports
+from cachefleet.announce import emit_event, publish_layout
+from cachefleet.engine import resolve_engine_binary
+from cachefleet.errors import BusError, CachefleetError, ClusterTimeout, StateError, TopologyError
+from cachefleet.layout import Layout
+from cachefleet.nodes import connect, try_call
+from cachefleet.ops.create import Creator
+from cachefleet.plan import Plan, build_plan, place
+from cachefleet.proc import live_processes, python_module_cmd, spawn, stop_processes
+from cachefleet.state import ClusterDir, state_home
+from cachefleet.topology import Topology, load_topology
+
+Out = Callable[[str], None]
+STOP_ORDER = (("router",), ("sentinel",), ("agent",), ("node",), ("broker",))
+
+
+def _wait_port(host: str, port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex((host, port)) == 0:
+                return True
+        time.sleep(0.02)
+    return False
+
+
+def _make_plan(topo: Topology, raw: dict[str, Any], binary: str) -> Plan:
+    node_ports: list[tuple[int, int]] | None = None
+    if topo.ports_base is None:
+        hosts = [topo.zone_address(z) for _, _, z in place(topo)]
+        node_ports = ports.allocate(hosts, pairs=True)
+    embedded = topo.bus.embedded
+    bus_addr = ("127.0.0.1", ports.allocate_one()) if embedded else topo.bus.host_port
+    router_port = topo.router.port if topo.router.port is not None else ports.allocate_one()
+    return build_plan(
+        topo,
+        raw,
+        engine_binary=binary,
+        node_ports=node_ports,
+        bus=bus_addr,
+        router_port=router_port,
+    )
+
+
+def _check_ports_free(plan: Plan) -> None:
+    wanted = [(n.host, n.port, f"node {n.name}") for n in plan.nodes]
+    wanted += [(n.host, n.bus_port, f"cluster bus of {n.name}") for n in plan.nodes]
+    wanted.append((plan.router_host, plan.router_port, "router"))
+    if plan.topology.bus.embedded:
+        wanted.append((plan.bus_host, plan.bus_port, "embedded bus"))
+    for host, port, what in wanted:
+        if not ports.port_free(host, port):
+            raise CachefleetError(f"port {host}:{port} for the {what} is already in use")
+
+
+async def up(topology_path: str, *, state_dir: str | None, detach: bool, out: Out) -> int:
+    t0 = time.monotonic()
+
+    def step(msg: str) -> None:
+        out(f"[{time.monotonic() - t0:5.1f}s] {msg}")
+
+    topo = load_topology(topology_path)
+    raw = yaml.safe_load(Path(topology_path).read_text())
+    if topo.engine == "memcached":
+        raise TopologyError(topo.source, "engine", "memcached is not supported yet (valkey, redis)")
+    binary = resolve_engine_binary(topo.engine, topo.engine_binary)
+    cdir = ClusterDir(state_home(state_dir), topo.name)
+
+    if cdir.exists():
+        plan = cdir.load_plan()
+        if plan.raw_topology != raw:
+            raise StateError(
+                f"cluster {topo.name!r} already exists under {cdir.home} with a different "
+                f"topology; run `cachefleet down {topo.name} --purge` first"
+            )
+        live = live_processes(cdir)
+        if live:
+            restarted = repair(plan, cdir)
+            if restarted:
+                out(f"cluster {topo.name} is running; restarted {', '.join(restarted)}")
+            else:
+                out(
+                    f"cluster {topo.name} is already running ({len(live)} processes); "
+                    "nothing changed"
+                )
+            _print_endpoints(plan, cdir.load_layout(), out)
+            return 0
+        step(f"restarting cluster {topo.name} from {cdir.root}")
+        _check_ports_free(plan)
+    else:
+        plan = _make_plan(topo, raw, binary)
+        cdir.make()
+        cdir.plan_path.write_text(plan.to_json())
+        step(f"cluster {topo.name}: {len(plan.nodes)} nodes in {len(topo.zones)} zones, {binary}")
+
+    try:
+        await _start_processes(plan, cdir, step)
+        creator = Creator(plan=plan, progress=step)
+        try:
+            previous = cdir.load_layout()
+            layout = await creator.create()
+            epoch = previous.epoch + 1 if previous else 1
+            layout = Layout(cluster=layout.cluster, epoch=epoch, shards=layout.shards)
+        finally:
+            await creator.close()
+        await _wait_bus(plan, cdir)
+        outbox = bus.Outbox(plan.bus_host, plan.bus_port)
+        publish_layout(outbox, cdir, layout)
+        emit_event(outbox, cdir, "cluster_created", epoch=layout.epoch, nodes=len(plan.nodes))
+        await outbox.flush()
+        step("waiting for the router to serve the layout")
+        await _wait_router(plan, layout.epoch, 15.0)
+    except BaseException:
+        out("startup failed; stopping what was started")
+        stop_processes(cdir, STOP_ORDER)
+        raise
+    step(f"cluster {topo.name} is available (epoch {layout.epoch})")
+    _print_endpoints(plan, layout, out)
+    if detach:
+        return 0
+    return await _foreground(plan, cdir, out)
+
+
+def control_processes(plan: Plan, cdir: ClusterDir) -> dict[str, list[str]]:
+    """Every long-running cachefleet process of the cluster, by pid-file name, with its argv.
+    (Engine nodes are not here: their zone agent starts them.)"""
+    home = str(cdir.home)
+    common = ["--cluster", plan.name, "--state-dir", home]
+    procs: dict[str, list[str]] = {}
+    if plan.topology.bus.embedded:
+        procs["broker"] = python_module_cmd(
+            "cachefleet.broker", "--host", plan.bus_host, "--port", str(plan.bus_port), *common
+        )
+    for zone in plan.topology.zones:
+        if plan.zone_nodes(zone):
+            procs[f"agent.{zone}"] = python_module_cmd("shard", "--zone", zone, *common)
+    procs["router"] = python_module_cmd("router", *common)
+    for s in plan.sentinels:
+        procs[f"sentinel.{s.id}"] = python_module_cmd("sentinel", "--id", s.id, *common)
+    return procs
+
+
+async def _start_processes(plan: Plan, cdir: ClusterDir, step: Out) -> None:
+    procs = control_processes(plan, cdir)
+    zones = [k.split(".", 1)[1] for k in procs if k.startswith("agent.")]
+    step(
+        f"starting the bus, zone agents ({', '.join(zones)}), the router and "
+        f"{plan.topology.sentinels.count} sentinels"
+    )
+    for name, argv in procs.items():
+        spawn(cdir, name, argv)
+
+
+def repair(plan: Plan, cdir: ClusterDir) -> list[str]:
+    """Start every control process of a running cluster that is not running (after a crash or
+    a chaos fault); returns their names. Agents restart their zone's nodes themselves."""
+    live = live_processes(cdir)
+    missing = [name for name in control_processes(plan, cdir) if name not in live]
+    for name in missing:
+        spawn(cdir, name, control_processes(plan, cdir)[name])
+    return missing
+
+
+async def republish_layout(plan: Plan, cdir: ClusterDir, timeout: float = 15.0) -> bool:
+    """After a restart of the embedded broker (which keeps nothing): publish the last layout
+    again so that routers and sentinels that reconnect find it retained. True when sent."""
+    layout = cdir.load_layout()
+    if layout is None:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        outbox = bus.Outbox(plan.bus_host, plan.bus_port)
+        publish_layout(outbox, cdir, layout)
+        try:
+            await outbox.flush()
+            return True
+        except BusError:
+            await asyncio.sleep(0.2)
+    return False
+
+
+async def _wait_bus(plan: Plan, cdir: ClusterDir) -> None:
+    if plan.topology.bus.embedded and not await asyncio.to_thread(
+        _wait_port, plan.bus_host, plan.bus_port, 15.0
+    ):
+        raise ClusterTimeout("bus start", 15.0, f"see {cdir.log_file('broker')}")
+
+
+async def _wait_router(plan: Plan, epoch: int, timeout: float) -> None:
+    client = connect(plan.router_host, plan.router_port, timeout=1.0)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = await try_call(client, "CLUSTER", "INFO")
+            if isinstance(text, str) and f"cluster_current_epoch:{epoch}\r\n" in text:
+                return
+            await asyncio.sleep(0.05)
+        raise ClusterTimeout("router layout", timeout, "router did not pick up the layout")
+    finally:
+        await client.aclose()
+
+
+def _print_endpoints(plan: Plan, layout: Layout | None, out: Out) -> None:
+    out(f"  configuration endpoint (router): {plan.router_host}:{plan.router_port}")
+    out(f"  bus: mqtt://{plan.bus_host}:{plan.bus_port}")
+    if layout is not None:
+        for shard in layout.shards:
+            ranges = ",".join(f"{a}-{b}" for a, b in shard.slots)
+            p = shard.primary
+            primary = f"{p.name} {p.address} ({p.zone})" if p else "none"
+            reps = ", ".join(f"{r.name} {r.address} ({r.zone})" for r in shard.replicas) or "none"
+            out(f"  shard {shard.id} slots {ranges}: primary {primary}; replicas {reps}")
+    out(f"  try: redis-cli -c -h {plan.router_host} -p {plan.router_port} set foo bar")
+
+
+async def _foreground(plan: Plan, cdir: ClusterDir, out: Out) -> int:
+    out("running in the foreground; Ctrl-C stops the cluster")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), 1.0)
+        except TimeoutError:
+            live = live_processes(cdir)
+            if not any(k.startswith(("agent", "broker", "router")) for k in live):
+                out(f"cluster {plan.name} was stopped elsewhere")
+                return 0
+    out(f"stopping cluster {plan.name}")
+    await down(plan.name, state_dir=str(cdir.home), purge=False, out=out)
+    return 0
+
+
+async def down(name: str, *, state_dir: str | None, purge: bool, out: Out) -> int:
+    cdir = ClusterDir(state_home(state_dir), name)
+    if not cdir.root.exists():
+        raise StateError(f"no cluster named {name!r} under {cdir.home}")
+    live = live_processes(cdir)
+    # Everything but the bus first, so that `cluster_stopped` still reaches its subscribers.
+    await asyncio.to_thread(stop_processes, cdir, STOP_ORDER[:-1])
+    if cdir.exists():
+        plan = cdir.load_plan()
+        outbox = bus.Outbox(plan.bus_host, plan.bus_port)
+        emit_event(outbox, cdir, "cluster_stopped", processes=len(live))
+        if "broker" in live or not plan.topology.bus.embedded:
+            with contextlib.suppress(BusError):
+                await asyncio.wait_for(outbox.flush(), 2.0)
+    await asyncio.to_thread(stop_processes, cdir, STOP_ORDER)
+    left = live_processes(cdir)
+    if left:
+        raise CachefleetError(f"could not stop {', '.join(sorted(left))}")
+    if purge:
+        cdir.purge()
+        out(f"cluster {name}: stopped {len(live)} processes and removed {cdir.root}")
+    else:
+        out(f"cluster {name}: stopped {len(live)} processes (data kept in {cdir.root})")
+    return 0

@@ -1,0 +1,202 @@
+"""`cachefleet status`: what runs, what the bus holds and what the nodes say, as one dict."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from cachefleet import bus
+from cachefleet.errors import CachefleetError
+from cachefleet.layout import Layout
+from cachefleet.nodes import connect, myself, replication
+from cachefleet.plan import Plan
+from cachefleet.proc import live_processes
+from cachefleet.state import ClusterDir, state_home
+
+# `status` exit codes, like `redis-cli --cluster check`: scripts can wait on them.
+EXIT_CODES = {"available": 0, "stopped": 3}
+EXIT_NOT_AVAILABLE = 1
+
+
+def exit_code(state: str) -> int:
+    return EXIT_CODES.get(state, EXIT_NOT_AVAILABLE)
+
+
+async def _probe(host: str, port: int) -> dict[str, Any] | None:
+    client = connect(host, port, timeout=0.5)
+    try:
+        rep = await replication(client)
+        if rep is None:
+            return None
+        me = await myself(client)
+        return {
+            "role": str(rep.role),
+            "link_up": rep.link_up,
+            "id": me.id if me else None,
+            "slots": [list(r) for r in me.slots] if me else [],
+        }
+    finally:
+        await client.aclose()
+
+
+class BusView:
+    """Everything retained under ``cachefleet/<cluster>/`` read in one subscription: the
+    layout, sentinel hellos, router states (offline wills dropped)."""
+
+    def __init__(self, retained: dict[str, bytes], cluster: str) -> None:
+        prefix = bus.topic(cluster, "")
+        self.layout: Layout | None = None
+        self.hellos: dict[str, dict[str, Any]] = {}
+        self.routers: dict[str, dict[str, Any]] = {}
+        for name, payload in retained.items():
+            data = bus.decode(payload)
+            if data is None or not name.startswith(prefix):
+                continue
+            parts = name[len(prefix) :].split("/")
+            if parts == ["layout"]:
+                with contextlib.suppress(KeyError, ValueError, TypeError):
+                    self.layout = Layout.from_dict(data)
+            elif len(parts) == 3 and parts[0] == "sentinels" and parts[2] == "hello":
+                self.hellos[parts[1]] = data
+            elif len(parts) == 3 and parts[0] == "routers" and parts[2] == "state":
+                self.routers[parts[1]] = data
+
+
+async def read_bus(plan: Plan, cdir: ClusterDir) -> BusView:
+    live = live_processes(cdir)
+    retained: dict[str, bytes] = {}
+    if "broker" in live or not plan.topology.bus.embedded:
+        with contextlib.suppress(CachefleetError):
+            retained = await bus.read_retained(
+                plan.bus_host, plan.bus_port, bus.topic(plan.name, "#"), timeout=1.0
+            )
+    return BusView(retained, plan.name)
+
+
+async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
+    cdir = ClusterDir(state_home(state_dir), name)
+    plan = cdir.load_plan()
+    live = live_processes(cdir)
+    view = await read_bus(plan, cdir)
+    layout = view.layout or cdir.load_layout()
+    hellos = view.hellos
+    probes = await asyncio.gather(*(_probe(n.host, n.port) for n in plan.nodes))
+    by_name = dict(zip([n.name for n in plan.nodes], probes, strict=True))
+    ids = {n.name: n.id for n in layout.nodes()} if layout else {}
+
+    def node_json(spec_name: str, layout_role: str | None) -> dict[str, Any]:
+        spec = plan.node(spec_name)
+        probe = by_name[spec_name]
+        role = probe["role"] if probe else (layout_role or "unknown")
+        healthy = probe is not None and (role == "primary" or probe["link_up"])
+        return {
+            "id": (probe or {}).get("id") or ids.get(spec_name),
+            "name": spec_name,
+            "address": spec.address,
+            "zone": spec.zone,
+            "role": role,
+            "healthy": healthy,
+        }
+
+    shards: list[dict[str, Any]] = []
+    all_nodes: list[dict[str, Any]] = []
+    for shard_id in range(1, plan.topology.shards + 1):
+        members = plan.shard_nodes(shard_id)
+        lshard = layout.shard(shard_id) if layout else None
+        layout_roles = {n.name: n.role for n in lshard.nodes} if lshard else {}
+        nodes = [node_json(m.name, layout_roles.get(m.name)) for m in members]
+        layout_primary = lshard.primary.name if lshard and lshard.primary else None
+        live_slots = {n["name"]: (by_name[n["name"]] or {}).get("slots") for n in nodes}
+        # The primary is the live master holding slots (the layout's choice first, should two
+        # claim them); if none answers, the layout's primary, reported unhealthy.
+        claimants = sorted(
+            (n for n in nodes if n["role"] == "primary" and live_slots[n["name"]]),
+            key=lambda n: n["name"] != layout_primary,
+        )
+        primary: dict[str, Any] | None = None
+        slots: list[list[int]] = [list(r) for r in lshard.slots] if lshard else []
+        if claimants:
+            primary = claimants[0]
+            slots = live_slots[primary["name"]] or slots
+        else:
+            fallback = next((n for n in nodes if n["name"] == layout_primary), None)
+            if fallback is not None:
+                primary = {**fallback, "role": "primary"}
+        replicas = [n for n in nodes if primary is None or n["name"] != primary["name"]]
+        shards.append({"id": shard_id, "slots": slots, "primary": primary, "replicas": replicas})
+        all_nodes += ([primary] if primary else []) + replicas
+    failing_over = sorted({int(s) for h in hellos.values() for s in h.get("failing_over", [])})
+    if not live:
+        state = "stopped"
+    elif layout is None:
+        state = "creating"
+    elif failing_over:
+        state = "failing-over"
+    elif all(n["healthy"] for n in all_nodes) and all(s["primary"] for s in shards):
+        state = "available"
+    else:
+        state = "degraded"
+    return {
+        "name": plan.name,
+        "engine": plan.topology.engine,
+        "state": state,
+        "epoch": layout.epoch if layout else 0,
+        "zones": [
+            {
+                "name": z,
+                "address": plan.topology.zone_address(z),
+                "agent": "running" if f"agent.{z}" in live else "stopped",
+                "nodes": [n.name for n in plan.zone_nodes(z)],
+            }
+            for z in plan.topology.zones
+        ],
+        "shards": shards,
+        "router": {
+            "address": f"{plan.router_host}:{plan.router_port}",
+            "running": "router" in live,
+            "connections": sum(int(r.get("connections", 0)) for r in view.routers.values()),
+            "ops_per_sec": sum(float(r.get("ops_per_sec", 0)) for r in view.routers.values()),
+            "workers": [view.routers[k] for k in sorted(view.routers)],
+        },
+        "sentinels": [
+            {
+                "id": s.id,
+                "zone": s.zone,
+                "address": s.host,
+                "running": f"sentinel.{s.id}" in live,
+                "online": s.id in hellos,
+                "epoch": int(hellos.get(s.id, {}).get("epoch", 0)),
+                "sdown": hellos.get(s.id, {}).get("sdown", []),
+                "stalled": bool(hellos.get(s.id, {}).get("stalled", False)),
+            }
+            for s in plan.sentinels
+        ],
+        "failing_over": failing_over,
+        "bus": {
+            "url": f"mqtt://{plan.bus_host}:{plan.bus_port}",
+            "embedded": plan.topology.bus.embedded,
+            "running": "broker" in live if plan.topology.bus.embedded else None,
+        },
+        "processes": {k: v for k, v in sorted(live.items())},
+        "state_dir": str(cdir.root),
+    }
+
+
+def format_status(st: dict[str, Any]) -> str:
+    lines = [f"cluster {st['name']} ({st['engine']}): {st['state']}, epoch {st['epoch']}"]
+    r = st["router"]
+    lines.append(
+        f"  router (configuration endpoint and proxy): {r['address']}, "
+        f"{len(r['workers'])} worker(s), {r['connections']} connections, "
+        f"{r['ops_per_sec']:.0f} ops/s"
+    )
+    for z in st["zones"]:
+        lines.append(f"  zone {z['name']} {z['address']}: agent {z['agent']}")
+    for s in st["shards"]:
+        ranges = ",".join(f"{a}-{b}" for a, b in s["slots"]) or "-"
+        lines.append(f"  shard {s['id']} slots {ranges}")
+        for n in ([s["primary"]] if s["primary"] else []) + s["replicas"]:
+            health = "healthy" if n["healthy"] else "UNHEALTHY"
+            lines.append(f"    {n['role']:<8} {n['name']} {n['address']} ({n['zone']}) {health}")
+    return "\n".join(lines)
