@@ -2,7 +2,8 @@
 
 L0 (the model: cachefleet/ outside ops/ and chaos/ and cli.py) imports nothing of ours above
 it; L1 daemons (shard/, sentinel/, router/) import L0 and themselves only; L2 (cachefleet.ops,
-cachefleet.chaos, cachefleet.cli, python -m cachefleet) imports L0, never a daemon (it starts them as processes).
+cachefleet.chaos, cachefleet.cli, python -m cachefleet) imports L0, never a daemon (it starts
+them as processes).
 """
 
 from __future__ import annotations
@@ -47,11 +48,9 @@ def layer(module: str) -> str | None:
 
 def allowed(src: str, dst: str) -> bool:
     a, b = layer(src), layer(dst)
-    if b is None or a == b:
-        return True
-    if b == "L0":
-        return True  # everything may use the model
-    return False  # L0 -> L1/L2, L1 -> another daemon or L2, L2 -> a daemon
+    # Everything may use the model and itself; nothing else: not L0 -> L1/L2, not a daemon ->
+    # another daemon or L2, not L2 -> a daemon.
+    return b is None or a == b or b == "L0"
 
 
 SOURCES = sorted(p for pkg in ("cachefleet", *DAEMONS) for p in (ROOT / pkg).rglob("*.py"))
