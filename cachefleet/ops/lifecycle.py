@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import time
@@ -137,6 +138,10 @@ async def up(topology_path: str, *, state_dir: str | None, detach: bool, out: Ou
     return await _foreground(plan, cdir, out)
 
 
+def router_workers(plan: Plan) -> int:
+    return plan.topology.router.workers or (os.cpu_count() or 1)
+
+
 def control_processes(plan: Plan, cdir: ClusterDir) -> dict[str, list[str]]:
     """Every long-running cachefleet process of the cluster, by pid-file name, with its argv.
     (Engine nodes are not here: their zone agent starts them.)"""
@@ -150,7 +155,12 @@ def control_processes(plan: Plan, cdir: ClusterDir) -> dict[str, list[str]]:
     for zone in plan.topology.zones:
         if plan.zone_nodes(zone):
             procs[f"agent.{zone}"] = python_module_cmd("shard", "--zone", zone, *common)
-    procs["router"] = python_module_cmd("router", *common)
+    workers = router_workers(plan)
+    for k in range(workers):
+        name = "router" if k == 0 else f"router.{k}"
+        procs[name] = python_module_cmd(
+            "router", "--worker", str(k), "--workers", str(workers), *common
+        )
     for s in plan.sentinels:
         procs[f"sentinel.{s.id}"] = python_module_cmd("sentinel", "--id", s.id, *common)
     return procs
