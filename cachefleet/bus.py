@@ -8,6 +8,7 @@ import json
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -123,7 +124,8 @@ class BusLink:
     never blocks the caller, and reconnection with capped, jittered back-off.
 
     ``on_connect`` runs after every (re)connect, so retained state can be re-published;
-    ``on_message(topic, payload)`` is called for every message received.
+    ``on_message(topic, payload)`` is called for every message received; an exception it
+    raises is logged and counted in ``handler_errors`` and the session goes on.
     """
 
     def __init__(
@@ -146,6 +148,8 @@ class BusLink:
         self.log = log
         self.outbox: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue(maxsize=10000)
         self.connected = asyncio.Event()
+        #: exceptions raised by ``on_message``, per topic (logged, never fatal)
+        self.handler_errors: Counter[str] = Counter()
 
     def publish(self, topic_name: str, payload: bytes, *, retain: bool = False) -> None:
         try:
@@ -184,11 +188,28 @@ class BusLink:
                     await asyncio.wait_for(stop.wait(), backoff)
                 backoff = min(backoff * 2, 5.0) * random.uniform(0.8, 1.2)
 
+    def _deliver(self, topic_name: str, payload: bytes) -> None:
+        """Hand one message to ``on_message``; what it raises is logged and counted per topic,
+        never allowed to end the session (a retained bad message would crash-loop the
+        process otherwise)."""
+        assert self.on_message is not None
+        try:
+            self.on_message(topic_name, payload)
+        except Exception as exc:
+            self.handler_errors[topic_name] += 1
+            if self.log is not None:
+                self.log.error(
+                    "bus_handler_failed",
+                    topic=topic_name,
+                    error=f"{type(exc).__name__}: {exc}"[:300],
+                    count=self.handler_errors[topic_name],
+                )
+
     async def _pump(self, c: aiomqtt.Client, stop: asyncio.Event) -> None:
         async def reader() -> None:
             async for msg in c.messages:
                 if self.on_message is not None and isinstance(msg.payload, bytes | bytearray):
-                    self.on_message(str(msg.topic), bytes(msg.payload))
+                    self._deliver(str(msg.topic), bytes(msg.payload))
 
         read_task = asyncio.ensure_future(reader())
         stop_task = asyncio.ensure_future(stop.wait())
