@@ -51,13 +51,56 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 _ZONE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 
 
+#: Sentinel hellos are re-published at least this often (ms); one is fresh for 4 periods.
+HELLO_INTERVAL_MS = 250
+
+
 @dataclass(frozen=True)
 class Sentinels:
+    """Sentinel settings and the timings derived from them (all in ms). The multipliers live
+    here, next to the invariants that :func:`parse_topology` checks between them."""
+
     count: int
     quorum: int
     probe_interval_ms: int = 100
     down_after_ms: int = 1000
     failover_timeout_ms: int = 5000
+
+    @property
+    def probe_timeout_ms(self) -> int:
+        """A probe waits this long for a reply: never longer than half of down-after."""
+        return max(self.probe_interval_ms, self.down_after_ms // 2)
+
+    @property
+    def hello_max_age_ms(self) -> int:
+        """A hello older than this no longer counts (ODOWN, live sentinels)."""
+        return max(1000, 4 * HELLO_INTERVAL_MS)
+
+    @property
+    def grace_ms(self) -> int:
+        """A just-promoted primary is not judged down for this long."""
+        return 2 * self.down_after_ms
+
+    @property
+    def settle_ms(self) -> int:
+        """No new failover of a shard (and no vote for one) this long after its last."""
+        return 2 * self.down_after_ms
+
+    @property
+    def election_timeout_ms(self) -> int:
+        """A candidate waits this long for a majority of votes."""
+        return max(500, 5 * self.probe_interval_ms)
+
+    @property
+    def candidacy_delay_ms(self) -> int:
+        """Upper bound of the random delay before a sentinel asks for votes, so that
+        sentinels seeing ODOWN at once rarely split the vote (as Valkey Sentinel does)."""
+        return max(self.probe_interval_ms, 50)
+
+    @property
+    def takeover_resend_ms(self) -> int:
+        """An unanswered TAKEOVER is sent again after this long."""
+        return max(500, 2 * self.probe_interval_ms)
 
 
 @dataclass(frozen=True)
@@ -226,6 +269,25 @@ def _is_loopback_host(host: str) -> bool:
     return host == "localhost" or host.startswith("127.")
 
 
+def _check_sentinel_timings(sent: Section, t: Sentinels) -> None:
+    """The derived timings must nest: a candidacy delay and an election fit inside the
+    failover timeout and an unanswered TAKEOVER is resent before the timeout moves on.
+    (The probe timeout, half of down-after, stays below down-after by construction.)"""
+    if t.candidacy_delay_ms + t.election_timeout_ms >= t.failover_timeout_ms:
+        raise sent.fail(
+            "failover_timeout_ms",
+            f"{t.failover_timeout_ms} ms leaves no room for an election: the candidacy delay "
+            f"({t.candidacy_delay_ms} ms) plus the election timeout ({t.election_timeout_ms} "
+            "ms, 5 x probe_interval_ms) must be shorter",
+        )
+    if 2 * t.takeover_resend_ms > t.failover_timeout_ms:
+        raise sent.fail(
+            "failover_timeout_ms",
+            f"{t.failover_timeout_ms} ms is shorter than two TAKEOVER attempts "
+            f"({t.takeover_resend_ms} ms each)",
+        )
+
+
 def parse_topology(data: Any, source: str = "<topology>") -> Topology:
     """Validate a parsed YAML document and return the model, or raise TopologyError."""
     root = Section(source, "", data)
@@ -333,8 +395,9 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
             "failover_timeout_ms",
             f"{failover_timeout} must be greater than down_after_ms ({down_after})",
         )
-    sent.done()
     sentinels = Sentinels(count, quorum, probe, down_after, failover_timeout)
+    _check_sentinel_timings(sent, sentinels)
+    sent.done()
 
     pers = root.section("persistence")
     persistence = Persistence(appendonly=pers.boolean("appendonly", False))
