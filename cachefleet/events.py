@@ -30,6 +30,7 @@ EVENT_TYPES = frozenset(
         "no_quorum",
         "no_eligible_replica",
         "graceful_failover",
+        "process_restarted",
     }
 )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import os
 import signal
@@ -27,8 +28,9 @@ def python_module_cmd(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def spawn(cdir: ClusterDir, process: str, argv: Sequence[str]) -> int:
-    """Start `argv` in its own session, output to logs/<process>.log, pid to pids/<process>.pid."""
+def spawn(cdir: ClusterDir, process: str, argv: Sequence[str], *, record_pid: bool = True) -> int:
+    """Start `argv` in its own session, output to logs/<process>.log, pid to pids/<process>.pid
+    (unless the process records its own pid, as the supervisor does once it holds its lock)."""
     cdir.make()
     log = open(cdir.log_file(process), "ab")  # noqa: SIM115 - handed to the child
     try:
@@ -43,8 +45,48 @@ def spawn(cdir: ClusterDir, process: str, argv: Sequence[str]) -> int:
         )
     finally:
         log.close()
-    write_pid(cdir.pid_file(process), child.pid)
+    if record_pid:
+        write_pid(cdir.pid_file(process), child.pid)
     return child.pid
+
+
+def supervisor_cmd(cdir: ClusterDir) -> list[str]:
+    """The argv of a cluster's supervisor (agents start it again when it dies)."""
+    return python_module_cmd(
+        "cachefleet.ops.supervisor", "--cluster", cdir.name, "--state-dir", str(cdir.home)
+    )
+
+
+class ProcessLock:
+    """An exclusive advisory lock on a file, held for the life of a process: at most one
+    holder per cluster (the kernel drops it when the holder dies, even by SIGKILL)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def held_elsewhere(self) -> bool:
+        """True while another process holds the lock (probed without keeping it)."""
+        if not self.acquire():
+            return True
+        self.release()
+        return False
 
 
 def write_pid(path: Path, pid: int) -> None:

@@ -48,6 +48,18 @@ class ClusterDir:
     def layout_path(self) -> Path:
         return self.root / "layout.json"
 
+    @property
+    def stopping_path(self) -> Path:
+        """Present while `down` (or a failed `up`) stops the cluster: nothing restarts then."""
+        return self.root / "stopping"
+
+    @property
+    def supervisor_lock(self) -> Path:
+        return self.root / "supervisor.lock"
+
+    def stopping(self) -> bool:
+        return self.stopping_path.exists()
+
     def node_dir(self, node: str) -> Path:
         return self.root / "nodes" / node
 

@@ -27,11 +27,17 @@ def main() -> None:
             f"zone {args.zone!r} is not in the topology ({', '.join(plan.topology.zones)})"
         )
 
+    # Only nodes that were never part of the cluster start here at once. A node with an
+    # identity (nodes.conf) that is not running may have been a primary: the agent decides
+    # when it may come back (never empty while it still owns its shard's slots).
     prestarted: dict[str, subprocess.Popen[bytes]] = {}
     for spec in plan.zone_nodes(args.zone):
+        data_dir, conf = node_paths(cdir, spec)
         pid = read_pid(cdir.pid_file(f"node.{spec.name}"))
-        if pid is not None and alive_and_ours(pid, str(node_paths(cdir, spec)[1])):
+        if pid is not None and alive_and_ours(pid, str(conf)):
             continue  # left running by an earlier agent: adopted below
+        if (data_dir / "nodes.conf").exists():
+            continue
         prestarted[spec.name] = start_engine(plan, cdir, spec)
 
     import asyncio

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import subprocess
 import time
@@ -27,14 +28,16 @@ from cachefleet.nodes import (
     connect,
     info,
     myself,
+    myself_line,
     try_call,
 )
 from cachefleet.plan import NodeSpec, Plan
-from cachefleet.proc import alive_and_ours, read_pid
+from cachefleet.proc import ProcessLock, alive_and_ours, read_pid, spawn, supervisor_cmd
 from cachefleet.state import ClusterDir
 from shard.launch import node_paths, start_engine
 
 STATE_INTERVAL_S = 1.0
+SUPERVISOR_CHECK_S = 0.5
 RESTART_BACKOFF_MIN_S = 0.05
 RESTART_BACKOFF_MAX_S = 5.0
 STOP_GRACE_S = 5.0
@@ -104,6 +107,16 @@ class ZoneAgent:
         rt.child = None
         return False
 
+    def _identity(self, spec: NodeSpec) -> str | None:
+        """The engine node id a node had, from its nodes.conf (None when it never had one)."""
+        data_dir, _ = node_paths(self.cdir, spec)
+        try:
+            text = (data_dir / "nodes.conf").read_text()
+        except OSError:
+            return None
+        me = myself_line(text)
+        return me.id if me else None
+
     async def _wait_exit(self, rt: NodeRuntime) -> int | None:
         """Wait until the node's process has exited (polled: it may not be our child)."""
         while True:
@@ -129,8 +142,16 @@ class ZoneAgent:
             await client.aclose()
 
     async def supervise(self, rt: NodeRuntime) -> None:
-        """Start (or adopt) the node; whenever it dies, start it again and make it rejoin."""
+        """Start (or adopt) the node; whenever it dies, start it again and make it rejoin.
+
+        A node found dead when the agent (re)starts is treated like one that just died: if it
+        was its shard's primary it waits for the failover before it comes back."""
         if not self._adopt(rt):
+            rt.engine_id = self._identity(rt.spec)
+            if rt.engine_id is not None:
+                await self._hold_while_primary(rt)
+                if self.stopping.is_set():
+                    return
             await self._start(rt)
         rt.engine_id = await self._wait_ping(rt.spec)
         rt.status = "up"
@@ -359,6 +380,22 @@ class ZoneAgent:
             },
         )
 
+    async def watch_supervisor(self) -> None:
+        """Start the cluster's supervisor again when it is gone (any agent may; its lock
+        keeps it to one), unless the cluster is being stopped."""
+        lock = ProcessLock(self.cdir.supervisor_lock)
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), SUPERVISOR_CHECK_S)
+            if self.stopping.is_set() or self.cdir.stopping() or lock.held_elsewhere():
+                continue
+            await asyncio.sleep(random.uniform(0, SUPERVISOR_CHECK_S))  # agents do not all race
+            if self.cdir.stopping() or lock.held_elsewhere():
+                continue
+            pid = spawn(self.cdir, "supervisor", supervisor_cmd(self.cdir), record_pid=False)
+            self.log.warning("supervisor_restarted", pid=pid)
+            self._event("process_restarted", process="supervisor", pid=pid, by=f"agent.{self.zone}")
+
     async def publish_states(self) -> None:
         while not self.stopping.is_set():
             await asyncio.gather(*(self._sample(rt) for rt in self.nodes.values()))
@@ -384,6 +421,7 @@ class ZoneAgent:
                     self.supervise(rt), name=f"agent[{self.zone}].supervise[{rt.spec.name}]"
                 )
             tg.create_task(self.publish_states(), name=f"agent[{self.zone}].states")
+            tg.create_task(self.watch_supervisor(), name=f"agent[{self.zone}].supervisor")
             bus_stop = asyncio.Event()
             final = [
                 (bus.topic(self.plan.name, "nodes", name, "state"), b"offline")

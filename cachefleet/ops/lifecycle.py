@@ -22,12 +22,20 @@ from cachefleet.layout import Layout
 from cachefleet.nodes import connect, try_call
 from cachefleet.ops.create import Creator
 from cachefleet.plan import Plan, build_plan, place
-from cachefleet.proc import live_processes, python_module_cmd, spawn, stop_processes
+from cachefleet.proc import (
+    ProcessLock,
+    live_processes,
+    python_module_cmd,
+    spawn,
+    stop_processes,
+    supervisor_cmd,
+)
 from cachefleet.state import ClusterDir, state_home
 from cachefleet.topology import Topology, load_topology
 
 Out = Callable[[str], None]
-STOP_ORDER = (("router",), ("sentinel",), ("agent",), ("node",), ("broker",))
+# The supervisor first: it would restart what the later steps stop.
+STOP_ORDER = (("supervisor",), ("router",), ("sentinel",), ("agent",), ("node",), ("broker",))
 
 
 def _wait_port(host: str, port: int, timeout: float) -> bool:
@@ -129,6 +137,7 @@ async def up(topology_path: str, *, state_dir: str | None, detach: bool, out: Ou
         await _wait_router(plan, layout.epoch, 15.0)
     except BaseException:
         out("startup failed; stopping what was started")
+        cdir.stopping_path.touch()
         stop_processes(cdir, STOP_ORDER)
         raise
     step(f"cluster {topo.name} is available (epoch {layout.epoch})")
@@ -143,8 +152,9 @@ def router_workers(plan: Plan) -> int:
 
 
 def control_processes(plan: Plan, cdir: ClusterDir) -> dict[str, list[str]]:
-    """Every long-running cachefleet process of the cluster, by pid-file name, with its argv.
-    (Engine nodes are not here: their zone agent starts them.)"""
+    """Every long-running cachefleet process the supervisor keeps running, by pid-file name,
+    with its argv. (Engine nodes are not here: their zone agent starts them; nor is the
+    supervisor: the agents start it.)"""
     home = str(cdir.home)
     common = ["--cluster", plan.name, "--state-dir", home]
     procs: dict[str, list[str]] = {}
@@ -167,6 +177,7 @@ def control_processes(plan: Plan, cdir: ClusterDir) -> dict[str, list[str]]:
 
 
 async def _start_processes(plan: Plan, cdir: ClusterDir, step: Out) -> None:
+    cdir.stopping_path.unlink(missing_ok=True)
     procs = control_processes(plan, cdir)
     zones = [k.split(".", 1)[1] for k in procs if k.startswith("agent.")]
     step(
@@ -175,15 +186,28 @@ async def _start_processes(plan: Plan, cdir: ClusterDir, step: Out) -> None:
     )
     for name, argv in procs.items():
         spawn(cdir, name, argv)
+    ensure_supervisor(cdir)
+
+
+def ensure_supervisor(cdir: ClusterDir) -> bool:
+    """Start the cluster's supervisor unless one holds its lock; True when one was started."""
+    if ProcessLock(cdir.supervisor_lock).held_elsewhere():
+        return False
+    spawn(cdir, "supervisor", supervisor_cmd(cdir), record_pid=False)
+    return True
 
 
 def repair(plan: Plan, cdir: ClusterDir) -> list[str]:
-    """Start every control process of a running cluster that is not running (after a crash or
-    a chaos fault); returns their names. Agents restart their zone's nodes themselves."""
+    """Start every control process of a running cluster that is not running, at once (the
+    supervisor would, with back-off); returns their names. Agents restart their nodes."""
+    cdir.stopping_path.unlink(missing_ok=True)
     live = live_processes(cdir)
-    missing = [name for name in control_processes(plan, cdir) if name not in live]
+    procs = control_processes(plan, cdir)
+    missing = [name for name in procs if name not in live]
     for name in missing:
-        spawn(cdir, name, control_processes(plan, cdir)[name])
+        spawn(cdir, name, procs[name])
+    if ensure_supervisor(cdir):
+        missing.append("supervisor")
     return missing
 
 
@@ -263,6 +287,7 @@ async def down(name: str, *, state_dir: str | None, purge: bool, out: Out) -> in
     if not cdir.root.exists():
         raise StateError(f"no cluster named {name!r} under {cdir.home}")
     live = live_processes(cdir)
+    cdir.stopping_path.touch()  # nothing restarts from here on
     # Everything but the bus first, so that `cluster_stopped` still reaches its subscribers.
     await asyncio.to_thread(stop_processes, cdir, STOP_ORDER[:-1])
     if cdir.exists():

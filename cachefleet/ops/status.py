@@ -49,6 +49,7 @@ class BusView:
         self.layout: Layout | None = None
         self.hellos: dict[str, dict[str, Any]] = {}
         self.routers: dict[str, dict[str, Any]] = {}
+        self.supervisor: dict[str, Any] = {}
         for name, payload in retained.items():
             data = bus.decode(payload)
             if data is None or not name.startswith(prefix):
@@ -61,6 +62,8 @@ class BusView:
                 self.hellos[parts[1]] = data
             elif len(parts) == 3 and parts[0] == "routers" and parts[2] == "state":
                 self.routers[parts[1]] = data
+            elif parts == ["supervisor", "state"]:
+                self.supervisor = data
 
 
 async def read_bus(plan: Plan, cdir: ClusterDir) -> BusView:
@@ -179,8 +182,17 @@ async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
             "running": "broker" in live if plan.topology.bus.embedded else None,
         },
         "processes": {k: v for k, v in sorted(live.items())},
+        "restarts": _restarts(view.supervisor),
         "state_dir": str(cdir.root),
     }
+
+
+def _restarts(supervisor: dict[str, Any]) -> dict[str, int]:
+    """Restarts per process since the supervisor started, as it publishes them."""
+    raw = supervisor.get("restarts")
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): v for k, v in raw.items() if isinstance(v, int) and not isinstance(v, bool)}
 
 
 def format_status(st: dict[str, Any]) -> str:
@@ -193,6 +205,9 @@ def format_status(st: dict[str, Any]) -> str:
     )
     for z in st["zones"]:
         lines.append(f"  zone {z['name']} {z['address']}: agent {z['agent']}")
+    if st.get("restarts"):
+        restarted = ", ".join(f"{k} x{n}" for k, n in sorted(st["restarts"].items()))
+        lines.append(f"  restarted by the supervisor: {restarted}")
     for s in st["shards"]:
         ranges = ",".join(f"{a}-{b}" for a, b in s["slots"]) or "-"
         lines.append(f"  shard {s['id']} slots {ranges}")

@@ -1,0 +1,227 @@
+"""The cluster supervisor: one process per cluster that keeps its control plane running.
+
+``python -m cachefleet.ops.supervisor --cluster NAME --state-dir D``, started by ``up`` and
+left running by ``up --detach``. Every tick it compares the processes the cluster should have
+(broker, zone agents, sentinels, router workers) with those that run, and restarts the missing
+ones with per-process back-off; each restart is a ``process_restarted`` event. After a restart
+of the embedded broker, which keeps nothing, it publishes the last layout again. The zone agents
+restart the supervisor in turn (an exclusive lock on ``supervisor.lock`` keeps it to one).
+Nothing restarts while ``down`` is stopping the cluster (the ``stopping`` marker).
+
+Engine nodes are not here: each zone agent supervises its own zone's nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import enum
+import os
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import structlog
+
+from cachefleet import bus
+from cachefleet.announce import emit_event, publish_layout
+from cachefleet.layout import Layout
+from cachefleet.log import configure
+from cachefleet.ops.lifecycle import control_processes
+from cachefleet.plan import Plan
+from cachefleet.proc import ProcessLock, live_processes, spawn, write_pid
+from cachefleet.state import ClusterDir, state_home
+
+TICK_S = 0.2
+BACKOFF_MIN_S = 0.0  # the first restart is immediate
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 10.0
+STABLE_S = 30.0  # a process that lived this long is healthy again: its back-off resets
+
+
+class Hold(enum.Enum):
+    """Why a missing process is not restarted on this tick."""
+
+    STOPPING = "stopping"  # `down` is stopping the cluster
+    BACKOFF = "backoff"  # it died again soon after its last restart
+
+
+@dataclass
+class History:
+    """What the supervisor remembers of one process across ticks."""
+
+    restarts: int = 0
+    backoff_s: float = BACKOFF_MIN_S
+    started_at: float | None = None  # when it was last (re)started
+    missing_since: float | None = None
+
+
+@dataclass(frozen=True)
+class Restart:
+    process: str
+    down_for_s: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    restart: tuple[Restart, ...]
+    held: Mapping[str, Hold] = field(default_factory=dict)
+
+
+def decide(
+    expected: list[str],
+    live: Mapping[str, int],
+    history: dict[str, History],
+    *,
+    stopping: bool,
+    now: float,
+) -> Decision:
+    """Which missing processes to restart now. Updates `history` (missing_since, back-off
+    reset for processes that have been up long enough); pure otherwise."""
+    restart: list[Restart] = []
+    held: dict[str, Hold] = {}
+    for name in expected:
+        h = history.setdefault(name, History())
+        if name in live:
+            h.missing_since = None
+            if h.started_at is not None and now - h.started_at >= STABLE_S:
+                h.backoff_s = BACKOFF_MIN_S
+            continue
+        if h.missing_since is None:
+            h.missing_since = now
+        if stopping:
+            held[name] = Hold.STOPPING
+            continue
+        due = (h.started_at or 0.0) + h.backoff_s
+        if now < due:
+            held[name] = Hold.BACKOFF
+            continue
+        restart.append(Restart(name, now - h.missing_since))
+    return Decision(tuple(restart), held)
+
+
+def record_restart(h: History, now: float) -> None:
+    h.restarts += 1
+    h.started_at = now
+    h.missing_since = None
+    h.backoff_s = min(BACKOFF_MAX_S, max(BACKOFF_FIRST_S, 2 * h.backoff_s))
+
+
+class Supervisor:
+    def __init__(self, *, plan: Plan, cdir: ClusterDir) -> None:
+        self.plan = plan
+        self.cdir = cdir
+        self.procs = control_processes(plan, cdir)
+        self.history: dict[str, History] = {}
+        self.log = structlog.get_logger("supervisor").bind(cluster=plan.name)
+        self.stop = asyncio.Event()
+        self.seen_epoch = -1  # the config epoch of the retained layout, as the bus holds it
+        self.state_topic = bus.topic(plan.name, "supervisor", "state")
+        self.bus = bus.BusLink(
+            host=plan.bus_host,
+            port=plan.bus_port,
+            name="supervisor",
+            will=(self.state_topic, b"offline"),
+            subscriptions=(bus.topic(plan.name, "layout"),),
+            on_message=self._on_message,
+            on_connect=self._on_connect,
+            log=self.log,
+        )
+        self._republish: asyncio.Task[None] | None = None
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        data = bus.decode(payload)
+        if data is None:
+            return
+        epoch = data.get("epoch")
+        if isinstance(epoch, int) and not isinstance(epoch, bool):
+            self.seen_epoch = max(self.seen_epoch, epoch)
+
+    def _on_connect(self) -> None:
+        """After any (re)connect: the broker may be a fresh one that holds no layout."""
+        self.seen_epoch = -1
+        self._publish_state()
+        if self._republish is None or self._republish.done():
+            self._republish = asyncio.get_running_loop().create_task(self._republish_layout())
+
+    async def _republish_layout(self) -> None:
+        await asyncio.sleep(1.0)  # retained messages arrive right after SUBSCRIBE
+        layout: Layout | None = self.cdir.load_layout()
+        if layout is not None and self.seen_epoch < layout.epoch:
+            publish_layout(self.bus, self.cdir, layout)
+            self.log.info("layout_republished", config_epoch=layout.epoch)
+
+    def _publish_state(self) -> None:
+        state = {
+            "pid": os.getpid(),
+            "restarts": {k: h.restarts for k, h in sorted(self.history.items()) if h.restarts},
+        }
+        self.bus.publish(self.state_topic, bus.encode(state), retain=True)
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        live = live_processes(self.cdir)
+        decision = decide(
+            list(self.procs), live, self.history, stopping=self.cdir.stopping(), now=now
+        )
+        for r in decision.restart:
+            h = self.history[r.process]
+            pid = spawn(self.cdir, r.process, self.procs[r.process])
+            record_restart(h, now)
+            self.log.warning(
+                "process_restarted", process=r.process, pid=pid, down_for_s=round(r.down_for_s, 2)
+            )
+            emit_event(
+                self.bus,
+                self.cdir,
+                "process_restarted",
+                process=r.process,
+                pid=pid,
+                restarts=h.restarts,
+                down_for_ms=round(r.down_for_s * 1000),
+            )
+        if decision.restart:
+            self._publish_state()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        self.log.info("supervisor_started", processes=sorted(self.procs))
+        bus_stop = asyncio.Event()
+        pump = asyncio.create_task(
+            self.bus.run(bus_stop, [(self.state_topic, b"offline")]), name="supervisor.bus"
+        )
+        try:
+            while not self.stop.is_set():
+                self.tick()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), TICK_S)
+        finally:
+            bus_stop.set()
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(pump), 2.0)
+            pump.cancel()
+            if self._republish is not None:
+                self._republish.cancel()
+            self.log.info("supervisor_stopped")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m cachefleet.ops.supervisor")
+    parser.add_argument("--cluster", required=True)
+    parser.add_argument("--state-dir", default=None)
+    args = parser.parse_args()
+    cdir = ClusterDir(state_home(args.state_dir), args.cluster)
+    lock = ProcessLock(cdir.supervisor_lock)
+    if not lock.acquire():
+        return  # another supervisor of this cluster runs: nothing to do
+    write_pid(cdir.pid_file("supervisor"), os.getpid())
+    configure("supervisor", cluster=args.cluster)
+    asyncio.run(Supervisor(plan=cdir.load_plan(), cdir=cdir).run())
+
+
+if __name__ == "__main__":
+    main()
