@@ -8,6 +8,7 @@ from typing import Any
 
 from cachefleet import bus
 from cachefleet.errors import CachefleetError
+from cachefleet.events import read_events
 from cachefleet.layout import Layout
 from cachefleet.nodes import connect, myself, replication
 from cachefleet.plan import Plan
@@ -49,7 +50,6 @@ class BusView:
         self.layout: Layout | None = None
         self.hellos: dict[str, dict[str, Any]] = {}
         self.routers: dict[str, dict[str, Any]] = {}
-        self.supervisor: dict[str, Any] = {}
         for name, payload in retained.items():
             data = bus.decode(payload)
             if data is None or not name.startswith(prefix):
@@ -62,8 +62,6 @@ class BusView:
                 self.hellos[parts[1]] = data
             elif len(parts) == 3 and parts[0] == "routers" and parts[2] == "state":
                 self.routers[parts[1]] = data
-            elif parts == ["supervisor", "state"]:
-                self.supervisor = data
 
 
 async def read_bus(plan: Plan, cdir: ClusterDir) -> BusView:
@@ -182,17 +180,21 @@ async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
             "running": "broker" in live if plan.topology.bus.embedded else None,
         },
         "processes": {k: v for k, v in sorted(live.items())},
-        "restarts": _restarts(view.supervisor),
+        "restarts": restarts(read_events(cdir.events_path)),
         "state_dir": str(cdir.root),
     }
 
 
-def _restarts(supervisor: dict[str, Any]) -> dict[str, int]:
-    """Restarts per process since the supervisor started, as it publishes them."""
-    raw = supervisor.get("restarts")
-    if not isinstance(raw, dict):
-        return {}
-    return {str(k): v for k, v in raw.items() if isinstance(v, int) and not isinstance(v, bool)}
+def restarts(events: list[dict[str, Any]]) -> dict[str, int]:
+    """Restarts per process (`process_restarted` events) since the cluster was last started."""
+    counts: dict[str, int] = {}
+    for event in events:
+        if event.get("type") == "cluster_created":
+            counts = {}
+        elif event.get("type") == "process_restarted":
+            name = str(event.get("process"))
+            counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def format_status(st: dict[str, Any]) -> str:

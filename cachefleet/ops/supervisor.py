@@ -118,12 +118,10 @@ class Supervisor:
         self.log = structlog.get_logger("supervisor").bind(cluster=plan.name)
         self.stop = asyncio.Event()
         self.seen_epoch = -1  # the config epoch of the retained layout, as the bus holds it
-        self.state_topic = bus.topic(plan.name, "supervisor", "state")
         self.bus = bus.BusLink(
             host=plan.bus_host,
             port=plan.bus_port,
             name="supervisor",
-            will=(self.state_topic, b"offline"),
             subscriptions=(bus.topic(plan.name, "layout"),),
             on_message=self._on_message,
             on_connect=self._on_connect,
@@ -142,7 +140,6 @@ class Supervisor:
     def _on_connect(self) -> None:
         """After any (re)connect: the broker may be a fresh one that holds no layout."""
         self.seen_epoch = -1
-        self._publish_state()
         if self._republish is None or self._republish.done():
             self._republish = asyncio.get_running_loop().create_task(self._republish_layout())
 
@@ -152,13 +149,6 @@ class Supervisor:
         if layout is not None and self.seen_epoch < layout.epoch:
             publish_layout(self.bus, self.cdir, layout)
             self.log.info("layout_republished", config_epoch=layout.epoch)
-
-    def _publish_state(self) -> None:
-        state = {
-            "pid": os.getpid(),
-            "restarts": {k: h.restarts for k, h in sorted(self.history.items()) if h.restarts},
-        }
-        self.bus.publish(self.state_topic, bus.encode(state), retain=True)
 
     def tick(self) -> None:
         now = time.monotonic()
@@ -182,8 +172,6 @@ class Supervisor:
                 restarts=h.restarts,
                 down_for_ms=round(r.down_for_s * 1000),
             )
-        if decision.restart:
-            self._publish_state()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -191,9 +179,7 @@ class Supervisor:
             loop.add_signal_handler(sig, self.stop.set)
         self.log.info("supervisor_started", processes=sorted(self.procs))
         bus_stop = asyncio.Event()
-        pump = asyncio.create_task(
-            self.bus.run(bus_stop, [(self.state_topic, b"offline")]), name="supervisor.bus"
-        )
+        pump = asyncio.create_task(self.bus.run(bus_stop), name="supervisor.bus")
         try:
             while not self.stop.is_set():
                 self.tick()

@@ -82,3 +82,17 @@ def test_missing_since_is_kept_across_ticks_and_cleared_when_back() -> None:
     assert d.restart[0].down_for_s == pytest.approx(2.0)
     decide(EXPECTED, ALL_LIVE, history, stopping=False, now=8.0)
     assert history["broker"].missing_since is None
+
+
+def test_status_counts_restarts_since_the_cluster_was_last_started() -> None:
+    from cachefleet.ops.status import restarts
+
+    events = [
+        {"type": "process_restarted", "process": "router"},
+        {"type": "cluster_created"},
+        {"type": "process_restarted", "process": "router"},
+        {"type": "node_exited", "node": "x"},
+        {"type": "process_restarted", "process": "router"},
+        {"type": "process_restarted", "process": "broker"},
+    ]
+    assert restarts(events) == {"router": 2, "broker": 1}
