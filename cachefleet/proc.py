@@ -50,11 +50,27 @@ def spawn(cdir: ClusterDir, process: str, argv: Sequence[str], *, record_pid: bo
     return child.pid
 
 
-def supervisor_cmd(cdir: ClusterDir) -> list[str]:
-    """The argv of a cluster's supervisor (agents start it again when it dies)."""
-    return python_module_cmd(
+SUPERVISOR_START_S = 5.0  # how long a claim to start the supervisor holds off others
+
+
+def ensure_supervisor(cdir: ClusterDir) -> int | None:
+    """Start the cluster's supervisor unless one holds its lock or another process is
+    already starting one (a claim file, removed by the supervisor once it holds its lock);
+    the new pid, or None. `up` calls it, and every zone agent when the supervisor died."""
+    if ProcessLock(cdir.supervisor_lock).held_elsewhere():
+        return None
+    claim = cdir.supervisor_claim
+    try:
+        os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        with contextlib.suppress(OSError):
+            if time.time() - claim.stat().st_mtime > SUPERVISOR_START_S:
+                claim.unlink()  # a starter that died: the next round may claim
+        return None
+    argv = python_module_cmd(
         "cachefleet.ops.supervisor", "--cluster", cdir.name, "--state-dir", str(cdir.home)
     )
+    return spawn(cdir, "supervisor", argv, record_pid=False)
 
 
 class ProcessLock:

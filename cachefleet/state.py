@@ -57,6 +57,10 @@ class ClusterDir:
     def supervisor_lock(self) -> Path:
         return self.root / "supervisor.lock"
 
+    @property
+    def supervisor_claim(self) -> Path:
+        return self.root / "supervisor.starting"
+
     def stopping(self) -> bool:
         return self.stopping_path.exists()
 

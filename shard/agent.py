@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import signal
 import subprocess
 import time
@@ -32,12 +31,12 @@ from cachefleet.nodes import (
     try_call,
 )
 from cachefleet.plan import NodeSpec, Plan
-from cachefleet.proc import ProcessLock, alive_and_ours, read_pid, spawn, supervisor_cmd
+from cachefleet.proc import alive_and_ours, ensure_supervisor, read_pid
 from cachefleet.state import ClusterDir
 from shard.launch import node_paths, start_engine
 
 STATE_INTERVAL_S = 1.0
-SUPERVISOR_CHECK_S = 0.5
+SUPERVISOR_CHECK_S = 0.25
 RESTART_BACKOFF_MIN_S = 0.05
 RESTART_BACKOFF_MAX_S = 5.0
 STOP_GRACE_S = 5.0
@@ -383,16 +382,14 @@ class ZoneAgent:
     async def watch_supervisor(self) -> None:
         """Start the cluster's supervisor again when it is gone (any agent may; its lock
         keeps it to one), unless the cluster is being stopped."""
-        lock = ProcessLock(self.cdir.supervisor_lock)
         while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), SUPERVISOR_CHECK_S)
-            if self.stopping.is_set() or self.cdir.stopping() or lock.held_elsewhere():
+            if self.stopping.is_set() or self.cdir.stopping():
                 continue
-            await asyncio.sleep(random.uniform(0, SUPERVISOR_CHECK_S))  # agents do not all race
-            if self.cdir.stopping() or lock.held_elsewhere():
+            pid = ensure_supervisor(self.cdir)
+            if pid is None:
                 continue
-            pid = spawn(self.cdir, "supervisor", supervisor_cmd(self.cdir), record_pid=False)
             self.log.warning("supervisor_restarted", pid=pid)
             self._event("process_restarted", process="supervisor", pid=pid, by=f"agent.{self.zone}")
 

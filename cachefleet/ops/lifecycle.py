@@ -23,12 +23,11 @@ from cachefleet.nodes import connect, try_call
 from cachefleet.ops.create import Creator
 from cachefleet.plan import Plan, build_plan, place
 from cachefleet.proc import (
-    ProcessLock,
+    ensure_supervisor,
     live_processes,
     python_module_cmd,
     spawn,
     stop_processes,
-    supervisor_cmd,
 )
 from cachefleet.state import ClusterDir, state_home
 from cachefleet.topology import Topology, load_topology
@@ -189,14 +188,6 @@ async def _start_processes(plan: Plan, cdir: ClusterDir, step: Out) -> None:
     ensure_supervisor(cdir)
 
 
-def ensure_supervisor(cdir: ClusterDir) -> bool:
-    """Start the cluster's supervisor unless one holds its lock; True when one was started."""
-    if ProcessLock(cdir.supervisor_lock).held_elsewhere():
-        return False
-    spawn(cdir, "supervisor", supervisor_cmd(cdir), record_pid=False)
-    return True
-
-
 def repair(plan: Plan, cdir: ClusterDir) -> list[str]:
     """Start every control process of a running cluster that is not running, at once (the
     supervisor would, with back-off); returns their names. Agents restart their nodes."""
@@ -206,7 +197,7 @@ def repair(plan: Plan, cdir: ClusterDir) -> list[str]:
     missing = [name for name in procs if name not in live]
     for name in missing:
         spawn(cdir, name, procs[name])
-    if ensure_supervisor(cdir):
+    if ensure_supervisor(cdir) is not None:
         missing.append("supervisor")
     return missing
 

@@ -205,6 +205,7 @@ def main() -> None:
     if not lock.acquire():
         return  # another supervisor of this cluster runs: nothing to do
     write_pid(cdir.pid_file("supervisor"), os.getpid())
+    cdir.supervisor_claim.unlink(missing_ok=True)
     configure("supervisor", cluster=args.cluster)
     asyncio.run(Supervisor(plan=cdir.load_plan(), cdir=cdir).run())
 
