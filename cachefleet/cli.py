@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -11,7 +12,7 @@ from collections.abc import Callable
 
 from cachefleet import __version__
 from cachefleet.chaos.runner import run_scenario
-from cachefleet.errors import CachefleetError, TopologyError
+from cachefleet.errors import CachefleetError, ScenarioError, TopologyError
 from cachefleet.events import follow_events
 from cachefleet.ops import lifecycle
 from cachefleet.ops.failover import graceful_failover
@@ -28,6 +29,12 @@ def _out(msg: str) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
+
+
+def _progress(msg: str) -> None:
+    """A live line on stderr (chaos progress); like _out, a closed stream stops nothing."""
+    with contextlib.suppress(OSError):
+        print(msg, file=sys.stderr, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +127,7 @@ def _chaos(args: argparse.Namespace) -> int:
             state_dir=args.state_dir,
             trials=args.trials,
             out=_out,
+            progress=_progress,
             allow_skip=args.allow_skip,
         )
     )
@@ -154,7 +162,7 @@ def run(argv: list[str] | None = None) -> int:
 def main(argv: list[str] | None = None) -> None:
     try:
         code = run(argv)
-    except TopologyError as exc:
+    except (TopologyError, ScenarioError) as exc:
         print(f"cachefleet: error: {exc}", file=sys.stderr)
         code = 2
     except CachefleetError as exc:

@@ -18,6 +18,17 @@ class TopologyError(CachefleetError):
         super().__init__(f"{source}: {where}{message}")
 
 
+class ScenarioError(CachefleetError):
+    """A chaos scenario file is invalid: names the file, the field and the reason."""
+
+    def __init__(self, source: str, field: str, message: str) -> None:
+        self.source = source
+        self.field = field
+        self.message = message
+        where = f"field `{field}`: " if field else ""
+        super().__init__(f"{source}: {where}{message}")
+
+
 class EngineNotFound(CachefleetError):
     """No engine binary could be resolved for the topology's engine."""
 

@@ -10,10 +10,12 @@ never counted as lost and never as acknowledged.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,168 @@ def stale_reads(history: Iterable[Op]) -> list[StaleRead]:
         if r.value is None or r.value < newest.value:
             stale.append(StaleRead(r.key, r.value, newest.value, r.start))
     return stale
+
+
+@dataclass(frozen=True)
+class Service:
+    """How a shard served writes over a stretch of the trial."""
+
+    ok: int  # acknowledged writes that ended in the stretch
+    failed: int  # failed (error / unknown) writes that ended in it
+    max_gap_s: float  # longest time in the stretch without an acknowledged write
+
+
+def service(
+    history: Iterable[Op], in_shard: Callable[[str], bool], since: float, until: float
+) -> Service:
+    """Writes of one shard between `since` and `until`. A shard that keeps serving shows a
+    small `max_gap_s` (one write's latency); a stalled one shows the stall, errors or not."""
+    writes = [op for op in history if op.kind == "w" and in_shard(op.key) and since <= op.end]
+    writes = [op for op in writes if op.end <= until]
+    acked = sorted(op.end for op in writes if op.outcome == "ok")
+    edges = [since, *acked, until]
+    return Service(
+        ok=len(acked),
+        failed=len(writes) - len(acked),
+        max_gap_s=max(b - a for a, b in itertools.pairwise(edges)),
+    )
+
+
+def check_trial(
+    history: Sequence[Op],
+    final: Mapping[str, int | None],
+    *,
+    shard_of: Mapping[str, int],
+    shards: Iterable[int],
+    fault_times: Sequence[float],
+    targeted: Iterable[int],
+    promotions: Iterable[tuple[int, float, str]],
+    duration_s: float,
+) -> dict[str, Any]:
+    """Every figure of one trial.
+
+    Per shard: ``window_s`` (unavailability: from the fault that hit it — the last fault before
+    its first failed write — to the first acknowledged write started after that; the rest of
+    the trial when it never recovered), ``errors``, ``affected`` (any failed write after the
+    first fault), ``targeted`` (the fault took this shard's primary, or a node of it), and how
+    it served from the first fault to the end: ``ok_writes``, ``failed_writes``, ``max_gap_s``.
+    `promotions` are ``(shard, time, new primary address)``.
+    """
+    first_fault = min(fault_times, default=0.0)
+    times = sorted(fault_times)
+    hit = set(targeted)
+    promoted = list(promotions)
+    avail: dict[str, Any] = {}
+    split: dict[str, float] = {}
+    for sid in shards:
+
+        def in_shard(k: str, sid: int = sid) -> bool:
+            return shard_of.get(k) == sid
+
+        failed = [
+            op.end
+            for op in history
+            if op.kind == "w" and op.outcome != "ok" and op.end >= first_fault and in_shard(op.key)
+        ]
+        fault_at = first_fault
+        if failed:
+            fault_at = max((t for t in times if t <= min(failed)), default=first_fault)
+        a = availability(history, fault_at, in_shard)
+        window = a.window_s
+        if window is None and a.errors:
+            window = duration_s - fault_at  # never recovered within the trial: the rest of it
+        served = service(history, in_shard, first_fault, duration_s)
+        avail[str(sid)] = {
+            "window_s": round(window, 3) if window is not None else None,
+            "recovered": a.window_s is not None,
+            "error_time_s": round(a.error_time_s, 3),
+            "errors": a.errors,
+            "affected": a.errors > 0,
+            "targeted": sid in hit,
+            "ok_writes": served.ok,
+            "failed_writes": served.failed,
+            "max_gap_s": round(served.max_gap_s, 3),
+        }
+        mine = [(t, addr) for shard, t, addr in promoted if shard == sid]
+        split[str(sid)] = round(split_brain_window(history, in_shard, mine), 3)
+    lost = lost_writes(history, final)
+    return {
+        "ops": len(history),
+        "writes_ok": sum(1 for o in history if o.kind == "w" and o.outcome == "ok"),
+        "indeterminate": sum(1 for o in history if o.outcome != "ok"),
+        "lost_writes": len(lost),
+        "lost_examples": [vars(x) for x in lost[:10]],
+        "availability": avail,
+        "split_brain_s": split,
+        "split_brain_max_s": max(split.values(), default=0.0),
+        "stale_reads": len(stale_reads(history)),
+    }
+
+
+def aggregate(trials: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Figures over trials (each a check_trial result). ``failover_*``: unavailability of the
+    affected shards; ``other_shards``: shards that no fault targeted — their failed writes and
+    the longest time without an acknowledged write (p50/p99/max over trials x shards)."""
+    windows = [
+        v["window_s"]
+        for t in trials
+        for v in t["availability"].values()
+        if v["affected"] and v["window_s"] is not None
+    ]
+    others = [v for t in trials for v in t["availability"].values() if not v["targeted"]]
+    gaps = [float(v["max_gap_s"]) for v in others]
+    ok = sum(v["ok_writes"] for v in others)
+    failed = sum(v["failed_writes"] for v in others)
+    return {
+        "failover_p50_s": percentile(windows, 50),
+        "failover_p99_s": percentile(windows, 99),
+        "failover_max_s": max(windows) if windows else None,
+        "lost_writes": sum(t["lost_writes"] for t in trials),
+        "trials_with_loss": sum(1 for t in trials if t["lost_writes"]),
+        "split_brain_max_s": max((t["split_brain_max_s"] for t in trials), default=0.0),
+        "stale_reads": sum(t["stale_reads"] for t in trials),
+        "ops": sum(t["ops"] for t in trials),
+        "indeterminate": sum(t["indeterminate"] for t in trials),
+        "other_shards": {
+            "shard_trials": len(others),
+            "ok_writes": ok,
+            "failed_writes": failed,
+            "ok_fraction": round(ok / (ok + failed), 6) if ok + failed else None,
+            "max_gap_p50_s": percentile(gaps, 50),
+            "max_gap_p99_s": percentile(gaps, 99),
+            "max_gap_max_s": max(gaps) if gaps else None,
+        },
+    }
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One expectation of a scenario: `got` must not exceed `limit`."""
+
+    limit: float
+    got: float
+
+    @property
+    def met(self) -> bool:
+        return self.got <= self.limit
+
+
+def expectations(
+    agg: Mapping[str, Any],
+    *,
+    lost_writes: int | None,
+    max_unavailable_s: float | None,
+    split_brain_s: float | None,
+) -> dict[str, dict[str, Any]]:
+    """The scenario's expectations checked against the aggregate (unset ones are skipped)."""
+    checks: dict[str, Limit] = {}
+    if lost_writes is not None:
+        checks["lost_writes"] = Limit(lost_writes, agg["lost_writes"])
+    if max_unavailable_s is not None:
+        checks["max_unavailable_s"] = Limit(max_unavailable_s, agg["failover_max_s"] or 0.0)
+    if split_brain_s is not None:
+        checks["split_brain_s"] = Limit(split_brain_s, agg["split_brain_max_s"])
+    return {k: {"limit": c.limit, "got": c.got, "met": c.met} for k, c in checks.items()}
 
 
 def percentile(values: list[float], q: float) -> float | None:

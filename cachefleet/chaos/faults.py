@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from cachefleet.errors import CachefleetError
+
 TAG = "cachefleet-chaos"
 
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
@@ -28,7 +30,7 @@ def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, timeout=10)
 
 
-class PartitionUnavailable(Exception):
+class PartitionUnavailable(CachefleetError):
     """Packet filters cannot be used here (not root, no iptables, shared zone address)."""
 
 

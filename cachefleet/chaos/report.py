@@ -31,6 +31,7 @@ def _fmt(v: Any, unit: str = "") -> str:
 
 def write_markdown(path: Path, result: dict[str, Any]) -> None:
     agg = result["aggregate"]
+    other = agg.get("other_shards", {})
     lines = [
         f"# chaos: {result['scenario']} — {'PASSED' if result['passed'] else 'FAILED'}",
         "",
@@ -42,22 +43,35 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         f"| unavailability of affected shards (s) | {_fmt(agg['failover_p50_s'])} | "
         f"{_fmt(agg['failover_p99_s'])} | {_fmt(agg['failover_max_s'])} |",
         f"| split-brain window (s) | | | {_fmt(agg['split_brain_max_s'])} |",
+        f"| longest time without an acknowledged write, shards no fault hit (s) | "
+        f"{_fmt(other.get('max_gap_p50_s'))} | {_fmt(other.get('max_gap_p99_s'))} | "
+        f"{_fmt(other.get('max_gap_max_s'))} |",
+        "",
+        f"Shards no fault hit: {other.get('shard_trials', 0)} shard-trials, "
+        f"{other.get('ok_writes', 0)} acknowledged and {other.get('failed_writes', 0)} failed "
+        "writes after the first fault.",
         "",
         f"Lost acknowledged writes: **{agg['lost_writes']}** "
         f"(in {agg['trials_with_loss']} of {len(result['trials'])} trials). "
         f"Stale reads: {agg['stale_reads']}. Operations: {agg['ops']} "
         f"({agg['indeterminate']} indeterminate).",
         "",
-        "| trial | faults | affected shards: unavailable (s) | lost | split brain (s) | stale |",
-        "|---|---|---|---|---|---|",
+        "| trial | faults | affected shards: unavailable (s) | other shards: longest gap (s) "
+        "| lost | split brain (s) | stale |",
+        "|---|---|---|---|---|---|---|",
     ]
     for t in result["trials"]:
         faults = "; ".join(f"t={f['t']:.1f}s {f['what']}" for f in t["faults"]) or "—"
         unav = ", ".join(
             f"{s}: {_fmt(v['window_s'])}" for s, v in t["availability"].items() if v["affected"]
         )
+        gaps = ", ".join(
+            f"{s}: {_fmt(v['max_gap_s'])}"
+            for s, v in t["availability"].items()
+            if not v.get("targeted", False)
+        )
         lines.append(
-            f"| {t['trial']} | {faults} | {unav or '—'} | {t['lost_writes']} | "
+            f"| {t['trial']} | {faults} | {unav or '—'} | {gaps or '—'} | {t['lost_writes']} | "
             f"{_fmt(t['split_brain_max_s'])} | {t['stale_reads']} |"
         )
     if result.get("expect"):

@@ -1,6 +1,6 @@
 """Chaos scenario files: which topology, workload, faults on a schedule, trials, expectations.
 
-Validated like topologies: a bad file raises TopologyError naming the file and the field.
+Validated like topologies: a bad file raises ScenarioError naming the file and the field.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from cachefleet.errors import TopologyError
+from cachefleet.errors import ScenarioError, TopologyError
 from cachefleet.topology import Section
 
 FAULT_KINDS = ("kill", "pause", "partition", "rolling-restart")
@@ -86,6 +86,14 @@ def _optional_number(sec: Section, key: str, lo: float, hi: float) -> float | No
 
 
 def parse_scenario(data: Any, source: str, base_dir: Path) -> Scenario:
+    """The scenario in `data` (read from `source`); ScenarioError names the field at fault."""
+    try:
+        return _parse(data, source, base_dir)
+    except TopologyError as exc:  # the shared field reader speaks of topologies
+        raise ScenarioError(exc.source, exc.field, exc.message) from None
+
+
+def _parse(data: Any, source: str, base_dir: Path) -> Scenario:
     root = Section(source, "", data)
     name = root.string("name", None)
     topo_raw = root.string("topology", None)
@@ -171,7 +179,7 @@ def load_scenario(path: str | Path) -> Scenario:
     try:
         data = yaml.safe_load(p.read_text())
     except FileNotFoundError:
-        raise TopologyError(source, "", "file not found") from None
+        raise ScenarioError(source, "", "file not found") from None
     except yaml.YAMLError as exc:
-        raise TopologyError(source, "", f"invalid YAML: {exc}") from None
+        raise ScenarioError(source, "", f"invalid YAML: {exc}") from None
     return parse_scenario(data, source, p.resolve().parent)

@@ -6,9 +6,13 @@ import pytest
 
 from cachefleet.chaos.checker import (
     Op,
+    aggregate,
     availability,
+    check_trial,
+    expectations,
     lost_writes,
     percentile,
+    service,
     split_brain_window,
     stale_reads,
 )
@@ -122,3 +126,96 @@ def test_old_primary_acknowledging_after_the_promotion_is_a_split_brain() -> Non
     assert split_brain_window(history, lambda k: True, [(4.0, "new")]) == 0.0
     # acknowledgements by the new primary itself are not a split brain
     assert split_brain_window([w("k", 3, 0, 3.0, node="new")], lambda k: True, [(2.0, "new")]) == 0
+
+
+def test_service_reports_the_longest_time_without_an_acknowledged_write() -> None:
+    history = [w("k", 1, 0.9, 1.0), w("k", 2, 1.0, 1.2), w("k", 3, 1.2, 2.7), w("k", 4, 2.7, 2.8)]
+    s = service(history, lambda k: True, 1.0, 3.0)
+    assert (s.ok, s.failed) == (4, 0)
+    assert s.max_gap_s == pytest.approx(1.5)  # 1.2 -> 2.7: the shard stalled without an error
+    # nothing acknowledged at all: the whole stretch is one gap
+    stalled = service([w("k", 1, 1.0, 2.0, "unknown")], lambda k: True, 1.0, 3.0)
+    assert (stalled.ok, stalled.failed, stalled.max_gap_s) == (0, 1, pytest.approx(2.0))
+
+
+def trial_history() -> list[Op]:
+    """Shard 1 loses its primary at t=2 and is back at t=3.5; shard 2 keeps serving."""
+    ops = []
+    value = 0
+    t = 0.0
+    while t < 6.0:
+        value += 1
+        ops.append(w("b", value, t, t + 0.05, node="n2"))
+        if t < 2.0 or t >= 3.5:
+            ops.append(w("a", value, t, t + 0.05, node="n1" if t < 2 else "n1r"))
+        elif t < 3.4:
+            ops.append(w("a", value, t, t + 0.1, "unknown", node="n1"))
+        t = round(t + 0.1, 3)
+    return ops
+
+
+def test_check_trial_separates_the_hit_shard_from_the_others() -> None:
+    history = trial_history()
+    final = {"a": max(o.value for o in history if o.key == "a" and o.outcome == "ok"),
+             "b": max(o.value for o in history if o.key == "b")}  # fmt: skip
+    got = check_trial(
+        history, final, shard_of={"a": 1, "b": 2}, shards=[1, 2], fault_times=[2.0],
+        targeted=[1], promotions=[(1, 3.3, "n1r")], duration_s=6.0,
+    )  # fmt: skip
+    a, b = got["availability"]["1"], got["availability"]["2"]
+    assert a["affected"] and a["targeted"] and a["window_s"] == pytest.approx(1.55)
+    assert not b["affected"] and not b["targeted"] and b["errors"] == 0
+    assert b["max_gap_s"] < 0.2 and b["ok_writes"] > 30
+    assert a["max_gap_s"] > 1.5
+    assert got["lost_writes"] == 0 and got["split_brain_max_s"] == 0.0
+    # an ack by the old primary after the promotion is a split brain, and a lost final value
+    late = [*history, w("a", 10_000, 3.3, 3.45, node="n1")]
+    got = check_trial(
+        late, {**final, "a": 5}, shard_of={"a": 1, "b": 2}, shards=[1, 2], fault_times=[2.0],
+        targeted=[1], promotions=[(1, 3.3, "n1r")], duration_s=6.0,
+    )  # fmt: skip
+    assert got["split_brain_s"]["1"] == pytest.approx(0.15)
+    assert got["lost_writes"] == 1
+
+
+def test_a_shard_that_never_recovers_counts_the_rest_of_the_trial() -> None:
+    history = [w("a", 1, 0.0, 0.1), w("a", 2, 2.0, 2.5, "unknown")]
+    got = check_trial(
+        history, {"a": 1}, shard_of={"a": 1}, shards=[1], fault_times=[2.0], targeted=[1],
+        promotions=[], duration_s=8.0,
+    )  # fmt: skip
+    assert got["availability"]["1"]["window_s"] == pytest.approx(6.0)
+    assert got["availability"]["1"]["recovered"] is False
+
+
+def shard(
+    window: float | None, *, targeted: bool, gap: float, ok: int = 10, failed: int = 0
+) -> dict:
+    return {"window_s": window, "affected": window is not None, "targeted": targeted,
+            "max_gap_s": gap, "ok_writes": ok, "failed_writes": failed}  # fmt: skip
+
+
+def test_aggregate_reports_failover_times_and_the_shards_no_fault_hit() -> None:
+    trials = [
+        {"availability": {"1": shard(1.0, targeted=True, gap=1.1),
+                          "2": shard(None, targeted=False, gap=0.01)},
+         "lost_writes": 0, "split_brain_max_s": 0.0, "stale_reads": 0, "ops": 100,
+         "indeterminate": 3},
+        {"availability": {"1": shard(None, targeted=False, gap=0.02),
+                          "2": shard(2.0, targeted=True, gap=2.1),
+                          "3": shard(None, targeted=False, gap=0.5, failed=2)},
+         "lost_writes": 2, "split_brain_max_s": 0.4, "stale_reads": 1, "ops": 50,
+         "indeterminate": 1},
+    ]  # fmt: skip
+    agg = aggregate(trials)
+    assert (agg["failover_p50_s"], agg["failover_max_s"]) == (1.0, 2.0)
+    assert (agg["lost_writes"], agg["trials_with_loss"], agg["ops"]) == (2, 1, 150)
+    other = agg["other_shards"]
+    assert other["shard_trials"] == 3
+    assert (other["ok_writes"], other["failed_writes"]) == (30, 2)
+    assert other["max_gap_max_s"] == 0.5 and other["max_gap_p50_s"] == 0.02
+    checks = expectations(agg, lost_writes=0, max_unavailable_s=3.0, split_brain_s=None)
+    assert checks == {
+        "lost_writes": {"limit": 0, "got": 2, "met": False},
+        "max_unavailable_s": {"limit": 3.0, "got": 2.0, "met": True},
+    }

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cachefleet.chaos.scenario import load_scenario, parse_scenario
-from cachefleet.errors import TopologyError
+from cachefleet.errors import CachefleetError, ScenarioError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,7 +45,7 @@ def doc(**changes: Any) -> dict[str, Any]:
     ],
 )  # fmt: skip
 def test_bad_scenarios_name_the_field(data: dict[str, Any], field: str, message: str) -> None:
-    with pytest.raises(TopologyError) as info:
+    with pytest.raises(ScenarioError) as info:
         parse_scenario(data, "sc.yaml", ROOT)
     assert info.value.field == field
     assert message in info.value.message
@@ -71,3 +71,15 @@ def test_shipped_scenarios_load() -> None:
         names.add(sc.name)
     assert {"kill-primary", "pause-primary", "kill-zone", "partition-zone",
             "kill-sentinel-then-primary", "kill-router", "rolling-restart"} <= names  # fmt: skip
+
+
+def test_a_bad_scenario_file_is_a_scenario_error(tmp_path: Path) -> None:
+    missing = tmp_path / "none.yaml"
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(missing)
+    assert info.value.source == str(missing) and "file not found" in info.value.message
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(ScenarioError, match="invalid YAML"):
+        load_scenario(bad)
+    assert issubclass(ScenarioError, CachefleetError)
