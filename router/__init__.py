@@ -1,1 +1,2 @@
-"""The router: the cluster's configuration endpoint (and, later, its slot-aware RESP proxy)."""
+"""The router: the cluster's slot-aware RESP proxy and configuration endpoint (see
+:mod:`router.server` for how the package reads)."""

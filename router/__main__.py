@@ -17,8 +17,8 @@ from cachefleet.state import ClusterDir, state_home
 from router.server import run_router
 
 
-def _run(plan: Plan, worker: int, reuse_port: bool) -> None:
-    coro = run_router(plan, worker=worker, reuse_port=reuse_port)
+def _run(plan: Plan, worker: int, reuse_port: bool, zone: str | None) -> None:
+    coro = run_router(plan, worker=worker, reuse_port=reuse_port, zone=zone)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - platforms without uvloop
@@ -31,12 +31,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m router")
     parser.add_argument("--cluster", required=True)
     parser.add_argument("--state-dir", default=None)
+    parser.add_argument("--zone", default=None, help="the router's zone (default: router.zone)")
     parser.add_argument("--worker", type=int, default=0, help="worker number (0-based)")
     parser.add_argument("--workers", type=int, default=1, help="how many workers share the port")
     args = parser.parse_args()
     plan = ClusterDir(state_home(args.state_dir), args.cluster).load_plan()
     configure("router", cluster=args.cluster, worker=args.worker)
-    _run(plan, args.worker, reuse_port=args.workers > 1)
+    _run(plan, args.worker, reuse_port=args.workers > 1, zone=args.zone)
 
 
 if __name__ == "__main__":

@@ -9,23 +9,13 @@ fanned out (``request_policy:all_shards`` / ``all_nodes``) and how their replies
 
 from __future__ import annotations
 
-import binascii
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-SLOTS = 16384
-
-
-def key_slot(key: bytes) -> int:
-    """CRC16-XMODEM of the first non-empty {hash tag} (or the key) mod 16384."""
-    start = key.find(b"{")
-    if start != -1:
-        end = key.find(b"}", start + 1)
-        if end > start + 1:
-            key = key[start + 1 : end]
-    return binascii.crc_hqx(key, 0) & 0x3FFF
+from cachefleet.slots import key_slot
+from router.replies import pairs
 
 
 @dataclass(frozen=True)
@@ -83,23 +73,17 @@ class Command:
         return self.tip(b"response_policy:")
 
 
-def _pairs(flat: Any) -> dict[bytes, Any]:
-    if isinstance(flat, dict):
-        return {bytes(k): v for k, v in flat.items()}
-    return {bytes(flat[i]): flat[i + 1] for i in range(0, len(flat) - 1, 2)}
-
-
 def _spec(raw: Any) -> KeySpec:
-    d = _pairs(raw)
+    d = pairs(raw)
     flags = {bytes(f).lower() for f in d.get(b"flags", [])}
-    bs = _pairs(d.get(b"begin_search", []))
-    fk = _pairs(d.get(b"find_keys", []))
+    bs = pairs(d.get(b"begin_search", []))
+    fk = pairs(d.get(b"find_keys", []))
     bs_type, fk_type = (
         bytes(bs.get(b"type", b"unknown")).decode(),
         bytes(fk.get(b"type", b"unknown")).decode(),
     )
-    bss = _pairs(bs.get(b"spec", [])) if bs_type != "unknown" else {}
-    fks = _pairs(fk.get(b"spec", [])) if fk_type != "unknown" else {}
+    bss = pairs(bs.get(b"spec", [])) if bs_type != "unknown" else {}
+    fks = pairs(fk.get(b"spec", [])) if fk_type != "unknown" else {}
     return KeySpec(
         begin=bs_type if bs_type in ("index", "keyword") else "unknown",
         find=fk_type if fk_type in ("range", "keynum") else "unknown",

@@ -14,6 +14,7 @@ from typing import Any
 import hiredis
 
 from cachefleet.resp import encode
+from cachefleet.slots import SLOTS
 
 _LINE = frozenset(b"+-:_,#(")
 _BULK = frozenset(b"$=!")
@@ -56,6 +57,13 @@ def reply_end(buf: bytes, pos: int) -> int:
     raise ValueError(f"not a RESP reply type: {chr(t)!r}")
 
 
+def pairs(raw: Any) -> dict[bytes, Any]:
+    """A RESP3 map, or a RESP2 flat list of alternating names and values, as a dict."""
+    if isinstance(raw, dict):
+        return {bytes(k): v for k, v in raw.items()}
+    return {bytes(raw[i]): raw[i + 1] for i in range(0, len(raw) - 1, 2)}
+
+
 def is_error(frame: bytes) -> bool:
     return frame[:1] in (b"-", b"!")
 
@@ -90,22 +98,28 @@ Redirect = Moved | Ask | TryAgain | ClusterDown
 
 def _addr(text: bytes, default_host: str) -> Addr:
     host, _, port = text.rpartition(b":")
-    return (host.decode() or default_host, int(port))
+    number = int(port)
+    if not 0 < number < 65536:
+        raise ValueError(f"port out of range: {number}")
+    return (host.decode("ascii") or default_host, number)
 
 
 def classify(frame: bytes, default_host: str = "127.0.0.1") -> Redirect | None:
-    """A reply as a redirect value, or None for an ordinary reply (errors included)."""
+    """A reply as a redirect value, or None for an ordinary reply (errors included). A
+    MOVED/ASK whose slot or address is not well formed is an ordinary error."""
     if frame[:1] != b"-":
         return None
     if frame.startswith((b"-MOVED ", b"-ASK ")):
         parts = frame[1:].split()
-        if len(parts) >= 3:
-            try:
-                slot, addr = int(parts[1]), _addr(parts[2], default_host)
-            except ValueError:
-                return None
-            return Moved(slot, addr) if parts[0] == b"MOVED" else Ask(slot, addr)
-        return None
+        if len(parts) != 3:
+            return None
+        try:
+            slot, addr = int(parts[1]), _addr(parts[2], default_host)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not 0 <= slot < SLOTS or not parts[1].isdigit():
+            return None
+        return Moved(slot, addr) if parts[0] == b"MOVED" else Ask(slot, addr)
     if frame.startswith(b"-TRYAGAIN"):
         return TryAgain()
     if frame.startswith(b"-CLUSTERDOWN"):

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from cachefleet.layout import Layout
-from router.commands import SLOTS
+from cachefleet.slots import SLOTS
+from router.replies import pairs
 
 Addr = tuple[str, int]
 
@@ -40,23 +41,17 @@ def from_layout(layout: Layout) -> Table:
     return table
 
 
-def _pairs(raw: Any) -> dict[bytes, Any]:
-    if isinstance(raw, dict):
-        return {bytes(k): v for k, v in raw.items()}
-    return {bytes(raw[i]): raw[i + 1] for i in range(0, len(raw) - 1, 2)}
-
-
 def from_cluster_shards(reply: Sequence[Any], zone_of: Mapping[Addr, str]) -> Table:
     """The engine's ``CLUSTER SHARDS`` (RESP2, hiredis-parsed) as a slot table; only nodes
     reported online serve."""
     table: Table = [None] * SLOTS
     for raw in reply:
-        shard = _pairs(raw)
+        shard = pairs(raw)
         flat = [int(x) for x in shard.get(b"slots", [])]
         primary: Addr | None = None
         replicas: list[Addr] = []
         for raw_node in shard.get(b"nodes", []):
-            node = _pairs(raw_node)
+            node = pairs(raw_node)
             ip = node.get(b"ip") or node.get(b"endpoint") or b"127.0.0.1"
             addr = (bytes(ip).decode(), int(node[b"port"]))
             if bytes(node.get(b"health", b"online")) != b"online":
@@ -75,6 +70,18 @@ def from_cluster_shards(reply: Sequence[Any], zone_of: Mapping[Addr, str]) -> Ta
             start, end = flat[i], flat[i + 1]
             table[start : end + 1] = [route] * (end - start + 1)
     return table
+
+
+def within(table: Table, members: frozenset[Addr]) -> bool:
+    """Every node the table routes to is one of `members` (the layout's nodes)."""
+    seen: set[int] = set()
+    for route in table:
+        if route is None or id(route) in seen:
+            continue
+        seen.add(id(route))
+        if any(a not in members for a in (route.primary, *route.replicas) if a is not None):
+            return False
+    return True
 
 
 def primaries(table: Table) -> list[tuple[int, Addr]]:

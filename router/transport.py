@@ -1,5 +1,9 @@
 """The proxy's transport: client connections, backend connections, and the calls between.
 
+The transport knows nothing of routing: what it needs from the proxy core is the small
+:class:`Hooks` protocol (dispatch a request, take over an error reply or a lost call, note an
+unreachable node), so it can be driven by in-memory fakes in tests.
+
 * A :class:`ClientConn` frames requests, hands them to the router, and keeps an ordered queue
   of :class:`Call` objects so that a pipeline's replies go back in order, whatever backend
   answers first. At ``MAX_INFLIGHT`` queued calls (or when the client's socket buffer is
@@ -18,15 +22,12 @@ import asyncio
 import collections
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from cachefleet.resp import encode_command
+from router.commands import Command
 from router.framing import RequestFramer
 from router.replies import reply_end
-
-if TYPE_CHECKING:
-    from router.commands import Command
-    from router.server import Router
 
 Addr = tuple[str, int]
 C = TypeVar("C", bound="Call")
@@ -39,6 +40,44 @@ READONLY = b"*1\r\n$8\r\nREADONLY\r\n"
 HELLO3 = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n"
 
 
+class Hooks(Protocol):
+    """What connections need from the proxy core."""
+
+    loop: asyncio.AbstractEventLoop
+
+    def client_opened(self, client: ClientConn) -> int:
+        """Register a new client; returns its id."""
+        ...
+
+    def client_closed(self, client: ClientConn) -> None: ...
+
+    def dispatch(self, client: ClientConn, args: list[bytes], raw: bytes | None) -> None: ...
+
+    def client_error(self, client: ClientConn, kind: str, detail: str) -> None: ...
+
+    def on_error_reply(self, call: Call, frame: bytes) -> bool:
+        """A call got an error reply: True when the core took it over (redirect, retry)."""
+        ...
+
+    def on_call_lost(self, call: Call, written: bool, addr: Addr) -> None: ...
+
+    async def connect(self, conn: BackendConn) -> None:
+        """Open `conn`'s transport (``loop.create_connection``; a fake in tests)."""
+        ...
+
+    def node_unreachable(self, addr: Addr, exc: BaseException) -> None: ...
+
+    def backend_closed(self, conn: BackendConn) -> None: ...
+
+    def backend_protocol_error(self, conn: BackendConn, detail: str) -> None: ...
+
+
+class Subscription(Protocol):
+    """A client's pub/sub state (:class:`router.pubsub.PubSub`)."""
+
+    def close(self) -> None: ...
+
+
 class Waiter(Protocol):
     def on_reply(self, frame: bytes) -> None: ...
 
@@ -46,7 +85,7 @@ class Waiter(Protocol):
 
 
 class _Discard:
-    """Waiter for a handshake or ASKING reply nobody reads."""
+    """Waiter for a reply nobody reads (connection handshake, ASKING)."""
 
     def on_reply(self, frame: bytes) -> None:
         pass
@@ -135,12 +174,12 @@ class Call:
         return self.raw
 
     def on_reply(self, frame: bytes) -> None:
-        if frame[0] == 0x2D and self.client.router.on_error_reply(self, frame):  # '-'
+        if frame[0] == 0x2D and self.client.hooks.on_error_reply(self, frame):  # '-'
             return
         self.finish(frame)
 
     def on_lost(self, written: bool, addr: Addr) -> None:
-        self.client.router.on_call_lost(self, written, addr)
+        self.client.hooks.on_call_lost(self, written, addr)
 
     def finish(self, frame: bytes) -> None:
         if self.reply is not None:
@@ -188,7 +227,7 @@ class BackendConn(asyncio.Protocol):
 
     def __init__(
         self,
-        router: Router,
+        hooks: Hooks,
         addr: Addr,
         *,
         readonly: bool = False,
@@ -196,7 +235,7 @@ class BackendConn(asyncio.Protocol):
         on_push: Callable[[bytes], None] | None = None,
         on_close: Callable[[BackendConn], None] | None = None,
     ) -> None:
-        self.router = router
+        self.hooks = hooks
         self.addr = addr
         self.readonly = readonly
         self.on_push = on_push
@@ -213,15 +252,13 @@ class BackendConn(asyncio.Protocol):
             self.send(DISCARD, HELLO3)
         if readonly:
             self.send(DISCARD, READONLY)
-        self.connect_task = router.loop.create_task(self._connect())
+        self.connect_task = hooks.loop.create_task(self._connect())
 
     async def _connect(self) -> None:
         try:
-            await asyncio.wait_for(
-                self.router.loop.create_connection(lambda: self, *self.addr), timeout=2.0
-            )
-        except (OSError, TimeoutError) as exc:
-            self.router.node_unreachable(self.addr, exc)
+            await asyncio.wait_for(self.hooks.connect(self), timeout=2.0)
+        except (OSError, TimeoutError, OverflowError) as exc:
+            self.hooks.node_unreachable(self.addr, exc)
             self._fail()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -237,7 +274,7 @@ class BackendConn(asyncio.Protocol):
         self.unflushed += 1
         if self.transport is not None and not self.flush_scheduled:
             self.flush_scheduled = True
-            self.router.loop.call_soon(self.flush)
+            self.hooks.loop.call_soon(self.flush)
 
     def send_nowait(self, data: bytes) -> None:
         """Write without a waiter: every frame back goes to `on_push` (pub/sub)."""
@@ -246,7 +283,7 @@ class BackendConn(asyncio.Protocol):
         self.out.append(data)
         if self.transport is not None and not self.flush_scheduled:
             self.flush_scheduled = True
-            self.router.loop.call_soon(self.flush)
+            self.hooks.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self.flush_scheduled = False
@@ -261,7 +298,7 @@ class BackendConn(asyncio.Protocol):
         """Send payloads (one request each) and wait for all their replies."""
         futs = []
         for p in payloads:
-            fut: asyncio.Future[bytes] = self.router.loop.create_future()
+            fut: asyncio.Future[bytes] = self.hooks.loop.create_future()
             self.send(FutureWaiter(fut), p)
             futs.append(fut)
         return list(await asyncio.gather(*futs))
@@ -282,7 +319,7 @@ class BackendConn(asyncio.Protocol):
                 elif waiters:
                     waiters.popleft().on_reply(frame)
         except ValueError:
-            self.router.log.warning("backend_protocol_error", node=f"{self.addr[0]}:{self.addr[1]}")
+            self.hooks.backend_protocol_error(self, "not a RESP reply")
             self.close()
             return
         self.buf = buf[pos:] if pos < n else b""
@@ -301,7 +338,7 @@ class BackendConn(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        self.router.pool_forget(self)
+        self.hooks.backend_closed(self)
         if self.on_close is not None:
             self.on_close(self)
         waiters, self.waiters = self.waiters, collections.deque()
@@ -315,9 +352,9 @@ class BackendConn(asyncio.Protocol):
 class ClientConn(asyncio.Protocol):
     """One client: request framing in, ordered replies out, back-pressure both ways."""
 
-    def __init__(self, router: Router) -> None:
-        self.router = router
-        self.id = router.next_client_id()
+    def __init__(self, hooks: Hooks) -> None:
+        self.hooks = hooks
+        self.id = 0
         self.framer = RequestFramer()
         self.queue: collections.deque[Call] = collections.deque()
         self.out: list[bytes] = []
@@ -336,7 +373,7 @@ class ClientConn(asyncio.Protocol):
         self.tx_dirty = False
         self.watch: tuple[int, BackendConn] | None = None
         self.dedicated: dict[Addr, BackendConn] = {}
-        self.pubsub: Any = None  # router.server.PubSub when subscribed
+        self.pubsub: Subscription | None = None
         self.peer = ""
         self.connected_at = time.monotonic()
 
@@ -351,7 +388,7 @@ class ClientConn(asyncio.Protocol):
         self.transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.router.clients.add(self)
+        self.id = self.hooks.client_opened(self)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -363,9 +400,9 @@ class ClientConn(asyncio.Protocol):
             if self.held is not None:
                 self.held.append((args, raw))
             else:
-                self.router.dispatch(self, args, raw)
+                self.hooks.dispatch(self, args, raw)
         if error is not None:
-            self.router.client_error(self, "protocol_error", error.message)
+            self.hooks.client_error(self, "protocol_error", error.message)
             self.reply_now(error.reply)
             self.close_after_replies()
             return
@@ -374,13 +411,27 @@ class ClientConn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.closing = True
-        self.router.clients.discard(self)
+        self.hooks.client_closed(self)
+        self.drop_state()
         for conn in list(self.dedicated.values()):
             conn.close()
         self.dedicated.clear()
+        # Serial operations waiting for their turn must not wait forever.
+        for call in self.queue:
+            if call.head_waiter is not None and not call.head_waiter.done():
+                call.head_waiter.cancel()
+        self.queue.clear()
+        self.held = None
+
+    def drop_watch(self) -> None:
+        """Forget the client's WATCH (UNWATCH, DISCARD, EXEC): its connection is closed."""
         if self.watch is not None:
             self.watch[1].close()
             self.watch = None
+
+    def drop_state(self) -> None:
+        """Forget the client's WATCH and subscriptions (RESET, disconnect)."""
+        self.drop_watch()
         if self.pubsub is not None:
             self.pubsub.close()
             self.pubsub = None
@@ -437,7 +488,7 @@ class ClientConn(asyncio.Protocol):
             q[0].head_waiter.set_result(None)
         if out and not self.flush_scheduled:
             self.flush_scheduled = True
-            self.router.loop.call_soon(self.flush)
+            self.hooks.loop.call_soon(self.flush)
         elif self.reading_paused:
             self.check_pressure()
 
@@ -446,7 +497,7 @@ class ClientConn(asyncio.Protocol):
         self.out.append(frame)
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            self.router.loop.call_soon(self.flush)
+            self.hooks.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self.flush_scheduled = False
@@ -469,10 +520,10 @@ class ClientConn(asyncio.Protocol):
             self.transport.pause_reading()
         if not self.queue and not self.flush_scheduled:
             self.flush_scheduled = True
-            self.router.loop.call_soon(self.flush)
+            self.hooks.loop.call_soon(self.flush)
 
     async def wait_head(self, call: Call) -> None:
         """Until every reply queued before `call` went out (ordering for serial operations)."""
         if self.queue and self.queue[0] is not call and call in self.queue:
-            call.head_waiter = self.router.loop.create_future()
+            call.head_waiter = self.hooks.loop.create_future()
             await call.head_waiter

@@ -1,0 +1,457 @@
+"""The proxy core: route table, backend pools, sending, redirects, failover waiting and the
+per-client ordering of serial operations.
+
+Replies are classified once (:func:`router.replies.classify`) into redirect values; a redirect
+is followed only to a node of the cluster's layout (a reply is data a script can forge). A
+request whose node is unreachable waits (up to ``failover_wait_ms``) for a layout that routes
+it elsewhere; a request written to a node that was lost before it answered gets "outcome
+unknown", never a blind retry, unless it is read-only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import hiredis
+import structlog
+
+from cachefleet.layout import Layout
+from cachefleet.resp import Err, encode, encode_command
+from cachefleet.slots import SLOTS
+from router import replies, routes
+from router.commands import Command, fast_paths, parse_command_table
+from router.transport import ASKING, DISCARD, BackendConn, BackendLost, Call, ClientConn
+
+POOL_SIZE = 2
+MAX_REDIRECTS = 5
+MAX_ATTEMPTS = 8
+DOWN_FOR_S = 1.0
+
+Addr = routes.Addr
+
+
+def err(text: str) -> bytes:
+    return encode(Err(text))
+
+
+def outcome_unknown(addr: Addr) -> bytes:
+    return err(
+        f"ERR router: outcome unknown (connection to {addr[0]}:{addr[1]} lost after the "
+        "request was sent)"
+    )
+
+
+class RateLimitedLog:
+    """At most `per_s` events of one kind per second; the count of dropped ones is reported
+    with the next event that passes."""
+
+    def __init__(self, log: Any, per_s: int = 10) -> None:
+        self.log = log
+        self.per_s = per_s
+        self.window: dict[str, tuple[int, int]] = {}
+        self.dropped: collections.Counter[str] = collections.Counter()
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        now = int(time.monotonic())
+        second, count = self.window.get(event, (now, 0))
+        if second != now:
+            second, count = now, 0
+        if count >= self.per_s:
+            self.dropped[event] += 1
+            self.window[event] = (second, count)
+            return
+        self.window[event] = (second, count + 1)
+        dropped = self.dropped.pop(event, 0)
+        self.log.warning(event, **fields, **({"suppressed": dropped} if dropped else {}))
+
+
+class Core:
+    """Everything the features need to send a request and get its reply, in order; the
+    :class:`router.transport.Hooks` of every connection. ``dispatch`` is the server's."""
+
+    def __init__(
+        self,
+        *,
+        cluster: str,
+        read_from: str = "primary",
+        zone: str | None = None,
+        failover_wait_s: float = 3.0,
+        worker: int = 0,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.log = structlog.get_logger("router").bind(cluster=cluster, worker=worker)
+        self.client_log = RateLimitedLog(self.log)
+        self.read_from = read_from
+        self.zone = zone
+        self.failover_wait_s = failover_wait_s
+        # layout (bus) and routes (bus layout, patched by MOVED and CLUSTER SHARDS refreshes)
+        self.layout: Layout | None = None
+        self.members: frozenset[Addr] = frozenset()  # the layout's nodes: trusted redirects
+        self.zone_of: dict[Addr, str] = {}
+        self.layout_ready = asyncio.Event()
+        self.table: routes.Table = [None] * SLOTS
+        self.primary_list: list[tuple[int, Addr]] = []
+        self.version = 0
+        self.changed: asyncio.Future[None] = self.loop.create_future()
+        self.down: dict[Addr, float] = {}
+        self.refresh_task: asyncio.Task[None] | None = None
+        self.refresh_again: Addr | None = None
+        self.rr = itertools.count()
+        # engine command table
+        self.commands: dict[bytes, Command] | None = None
+        self.fast: dict[bytes, tuple[int, bool, Command]] = {}
+        self.commands_ready = asyncio.Event()
+        # connections
+        self.pools: dict[tuple[Addr, bool, bool], list[BackendConn | None]] = {}
+        self.clients: set[ClientConn] = set()
+        self.client_ids = itertools.count(1)
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.ops = 0
+        self.errors = 0
+
+    def dispatch(self, client: ClientConn, args: list[bytes], raw: bytes | None) -> None:
+        raise NotImplementedError  # the server's dispatch table
+
+    # -- layout and routes ---------------------------------------------------------------------
+
+    def apply_layout(self, layout: Layout) -> bool:
+        if self.layout is not None and layout.epoch < self.layout.epoch:
+            self.log.info("layout_ignored_stale", epoch=layout.epoch, current=self.layout.epoch)
+            return False
+        if self.layout is not None and layout == self.layout:
+            return False
+        self.layout = layout
+        self.zone_of = {(n.host, n.port): n.zone for n in layout.nodes()}
+        self.members = frozenset(self.zone_of)
+        self.set_table(routes.from_layout(layout), source="bus", epoch=layout.epoch)
+        self.close_strangers()
+        self.layout_ready.set()
+        return True
+
+    def set_table(self, table: routes.Table, *, source: str, epoch: int | None = None) -> None:
+        self.table = table
+        self.primary_list = routes.primaries(table)
+        self.version += 1
+        self.down.clear()
+        changed, self.changed = self.changed, self.loop.create_future()
+        changed.set_result(None)
+        self.log.info(
+            "layout_applied", source=source, epoch=epoch, primaries=len(self.primary_list)
+        )
+
+    def close_strangers(self) -> None:
+        """Pooled connections to nodes that left the layout are closed (their calls are
+        retried or answered as for any lost connection)."""
+        for key, conns in list(self.pools.items()):
+            if key[0] in self.members:
+                continue
+            for conn in conns:
+                if conn is not None:
+                    conn.close()
+            self.pools.pop(key, None)
+
+    def trusted(self, redirect: replies.Moved | replies.Ask) -> bool:
+        """A redirect is followed only to a node of the cluster's layout."""
+        return redirect.addr in self.members
+
+    def note_moved(self, moved: replies.Moved) -> None:
+        route = self.table[moved.slot]
+        if route is None or route.primary != moved.addr:
+            self.table[moved.slot] = routes.ShardRoute(primary=moved.addr)
+            self.request_refresh(moved.addr)
+
+    def request_refresh(self, addr: Addr) -> None:
+        """Coalesced: one CLUSTER SHARDS refresh at a time, one more queued at most."""
+        if self.refresh_task is not None and not self.refresh_task.done():
+            self.refresh_again = addr
+            return
+        self.refresh_task = self.spawn(self._refresh(addr), "router.refresh")
+
+    async def _refresh(self, addr: Addr) -> None:
+        while True:
+            try:
+                reply = await self.query(addr, b"CLUSTER", b"SHARDS")
+                if isinstance(reply, list) and reply:
+                    table = routes.from_cluster_shards(reply, self.zone_of)
+                    if routes.within(table, self.members):
+                        self.set_table(table, source="cluster-shards")
+                    else:
+                        self.log.warning("refresh_ignored_strangers", node=f"{addr[0]}:{addr[1]}")
+            except (OSError, TimeoutError, BackendLost, hiredis.ProtocolError) as exc:
+                self.log.info("refresh_failed", node=f"{addr[0]}:{addr[1]}", error=str(exc))
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                self.log.warning("refresh_invalid", node=f"{addr[0]}:{addr[1]}", error=str(exc))
+            if self.refresh_again is None:
+                return
+            addr, self.refresh_again = self.refresh_again, None
+
+    def any_primary(self) -> Addr | None:
+        plist = self.primary_list
+        if not plist:
+            return None
+        start = next(self.rr)
+        for i in range(len(plist)):
+            addr = plist[(start + i) % len(plist)][1]
+            if not self.is_down(addr):
+                return addr
+        return None
+
+    def node_unreachable(self, addr: Addr, exc: BaseException) -> None:
+        self.down[addr] = time.monotonic()
+        self.client_log("node_unreachable", node=f"{addr[0]}:{addr[1]}", error=str(exc) or "")
+
+    def is_down(self, addr: Addr) -> bool:
+        since = self.down.get(addr)
+        return since is not None and time.monotonic() - since < DOWN_FOR_S
+
+    # -- engine queries ------------------------------------------------------------------------
+
+    async def query(self, addr: Addr, *args: bytes, timeout: float = 3.0) -> Any:
+        """One request on a short-lived connection (layout refresh, command table)."""
+
+        async def run() -> Any:
+            reader, writer = await asyncio.open_connection(*addr)
+            try:
+                writer.write(encode_command(args))
+                parser = hiredis.Reader(notEnoughData=Ellipsis)
+                while True:
+                    chunk = await reader.read(1 << 16)
+                    if not chunk:
+                        raise ConnectionError("connection closed")
+                    parser.feed(chunk)
+                    reply = parser.gets()
+                    if reply is not Ellipsis:
+                        return reply
+            finally:
+                writer.close()
+
+        return await asyncio.wait_for(run(), timeout)
+
+    async def load_commands(self, stop: asyncio.Event) -> None:
+        while self.commands is None and not stop.is_set():
+            for _, addr in list(self.primary_list):
+                try:
+                    reply = await self.query(addr, b"COMMAND", timeout=5.0)
+                except (OSError, TimeoutError, hiredis.ProtocolError) as exc:
+                    self.log.info("command_table_failed", error=str(exc))
+                    continue
+                if isinstance(reply, list) and reply:
+                    self.commands = parse_command_table(reply)
+                    self.fast = fast_paths(self.commands)
+                    self.commands_ready.set()
+                    self.log.info("command_table_loaded", commands=len(self.commands))
+                    return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.changed), 0.5)
+
+    # -- connections (transport hooks) --------------------------------------------------------
+
+    async def connect(self, conn: BackendConn) -> None:
+        await self.loop.create_connection(lambda: conn, *conn.addr)
+
+    def client_opened(self, client: ClientConn) -> int:
+        self.clients.add(client)
+        return next(self.client_ids)
+
+    def client_closed(self, client: ClientConn) -> None:
+        self.clients.discard(client)
+
+    def client_error(self, client: ClientConn, kind: str, detail: str) -> None:
+        self.errors += 1
+        self.client_log(f"client_{kind}", client=client.id, peer=client.peer, error=detail)
+
+    def backend_protocol_error(self, conn: BackendConn, detail: str) -> None:
+        self.log.warning(
+            "backend_protocol_error", node=f"{conn.addr[0]}:{conn.addr[1]}", error=detail
+        )
+
+    def backend_closed(self, conn: BackendConn) -> None:
+        if conn.pool_key is not None:
+            key, i = conn.pool_key
+            conns = self.pools.get(key)
+            if conns is not None and conns[i] is conn:
+                conns[i] = None
+
+    def pooled(self, addr: Addr, readonly: bool, resp3: bool, salt: int) -> BackendConn:
+        key = (addr, readonly, resp3)
+        conns = self.pools.get(key)
+        if conns is None:
+            conns = self.pools[key] = [None] * POOL_SIZE
+        i = salt % POOL_SIZE  # one client -> one connection per node: its order is kept
+        conn = conns[i]
+        if conn is None or conn.closed:
+            conn = conns[i] = BackendConn(self, addr, readonly=readonly, resp3=resp3)
+            conn.pool_key = (key, i)
+        return conn
+
+    def dedicated(self, client: ClientConn, addr: Addr) -> BackendConn:
+        conn = client.dedicated.get(addr)
+        if conn is None or conn.closed:
+
+            def forget(c: BackendConn) -> None:
+                if client.dedicated.get(addr) is c:
+                    del client.dedicated[addr]
+
+            conn = client.dedicated[addr] = BackendConn(
+                self, addr, resp3=client.resp3, on_close=forget
+            )
+        return conn
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    # -- sending, redirects, failover hiding -----------------------------------------------------
+
+    def route(self, call: Call) -> tuple[Addr | None, bool]:
+        if call.target is not None:
+            return call.target, False
+        if call.slot is None:
+            return self.any_primary(), False
+        route = self.table[call.slot]
+        if route is None:
+            return None, False
+        if call.readonly and self.read_from != "primary" and not call.dedicated:
+            return routes.pick(
+                route,
+                readonly=True,
+                read_from=self.read_from,
+                zone=self.zone,
+                salt=call.client.id,
+            )
+        return route.primary, False
+
+    def send(self, call: Call) -> None:
+        addr, readonly = self.route(call)
+        if addr is None or self.is_down(addr):
+            call.target = None
+            self.wait_for_layout(call)
+            return
+        client = call.client
+        if call.dedicated:
+            conn = self.dedicated(client, addr)
+        else:
+            conn = self.pooled(addr, readonly, client.protocol == 3, client.id)
+        call.version = self.version
+        if call.asking:
+            conn.send(DISCARD, ASKING)
+        conn.send(call, call.payload)
+
+    def on_error_reply(self, call: Call, frame: bytes) -> bool:
+        """Follow MOVED/ASK within the cluster, retry TRYAGAIN/CLUSTERDOWN (bounded); False:
+        relay the reply as it is."""
+        redirect = replies.classify(frame)
+        if redirect is None or call.redirects >= MAX_ATTEMPTS:
+            return False
+        if isinstance(redirect, replies.Moved | replies.Ask):
+            if call.redirects >= MAX_REDIRECTS or not self.trusted(redirect):
+                return False
+            call.redirects += 1
+            if isinstance(redirect, replies.Moved):
+                self.note_moved(redirect)
+            call.target, call.asking = redirect.addr, isinstance(redirect, replies.Ask)
+            self.send(call)
+            return True
+        call.redirects += 1
+        call.target, call.asking = None, False
+        self.loop.call_later(0.02 * call.redirects, self._resend, call)
+        return True
+
+    def _resend(self, call: Call) -> None:
+        if not call.client.closed:
+            self.send(call)
+
+    def on_call_lost(self, call: Call, written: bool, addr: Addr) -> None:
+        if written and not call.readonly:
+            call.finish(outcome_unknown(addr))
+            return
+        call.target, call.asking = None, False
+        self.wait_for_layout(call)
+
+    def wait_for_layout(self, call: Call) -> None:
+        """The call's node is unreachable: wait (up to failover_wait_ms) for a layout that
+        routes it elsewhere, then send it there."""
+        if call.client.closed:
+            return
+        now = time.monotonic()
+        if not call.deadline:
+            call.deadline = now + self.failover_wait_s
+        self.spawn(self._wait_and_send(call), "router.failover_wait")
+
+    async def _wait_and_send(self, call: Call) -> None:
+        seen = call.version
+        while True:
+            left = call.deadline - time.monotonic()
+            if left <= 0:
+                where = f"slot {call.slot}" if call.slot is not None else "a primary"
+                call.finish(
+                    err(
+                        f"CLUSTERDOWN router: no reachable node for {where} within "
+                        f"{int(self.failover_wait_s * 1000)} ms"
+                    )
+                )
+                return
+            if self.version == seen:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self.changed), min(left, 0.25))
+            seen = self.version
+            if call.client.closed:
+                return
+            addr, _ = self.route(call)
+            if addr is not None and not self.is_down(addr):
+                self.send(call)
+                return
+
+    async def run_call(self, call: Call) -> bytes:
+        """Send `call` and wait for its (final) reply; for serial operations."""
+        fut: asyncio.Future[None] = self.loop.create_future()
+
+        def done(_: Call) -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        call.on_done = done
+        self.send(call)
+        await fut
+        assert call.reply is not None
+        return call.reply
+
+    # -- per-client ordering ----------------------------------------------------------------------
+
+    def serial(self, client: ClientConn, operation: Callable[[], Awaitable[None]]) -> None:
+        """Run `operation` with the client's later requests held until it is done."""
+        if client.held is None:
+            client.held = collections.deque()
+
+        async def run() -> None:
+            try:
+                await operation()
+            except asyncio.CancelledError:
+                pass  # the client went away while the operation waited for its turn
+            except Exception:  # a bad request never takes the router down
+                self.log.exception("serial_operation_failed", client=client.id)
+            finally:
+                self.release(client)
+
+        self.spawn(run(), f"router.client[{client.id}].serial")
+
+    def release(self, client: ClientConn) -> None:
+        held, client.held = client.held, None
+        while held:
+            if client.closing:
+                return
+            if client.held is not None:
+                client.held.extend(held)
+                break
+            args, raw = held.popleft()
+            self.dispatch(client, args, raw)
+        client.check_pressure()

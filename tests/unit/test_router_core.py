@@ -1,0 +1,321 @@
+"""The proxy core without sockets: clients and nodes are in-memory transports that feed bytes
+to the real connection classes, and the tests play the nodes' part (read what the router
+wrote, answer when they choose). Ordering of a pipelined client across shards, redirects,
+failover waiting, back-pressure, and no task left behind by a client that went away."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from test_router_protocol import TABLE
+
+from cachefleet.layout import Layout, LayoutNode, LayoutShard
+from cachefleet.resp import encode_command
+from cachefleet.slots import key_slot
+from router.commands import fast_paths
+from router.core import Core
+from router.framing import RequestFramer
+from router.server import Router
+from router.transport import MAX_INFLIGHT, BackendConn, ClientConn
+
+Addr = tuple[str, int]
+P1: Addr = ("127.0.1.1", 7011)  # shard 1 primary, slots 0-8191
+R1: Addr = ("127.0.2.1", 7012)  # shard 1 replica
+P2: Addr = ("127.0.2.1", 7021)  # shard 2 primary, slots 8192-16383
+R2: Addr = ("127.0.1.1", 7022)
+STRANGER: Addr = ("127.0.0.1", 1)
+
+# Keys by shard (checked below, so a change of hash cannot silently weaken the tests).
+K1 = [b"b", b"c", b"f"]  # shard 1
+K2 = [b"a", b"foo", b"x"]  # shard 2
+
+
+def test_fixture_keys_are_where_the_tests_say() -> None:
+    assert all(key_slot(k) < 8192 for k in K1)
+    assert all(key_slot(k) >= 8192 for k in K2)
+
+
+def layout(epoch: int = 1, *, shard1_primary: Addr = P1) -> Layout:
+    def node(name: str, shard: int, addr: Addr, role: str) -> LayoutNode:
+        return LayoutNode(name, name * 40, shard, "az-a", addr[0], addr[1], 17000, role)
+
+    s1 = (node("a", 1, P1, "primary"), node("b", 1, R1, "replica"))
+    if shard1_primary == R1:
+        s1 = (node("a", 1, P1, "replica"), node("b", 1, R1, "primary"))
+    return Layout(
+        cluster="c",
+        epoch=epoch,
+        shards=(
+            LayoutShard(1, ((0, 8191),), s1),
+            LayoutShard(
+                2, ((8192, 16383),), (node("c", 2, P2, "primary"), node("d", 2, R2, "replica"))
+            ),
+        ),
+    )
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self, protocol: asyncio.Protocol) -> None:
+        super().__init__()
+        self.protocol = protocol
+        self.written = bytearray()
+        self.closed = False
+        self.reading = True
+
+    def write(self, data: Any) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.200", 50000) if name == "peername" else default
+
+
+class FakeNode:
+    """A node as the router sees it: its connections, what was written, answers on demand."""
+
+    def __init__(self, addr: Addr) -> None:
+        self.addr = addr
+        self.conns: list[tuple[BackendConn, FakeTransport, RequestFramer]] = []
+        self.refuse = False
+
+    def requests(self) -> list[list[bytes]]:
+        out: list[list[bytes]] = []
+        for _, t, framer in self.conns:
+            if t.written:
+                got, error = framer.feed(bytes(t.written))
+                assert error is None
+                t.written.clear()
+                out.extend(args for args, _ in got)
+        return out
+
+    def answer(self, frame: bytes, conn: int = 0) -> None:
+        self.conns[conn][0].data_received(frame)
+
+    def drop(self) -> None:
+        for _, t, _ in self.conns:
+            t.close()
+
+
+class Harness(Router):
+    """The real router (dispatch, core, features) over fake transports."""
+
+    def __init__(self, lay: Layout) -> None:
+        Core.__init__(self, cluster="c", failover_wait_s=0.5)
+        self.plan = SimpleNamespace(topology=SimpleNamespace(engine="valkey"), name="c")  # type: ignore[assignment]
+        self.worker, self.id = 0, "router-0"
+        self.commands, self.fast = TABLE, fast_paths(TABLE)
+        self.commands_ready.set()
+        self.nodes: dict[Addr, FakeNode] = {}
+        self.queries: list[tuple[Addr, tuple[bytes, ...]]] = []
+        self.apply_layout(lay)
+
+    def node(self, addr: Addr) -> FakeNode:
+        return self.nodes.setdefault(addr, FakeNode(addr))
+
+    async def connect(self, conn: BackendConn) -> None:
+        node = self.node(conn.addr)
+        if node.refuse:
+            raise ConnectionRefusedError(f"{conn.addr} refused")
+        transport = FakeTransport(conn)
+        node.conns.append((conn, transport, RequestFramer()))
+        conn.connection_made(transport)
+
+    async def query(self, addr: Addr, *args: bytes, timeout: float = 3.0) -> Any:
+        self.queries.append((addr, args))
+        raise OSError("no CLUSTER SHARDS in this test")
+
+    def client(self) -> tuple[ClientConn, FakeTransport]:
+        c = ClientConn(self)
+        t = FakeTransport(c)
+        c.connection_made(t)
+        return c, t
+
+
+async def settle(rounds: int = 10) -> None:
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+def cmds(*requests: list[bytes]) -> bytes:
+    return b"".join(encode_command(r) for r in requests)
+
+
+async def test_a_pipeline_across_shards_is_answered_in_request_order() -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    c.data_received(cmds([b"GET", K2[0]], [b"GET", K1[0]], [b"GET", K2[1]], [b"GET", K1[1]]))
+    await settle()
+    n1, n2 = h.node(P1), h.node(P2)
+    assert n1.requests() == [[b"GET", K1[0]], [b"GET", K1[1]]]
+    assert n2.requests() == [[b"GET", K2[0]], [b"GET", K2[1]]]
+    n1.answer(b"$2\r\nb0\r\n$2\r\nb1\r\n")  # shard 1 answers first ...
+    await settle()
+    assert t.written == b""  # ... but its replies wait for the first request's
+    n2.answer(b"$2\r\na0\r\n")
+    await settle()
+    assert t.written == b"$2\r\na0\r\n$2\r\nb0\r\n"
+    n2.answer(b"$2\r\na1\r\n")
+    await settle()
+    assert t.written == b"$2\r\na0\r\n$2\r\nb0\r\n$2\r\na1\r\n$2\r\nb1\r\n"
+
+
+async def test_moved_to_a_layout_node_is_followed_and_the_slot_rerouted() -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    slot = key_slot(K1[0])
+    c.data_received(cmds([b"GET", K1[0]]))
+    await settle()
+    assert h.node(P1).requests() == [[b"GET", K1[0]]]
+    h.node(P1).answer(b"-MOVED %d %s:%d\r\n" % (slot, P2[0].encode(), P2[1]))
+    await settle()
+    assert h.node(P2).requests() == [[b"GET", K1[0]]]
+    h.node(P2).answer(b"$1\r\nv\r\n")
+    await settle()
+    assert t.written == b"$1\r\nv\r\n"
+    route = h.table[slot]
+    assert route is not None and route.primary == P2
+    assert h.queries == [(P2, (b"CLUSTER", b"SHARDS"))]  # refreshed from a cluster node
+
+
+async def test_ask_sends_asking_then_the_request_to_the_importing_node() -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    slot = key_slot(K1[0])
+    c.data_received(cmds([b"GET", K1[0]]))
+    await settle()
+    h.node(P1).requests()
+    h.node(P1).answer(b"-ASK %d %s:%d\r\n" % (slot, P2[0].encode(), P2[1]))
+    await settle()
+    assert h.node(P2).requests() == [[b"ASKING"], [b"GET", K1[0]]]
+    h.node(P2).answer(b"+OK\r\n$1\r\nv\r\n")
+    await settle()
+    assert t.written == b"$1\r\nv\r\n"
+    route = h.table[slot]
+    assert route is not None and route.primary == P1  # ASK changes no route
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        b"-MOVED 0 127.0.0.1:1\r\n",  # not a node of the cluster
+        b"-ASK 0 127.0.0.1:1\r\n",
+        b"-MOVED 99999 127.0.2.1:7021\r\n",  # no such slot
+        b"-MOVED -1 127.0.2.1:7021\r\n",
+        b"-MOVED 5 127.0.2.1:99999\r\n",  # no such port
+        b"-MOVED 5 evil.example:7021\r\n",
+    ],
+)
+async def test_a_forged_redirect_is_relayed_and_changes_nothing(forged: bytes) -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    h.client()
+    other, other_t = h.client()  # clients 1 and 3 share a pooled connection per node
+    other.data_received(cmds([b"GET", K1[2]]))
+    c.data_received(cmds([b"EVAL", b"return redis.error_reply('...')", b"1", K1[0]]))
+    await settle()
+    assert len(h.node(P1).requests()) == 2
+    table_before = list(h.table)
+    h.node(P1).answer(forged)  # the other client's GET went first on the shared connection
+    h.node(P1).answer(b"$1\r\nz\r\n")
+    await settle()
+    assert other_t.written == forged  # the first reply on the connection was the other's
+    assert t.written == b"$1\r\nz\r\n"
+    # Same order again, now with the forged reply to the script itself.
+    c.data_received(cmds([b"EVAL", b"return redis.error_reply('...')", b"1", K1[0]]))
+    other.data_received(cmds([b"GET", K1[2]]))
+    await settle()
+    h.node(P1).requests()
+    h.node(P1).answer(forged + b"$1\r\ny\r\n")
+    await settle()
+    assert t.written == b"$1\r\nz\r\n" + forged
+    assert other_t.written == forged + b"$1\r\ny\r\n"  # the shared connection survived
+    assert h.table == table_before
+    assert STRANGER not in h.nodes and h.queries == []
+
+
+async def test_a_request_not_yet_written_waits_for_the_next_layout() -> None:
+    h = Harness(layout())
+    h.node(P1).refuse = True
+    c, t = h.client()
+    c.data_received(cmds([b"SET", K1[0], b"v"]))
+    await settle()
+    assert t.written == b""  # waiting: neither an error nor a write
+    h.apply_layout(layout(epoch=2, shard1_primary=R1))
+    await asyncio.sleep(0.05)
+    assert h.node(R1).requests() == [[b"SET", K1[0], b"v"]]
+    h.node(R1).answer(b"+OK\r\n")
+    await settle()
+    assert t.written == b"+OK\r\n"
+
+
+async def test_no_new_layout_in_time_is_clusterdown() -> None:
+    h = Harness(layout())
+    h.node(P1).refuse = True
+    c, t = h.client()
+    c.data_received(cmds([b"SET", K1[0], b"v"]))
+    await asyncio.sleep(0.8)  # failover_wait_s is 0.5
+    assert t.written.startswith(b"-CLUSTERDOWN router: no reachable node for slot")
+
+
+async def test_a_written_write_whose_node_is_lost_is_not_retried() -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    c.data_received(cmds([b"SET", K1[0], b"v"], [b"GET", K1[1]]))
+    await settle()
+    assert h.node(P1).requests() == [[b"SET", K1[0], b"v"], [b"GET", K1[1]]]
+    h.node(P1).drop()
+    await settle()
+    h.apply_layout(layout(epoch=2, shard1_primary=R1))
+    await asyncio.sleep(0.05)
+    # The write may have been applied: "outcome unknown", never sent again; the read is.
+    assert h.node(R1).requests() == [[b"GET", K1[1]]]
+    h.node(R1).answer(b"$1\r\nw\r\n")
+    await settle()
+    assert t.written.startswith(b"-ERR router: outcome unknown (connection to 127.0.1.1:7011")
+    assert t.written.endswith(b"\r\n$1\r\nw\r\n")
+
+
+async def test_a_client_that_does_not_read_replies_is_paused_then_resumed() -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    c.data_received(cmds(*[[b"GET", K1[0]]] * (MAX_INFLIGHT + 10)))
+    await settle()
+    assert not t.reading  # stopped reading from the client
+    n = len(h.node(P1).requests())
+    assert n == MAX_INFLIGHT + 10
+    h.node(P1).answer(b"$1\r\nv\r\n" * n)
+    await settle()
+    assert t.reading
+    assert t.written == b"$1\r\nv\r\n" * n
+
+
+async def test_a_client_gone_while_a_serial_request_waits_leaves_nothing_behind() -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    c.data_received(cmds([b"GET", K1[0]], [b"BLPOP", K1[1], b"0"], [b"GET", K1[2]]))
+    await settle()
+    assert h.node(P1).requests() == [[b"GET", K1[0]]]  # BLPOP waits for its turn
+    assert h.tasks
+    t.close()
+    await settle()
+    assert not h.tasks and c not in h.clients
+    assert c.held is None and not c.queue
