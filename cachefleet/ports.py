@@ -1,8 +1,9 @@
 """Free-port allocation that parallel `up`s (and parallel tests) do not race on.
 
 A port is taken when a bind to it succeeds *and* no other allocation on this machine reserved
-it in the last minute (a small flock-protected ledger in the temp dir), so two clusters that
-are created at the same moment never get the same port before either has bound it.
+it in the last RESERVE_S seconds (two minutes; a small flock-protected ledger in the temp
+dir), so two clusters that are created at the same moment never get the same port before
+either has bound it.
 Ports are drawn below the kernel's ephemeral range so outgoing connections cannot steal them.
 """
 
