@@ -1,16 +1,25 @@
-"""The sentinel's pure decisions: SDOWN/ODOWN, vote granting, leader check, replica choice.
+"""The sentinel's pure decisions: SDOWN/ODOWN, votes, the start of a failover, elections.
 
-Everything here is a pure function of an immutable snapshot (frozen dataclasses) and a
-monotonic ``now`` in seconds; each decision carries its reason as an enum. Probing, the bus,
-persistence of votes and sending ``CLUSTER FAILOVER TAKEOVER`` live in the sentinel process,
-which builds the snapshot, calls these functions and executes the returned action.
+Snapshot -> decide -> act. Each tick the sentinel process builds one frozen
+:class:`SentinelView` of what it knows (its probes' down-set, the hellos it heard, the layout,
+its votes and elections, settling and grace times, the stall guard) and calls
+:func:`next_actions`, which returns one :class:`Decision` per shard: the action to take and
+its enum reason, including every reason not to act (:class:`NoFailover`). Votes
+(:func:`vote_on`) and the count of an election (:func:`tally`) are decided here as well. The
+I/O side (:mod:`sentinel.process`, :mod:`sentinel.executor`) only carries decisions out;
+the leader's failover state machine is in :mod:`sentinel.machine`.
+
+Everything is a pure function of immutable inputs and a monotonic ``now`` in seconds.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
+
+from cachefleet.messages import VoteRequest
+from cachefleet.topology import Sentinels
 
 # --- SDOWN ---------------------------------------------------------------------------------
 
@@ -74,15 +83,6 @@ class VoteState:
     voted_shard: int | None = None
 
 
-@dataclass(frozen=True)
-class VoteRequest:
-    candidate: str
-    epoch: int
-    shard: int
-    primary: str
-    config_epoch: int
-
-
 class VoteRefusal(enum.Enum):
     STALE_EPOCH = "stale_epoch"
     ALREADY_VOTED = "already_voted"
@@ -90,6 +90,7 @@ class VoteRefusal(enum.Enum):
     NOT_SDOWN_HERE = "not_sdown_here"
     STALLED = "stalled"
     SHARD_SETTLING = "shard_settling"
+    OTHER_LEADER = "other_leader"
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ def decide_vote(
     i_see_sdown: bool,
     stalled: bool,
     shard_settling: bool,
+    other_leader: bool = False,
 ) -> VoteDecision:
     """Grant or refuse one vote request. Checks, in this order:
 
@@ -117,16 +119,18 @@ def decide_vote(
     5. STALE_LAYOUT: the candidate's layout epoch is older than mine;
     6. NOT_SDOWN_HERE: I do not see the primary SDOWN myself;
     7. SHARD_SETTLING: the shard's previous failover is still settling;
-    8. otherwise grant and record (epoch, candidate, shard).
+    8. OTHER_LEADER: another sentinel leads (or I run for) this shard's failover;
+    9. otherwise grant and record (epoch, candidate, shard).
 
     A refusal never changes the state.
     """
     refusal: VoteRefusal | None
-    if req.epoch < state.voted_epoch:
+    epoch = req.failover_epoch
+    if epoch < state.voted_epoch:
         refusal = VoteRefusal.STALE_EPOCH
-    elif req.epoch == state.voted_epoch and state.voted_for == req.candidate:
+    elif epoch == state.voted_epoch and state.voted_for == req.candidate:
         return VoteDecision(granted=True, state=state, reason=None)
-    elif req.epoch == state.voted_epoch and state.voted_for is not None:
+    elif epoch == state.voted_epoch and state.voted_for is not None:
         refusal = VoteRefusal.ALREADY_VOTED
     elif stalled:
         refusal = VoteRefusal.STALLED
@@ -136,9 +140,11 @@ def decide_vote(
         refusal = VoteRefusal.NOT_SDOWN_HERE
     elif shard_settling:
         refusal = VoteRefusal.SHARD_SETTLING
+    elif other_leader:
+        refusal = VoteRefusal.OTHER_LEADER
     else:
         return VoteDecision(
-            granted=True, state=VoteState(req.epoch, req.candidate, req.shard), reason=None
+            granted=True, state=VoteState(epoch, req.candidate, req.shard), reason=None
         )
     return VoteDecision(granted=False, state=state, reason=refusal)
 
@@ -152,72 +158,6 @@ def is_elected(grants: Collection[str], configured: int) -> bool:
     """Leader for the epoch when distinct granting sentinels (self included if it voted for
     itself) reach a majority of the configured sentinels."""
     return len(frozenset(grants)) >= majority(configured)
-
-
-# --- Replica choice ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Replica:
-    name: str
-    zone: str
-    repl_offset: int
-    reachable: bool
-    sdown: bool
-    link_down_s: float
-    primary: str | None
-
-
-class Ineligible(enum.Enum):
-    UNREACHABLE = "unreachable"
-    SDOWN = "sdown"
-    WRONG_PRIMARY = "wrong_primary"
-    DISCONNECTED_TOO_LONG = "disconnected_too_long"
-    EXCLUDED = "excluded"
-
-
-@dataclass(frozen=True)
-class Ranked:
-    chosen: tuple[Replica, ...]
-    excluded: tuple[tuple[Replica, Ineligible], ...]
-
-
-def _ineligible(
-    r: Replica, failed_primary: str, max_link_down_s: float, exclude: frozenset[str]
-) -> Ineligible | None:
-    if not r.reachable:
-        return Ineligible.UNREACHABLE
-    if r.sdown:
-        return Ineligible.SDOWN
-    if r.primary is not None and r.primary != failed_primary:
-        return Ineligible.WRONG_PRIMARY
-    if r.link_down_s > max_link_down_s:
-        return Ineligible.DISCONNECTED_TOO_LONG
-    if r.name in exclude:
-        return Ineligible.EXCLUDED
-    return None
-
-
-def rank_replicas(
-    replicas: Iterable[Replica],
-    *,
-    failed_primary: str,
-    failed_zone: str,
-    max_link_down_s: float,
-    exclude: frozenset[str] = frozenset(),
-) -> Ranked:
-    """Eligible replicas best first (largest offset, then a zone other than the failed
-    primary's, then name); the rest with the first reason (enum order) that excludes them."""
-    chosen: list[Replica] = []
-    excluded: list[tuple[Replica, Ineligible]] = []
-    for r in replicas:
-        why = _ineligible(r, failed_primary, max_link_down_s, exclude)
-        if why is None:
-            chosen.append(r)
-        else:
-            excluded.append((r, why))
-    chosen.sort(key=lambda r: (-r.repl_offset, r.zone == failed_zone, r.name))
-    return Ranked(chosen=tuple(chosen), excluded=tuple(excluded))
 
 
 # --- Stall guard ---------------------------------------------------------------------------
@@ -242,144 +182,6 @@ class StallGuard:
         return now < self.stalled_until
 
 
-# --- Failover state machine ----------------------------------------------------------------
-
-
-class FailoverState(enum.Enum):
-    WAIT_START = "wait_start"
-    SELECT_REPLICA = "select_replica"
-    PROMOTE = "promote"
-    WAIT_PROMOTION = "wait_promotion"
-    RECONF_REPLICAS = "reconf_replicas"
-    PUBLISH_LAYOUT = "publish_layout"
-    DONE = "done"
-    ABORTED = "aborted"
-
-
-class Action(enum.Enum):
-    NONE = "none"
-    SELECT = "select"
-    SEND_TAKEOVER = "send_takeover"
-    CHECK_PROMOTED = "check_promoted"
-    REATTACH_REPLICAS = "reattach_replicas"
-    PUBLISH = "publish"
-    ABORT = "abort"
-    FINISH = "finish"
-
-
-class AbortReason(enum.Enum):
-    NO_ELIGIBLE_REPLICA = "no_eligible_replica"
-    PROMOTION_TIMEOUT = "promotion_timeout"
-    PRIMARY_RECOVERED = "primary_recovered"
-    LOST_LEADERSHIP = "lost_leadership"
-
-
-_ABORTABLE = frozenset({FailoverState.WAIT_START, FailoverState.SELECT_REPLICA})
-
-
-@dataclass(frozen=True)
-class Failover:
-    shard: int
-    epoch: int
-    failed_primary: str
-    state: FailoverState
-    entered_at: float
-    candidate: str | None = None
-    tried: frozenset[str] = frozenset()
-    abort_reason: AbortReason | None = None
-
-
-@dataclass(frozen=True)
-class Step:
-    failover: Failover
-    action: Action
-    reason: str
-
-
-def start_failover(shard: int, epoch: int, failed_primary: str, now: float) -> Failover:
-    return Failover(
-        shard=shard,
-        epoch=epoch,
-        failed_primary=failed_primary,
-        state=FailoverState.WAIT_START,
-        entered_at=now,
-    )
-
-
-def _to(fo: Failover, state: FailoverState, now: float, action: Action, reason: str) -> Step:
-    return Step(replace(fo, state=state, entered_at=now), action, reason)
-
-
-def abort(fo: Failover, reason: AbortReason, now: float) -> Step:
-    """Abort from outside the tick (e.g. LOST_LEADERSHIP); only possible before PROMOTE."""
-    if fo.state not in _ABORTABLE:
-        return Step(fo, Action.NONE, "not abortable after promotion started")
-    return Step(
-        replace(fo, state=FailoverState.ABORTED, entered_at=now, abort_reason=reason),
-        Action.ABORT,
-        reason.value,
-    )
-
-
-def step(
-    fo: Failover,
-    *,
-    now: float,
-    timeout_s: float,
-    primary_sdown: bool,
-    ranked: Ranked | None,
-    promoted: bool,
-    replicas_reattached: bool,
-    published: bool,
-) -> Step:
-    """Advance the leader's failover by one tick and say what the executor must do."""
-    S = FailoverState
-    match fo.state:
-        case S.WAIT_START:
-            if not primary_sdown:
-                return abort(fo, AbortReason.PRIMARY_RECOVERED, now)
-            return _to(fo, S.SELECT_REPLICA, now, Action.SELECT, "select replica")
-        case S.SELECT_REPLICA:
-            if ranked is None:
-                return Step(fo, Action.NONE, "awaiting replica ranking")
-            candidate = next((r.name for r in ranked.chosen if r.name not in fo.tried), None)
-            if candidate is None:
-                return abort(fo, AbortReason.NO_ELIGIBLE_REPLICA, now)
-            return Step(
-                replace(fo, state=S.PROMOTE, entered_at=now, candidate=candidate),
-                Action.SEND_TAKEOVER,
-                "candidate selected",
-            )
-        case S.PROMOTE:
-            return _to(fo, S.WAIT_PROMOTION, now, Action.CHECK_PROMOTED, "takeover sent")
-        case S.WAIT_PROMOTION:
-            if promoted:
-                return _to(
-                    fo, S.RECONF_REPLICAS, now, Action.REATTACH_REPLICAS, "candidate promoted"
-                )
-            if now - fo.entered_at > timeout_s:
-                tried = fo.tried | ({fo.candidate} if fo.candidate is not None else set())
-                return Step(
-                    replace(
-                        fo, state=S.SELECT_REPLICA, entered_at=now, candidate=None, tried=tried
-                    ),
-                    Action.SELECT,
-                    "promotion timeout, next candidate",
-                )
-            return Step(fo, Action.CHECK_PROMOTED, "waiting for promotion")
-        case S.RECONF_REPLICAS:
-            if replicas_reattached or now - fo.entered_at > timeout_s:
-                why = "replicas reattached" if replicas_reattached else "reattach timeout"
-                return _to(fo, S.PUBLISH_LAYOUT, now, Action.PUBLISH, why)
-            return Step(fo, Action.REATTACH_REPLICAS, "reattaching replicas")
-        case S.PUBLISH_LAYOUT:
-            if published:
-                return _to(fo, S.DONE, now, Action.FINISH, "layout published")
-            return Step(fo, Action.PUBLISH, "publishing layout")
-        case S.DONE | S.ABORTED:
-            return Step(fo, Action.NONE, "finished")
-
-
 # --- Settling ------------------------------------------------------------------------------
 
 
@@ -393,3 +195,243 @@ def in_promotion_grace(promoted_at: float | None, now: float, grace_s: float) ->
     """True while a freshly promoted primary is within ``grace_s``; callers treat it as not
     down."""
     return promoted_at is not None and now - promoted_at < grace_s
+
+
+# --- Timings -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timings:
+    """The sentinel's timings in seconds, derived (and validated) with the topology."""
+
+    interval_s: float
+    down_after_s: float
+    failover_timeout_s: float
+    probe_timeout_s: float
+    hello_max_age_s: float
+    grace_s: float
+    settle_s: float
+    election_timeout_s: float
+    candidacy_delay_s: float
+    takeover_resend_s: float
+
+    @classmethod
+    def from_settings(cls, s: Sentinels) -> Timings:
+        return cls(
+            interval_s=s.probe_interval_ms / 1000,
+            down_after_s=s.down_after_ms / 1000,
+            failover_timeout_s=s.failover_timeout_ms / 1000,
+            probe_timeout_s=s.probe_timeout_ms / 1000,
+            hello_max_age_s=s.hello_max_age_ms / 1000,
+            grace_s=s.grace_ms / 1000,
+            settle_s=s.settle_ms / 1000,
+            election_timeout_s=s.election_timeout_ms / 1000,
+            candidacy_delay_s=s.candidacy_delay_ms / 1000,
+            takeover_resend_s=s.takeover_resend_ms / 1000,
+        )
+
+
+# --- The per-tick view ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Voted:
+    """The leader of a shard's failover that I voted for, or heard was elected, and when."""
+
+    at: float
+    failover_epoch: int
+    leader: str
+
+
+@dataclass(frozen=True)
+class ShardView:
+    """What this sentinel knows about one shard."""
+
+    id: int
+    primary: str | None
+    replicas: tuple[str, ...]
+    done_at: float | None = None  # when its last failover completed (as seen here)
+    voted: Voted | None = None
+    running: bool = False  # my election or failover of this shard is in progress
+    retry_at: float = 0.0  # after a lost election: no new candidacy before this
+    candidacy_at: float | None = None  # my candidacy is scheduled for this time
+
+
+@dataclass(frozen=True)
+class SentinelView:
+    """One tick's snapshot of everything a start-of-failover decision depends on."""
+
+    sentinel: str
+    zone: str
+    configured: int
+    quorum: int
+    stalled: bool
+    sdown: frozenset[str]  # my down-set (promotion grace already applied)
+    hellos: Mapping[str, Hello]  # the other sentinels' latest hellos
+    shards: tuple[ShardView, ...]
+    config_epoch: int  # the layout's epoch
+    promoted_at: Mapping[str, float]
+
+    def shard(self, shard_id: int) -> ShardView | None:
+        return next((s for s in self.shards if s.id == shard_id), None)
+
+
+def live_sentinels(view: SentinelView, t: Timings, now: float) -> int:
+    """Sentinels I can count on: me plus every fresh, non-stalled hello."""
+    fresh = sum(
+        1
+        for h in view.hellos.values()
+        if now - h.received_at <= t.hello_max_age_s and not h.stalled
+    )
+    return fresh + 1
+
+
+def other_leader(shard: ShardView, candidate: str, me: str, t: Timings, now: float) -> bool:
+    """Someone other than `candidate` is in charge of this shard's failover: I voted for (or
+    heard of) another leader less than failover_timeout ago, or I run for it myself."""
+    if shard.running and candidate != me:
+        return True
+    v = shard.voted
+    return v is not None and now - v.at < t.failover_timeout_s and v.leader != candidate
+
+
+# --- The start of a failover ---------------------------------------------------------------
+
+
+class Start(enum.Enum):
+    """What the executor does for a shard this tick."""
+
+    NONE = "none"
+    SCHEDULE_CANDIDACY = "schedule_candidacy"  # draw a delay in [0, candidacy_delay_s]
+    CANCEL_CANDIDACY = "cancel_candidacy"  # a scheduled candidacy no longer applies
+    ASK_FOR_VOTES = "ask_for_votes"  # run for leader of this shard's failover now
+
+
+class NoFailover(enum.Enum):
+    """Why no failover of a shard starts this tick (checked in this order)."""
+
+    NO_PRIMARY = "no_primary"
+    GRACE = "grace"  # its primary was promoted moments ago
+    PRIMARY_OK = "primary_ok"  # I do not see its primary down
+    STALLED = "stalled"  # my stall guard is cooling down
+    ALREADY_RUNNING = "already_running"  # my election or failover of it is in progress
+    NO_QUORUM = "no_quorum"  # too few live sentinels to reach ODOWN or a majority
+    NOT_ODOWN = "not_odown"  # fewer than quorum sentinels see it down
+    NO_REPLICAS = "no_replicas"
+    SETTLING = "settling"  # its previous failover finished moments ago
+    OTHER_LEADER = "other_leader"  # another sentinel leads its failover
+    RETRY_LATER = "retry_later"  # I lost an election moments ago
+    CANDIDACY_DELAY = "candidacy_delay"  # my randomised candidacy delay is running
+
+
+class Go(enum.Enum):
+    """Why a candidacy is scheduled or started."""
+
+    ODOWN = "odown"
+    DELAY_OVER = "delay_over"
+
+
+@dataclass(frozen=True)
+class Decision:
+    shard: int
+    action: Start
+    reason: NoFailover | Go
+    primary: str | None = None
+    odown: bool = False
+    live: int = 0
+
+
+def _decide_shard(view: SentinelView, sv: ShardView, t: Timings, now: float) -> Decision:
+    def no(reason: NoFailover, *, odown: bool = False, live: int = 0) -> Decision:
+        action = Start.CANCEL_CANDIDACY if sv.candidacy_at is not None else Start.NONE
+        if reason is NoFailover.CANDIDACY_DELAY:
+            action = Start.NONE
+        return Decision(sv.id, action, reason, sv.primary, odown, live)
+
+    p = sv.primary
+    if p is None:
+        return no(NoFailover.NO_PRIMARY)
+    if in_promotion_grace(view.promoted_at.get(p), now, t.grace_s):
+        return no(NoFailover.GRACE)
+    if p not in view.sdown:
+        return no(NoFailover.PRIMARY_OK)
+    if view.stalled:
+        return no(NoFailover.STALLED)
+    if sv.running:
+        return no(NoFailover.ALREADY_RUNNING)
+    live = live_sentinels(view, t, now)
+    need = majority(view.configured)
+    own = Hello(view.sentinel, view.zone, view.sdown, now, False)
+    odown = is_odown(p, {**view.hellos, view.sentinel: own}, now, view.quorum, t.hello_max_age_s)
+    if not odown:
+        if live < max(view.quorum, need):
+            return no(NoFailover.NO_QUORUM, live=live)
+        return no(NoFailover.NOT_ODOWN, live=live)
+    if not sv.replicas:
+        return no(NoFailover.NO_REPLICAS, odown=True, live=live)
+    if shard_settling(sv.done_at, now, t.settle_s):
+        return no(NoFailover.SETTLING, odown=True, live=live)
+    if other_leader(sv, view.sentinel, view.sentinel, t, now):
+        return no(NoFailover.OTHER_LEADER, odown=True, live=live)
+    if now < sv.retry_at:
+        return no(NoFailover.RETRY_LATER, odown=True, live=live)
+    if live < need:
+        return no(NoFailover.NO_QUORUM, odown=True, live=live)
+    if sv.candidacy_at is None:
+        return Decision(sv.id, Start.SCHEDULE_CANDIDACY, Go.ODOWN, p, True, live)
+    if now < sv.candidacy_at:
+        return no(NoFailover.CANDIDACY_DELAY, odown=True, live=live)
+    return Decision(sv.id, Start.ASK_FOR_VOTES, Go.DELAY_OVER, p, True, live)
+
+
+def next_actions(view: SentinelView, t: Timings, now: float) -> tuple[Decision, ...]:
+    """One decision per shard of the layout: schedule, cancel or start a candidacy for the
+    failover of its primary, or the reason not to."""
+    return tuple(_decide_shard(view, sv, t, now) for sv in view.shards)
+
+
+# --- Votes, from the view ------------------------------------------------------------------
+
+
+def vote_on(
+    view: SentinelView, ballot: VoteState, req: VoteRequest, t: Timings, now: float
+) -> VoteDecision:
+    """Grant or refuse `req` (another sentinel's, or my own when I run) from what the view
+    knows: I see the shard's *current* primary down, the shard is not settling, and nobody
+    else leads its failover. A sentinel still in its candidacy delay is not running: it
+    votes for the first request it sees instead of competing."""
+    sv = view.shard(req.shard)
+    if sv is None:
+        sv = ShardView(id=req.shard, primary=None, replicas=())
+    return decide_vote(
+        ballot,
+        req,
+        my_layout_epoch=view.config_epoch,
+        i_see_sdown=req.primary in view.sdown and sv.primary == req.primary,
+        stalled=view.stalled,
+        shard_settling=shard_settling(sv.done_at, now, t.settle_s),
+        other_leader=other_leader(sv, req.candidate, view.sentinel, t, now),
+    )
+
+
+#: Refusals that may turn into a grant when the request is asked again.
+SOFT_REFUSALS = frozenset({VoteRefusal.NOT_SDOWN_HERE, VoteRefusal.STALLED})
+
+
+class Tally(enum.Enum):
+    ELECTED = "elected"
+    LOST = "lost"  # the hard refusals leave no majority
+    OPEN = "open"
+
+
+def tally(
+    grants: Collection[str], hard_refusals: Collection[str], configured: int, live: int
+) -> Tally:
+    """The count of one election: elected with a majority of the configured sentinels; lost
+    once the sentinels that refused for good leave no majority among those that can answer."""
+    if is_elected(grants, configured):
+        return Tally.ELECTED
+    can_answer = min(configured, max(live, len(frozenset(grants))))
+    if can_answer - len(frozenset(hard_refusals) - frozenset(grants)) < majority(configured):
+        return Tally.LOST
+    return Tally.OPEN
