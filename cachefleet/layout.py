@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from cachefleet.errors import CachefleetError
+from cachefleet.plan import Plan
 from cachefleet.slots import SLOTS, Range
 
 
@@ -36,16 +39,17 @@ class LayoutNode:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LayoutNode:
+    def from_dict(cls, d: Any) -> LayoutNode:
+        d = _mapping(d, "node")
         return cls(
-            name=d["name"],
-            id=d["id"],
-            shard=int(d["shard"]),
-            zone=d["zone"],
-            host=d["host"],
-            port=int(d["port"]),
-            bus_port=int(d["bus_port"]),
-            role=d["role"],
+            name=_text(d, "name"),
+            id=_text(d, "id", allow_empty=True),
+            shard=_integer(d, "shard", 1, MAX_SHARDS),
+            zone=_text(d, "zone"),
+            host=_text(d, "host"),
+            port=_integer(d, "port", 1, 65535),
+            bus_port=_integer(d, "bus_port", 0, 65535),
+            role=_choice(d, "role", ROLES),
         )
 
 
@@ -120,16 +124,119 @@ class Layout:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Layout:
-        return cls(
-            cluster=d["cluster"],
-            epoch=int(d["epoch"]),
-            shards=tuple(
-                LayoutShard(
-                    id=int(s["id"]),
-                    slots=tuple((int(a), int(b)) for a, b in s["slots"]),
-                    nodes=tuple(LayoutNode.from_dict(n) for n in s["nodes"]),
-                )
-                for s in d["shards"]
-            ),
+    def from_dict(cls, d: Any, plan: Plan | None = None) -> Layout:
+        """A layout from its JSON form, validated: every slot range inside 0..16383 and no
+        slot owned twice, integer epochs and ports, known roles, at most one primary per
+        shard; with `plan`, only the plan's cluster, shards and nodes at their planned
+        addresses. Raises LayoutError naming the field."""
+        d = _mapping(d, "layout")
+        raw_shards = d.get("shards")
+        if not isinstance(raw_shards, list):
+            raise LayoutError("shards", "must be a list")
+        shards = []
+        owned = bytearray(SLOTS)
+        for i, raw in enumerate(raw_shards):
+            sd = _mapping(raw, f"shards[{i}]")
+            slots = _slot_ranges(sd.get("slots"), f"shards[{i}].slots")
+            for start, end in slots:
+                if any(owned[start : end + 1]):
+                    raise LayoutError(f"shards[{i}].slots", f"slot range {start}-{end} owned twice")
+                owned[start : end + 1] = b"\x01" * (end - start + 1)
+            raw_nodes = sd.get("nodes")
+            if not isinstance(raw_nodes, list):
+                raise LayoutError(f"shards[{i}].nodes", "must be a list")
+            shard = LayoutShard(
+                id=_integer(sd, "id", 1, MAX_SHARDS),
+                slots=slots,
+                nodes=tuple(LayoutNode.from_dict(n) for n in raw_nodes),
+            )
+            if sum(1 for n in shard.nodes if n.role == "primary") > 1:
+                raise LayoutError(f"shards[{i}].nodes", "more than one primary")
+            shards.append(shard)
+        if len({s.id for s in shards}) != len(shards):
+            raise LayoutError("shards", "shard ids repeat")
+        layout = cls(
+            cluster=_text(d, "cluster"),
+            epoch=_integer(d, "epoch", 0, MAX_EPOCH),
+            shards=tuple(shards),
         )
+        if plan is not None:
+            layout.check_against(plan)
+        return layout
+
+    def check_against(self, plan: Plan) -> None:
+        """Only the plan's cluster, shards and nodes, each at its planned address and shard:
+        a forged layout cannot send traffic anywhere else."""
+        if self.cluster != plan.name:
+            raise LayoutError("cluster", f"{self.cluster!r} is not {plan.name!r}")
+        planned = {n.name: n for n in plan.nodes}
+        for shard in self.shards:
+            if shard.id > plan.topology.shards:
+                raise LayoutError("shards", f"shard {shard.id} is not in the plan")
+            for node in shard.nodes:
+                spec = planned.get(node.name)
+                if spec is None:
+                    raise LayoutError("nodes", f"node {node.name!r} is not in the plan")
+                if (node.host, node.port, node.shard) != (spec.host, spec.port, spec.shard) or (
+                    node.shard != shard.id
+                ):
+                    raise LayoutError(
+                        "nodes", f"node {node.name!r} is not at its planned address and shard"
+                    )
+
+
+MAX_SHARDS = 500
+MAX_EPOCH = (1 << 53) - 1  # integers every JSON reader keeps exact
+ROLES = ("primary", "replica")
+
+
+class LayoutError(CachefleetError, ValueError):
+    """A layout (from the bus or layout.json) that cannot be used: names the field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"layout: field `{field}`: {reason}")
+
+
+def _mapping(value: Any, field: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise LayoutError(field, "must be an object")
+    return value
+
+
+def _integer(d: Mapping[str, Any], key: str, lo: int, hi: int) -> int:
+    value = d.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise LayoutError(key, f"must be an integer in {lo}..{hi}, not {value!r:.40}")
+    return value
+
+
+def _text(d: Mapping[str, Any], key: str, *, allow_empty: bool = False) -> str:
+    value = d.get(key)
+    if not isinstance(value, str) or len(value) > 256 or (not value and not allow_empty):
+        raise LayoutError(key, "must be a non-empty string of at most 256 characters")
+    return value
+
+
+def _choice(d: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:
+    value = d.get(key)
+    if value not in choices:
+        raise LayoutError(key, f"must be one of {', '.join(choices)}")
+    return str(value)
+
+
+def _slot_ranges(value: Any, field: str) -> tuple[Range, ...]:
+    if not isinstance(value, list) or len(value) > SLOTS:
+        raise LayoutError(field, "must be a list of [start, end] ranges")
+    out = []
+    for item in value:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or any(isinstance(x, bool) or not isinstance(x, int) for x in item)
+            or not 0 <= item[0] <= item[1] < SLOTS
+        ):
+            raise LayoutError(field, f"{item!r:.40} is not a slot range inside 0..{SLOTS - 1}")
+        out.append((item[0], item[1]))
+    return tuple(out)

@@ -9,7 +9,7 @@ from typing import Any
 from cachefleet import bus
 from cachefleet.errors import CachefleetError
 from cachefleet.events import read_events
-from cachefleet.layout import Layout
+from cachefleet.layout import Layout, LayoutError
 from cachefleet.nodes import connect, myself, replication
 from cachefleet.plan import Plan
 from cachefleet.proc import live_processes
@@ -45,8 +45,8 @@ class BusView:
     """Everything retained under ``cachefleet/<cluster>/`` read in one subscription: the
     layout, sentinel hellos, router states (offline wills dropped)."""
 
-    def __init__(self, retained: dict[str, bytes], cluster: str) -> None:
-        prefix = bus.topic(cluster, "")
+    def __init__(self, retained: dict[str, bytes], plan: Plan) -> None:
+        prefix = bus.topic(plan.name, "")
         self.layout: Layout | None = None
         self.hellos: dict[str, dict[str, Any]] = {}
         self.routers: dict[str, dict[str, Any]] = {}
@@ -56,8 +56,8 @@ class BusView:
                 continue
             parts = name[len(prefix) :].split("/")
             if parts == ["layout"]:
-                with contextlib.suppress(KeyError, ValueError, TypeError):
-                    self.layout = Layout.from_dict(data)
+                with contextlib.suppress(LayoutError):
+                    self.layout = Layout.from_dict(data, plan)
             elif len(parts) == 3 and parts[0] == "sentinels" and parts[2] == "hello":
                 self.hellos[parts[1]] = data
             elif len(parts) == 3 and parts[0] == "routers" and parts[2] == "state":
@@ -72,7 +72,7 @@ async def read_bus(plan: Plan, cdir: ClusterDir) -> BusView:
             retained = await bus.read_retained(
                 plan.bus_host, plan.bus_port, bus.topic(plan.name, "#"), timeout=1.0
             )
-    return BusView(retained, plan.name)
+    return BusView(retained, plan)
 
 
 async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
