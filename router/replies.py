@@ -2,7 +2,7 @@
 fanned-out requests.
 
 Backend replies are forwarded byte-for-byte; only their boundaries are needed on the hot path
-(:func:`reply_end`). Replies that are merged are parsed with hiredis and re-encoded.
+(:class:`ReplyScanner`). Replies that are merged are parsed with hiredis and re-encoded.
 """
 
 from __future__ import annotations
@@ -24,37 +24,115 @@ _MAP = frozenset(b"%|")
 Addr = tuple[str, int]
 
 
+#: Deeper replies are refused (the connection is closed as for garbage): the engine's own
+#: replies nest a few levels; a script can return deeper tables, not this deep.
+MAX_DEPTH = 512
+
+
+def _scan(buf: bytes, pos: int, stack: list[int]) -> tuple[int, int]:
+    """Walk elements from `pos` until the reply whose open aggregates are `stack` (elements
+    left at each level; empty at a reply's start) is complete: (end, 0); or until the buffer
+    runs short: (where the next element starts, bytes needed from there), with `stack`
+    updated so that the walk resumes there. Iterative: no recursion, whatever the nesting."""
+    n = len(buf)
+    while True:
+        if pos >= n:
+            return pos, 1
+        e = buf.find(b"\r\n", pos)
+        if e < 0:
+            return pos, n - pos + 1
+        t = buf[pos]
+        if t in _LINE:
+            pos = e + 2
+        elif t in _BULK:
+            size = int(buf[pos + 1 : e])
+            if size >= 0:
+                end = e + 4 + size
+                if end > n:
+                    return pos, end - pos
+                pos = end
+            else:
+                pos = e + 2
+        elif t in _ARRAY or t in _MAP:
+            count = int(buf[pos + 1 : e])
+            pos = e + 2
+            if t in _MAP:
+                count *= 2
+            if t == 0x7C:  # '|' attribute: its map, then the reply it annotates
+                count += 1
+            if count > 0:
+                if len(stack) >= MAX_DEPTH:
+                    raise ValueError(f"reply nested deeper than {MAX_DEPTH}")
+                stack.append(count)
+                continue
+        else:
+            raise ValueError(f"not a RESP reply type: {chr(t)!r}")
+        # one element complete: close the aggregates it completes
+        while stack:
+            stack[-1] -= 1
+            if stack[-1]:
+                break
+            stack.pop()
+        if not stack:
+            return pos, 0
+
+
 def reply_end(buf: bytes, pos: int) -> int:
     """End offset of the RESP2/RESP3 reply starting at `pos`, or -1 when incomplete."""
-    if pos >= len(buf):
-        return -1
-    e = buf.find(b"\r\n", pos)
-    if e < 0:
-        return -1
-    t = buf[pos]
-    if t in _LINE:
-        return e + 2
-    if t in _BULK:
-        size = int(buf[pos + 1 : e])
-        if size < 0:
-            return e + 2
-        end = e + 4 + size
-        return end if end <= len(buf) else -1
-    if t in _ARRAY or t in _MAP:
-        count = int(buf[pos + 1 : e])
-        p = e + 2
-        if count < 0:
-            return p
-        if t in _MAP:
-            count *= 2
-        for _ in range(count):
-            p = reply_end(buf, p)
-            if p < 0:
-                return -1
-        if t == 0x7C:  # '|' attribute: the reply it annotates follows
-            return reply_end(buf, p)
-        return p
-    raise ValueError(f"not a RESP reply type: {chr(t)!r}")
+    end, need = _scan(buf, pos, [])
+    return -1 if need else end
+
+
+class ReplyScanner:
+    """Reply boundaries in a byte stream, linear in its length: the walk of a reply that is
+    not complete yet resumes where it stopped, and a large bulk is joined once, when it is
+    all there."""
+
+    __slots__ = ("_chunks", "_need", "_scanned", "_size", "_stack")
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []  # bytes not walked yet
+        self._size = 0
+        self._need = 0
+        self._scanned: list[bytes] = []  # walked bytes of the reply in progress
+        self._stack: list[int] = []
+
+    @property
+    def buffered(self) -> int:
+        return self._size + sum(len(c) for c in self._scanned)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The replies completed by `data`; ValueError on bytes that are not RESP."""
+        if not self._chunks and not self._scanned:
+            # The common case: whole replies in one packet.
+            buf = data
+        else:
+            self._chunks.append(data)
+            self._size += len(data)
+            if self._size < self._need:
+                return []
+            buf = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+            self._chunks, self._size, self._need = [], 0, 0
+        out: list[bytes] = []
+        start, n = 0, len(buf)
+        stack = self._stack
+        while start < n:
+            end, need = _scan(buf, start, stack)
+            if need:
+                if end > start:
+                    self._scanned.append(buf[start:end])
+                if end < n:
+                    self._chunks, self._size = [buf[end:] if end else buf], n - end
+                self._need = need
+                return out
+            if self._scanned:
+                self._scanned.append(buf[start:end])
+                out.append(b"".join(self._scanned))
+                self._scanned = []
+            else:
+                out.append(buf[start:end] if start or end != n else buf)
+            start = end
+        return out
 
 
 def pairs(raw: Any) -> dict[bytes, Any]:

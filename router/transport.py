@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar, cast
 from cachefleet.resp import encode_command
 from router.commands import Command
 from router.framing import RequestFramer
-from router.replies import reply_end
+from router.replies import ReplyScanner
 
 Addr = tuple[str, int]
 C = TypeVar("C", bound="Call")
@@ -246,7 +246,7 @@ class BackendConn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.flush_scheduled = False
-        self.buf = b""
+        self.scanner = ReplyScanner()
         self.pool_key: tuple[Any, int] | None = None
         if resp3:
             self.send(DISCARD, HELLO3)
@@ -304,25 +304,22 @@ class BackendConn(asyncio.Protocol):
         return list(await asyncio.gather(*futs))
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf + data if self.buf else data
-        pos, n = 0, len(buf)
-        waiters = self.waiters
         try:
-            while pos < n:
-                end = reply_end(buf, pos)
-                if end < 0:
-                    break
-                frame = buf[pos:end] if pos or end != n else buf
-                pos = end
-                if self.on_push is not None and (not waiters or frame[0] == 0x3E):  # '>'
-                    self.on_push(frame)
-                elif waiters:
-                    waiters.popleft().on_reply(frame)
-        except ValueError:
-            self.hooks.backend_protocol_error(self, "not a RESP reply")
+            frames = self.scanner.feed(data)
+        except ValueError as exc:
+            self.hooks.backend_protocol_error(self, str(exc))
             self.close()
             return
-        self.buf = buf[pos:] if pos < n else b""
+        waiters = self.waiters
+        for frame in frames:
+            if self.on_push is not None and (not waiters or frame[0] == 0x3E):  # '>'
+                self.on_push(frame)
+            elif waiters:
+                waiter = waiters.popleft()
+                try:
+                    waiter.on_reply(frame)
+                except Exception as exc:  # one reply never tears down a shared connection
+                    self.hooks.backend_protocol_error(self, f"reply handling failed: {exc!r}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail()
