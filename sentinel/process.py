@@ -252,7 +252,7 @@ class Sentinel:
                 self.reject(topic, "", "not a JSON object")
             return
         try:
-            layout = Layout.from_dict(data)
+            layout = Layout.from_dict(data, self.plan)
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             self.reject(topic, "", f"invalid layout: {type(exc).__name__}: {exc}")
             return

@@ -6,10 +6,12 @@ shard 1's slots → the killed node comes back as its replica".
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -181,34 +183,56 @@ def _zone_pids(c: RunningCluster, zone: str) -> dict[str, int]:
     return out
 
 
+def sentinel_pid(c: RunningCluster, sid: str) -> int:
+    pid = read_pid(c.cdir.pid_file(f"sentinel.{sid}"))
+    assert pid is not None, f"no pid file for sentinel {sid}"
+    return pid
+
+
+@contextlib.contextmanager
+def sentinels_paused(c: RunningCluster, *sids: str) -> Iterator[None]:
+    """Sentinels that are down for the whole block: paused (SIGSTOP), so that nothing
+    restarts them meanwhile; resumed on the way out."""
+    pids = [sentinel_pid(c, sid) for sid in sids]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
 def test_one_sentinel_down_still_fails_over(cluster_factory: Any) -> None:
     c: RunningCluster = cluster_factory(shards=2)
-    os.kill(read_pid(c.cdir.pid_file("sentinel.s3")) or 0, signal.SIGKILL)
-    before = c.status()
-    old = before["shards"][0]["primary"]
-    replica = before["shards"][0]["replicas"][0]
-    os.kill(node_pid(c, old["name"]), signal.SIGKILL)
-    slot = before["shards"][0]["slots"][0][0]
-    wait_for(lambda: masters_holding(c, slot) == {replica["address"]}, 15, "failover with 2 of 3")
-    leaders = {e["sentinel"] for e in events(c, "elected_leader")}
+    with sentinels_paused(c, "s3"):
+        before = c.status()
+        old = before["shards"][0]["primary"]
+        replica = before["shards"][0]["replicas"][0]
+        os.kill(node_pid(c, old["name"]), signal.SIGKILL)
+        slot = before["shards"][0]["slots"][0][0]
+        wait_for(
+            lambda: masters_holding(c, slot) == {replica["address"]}, 15, "failover with 2 of 3"
+        )
+        leaders = {e["sentinel"] for e in events(c, "elected_leader")}
     assert leaders and "s3" not in leaders
 
 
 def test_minority_of_sentinels_never_promotes_and_says_so(cluster_factory: Any) -> None:
     c: RunningCluster = cluster_factory(shards=2)
-    for sid in ("s2", "s3"):
-        os.kill(read_pid(c.cdir.pid_file(f"sentinel.{sid}")) or 0, signal.SIGKILL)
-    before = c.status()
-    old = before["shards"][0]["primary"]
-    replica = before["shards"][0]["replicas"][0]
-    os.kill(node_pid(c, old["name"]), signal.SIGKILL)
-    wait_for(lambda: events(c, "no_quorum"), 10, "a no_quorum event")
-    # well past detection + election time: still nobody promoted
-    time.sleep(2.0)
-    rep = node(replica["address"]).info("replication")
-    assert rep["role"] == "slave"
-    assert not events(c, "switch_primary")
-    assert not events(c, "elected_leader")
+    with sentinels_paused(c, "s2", "s3"):
+        time.sleep(1.5)  # their hellos go stale
+        before = c.status()
+        old = before["shards"][0]["primary"]
+        replica = before["shards"][0]["replicas"][0]
+        os.kill(node_pid(c, old["name"]), signal.SIGKILL)
+        wait_for(lambda: events(c, "no_quorum"), 10, "a no_quorum event")
+        # well past detection + election time: still nobody promoted
+        time.sleep(2.0)
+        rep = node(replica["address"]).info("replication")
+        assert rep["role"] == "slave"
+        assert not events(c, "switch_primary")
+        assert not events(c, "elected_leader")
     ev = events(c, "no_quorum")[0]
     assert ev["sentinel"] == "s1" and ev["shard"] == 1
 

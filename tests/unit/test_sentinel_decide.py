@@ -3,13 +3,26 @@ ODOWN, votes, the stall guard, settling, and the start of a failover (`next_acti
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import pytest
 
 from cachefleet.messages import VoteRequest
+from cachefleet.topology import Sentinels
 from sentinel.decide import (
+    Decision,
+    Go,
     Hello,
+    NoFailover,
     Probe,
+    SentinelView,
+    ShardView,
     StallGuard,
+    Start,
+    Tally,
+    Timings,
+    Voted,
     VoteDecision,
     VoteRefusal,
     VoteState,
@@ -18,8 +31,12 @@ from sentinel.decide import (
     is_elected,
     is_odown,
     is_sdown,
+    live_sentinels,
     majority,
+    next_actions,
     shard_settling,
+    tally,
+    vote_on,
 )
 
 NOW = 1000.0
@@ -288,3 +305,398 @@ def test_shard_settling(done_at: float | None, now: float, expected: bool) -> No
 )
 def test_in_promotion_grace(promoted_at: float | None, now: float, expected: bool) -> None:
     assert in_promotion_grace(promoted_at, now, 5.0) is expected
+
+
+# --- the start of a failover: next_actions(view, timings, now) ------------------------------
+
+T = Timings.from_settings(Sentinels(count=3, quorum=2))  # 0.1 s probes, 1 s down-after
+OTHERS = ("s2", "s3")
+
+
+def shard_view(**kw: Any) -> ShardView:
+    base: dict[str, Any] = {"id": 1, "primary": "p1", "replicas": ("r1",)}
+    return ShardView(**{**base, **kw})
+
+
+def view_with_primary_down(
+    *,
+    sdown_by: tuple[str, ...] = ("s2",),
+    live: tuple[str, ...] = OTHERS,
+    my_sdown: tuple[str, ...] = ("p1",),
+    hello_age: float = 0.0,
+    stalled_hellos: tuple[str, ...] = (),
+    quorum: int = 2,
+    configured: int = 3,
+    stalled: bool = False,
+    promoted_at: dict[str, float] | None = None,
+    shards: tuple[ShardView, ...] | None = None,
+    **shard_kw: Any,
+) -> SentinelView:
+    """Me (s1) seeing shard 1's primary p1 down, `sdown_by` of the other sentinels too."""
+    hs = {
+        sid: Hello(
+            sentinel=sid,
+            zone=f"az-{sid}",
+            sdown=frozenset({"p1"}) if sid in sdown_by else frozenset(),
+            received_at=NOW - hello_age,
+            stalled=sid in stalled_hellos,
+        )
+        for sid in live
+    }
+    return SentinelView(
+        sentinel="s1",
+        zone="az-s1",
+        configured=configured,
+        quorum=quorum,
+        stalled=stalled,
+        sdown=frozenset(my_sdown),
+        hellos=hs,
+        shards=shards if shards is not None else (shard_view(**shard_kw),),
+        config_epoch=10,
+        promoted_at=promoted_at or {},
+    )
+
+
+def only(v: SentinelView, now: float = NOW) -> Decision:
+    (d,) = next_actions(v, T, now)
+    return d
+
+
+N, SCHED, CANCEL, ASK = (
+    Start.NONE,
+    Start.SCHEDULE_CANDIDACY,
+    Start.CANCEL_CANDIDACY,
+    Start.ASK_FOR_VOTES,
+)
+SOON = NOW + 0.05
+
+
+@pytest.mark.parametrize(
+    ("v", "action", "reason"),
+    [
+        pytest.param(
+            view_with_primary_down(primary=None), N, NoFailover.NO_PRIMARY, id="no-primary"
+        ),
+        pytest.param(
+            view_with_primary_down(promoted_at={"p1": NOW - 1.9}), N, NoFailover.GRACE, id="grace"
+        ),
+        pytest.param(
+            view_with_primary_down(promoted_at={"p1": NOW - 2.0}), SCHED, Go.ODOWN, id="grace-over"
+        ),
+        pytest.param(
+            view_with_primary_down(my_sdown=()), N, NoFailover.PRIMARY_OK, id="primary-ok"
+        ),
+        pytest.param(
+            view_with_primary_down(my_sdown=("r1",)), N, NoFailover.PRIMARY_OK, id="replica-down"
+        ),
+        pytest.param(view_with_primary_down(stalled=True), N, NoFailover.STALLED, id="stalled"),
+        pytest.param(
+            view_with_primary_down(running=True), N, NoFailover.ALREADY_RUNNING, id="running"
+        ),
+        pytest.param(view_with_primary_down(sdown_by=()), N, NoFailover.NOT_ODOWN, id="only-me"),
+        pytest.param(
+            view_with_primary_down(sdown_by=(), live=()), N, NoFailover.NO_QUORUM, id="alone"
+        ),
+        pytest.param(
+            view_with_primary_down(hello_age=1.01), N, NoFailover.NO_QUORUM, id="stale-hellos"
+        ),
+        pytest.param(
+            view_with_primary_down(hello_age=1.0), SCHED, Go.ODOWN, id="hello-age-at-limit"
+        ),
+        pytest.param(
+            view_with_primary_down(stalled_hellos=("s2",)),
+            N,
+            NoFailover.NOT_ODOWN,
+            id="stalled-witness",
+        ),
+        pytest.param(
+            view_with_primary_down(replicas=()), N, NoFailover.NO_REPLICAS, id="no-replicas"
+        ),
+        pytest.param(
+            view_with_primary_down(done_at=NOW - 1.9), N, NoFailover.SETTLING, id="settling"
+        ),
+        pytest.param(view_with_primary_down(done_at=NOW - 2.0), SCHED, Go.ODOWN, id="settled"),
+        pytest.param(
+            view_with_primary_down(voted=Voted(NOW - 4.9, 6, "s3")),
+            N,
+            NoFailover.OTHER_LEADER,
+            id="other-leader",
+        ),
+        pytest.param(
+            view_with_primary_down(voted=Voted(NOW - 5.0, 6, "s3")),
+            SCHED,
+            Go.ODOWN,
+            id="other-leader-timed-out",
+        ),
+        pytest.param(
+            view_with_primary_down(voted=Voted(NOW - 1.0, 6, "s1")),
+            SCHED,
+            Go.ODOWN,
+            id="voted-for-me",
+        ),
+        pytest.param(
+            view_with_primary_down(retry_at=SOON), N, NoFailover.RETRY_LATER, id="retry-later"
+        ),
+        pytest.param(view_with_primary_down(retry_at=NOW), SCHED, Go.ODOWN, id="retry-now"),
+        pytest.param(
+            view_with_primary_down(quorum=1, sdown_by=(), live=()),
+            N,
+            NoFailover.NO_QUORUM,
+            id="odown-alone-no-majority",
+        ),
+        pytest.param(
+            view_with_primary_down(quorum=1, sdown_by=(), live=("s2",)),
+            SCHED,
+            Go.ODOWN,
+            id="quorum-one-majority-live",
+        ),
+        pytest.param(view_with_primary_down(), SCHED, Go.ODOWN, id="odown-schedule"),
+        pytest.param(
+            view_with_primary_down(candidacy_at=SOON), N, NoFailover.CANDIDACY_DELAY, id="delay"
+        ),
+        pytest.param(view_with_primary_down(candidacy_at=NOW), ASK, Go.DELAY_OVER, id="ask"),
+        pytest.param(
+            view_with_primary_down(candidacy_at=NOW - 3.0), ASK, Go.DELAY_OVER, id="ask-late"
+        ),
+        # A scheduled candidacy that no longer applies is cancelled, with the reason.
+        pytest.param(
+            view_with_primary_down(candidacy_at=SOON, my_sdown=()),
+            CANCEL,
+            NoFailover.PRIMARY_OK,
+            id="cancel-recovered",
+        ),
+        pytest.param(
+            view_with_primary_down(candidacy_at=SOON, voted=Voted(NOW, 6, "s2")),
+            CANCEL,
+            NoFailover.OTHER_LEADER,
+            id="cancel-other-leader",
+        ),
+        pytest.param(
+            view_with_primary_down(candidacy_at=SOON, stalled=True),
+            CANCEL,
+            NoFailover.STALLED,
+            id="cancel-stalled",
+        ),
+        # Order: the earlier check wins when several apply.
+        pytest.param(
+            view_with_primary_down(primary=None, stalled=True),
+            N,
+            NoFailover.NO_PRIMARY,
+            id="no-primary<stalled",
+        ),
+        pytest.param(
+            view_with_primary_down(my_sdown=(), stalled=True),
+            N,
+            NoFailover.PRIMARY_OK,
+            id="ok<stalled",
+        ),
+        pytest.param(
+            view_with_primary_down(stalled=True, running=True),
+            N,
+            NoFailover.STALLED,
+            id="stalled<running",
+        ),
+        pytest.param(
+            view_with_primary_down(running=True, sdown_by=()),
+            N,
+            NoFailover.ALREADY_RUNNING,
+            id="running<not-odown",
+        ),
+        pytest.param(
+            view_with_primary_down(sdown_by=(), replicas=()),
+            N,
+            NoFailover.NOT_ODOWN,
+            id="not-odown<no-replicas",
+        ),
+        pytest.param(
+            view_with_primary_down(replicas=(), done_at=NOW),
+            N,
+            NoFailover.NO_REPLICAS,
+            id="no-replicas<settling",
+        ),
+        pytest.param(
+            view_with_primary_down(done_at=NOW, voted=Voted(NOW, 6, "s2")),
+            N,
+            NoFailover.SETTLING,
+            id="settling<other-leader",
+        ),
+        pytest.param(
+            view_with_primary_down(voted=Voted(NOW, 6, "s2"), retry_at=SOON),
+            N,
+            NoFailover.OTHER_LEADER,
+            id="other-leader<retry",
+        ),
+    ],
+)
+def test_next_actions(v: SentinelView, action: Start, reason: NoFailover | Go) -> None:
+    d = only(v)
+    assert (d.shard, d.action, d.reason) == (1, action, reason)
+
+
+@pytest.mark.parametrize(
+    ("v", "odown"),
+    [
+        pytest.param(view_with_primary_down(), True, id="odown"),
+        pytest.param(view_with_primary_down(replicas=()), True, id="odown-no-replicas"),
+        pytest.param(view_with_primary_down(sdown_by=()), False, id="not-odown"),
+        pytest.param(view_with_primary_down(stalled=True), False, id="stalled-not-judged"),
+    ],
+)
+def test_decision_says_odown(v: SentinelView, odown: bool) -> None:
+    assert only(v).odown is odown
+
+
+def test_one_decision_per_shard() -> None:
+    v = view_with_primary_down(
+        shards=(
+            shard_view(id=1),
+            shard_view(id=2, primary="p2", replicas=("r2",)),
+            shard_view(id=3, primary=None),
+        )
+    )
+    got = [(d.shard, d.action, d.reason) for d in next_actions(v, T, NOW)]
+    assert got == [
+        (1, SCHED, Go.ODOWN),
+        (2, N, NoFailover.PRIMARY_OK),
+        (3, N, NoFailover.NO_PRIMARY),
+    ]
+    assert next_actions(view_with_primary_down(shards=()), T, NOW) == ()
+
+
+@pytest.mark.parametrize(
+    ("live", "age", "stalled", "expected"),
+    [
+        pytest.param((), 0.0, (), 1, id="me-alone"),
+        pytest.param(OTHERS, 0.0, (), 3, id="all"),
+        pytest.param(OTHERS, 1.01, (), 1, id="stale"),
+        pytest.param(OTHERS, 0.0, ("s3",), 2, id="one-stalled"),
+    ],
+)
+def test_live_sentinels(
+    live: tuple[str, ...], age: float, stalled: tuple[str, ...], expected: int
+) -> None:
+    v = view_with_primary_down(live=live, hello_age=age, stalled_hellos=stalled)
+    assert live_sentinels(v, T, NOW) == expected
+
+
+# --- votes from the view: vote_on -----------------------------------------------------------
+
+REQ_S2 = VoteRequest(candidate="s2", failover_epoch=11, shard=1, primary="p1", config_epoch=10)
+REQ_S1 = replace(REQ_S2, candidate="s1")
+
+
+@pytest.mark.parametrize(
+    ("v", "req", "granted", "reason"),
+    [
+        pytest.param(view_with_primary_down(), REQ_S2, True, None, id="grant"),
+        pytest.param(
+            view_with_primary_down(candidacy_at=SOON),
+            REQ_S2,
+            True,
+            None,
+            id="in-my-delay-vote-for-it",
+        ),
+        pytest.param(
+            view_with_primary_down(my_sdown=()), REQ_S2, False, VoteRefusal.NOT_SDOWN_HERE, id="ok"
+        ),
+        pytest.param(
+            view_with_primary_down(),
+            replace(REQ_S2, primary="r1"),
+            False,
+            VoteRefusal.NOT_SDOWN_HERE,
+            id="not-the-current-primary",
+        ),
+        pytest.param(
+            view_with_primary_down(),
+            replace(REQ_S2, shard=9),
+            False,
+            VoteRefusal.NOT_SDOWN_HERE,
+            id="unknown-shard",
+        ),
+        pytest.param(
+            view_with_primary_down(stalled=True), REQ_S2, False, VoteRefusal.STALLED, id="stalled"
+        ),
+        pytest.param(
+            view_with_primary_down(),
+            replace(REQ_S2, config_epoch=9),
+            False,
+            VoteRefusal.STALE_LAYOUT,
+            id="stale-layout",
+        ),
+        pytest.param(
+            view_with_primary_down(done_at=NOW - 1.0),
+            REQ_S2,
+            False,
+            VoteRefusal.SHARD_SETTLING,
+            id="settling",
+        ),
+        pytest.param(
+            view_with_primary_down(running=True),
+            REQ_S2,
+            False,
+            VoteRefusal.OTHER_LEADER,
+            id="i-run-myself",
+        ),
+        pytest.param(
+            view_with_primary_down(voted=Voted(NOW - 1.0, 10, "s3")),
+            REQ_S2,
+            False,
+            VoteRefusal.OTHER_LEADER,
+            id="s3-leads",
+        ),
+        pytest.param(
+            view_with_primary_down(voted=Voted(NOW - 1.0, 10, "s2")),
+            REQ_S2,
+            True,
+            None,
+            id="s2-leads-again",
+        ),
+        pytest.param(view_with_primary_down(running=True), REQ_S1, True, None, id="my-own"),
+    ],
+)
+def test_vote_on(
+    v: SentinelView, req: VoteRequest, granted: bool, reason: VoteRefusal | None
+) -> None:
+    d = vote_on(v, VoteState(), req, T, NOW)
+    assert (d.granted, d.reason) == (granted, reason)
+    if granted:
+        assert d.state == VoteState(11, req.candidate, 1)
+
+
+def test_a_sentinel_in_its_candidacy_delay_votes_for_another_and_stands_down() -> None:
+    """Split votes are rare: the first request seen wins the vote of a sentinel that has
+    not asked yet, and that sentinel then cancels its own candidacy."""
+    waiting = view_with_primary_down(candidacy_at=SOON)
+    d = vote_on(waiting, VoteState(), REQ_S2, T, NOW)
+    assert d.granted
+    after = view_with_primary_down(candidacy_at=SOON, voted=Voted(NOW, 11, "s2"))
+    assert (only(after).action, only(after).reason) == (CANCEL, NoFailover.OTHER_LEADER)
+    # and a third candidate in the same epoch is refused
+    third = vote_on(after, d.state, replace(REQ_S2, candidate="s3"), T, NOW)
+    assert (third.granted, third.reason) == (False, VoteRefusal.ALREADY_VOTED)
+
+
+# --- the count of an election: tally --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("grants", "hard", "configured", "live", "expected"),
+    [
+        pytest.param({"s1"}, set(), 3, 3, Tally.OPEN, id="asked"),
+        pytest.param({"s1", "s2"}, set(), 3, 3, Tally.ELECTED, id="majority"),
+        pytest.param({"s1"}, {"s2"}, 3, 3, Tally.OPEN, id="one-refused-one-left"),
+        pytest.param({"s1"}, {"s2", "s3"}, 3, 3, Tally.LOST, id="both-refused"),
+        pytest.param({"s1"}, {"s2"}, 3, 2, Tally.LOST, id="refused-and-one-dead"),
+        pytest.param({"s1"}, set(), 3, 1, Tally.LOST, id="alone"),
+        pytest.param({"s1", "s2"}, {"s3"}, 3, 3, Tally.ELECTED, id="elected-despite-refusal"),
+        pytest.param({"s1", "s2"}, {"s2"}, 3, 3, Tally.ELECTED, id="grant-overrides-refusal"),
+        pytest.param({"s1"}, {"s2"}, 5, 5, Tally.OPEN, id="5-one-refused"),
+        pytest.param({"s1"}, {"s2", "s3"}, 5, 5, Tally.OPEN, id="5-two-refused"),
+        pytest.param({"s1"}, {"s2", "s3", "s4"}, 5, 5, Tally.LOST, id="5-three-refused"),
+        pytest.param({"s1"}, set(), 1, 1, Tally.ELECTED, id="single-sentinel"),
+    ],
+)
+def test_tally(
+    grants: set[str], hard: set[str], configured: int, live: int, expected: Tally
+) -> None:
+    assert tally(grants, hard, configured, live) is expected

@@ -17,6 +17,7 @@ from sentinel.machine import (
     Ranked,
     Replica,
     Step,
+    StepReason,
     abort,
     rank_replicas,
     start_failover,
@@ -75,11 +76,13 @@ def tick(
     promoted: bool = False,
     reattached: bool = False,
     published: bool = False,
+    resend_s: float = float("inf"),
 ) -> Step:
     return step(
         fo,
         now=now,
         timeout_s=30.0,
+        resend_s=resend_s,
         primary_sdown=primary_sdown,
         ranked=ranked,
         promoted=promoted,
@@ -412,3 +415,98 @@ def test_abort_only_before_promotion(state: FailoverState, aborts: bool) -> None
         assert s.failover.entered_at == LATER
     else:
         assert (s.failover, s.action) == (fo, Action.NONE)
+
+
+# --- reasons and TAKEOVER resend -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fo", "kw", "action", "reason"),
+    [
+        pytest.param(fo_in(S.WAIT_START), {}, Action.SELECT, StepReason.SELECT, id="start"),
+        pytest.param(
+            fo_in(S.SELECT_REPLICA), {}, Action.NONE, StepReason.AWAITING_RANKING, id="ranking"
+        ),
+        pytest.param(
+            fo_in(S.SELECT_REPLICA),
+            {"ranked": RANKED},
+            Action.SEND_TAKEOVER,
+            StepReason.CANDIDATE_SELECTED,
+            id="selected",
+        ),
+        pytest.param(
+            fo_in(S.PROMOTE, candidate="r1"),
+            {},
+            Action.CHECK_PROMOTED,
+            StepReason.TAKEOVER_SENT,
+            id="sent",
+        ),
+        pytest.param(
+            replace(fo_in(S.WAIT_PROMOTION, candidate="r1"), takeover_at=LATER - 0.4),
+            {"resend_s": 0.5},
+            Action.CHECK_PROMOTED,
+            StepReason.WAITING_PROMOTION,
+            id="waiting",
+        ),
+        pytest.param(
+            replace(fo_in(S.WAIT_PROMOTION, candidate="r1"), takeover_at=LATER - 0.6),
+            {"resend_s": 0.5},
+            Action.SEND_TAKEOVER,
+            StepReason.TAKEOVER_RESEND,
+            id="resend",
+        ),
+        pytest.param(
+            replace(fo_in(S.WAIT_PROMOTION, candidate="r1"), takeover_at=LATER - 0.6),
+            {"resend_s": 0.5, "promoted": True},
+            Action.REATTACH_REPLICAS,
+            StepReason.PROMOTED,
+            id="promoted-no-resend",
+        ),
+        pytest.param(
+            fo_in(S.WAIT_PROMOTION, candidate="r1"),
+            {"now": NOW + 31.0, "resend_s": 0.5},
+            Action.SELECT,
+            StepReason.PROMOTION_TIMEOUT,
+            id="timeout-before-resend",
+        ),
+        pytest.param(
+            fo_in(S.RECONF_REPLICAS, candidate="r1"),
+            {"now": NOW + 31.0},
+            Action.PUBLISH,
+            StepReason.REATTACH_TIMEOUT,
+            id="reattach-timeout",
+        ),
+        pytest.param(
+            fo_in(S.PUBLISH_LAYOUT, candidate="r1"),
+            {"published": True},
+            Action.FINISH,
+            StepReason.PUBLISHED,
+            id="published",
+        ),
+        pytest.param(
+            fo_in(S.WAIT_START),
+            {"primary_sdown": False},
+            Action.ABORT,
+            StepReason.ABORTED,
+            id="aborted",
+        ),
+    ],
+)
+def test_step_reasons(fo: Failover, kw: dict[str, Any], action: Action, reason: StepReason) -> None:
+    kw.setdefault("now", LATER)
+    s = tick(fo, **kw)
+    assert (s.action, s.reason) == (action, reason)
+
+
+def test_resend_keeps_waiting_state_and_restarts_the_resend_clock() -> None:
+    fo = replace(fo_in(S.WAIT_PROMOTION, candidate="r1"), takeover_at=NOW)
+    s = tick(fo, now=NOW + 0.6, resend_s=0.5)
+    assert (s.failover.state, s.failover.takeover_at) == (S.WAIT_PROMOTION, NOW + 0.6)
+    assert s.failover.entered_at == fo.entered_at  # the promotion timeout still counts
+    again = tick(s.failover, now=NOW + 0.7, resend_s=0.5)
+    assert again.action is Action.CHECK_PROMOTED
+
+
+def test_abort_after_promotion_is_refused_with_a_reason() -> None:
+    s = abort(fo_in(S.WAIT_PROMOTION, candidate="r1"), AbortReason.LOST_LEADERSHIP, LATER)
+    assert (s.action, s.reason) == (Action.NONE, StepReason.NOT_ABORTABLE)
