@@ -20,9 +20,6 @@ from router.transport import ClientConn
 #: The request is not answered here: forward it to a node.
 FORWARD = object()
 
-#: Commands that would turn a shared backend connection into something else.
-SHARED_CONNECTION_UNSAFE = frozenset({b"MONITOR", b"SYNC", b"PSYNC", b"REPLCONF"})
-
 
 def arity(cmd: str) -> Err:
     return Err(f"ERR wrong number of arguments for '{cmd}' command")
@@ -153,18 +150,18 @@ def forward_slot(args: Sequence[bytes]) -> int | None:
 # -- connection state ---------------------------------------------------------------------------
 
 
-def auth_without_password(args: Sequence[bytes]) -> Any:
-    """What the engine answers when no password is configured (default user, nopass)."""
-    if len(args) == 2:
-        return Err(
-            "ERR AUTH <password> called without any password configured for the default user. "
-            "Are you sure your configuration is correct?"
-        )
-    if len(args) == 3:
-        if args[1] == b"default":
-            return OK
-        return Err("WRONGPASS invalid username-password pair or user is disabled.")
-    return Err("ERR syntax error")
+NO_PASSWORD = Err(
+    "ERR AUTH <password> called without any password configured for the default user. "
+    "Are you sure your configuration is correct?"
+)
+
+
+def auth(args: Sequence[bytes]) -> Any:
+    """The router checks no password, so it never answers OK to one: it answers as a server
+    without ``requirepass`` does to ``AUTH <password>``."""
+    if len(args) not in (2, 3):
+        return Err("ERR syntax error")
+    return NO_PASSWORD
 
 
 def hello(client: ClientConn, args: Sequence[bytes], engine: str) -> Any:
@@ -182,10 +179,7 @@ def hello(client: ClientConn, args: Sequence[bytes], engine: str) -> Any:
     while i < len(args):
         opt = args[i].upper()
         if opt == b"AUTH" and i + 2 < len(args):
-            reply = auth_without_password([b"AUTH", args[i + 1], args[i + 2]])
-            if isinstance(reply, Err):
-                return reply
-            i += 3
+            return NO_PASSWORD
         elif opt == b"SETNAME" and i + 1 < len(args):
             name = args[i + 1]
             i += 2
@@ -215,9 +209,6 @@ def client_command(client: ClientConn, args: Sequence[bytes]) -> Any:
             return client.name
         case b"SETINFO" | b"NO-EVICT" | b"NO-TOUCH":
             return OK
-        case b"REPLY" | b"TRACKING" | b"CACHING" | b"UNBLOCK":
-            # Would change (or act on) a backend connection shared by other clients.
-            return Err(f"ERR router: CLIENT {sub.decode()} is not supported through the router")
     return FORWARD
 
 
@@ -241,13 +232,6 @@ def select(args: Sequence[bytes]) -> Any:
     return OK if args[1] == b"0" else Err("ERR SELECT is not allowed in cluster mode")
 
 
-def unsafe(name: bytes) -> Err:
-    return Err(
-        f"ERR router: {name.decode(errors='replace')} is not supported through the router; "
-        "connect to a node"
-    )
-
-
 Local = Callable[[ClientConn, Sequence[bytes], Layout | None, str], Any]
 
 #: name -> how the router answers it (FORWARD: a node answers after all).
@@ -256,7 +240,7 @@ LOCAL: dict[bytes, Local] = {
     b"ECHO": lambda c, a, lay, e: a[1] if len(a) == 2 else arity("echo"),
     b"QUIT": lambda c, a, lay, e: OK,
     b"HELLO": lambda c, a, lay, e: hello(c, a, e),
-    b"AUTH": lambda c, a, lay, e: auth_without_password(a),
+    b"AUTH": lambda c, a, lay, e: auth(a),
     b"SELECT": lambda c, a, lay, e: select(a),
     b"READONLY": lambda c, a, lay, e: OK,
     b"READWRITE": lambda c, a, lay, e: OK,
@@ -264,7 +248,6 @@ LOCAL: dict[bytes, Local] = {
     b"RESET": lambda c, a, lay, e: reset(c),
     b"CLIENT": lambda c, a, lay, e: client_command(c, a),
     b"CLUSTER": lambda c, a, lay, e: cluster(lay, a),
-    **{name: (lambda c, a, lay, e: unsafe(a[0].upper())) for name in SHARED_CONNECTION_UNSAFE},
 }
 
 

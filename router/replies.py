@@ -24,9 +24,10 @@ _MAP = frozenset(b"%|")
 Addr = tuple[str, int]
 
 
-#: Deeper replies are refused (the connection is closed as for garbage): the engine's own
-#: replies nest a few levels; a script can return deeper tables, not this deep.
-MAX_DEPTH = 512
+#: Deeper replies are refused (the connection is closed as for garbage). The walk keeps one
+#: integer per level, so this only bounds memory; a script's table of a few thousand levels
+#: is relayed as the engine sent it.
+MAX_DEPTH = 1 << 16
 
 
 def _scan(buf: bytes, pos: int, stack: list[int]) -> tuple[int, int]:

@@ -25,7 +25,7 @@ from cachefleet.layout import Layout
 from cachefleet.plan import Plan
 from cachefleet.resp import Err, encode, encode_command
 from cachefleet.slots import key_slot
-from router import endpoint, multikey, pubsub, replies, transactions
+from router import endpoint, multikey, policy, pubsub, replies, transactions
 from router.commands import LOCAL as LOCAL_COMMANDS
 from router.commands import Action, plan
 from router.core import Core, err
@@ -69,6 +69,10 @@ class Router(Core):
             call = Call(client, args, raw, key_slot(args[fast[0]]), fast[1], fast[2])
             client.queue.append(call)
             self.send(call)
+            return
+        refused = policy.refusal(args)
+        if refused is not None:
+            client.reply_now(refused)
             return
         if self.commands is None:
             if args[0].upper() in LOCAL_COMMANDS:

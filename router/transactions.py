@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from cachefleet.resp import encode, encode_command
 from cachefleet.slots import key_slot
-from router import replies
+from router import policy, replies
 from router.commands import key_positions, lookup, slot_of
 from router.core import Core, err, outcome_unknown
 from router.endpoint import arity
@@ -82,7 +82,11 @@ def inside(core: Core, client: ClientConn, args: list[bytes], raw: bytes | None)
             core.serial(client, lambda: execute(core, call, queued))
         case _:
             cmd = lookup(core.commands or {}, args)
-            if cmd is None:
+            refused = policy.refusal(args)
+            if refused is not None:
+                client.tx_dirty = True
+                client.reply_now(refused)
+            elif cmd is None:
                 client.tx_dirty = True
                 shown = " ".join(f"'{a.decode(errors='replace')}'" for a in args[1:3])
                 name = args[0][:128].decode(errors="replace")

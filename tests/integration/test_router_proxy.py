@@ -103,10 +103,16 @@ def test_cross_slot_mget_mset_del(shared_cluster: RunningCluster) -> None:
 
 def test_keys_scan_and_flush_fan_out(shared_cluster: RunningCluster) -> None:
     r = client(shared_cluster)
-    names = {f"scan:{i}" for i in range(200)}
-    r.mset(dict.fromkeys(names, "1"))
-    assert names <= set(r.keys("scan:*"))
-    assert set(r.scan_iter(match="scan:*", count=50)) == names
+    primaries = [node(s["primary"]["address"]) for s in shared_cluster.status()["shards"]]
+    for flush in (r.flushall, r.flushdb):
+        names = {f"scan:{i}" for i in range(200)}
+        r.mset(dict.fromkeys(names, "1"))
+        assert names <= set(r.keys("scan:*"))
+        assert set(r.scan_iter(match="scan:*", count=50)) == names
+        assert all(p.dbsize() > 0 for p in primaries)  # the keys are spread over every shard
+        assert flush() is True
+        assert [p.dbsize() for p in primaries] == [0] * len(primaries)
+        assert r.dbsize() == 0
 
 
 def test_multi_in_one_slot_works_and_across_slots_is_crossslot(
@@ -190,9 +196,28 @@ def test_garbage_client_is_disconnected_and_others_are_unaffected(
     good.close()
 
 
+def error_replies(c: RunningCluster) -> int:
+    return sum(
+        int(node(s["primary"]["address"]).info("stats")["total_error_replies"])
+        for s in c.status()["shards"]
+    )
+
+
 def test_unknown_commands_reach_the_engine(shared_cluster: RunningCluster) -> None:
-    with pytest.raises(redis.ResponseError, match="unknown command"):
-        client(shared_cluster).execute_command("NOSUCHCOMMAND", "x")
+    r = client(shared_cluster)
+    before = error_replies(shared_cluster)
+    pipe = r.pipeline(transaction=False)
+    for i in range(50):
+        pipe.execute_command("NOSUCHCOMMAND", "x", i)
+    out = pipe.execute(raise_on_error=False)
+    assert all(
+        str(e).startswith("unknown command 'NOSUCHCOMMAND', with args beginning with: 'x'")
+        for e in out
+    )
+    # The nodes answered them (other errors may come meanwhile, from probes: at least 50).
+    assert error_replies(shared_cluster) >= before + 50
+    # A command the router knows nothing of: the engine's own answer comes back.
+    assert "ver." in r.execute_command("LOLWUT")
 
 
 def test_status_of_router_is_published(shared_cluster: RunningCluster) -> None:
@@ -209,37 +234,6 @@ def test_status_of_router_is_published(shared_cluster: RunningCluster) -> None:
     )
     states = [bus.decode(v) for v in msgs.values()]
     assert any(s and "connections" in s and "ops_per_sec" in s for s in states)
-
-
-def test_migrated_slot_is_followed_transparently(shared_cluster: RunningCluster) -> None:
-    """Runs last in this module: it moves a slot between shards."""
-    r = client(shared_cluster)
-    status = shared_cluster.status()
-    tag = "mig"
-    slot = key_slot(tag)
-    keys = [f"{{{tag}}}:{i}" for i in range(20)]
-    for k in keys:
-        r.set(k, k)
-    src_shard = shard_of(status, keys[0])
-    dst_shard = next(s for s in status["shards"] if s["id"] != src_shard["id"])
-    src, dst = src_shard["primary"], dst_shard["primary"]
-    src_c, dst_c = node(src["address"]), node(dst["address"])
-    dst_c.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src["id"])
-    src_c.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst["id"])
-    host, port = dst["address"].rsplit(":", 1)
-    src_c.execute_command("MIGRATE", host, port, "", 0, 5000, "KEYS", *keys[:10])
-    # Half moved: the router follows ASK for those, the rest are still at the source.
-    assert [r.get(k) for k in keys] == keys
-    with pytest.raises(redis.exceptions.TryAgainError):
-        r.mget(keys)  # keys split between two nodes mid-migration: TRYAGAIN, as the engine
-    src_c.execute_command("MIGRATE", host, port, "", 0, 5000, "KEYS", *keys[10:])
-    for s in status["shards"]:
-        node(s["primary"]["address"]).execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst["id"])
-    # Done: MOVED from the old owner, followed; new writes land on the new owner.
-    assert [r.get(k) for k in keys] == keys
-    assert r.mget(keys) == keys
-    assert r.set(f"{{{tag}}}:new", "x") is True
-    assert dst_c.get(f"{{{tag}}}:new") == "x"
 
 
 def test_primary_killed_during_reads_is_hidden(cluster_factory: Any) -> None:
@@ -303,3 +297,34 @@ def test_commands_that_would_hijack_a_shared_connection_are_refused(
         with pytest.raises(redis.ResponseError, match="not supported through the router"):
             r.execute_command(*args)
     assert r.set("still", "fine") is True and r.get("still") == "fine"
+
+
+def test_migrated_slot_is_followed_transparently(shared_cluster: RunningCluster) -> None:
+    """Last in this module on purpose: it moves a slot between the shared cluster's shards."""
+    r = client(shared_cluster)
+    status = shared_cluster.status()
+    tag = "mig"
+    slot = key_slot(tag)
+    keys = [f"{{{tag}}}:{i}" for i in range(20)]
+    for k in keys:
+        r.set(k, k)
+    src_shard = shard_of(status, keys[0])
+    dst_shard = next(s for s in status["shards"] if s["id"] != src_shard["id"])
+    src, dst = src_shard["primary"], dst_shard["primary"]
+    src_c, dst_c = node(src["address"]), node(dst["address"])
+    dst_c.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src["id"])
+    src_c.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst["id"])
+    host, port = dst["address"].rsplit(":", 1)
+    src_c.execute_command("MIGRATE", host, port, "", 0, 5000, "KEYS", *keys[:10])
+    # Half moved: the router follows ASK for those, the rest are still at the source.
+    assert [r.get(k) for k in keys] == keys
+    with pytest.raises(redis.exceptions.TryAgainError):
+        r.mget(keys)  # keys split between two nodes mid-migration: TRYAGAIN, as the engine
+    src_c.execute_command("MIGRATE", host, port, "", 0, 5000, "KEYS", *keys[10:])
+    for s in status["shards"]:
+        node(s["primary"]["address"]).execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst["id"])
+    # Done: MOVED from the old owner, followed; new writes land on the new owner.
+    assert [r.get(k) for k in keys] == keys
+    assert r.mget(keys) == keys
+    assert r.set(f"{{{tag}}}:new", "x") is True
+    assert dst_c.get(f"{{{tag}}}:new") == "x"

@@ -55,15 +55,18 @@ def nested(depth: int) -> bytes:
     return b"*1\r\n" * depth + b":1\r\n"
 
 
-def test_a_deep_reply_is_walked_without_recursion_up_to_the_bound() -> None:
-    reply = nested(MAX_DEPTH)
+@pytest.mark.parametrize("depth", [1500, MAX_DEPTH])
+def test_a_deep_reply_is_walked_without_recursion(depth: int) -> None:
+    reply = nested(depth)
     assert reply_end(reply, 0) == len(reply)
-    assert ReplyScanner().feed(reply) == [reply]
+    scanner = ReplyScanner()
+    assert scanner.feed(reply[:-3]) == []
+    assert scanner.feed(reply[-3:]) == [reply]
 
 
-def test_a_reply_1500_deep_is_refused_not_a_crash() -> None:
+def test_a_reply_deeper_than_the_bound_is_refused_not_a_crash() -> None:
     with pytest.raises(ValueError, match="nested deeper"):
-        ReplyScanner().feed(nested(1500))
+        ReplyScanner().feed(nested(MAX_DEPTH + 1))
 
 
 def test_a_64_mb_bulk_reply_in_64_kb_packets_is_joined_once() -> None:
