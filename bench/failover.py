@@ -3,13 +3,16 @@ killed (SIGKILL) or paused (SIGSTOP), cachefleet's sentinel failover beside the 
 
 What is measured, per trial: one writer thread does sequential SETs through redis-py's
 ``RedisCluster`` (keys spread over every shard, each value a unique counter) and records every
-operation (start, end, key, value, outcome ok / error / unknown). After 1.5 s of steady writes
+operation as a ``cachefleet.chaos.checker.Op`` (start, end, key, value, outcome ok / error /
+unknown). After 1.5 s of steady writes
 the primary of the target shard gets SIGKILL or SIGSTOP (``t_fault``); the writer goes on until
 the first successful SET, started after ``t_fault``, of a key whose slot belongs to that shard
-(unavailability = the end of that SET - ``t_fault``), then 1 s more. Once the cluster is whole
-again every key is read back through the cluster client: a key whose last acknowledged value
-is not read (and is not the value of a later SET with an error/unknown outcome, which may or
-may not have been applied) counts as a lost acknowledged write.
+(unavailability = the end of that SET - ``t_fault``: ``checker.availability``), then 1 s more.
+Once the cluster is whole again every key is read back through the cluster client, and lost
+acknowledged writes are counted by ``checker.lost_writes`` — the chaos runner's definition: a
+key whose last acknowledged value is not read (and is not the value of a later SET with an
+error/unknown outcome, which may or may not have been applied). Percentiles are the checker's
+nearest-rank ones (p99 of 30 trials is the largest of them).
 
 Sides (same engine binary, the topology's shape — default.yaml: 3 zones, 3 shards x (1+1) —
 and node timeout = the topology's ``down_after_ms``):
@@ -18,16 +21,17 @@ and node timeout = the topology's ``down_after_ms``):
   promote with ``CLUSTER FAILOVER TAKEOVER``; zone agents restart a killed node, which rejoins as
   a replica; a paused node gets SIGCONT once the failover is observed. The writer bootstraps
   from the router (configuration endpoint).
-* anchor: six engine processes started here, created with ``redis-cli --cluster create
-  --cluster-replicas 1``, ``cluster-require-full-coverage no``, the engine's own replica
-  failover. This script restarts a killed primary (same argv and nodes.conf, so it rejoins as a
-  replica) or SIGCONTs a paused one once the failover is observed (or after 10 s). The writer
-  bootstraps from one node.
+* anchor (``bench/anchor.py``): engine processes started here, created with ``redis-cli
+  --cluster create``, ``cluster-require-full-coverage no``, the engine's own replica failover.
+  This script restarts a killed primary (same argv and nodes.conf, so it rejoins as a replica)
+  or SIGCONTs a paused one once the failover is observed (or after 10 s). The writer bootstraps
+  from one node.
 
 One cluster per variant and side serves every trial; each trial targets the next shard (round
 robin) and starts only once the cluster is whole again (cachefleet: ``status`` says
 ``available``; anchor: every node agrees on one configuration with no failure flags and every
-replica is linked). Prints tables; asserts nothing. Run: ``python bench/failover.py --trials 10``.
+replica is linked). Prints tables; asserts nothing. Run: ``python bench/failover.py --trials 10``;
+``--only cachefleet --variants kill --trials 30`` for the sentinel figures alone.
 """
 
 from __future__ import annotations
@@ -36,7 +40,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -52,18 +55,14 @@ from typing import Any, Protocol
 import psutil
 import redis
 import yaml
+from anchor import ROOT, PlainCluster, wait_until
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from cachefleet import ports  # noqa: E402
-from cachefleet.engine import resolve_cli_binary, resolve_engine_binary  # noqa: E402
-from cachefleet.plan import place  # noqa: E402
-from cachefleet.slots import key_slot, ranges_to_slots  # noqa: E402
-from cachefleet.topology import Topology, load_topology  # noqa: E402
+from cachefleet.chaos.checker import Op, availability, lost_writes, percentile
+from cachefleet.slots import key_slot, ranges_to_slots
+from cachefleet.topology import load_topology
 
 KEYS = 3000
 STEADY_S = 1.5  # writes before the fault
@@ -82,15 +81,6 @@ def log(msg: str) -> None:
 
 
 # -- the writer ------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Op:
-    start: float
-    end: float
-    key: int  # key index, 0..KEYS-1
-    value: int
-    outcome: str  # ok | error | unknown
 
 
 def classify(exc: BaseException) -> str:
@@ -157,7 +147,7 @@ class Writer(threading.Thread):
             except Exception as exc:
                 outcome = classify(exc)
             end = time.monotonic()
-            self.ops.append(Op(start, end, key, value, outcome))
+            self.ops.append(Op("w", self.names[key], value, start, end, outcome))
             if outcome != "ok":
                 time.sleep(ERROR_SLEEP_S)
                 continue
@@ -172,35 +162,14 @@ class Writer(threading.Thread):
                 self.recovered.set()
 
 
-def lost_writes(ops: list[Op], read: dict[int, bytes | None]) -> tuple[int, int]:
-    """(lost acknowledged writes, keys that could not be read back)."""
-    last_ok: dict[int, int] = {}
-    maybe: dict[int, set[int]] = {}
-    for op in sorted(ops, key=lambda o: o.start):
-        if op.outcome == "ok":
-            last_ok[op.key] = op.value
-            maybe[op.key] = set()
-        else:
-            maybe.setdefault(op.key, set()).add(op.value)
-    lost = unreadable = 0
-    for key, value in last_ok.items():
-        if key not in read:
-            unreadable += 1
-            continue
-        got = read[key]
-        accepted = {value} | maybe.get(key, set())
-        if got is None or int(got) not in accepted:
-            lost += 1
-    return lost, unreadable
-
-
-def read_back(client: RedisCluster, names: list[str], keys: set[int]) -> dict[int, bytes | None]:
-    out: dict[int, bytes | None] = {}
+def read_back(client: RedisCluster, keys: set[str]) -> dict[str, int | None]:
+    """Each key's value; a key that cannot be read in 5 tries is left out (unreadable)."""
+    out: dict[str, int | None] = {}
     for key in sorted(keys):
         for _ in range(5):
             try:
-                got = client.get(names[key])
-                out[key] = got.encode() if isinstance(got, str) else got
+                got = client.get(key)
+                out[key] = None if got is None else int(got)
                 break
             except Exception:
                 time.sleep(0.1)
@@ -230,6 +199,7 @@ class TrialResult:
     ok: int
     errors: int
     unknown: int
+    no_quorum: int = 0
     notes: list[str] = field(default_factory=list)
 
 
@@ -244,6 +214,7 @@ class Side(Protocol):
     def after_failover(self, target: Target, sig: signal.Signals) -> None: ...
     def wait_ready(self, timeout: float) -> bool: ...
     def check(self, target: Target, variant: str, wall_fault: float) -> list[str]: ...
+    def no_quorum(self, wall_fault: float) -> int: ...
 
 
 def _is_engine(pid: int, marker: str) -> bool:
@@ -405,6 +376,11 @@ class Ours:
             notes.append(f"ANOMALY: status failed after the trial: {exc}")
         return notes
 
+    def no_quorum(self, wall_fault: float) -> int:
+        """no_quorum events (a failover round without a majority: split votes) since the
+        fault."""
+        return sum(1 for e in self.events_since(wall_fault - 0.5) if e["type"] == "no_quorum")
+
     def excerpt(self, wall_fault: float) -> list[str]:
         return [
             json.dumps({**e, "t_rel": round(e["ts"] - wall_fault, 3)}, separators=(",", ":"))
@@ -413,179 +389,52 @@ class Ours:
 
 
 class Anchor:
+    """The engine's own failover on a plain Redis Cluster (bench/anchor.py)."""
+
     label = "anchor"
 
     def __init__(self, topology: Path, tmp: Path, retries: int) -> None:
-        self.topo: Topology = load_topology(topology)
+        self.cluster = PlainCluster(
+            load_topology(topology), tmp=tmp, full_coverage=False, logs=True
+        )
         self.retries = retries
-        self.binary = resolve_engine_binary(self.topo.engine, self.topo.engine_binary)
-        cli = resolve_cli_binary()
-        if not cli:
-            raise RuntimeError("redis-cli or valkey-cli needed for the anchor")
-        self.cli = cli
-        self.tmp = Path(tempfile.mkdtemp(prefix="bench-failover-anchor-", dir=tmp))
-        self.argvs: list[list[str]] = []
-        self.addrs: list[tuple[str, int]] = []
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def _spawn(self, i: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.argvs[i], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def start(self) -> None:
-        placed = place(self.topo)
-        hosts = [self.topo.zone_address(z) for _, _, z in placed]
-        got = ports.allocate(hosts, pairs=True)
-        for i, host in enumerate(hosts):
-            port, bus_port = got[i]
-            d = self.tmp / str(i)
-            d.mkdir()
-            args = {
-                "port": port, "bind": host, "bind-source-addr": host,
-                "cluster-announce-ip": host, "cluster-enabled": "yes", "cluster-port": bus_port,
-                "cluster-config-file": "nodes.conf", "dir": d, "save": "", "appendonly": "no",
-                "repl-diskless-sync": "yes", "repl-diskless-sync-delay": 0,
-                "cluster-node-timeout": self.topo.sentinels.down_after_ms,
-                "cluster-require-full-coverage": "no", "logfile": d / "node.log",
-            }  # fmt: skip
-            self.argvs.append(
-                [self.binary] + [x for k, v in args.items() for x in (f"--{k}", str(v))]
-            )
-            self.addrs.append((host, port))
-            self.procs.append(self._spawn(i))
-        for host, port in self.addrs:
-            self._wait_ping(host, port, 20.0)
-        # redis-cli --cluster create takes primaries first, then replicas.
-        order = sorted(range(len(placed)), key=lambda i: placed[i][1] != 0)
-        create = [f"{self.addrs[i][0]}:{self.addrs[i][1]}" for i in order]
-        subprocess.run(
-            [self.cli, "--cluster", "create", *create,
-             "--cluster-replicas", str(self.topo.replicas_per_shard), "--cluster-yes"],
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
+        self.cluster.launch()
+        self.cluster.create()
         if not self.wait_ready(READY_TIMEOUT_S):
             raise RuntimeError("anchor cluster did not become ready")
 
-    @staticmethod
-    def _wait_ping(host: str, port: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        c = redis.Redis(host=host, port=port, socket_timeout=1, socket_connect_timeout=1)
-        try:
-            while True:
-                try:
-                    c.ping()
-                    return
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.01)
-        finally:
-            c.close()
-
     def close(self) -> None:
-        for p in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                p.kill()
-        for p in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=10)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def _node(self, i: int) -> redis.Redis:
-        host, port = self.addrs[i]
-        return redis.Redis(host=host, port=port, socket_timeout=1, socket_connect_timeout=1)
-
-    def _nodes_view(self, i: int) -> list[list[str]]:
-        c = self._node(i)
-        try:
-            raw = c.execute_command("CLUSTER", "NODES")  # type: ignore[no-untyped-call]
-        finally:
-            c.close()
-        text = raw.decode() if isinstance(raw, bytes) else str(raw)
-        return [line.split() for line in text.splitlines() if line.strip()]
+        self.cluster.close()
 
     def target(self, shard_index: int) -> Target:
-        masters: list[tuple[int, str, set[int]]] = []
-        for f in self._nodes_view(0):
-            if "master" not in f[2].split(",") or "fail" in f[2].split(","):
-                continue
-            slots: set[int] = set()
-            for s in f[8:]:
-                if s.startswith("["):
-                    continue
-                a, _, b = s.partition("-")
-                slots.update(range(int(a), int(b or a) + 1))
-            if slots:
-                masters.append((min(slots), f[1].split("@")[0], slots))
-        masters.sort()
-        _, addr, slots = masters[shard_index]
-        host, port = addr.rsplit(":", 1)
-        i = self.addrs.index((host, int(port)))
-        return Target(shard_index + 1, f"node{i}@{addr}", self.procs[i].pid, slots)
+        addr, slots = self.cluster.primaries()[shard_index]
+        i = self.cluster.addrs.index(addr)
+        name = f"node{i}@{addr[0]}:{addr[1]}"
+        return Target(shard_index + 1, name, self.cluster.procs[i].pid, slots)
 
     def client(self) -> RedisCluster:
-        return make_client(*self.addrs[0], self.retries)
+        return make_client(*self.cluster.addrs[0], self.retries)
 
     def fault(self, target: Target, sig: signal.Signals) -> None:
         os.kill(target.pid, sig)
 
     def after_failover(self, target: Target, sig: signal.Signals) -> None:
-        i = next(i for i, p in enumerate(self.procs) if p.pid == target.pid)
         if sig == signal.SIGSTOP:
             _cont(target.pid)
         else:
-            self.procs[i].wait(timeout=10)
-            self.procs[i] = self._spawn(i)
+            self.cluster.restart(self.cluster.index_of_pid(target.pid))
 
     def wait_ready(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(Exception):
-                if self._ready():
-                    return True
-            time.sleep(0.05)
-        return False
-
-    def _ready(self) -> bool:
-        n = len(self.addrs)
-        if any(p.poll() is not None for p in self.procs):
-            return False
-        views = set()
-        for i in range(n):
-            c = self._node(i)
-            try:
-                info = c.execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
-                info = info.decode() if isinstance(info, bytes) else str(info)
-                if "cluster_state:ok" not in info:
-                    return False
-                repl = c.info("replication")
-            finally:
-                c.close()
-            if repl["role"] == "slave" and repl.get("master_link_status") != "up":
-                return False
-            rows = self._nodes_view(i)
-            if len(rows) != n:
-                return False
-            view = []
-            for f in rows:
-                flags = set(f[2].split(",")) - {"myself"}
-                if flags & {"fail", "fail?", "handshake", "noaddr"} or f[7] != "connected":
-                    return False
-                view.append((f[0], "master" in flags, f[3], " ".join(f[8:])))
-            views.add(tuple(sorted(view)))
-        if len(views) != 1:
-            return False
-        (agreed,) = views
-        masters = {v[0] for v in agreed if v[1]}
-        replicas = [v for v in agreed if not v[1]]
-        per = self.topo.replicas_per_shard
-        return len(masters) == self.topo.shards and all(
-            sum(r[2] == m for r in replicas) == per for m in masters
-        )
+        return wait_until(self.cluster.whole, timeout, 0.05)
 
     def check(self, target: Target, variant: str, wall_fault: float) -> list[str]:
-        i = next(i for i, p in enumerate(self.procs) if p.pid == target.pid)
-        role = next((f[2] for f in self._nodes_view(i) if "myself" in f[2]), "")
+        role = self.cluster.role_of(self.cluster.index_of_pid(target.pid))
         return [] if "slave" in role else [f"faulted node is {role}, not a replica"]
+
+    def no_quorum(self, wall_fault: float) -> int:
+        return 0  # the engine's failover has no such event
 
 
 # -- trials ----------------------------------------------------------------------------------
@@ -630,19 +479,25 @@ def run_trial(
     ops = list(writer.ops)
     reader = side.client()
     try:
-        read = read_back(reader, writer.names, {op.key for op in ops})
+        read = read_back(reader, {op.key for op in ops})
     finally:
         reader.close()
-    lost, unreadable = lost_writes(ops, read)
+    readable = [op for op in ops if op.key in read]
+    unreadable = len({op.key for op in ops} - read.keys())
+    lost = len(lost_writes(readable, read))
     with contextlib.suppress(Exception):
         notes.extend(side.check(target, variant, wall_fault))
-    unavail = None if writer.recovered_at is None else writer.recovered_at - t_fault
+    no_quorum = 0
+    with contextlib.suppress(Exception):
+        no_quorum = side.no_quorum(wall_fault)
+    in_target = {name for name, hit in zip(writer.names, writer.in_target, strict=True) if hit}
+    unavail = availability(ops, t_fault, in_target.__contains__).window_s
     outcomes = [op.outcome for op in ops]
     result = TrialResult(
         side=side.label, variant=variant, trial=trial, shard=target.shard,
         unavailability=unavail, lost=lost, unreadable=unreadable,
         ok=outcomes.count("ok"), errors=outcomes.count("error"),
-        unknown=outcomes.count("unknown"), notes=notes,
+        unknown=outcomes.count("unknown"), no_quorum=no_quorum, notes=notes,
     )  # fmt: skip
     shown = "none" if unavail is None else f"{unavail:.2f} s"
     extra = f"; {'; '.join(notes)}" if notes else ""
@@ -658,33 +513,35 @@ def run_trial(
     return result
 
 
-def percentile(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    k = (len(s) - 1) * q
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+SIDES = {"cachefleet": "cachefleet", "anchor": "anchor (engine)"}
 
 
 def table(variant: str, trials: int, results: dict[str, list[TrialResult]]) -> list[str]:
+    """The printed table: one column per side that ran (both unless --only)."""
     what = {"kill": "SIGKILL", "pause": "SIGSTOP, SIGCONT after the failover"}[variant]
-    sides = ["cachefleet", "anchor"]
+    sides = [s for s in SIDES if s in results]
 
     def times(side: str) -> list[float]:
         return [r.unavailability for r in results[side] if r.unavailability is not None]
 
     def stat(side: str, q: float) -> str:
-        xs = times(side)
-        return f"{percentile(xs, q):.2f}" if xs else "n/a"
+        got = percentile(times(side), q)
+        return "n/a" if got is None else f"{got:.2f}"
 
     def sets(side: str) -> str:
         rs = results[side]
         return "/".join(str(sum(getattr(r, a) for r in rs)) for a in ("ok", "errors", "unknown"))
 
+    def no_quorum(side: str) -> str:
+        rs = results[side]
+        if side != "cachefleet":
+            return "-"
+        return f"{sum(r.no_quorum for r in rs)} in {sum(r.no_quorum > 0 for r in rs)}/{len(rs)}"
+
     rows = [
-        ("unavailability p50 (s)", [stat(s, 0.5) for s in sides]),
-        ("unavailability p99 (s)", [stat(s, 0.99) for s in sides]),
-        ("unavailability max (s)", [stat(s, 1.0) for s in sides]),
+        ("unavailability p50 (s)", [stat(s, 50) for s in sides]),
+        ("unavailability p99 (s)", [stat(s, 99) for s in sides]),
+        ("unavailability max (s)", [stat(s, 100) for s in sides]),
         ("trials without recovery", [str(len(results[s]) - len(times(s))) for s in sides]),
         ("lost acknowledged writes", [str(sum(r.lost for r in results[s])) for s in sides]),
         (
@@ -692,15 +549,18 @@ def table(variant: str, trials: int, results: dict[str, list[TrialResult]]) -> l
             [f"{sum(r.lost > 0 for r in results[s])}/{len(results[s])}" for s in sides],
         ),
         ("ok / error / unknown SETs", [sets(s) for s in sides]),
+        ("no_quorum events (trials)", [no_quorum(s) for s in sides]),
     ]
     out = [f"{variant} ({what} of one shard's primary), {trials} trials per side:"]
-    out.append(f"  {'':28} {'cachefleet':>18} {'anchor (engine)':>18}")
+    out.append(f"  {'':28}" + "".join(f" {SIDES[s]:>18}" for s in sides))
     for label, cells in rows:
-        out.append(f"  {label:28} {cells[0]:>18} {cells[1]:>18}")
-    ours, anchor = times("cachefleet"), times("anchor")
-    if ours and anchor:
-        ratio = percentile(anchor, 0.5) / max(percentile(ours, 0.5), 1e-9)
-        out.append(f"  ratio anchor/cachefleet of p50 unavailability: {ratio:.2f}x")
+        out.append(f"  {label:28}" + "".join(f" {c:>18}" for c in cells))
+    ours = percentile(times("cachefleet"), 50) if "cachefleet" in results else None
+    anchor = percentile(times("anchor"), 50) if "anchor" in results else None
+    if ours is not None and anchor is not None:
+        out.append(
+            f"  ratio anchor/cachefleet of p50 unavailability: {anchor / max(ours, 1e-9):.2f}x"
+        )
     return out
 
 
@@ -741,6 +601,9 @@ def main() -> None:
     parser.add_argument("--variants", default="kill,pause", help="comma list of kill, pause")
     parser.add_argument("--client-retries", type=int, default=0, help="RedisCluster retries")
     parser.add_argument("--budget", type=float, default=1800.0, help="seconds for the whole run")
+    parser.add_argument(
+        "--only", choices=sorted(SIDES), default=None, help="run one side only (default: both)"
+    )
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if bad := [v for v in variants if v not in SIGNALS]:
@@ -753,10 +616,11 @@ def main() -> None:
     with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
         for variant in variants:
             results: dict[str, list[TrialResult]] = {}
-            sides: list[Side] = [
-                Ours(topology, variant, Path(tmp), args.client_retries),
-                Anchor(topology, Path(tmp), args.client_retries),
-            ]
+            sides: list[Side] = []
+            if args.only in (None, "cachefleet"):
+                sides.append(Ours(topology, variant, Path(tmp), args.client_retries))
+            if args.only in (None, "anchor"):
+                sides.append(Anchor(topology, Path(tmp), args.client_retries))
             for side in sides:
                 results[side.label] = run_side(side, variant, args.trials, topo.shards, deadline)
             tables.extend([*table(variant, args.trials, results), ""])

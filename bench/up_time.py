@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -19,16 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import redis
 import yaml
+from anchor import ROOT, PlainCluster, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from cachefleet import ports  # noqa: E402
-from cachefleet.engine import resolve_cli_binary, resolve_engine_binary  # noqa: E402
-from cachefleet.plan import place  # noqa: E402
-from cachefleet.topology import load_topology  # noqa: E402
+from cachefleet.topology import load_topology
 
 
 def time_cachefleet(topology: Path, trial: int) -> float:
@@ -51,65 +44,17 @@ def time_cachefleet(topology: Path, trial: int) -> float:
 
 
 def time_plain_create(topology: Path) -> float:
-    topo = load_topology(topology)
-    binary = resolve_engine_binary(topo.engine, topo.engine_binary)
-    cli = resolve_cli_binary()
-    assert cli, "redis-cli or valkey-cli needed"
-    placed = place(topo)
-    hosts = [topo.zone_address(z) for _, _, z in placed]
-    # redis-cli --cluster create takes primaries first, then replicas.
-    order = sorted(range(len(placed)), key=lambda i: placed[i][1] != 0)
-    got = ports.allocate(hosts, pairs=True)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-plain-"))
-    procs = []
+    """From starting the engine processes to every replica in sync (bench/anchor.py)."""
+    cluster = PlainCluster(load_topology(topology))
     try:
         t0 = time.monotonic()
-        for i, host in enumerate(hosts):
-            port, bus_port = got[i]
-            d = tmp / str(i)
-            d.mkdir()
-            args = {
-                "port": port, "bind": host, "bind-source-addr": host,
-                "cluster-announce-ip": host, "cluster-enabled": "yes", "cluster-port": bus_port,
-                "cluster-config-file": "nodes.conf", "dir": d, "save": "", "appendonly": "no",
-                "repl-diskless-sync": "yes", "repl-diskless-sync-delay": 0,
-                "cluster-node-timeout": topo.sentinels.down_after_ms,
-            }  # fmt: skip
-            argv = [binary] + [x for k, v in args.items() for x in (f"--{k}", str(v))]
-            procs.append(
-                subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            )
-        clients = [
-            redis.Redis(host=h, port=got[i][0], socket_timeout=1) for i, h in enumerate(hosts)
-        ]
-        for c in clients:
-            while True:
-                try:
-                    c.ping()
-                    break
-                except redis.ConnectionError:
-                    time.sleep(0.01)
-        addrs = [f"{hosts[i]}:{got[i][0]}" for i in order]
-        subprocess.run(
-            [cli, "--cluster", "create", *addrs, "--cluster-replicas",
-             str(topo.replicas_per_shard), "--cluster-yes"],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        while True:
-            ok = all(
-                "cluster_state:ok" in str(c.execute_command("CLUSTER", "INFO")) for c in clients
-            )
-            reps = [c.info("replication") for c in clients]
-            synced = all(r.get("master_link_status") == "up" for r in reps if r["role"] == "slave")
-            if ok and synced:
-                break
-            time.sleep(0.02)
+        cluster.launch()
+        cluster.create()
+        if not wait_until(cluster.synced, 120.0, 0.02):
+            raise RuntimeError("the plain cluster did not get in sync within 120 s")
         return time.monotonic() - t0
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+        cluster.close()
 
 
 def main() -> None:
