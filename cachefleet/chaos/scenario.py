@@ -108,7 +108,7 @@ def _parse(data: Any, source: str, base_dir: Path) -> Scenario:
     w = root.section("workload")
     workload = Workload(
         via=w.choice("via", "direct", VIA),
-        writers=w.integer("writers", 2, 1, 32),
+        writers=w.integer("writers", 1, 1, 32),  # per shard
         readers=w.integer("readers", 1, 0, 32),
         keys=w.integer("keys", 600, 1, 1_000_000),
         wait=w.integer("wait", 0, 0, 5),
