@@ -10,7 +10,14 @@ from collections.abc import Sequence
 
 import pytest
 
-from cachefleet.chaos.faults import TAG, PacketFilter, packet_filter, partition_support
+from cachefleet.chaos.faults import (
+    TAG,
+    PacketFilter,
+    PartitionUnavailable,
+    packet_filter,
+    partition_support,
+)
+from cachefleet.errors import CachefleetError
 
 
 class FakeIptables:
@@ -90,3 +97,17 @@ def test_real_iptables_rules_are_installed_and_removed() -> None:
         pf.cut("127.0.201.1", ["127.0.202.1"])
         assert listed().count(f"{TAG}:realtest") == 2
     assert f"{TAG}:realtest" not in listed()
+
+
+def test_a_refused_rule_is_a_cachefleet_error_and_leaves_nothing_behind() -> None:
+    class Refusing(FakeIptables):
+        def __call__(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+            if list(argv)[1] == "-I" and len(self.rules) == 1:
+                return subprocess.CompletedProcess(list(argv), 1, "", "no chain")
+            return super().__call__(argv)
+
+    fake = Refusing()
+    with pytest.raises(CachefleetError) as info, packet_filter("r3", run=fake) as pf:
+        pf.cut("127.0.1.1", ["127.0.2.1"])
+    assert isinstance(info.value, PartitionUnavailable) and "no chain" in str(info.value)
+    assert fake.rules == []
