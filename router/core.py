@@ -32,6 +32,12 @@ POOL_SIZE = 2
 MAX_REDIRECTS = 5
 MAX_ATTEMPTS = 8
 DOWN_FOR_S = 1.0
+INFLIGHT_BUDGET = 512 * 1024 * 1024  # bytes of all clients' requests and replies in flight
+MAX_CLIENTS = 10_000
+#: A pooled connection with requests written and no reply for this long is closed (its
+#: written writes answered "outcome unknown", its reads sent again): a paused node must not
+#: hold requests past a failover, nor acknowledge them after it.
+REQUEST_TIMEOUT_S = 10.0
 
 Addr = routes.Addr
 
@@ -83,6 +89,8 @@ class Core:
         zone: str | None = None,
         failover_wait_s: float = 3.0,
         worker: int = 0,
+        max_clients: int = MAX_CLIENTS,
+        inflight_budget: int = INFLIGHT_BUDGET,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.log = structlog.get_logger("router").bind(cluster=cluster, worker=worker)
@@ -111,6 +119,11 @@ class Core:
         self.pools: dict[tuple[Addr, bool, bool], list[BackendConn | None]] = {}
         self.clients: set[ClientConn] = set()
         self.client_ids = itertools.count(1)
+        self.max_clients = max_clients
+        self.inflight_budget = inflight_budget
+        self.inflight_bytes = 0
+        self.starving = False
+        self.starved: set[ClientConn] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.ops = 0
         self.errors = 0
@@ -130,7 +143,7 @@ class Core:
         self.zone_of = {(n.host, n.port): n.zone for n in layout.nodes()}
         self.members = frozenset(self.zone_of)
         self.set_table(routes.from_layout(layout), source="bus", epoch=layout.epoch)
-        self.close_strangers()
+        self.close_stale()
         self.layout_ready.set()
         return True
 
@@ -145,16 +158,51 @@ class Core:
             "layout_applied", source=source, epoch=epoch, primaries=len(self.primary_list)
         )
 
-    def close_strangers(self) -> None:
-        """Pooled connections to nodes that left the layout are closed (their calls are
-        retried or answered as for any lost connection)."""
+    def close_stale(self) -> None:
+        """Pooled connections to nodes that left the layout, and primary connections to
+        nodes that are no longer primaries, are closed (their calls are retried or answered
+        as for any lost connection)."""
+        primaries = {addr for _, addr in self.primary_list}
         for key, conns in list(self.pools.items()):
-            if key[0] in self.members:
+            addr, readonly, _ = key
+            if addr in self.members and (readonly or addr in primaries):
                 continue
             for conn in conns:
                 if conn is not None:
                     conn.close()
             self.pools.pop(key, None)
+
+    async def watch_requests(self, stop: asyncio.Event, timeout: float = REQUEST_TIMEOUT_S) -> None:
+        """Close pooled connections that made no progress on written requests for
+        `timeout` seconds."""
+        seen: dict[int, tuple[int, float]] = {}
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), min(1.0, timeout / 4))
+            self.sweep(seen, timeout)
+
+    def sweep(self, seen: dict[int, tuple[int, float]], timeout: float) -> None:
+        now = time.monotonic()
+        alive: dict[int, tuple[int, float]] = {}
+        for conns in list(self.pools.values()):
+            for conn in conns:
+                if conn is None or conn.closed or not conn.written:
+                    continue
+                replies, since = seen.get(id(conn), (-1, now))
+                if replies != conn.replies:
+                    replies, since = conn.replies, now
+                if now - since >= timeout:
+                    self.client_log(
+                        "backend_request_timeout",
+                        node=f"{conn.addr[0]}:{conn.addr[1]}",
+                        waiting=conn.written,
+                        timeout_s=timeout,
+                    )
+                    conn.close()
+                    continue
+                alive[id(conn)] = (replies, since)
+        seen.clear()
+        seen.update(alive)
 
     def trusted(self, redirect: replies.Moved | replies.Ask) -> bool:
         """A redirect is followed only to a node of the cluster's layout."""
@@ -256,11 +304,31 @@ class Core:
         await self.loop.create_connection(lambda: conn, *conn.addr)
 
     def client_opened(self, client: ClientConn) -> int:
+        if len(self.clients) >= self.max_clients:
+            self.client_log("client_refused_maxclients", peer=client.peer, limit=self.max_clients)
+            return 0
         self.clients.add(client)
         return next(self.client_ids)
 
     def client_closed(self, client: ClientConn) -> None:
         self.clients.discard(client)
+        self.starved.discard(client)
+
+    def over_budget(self) -> bool:
+        return self.inflight_bytes > self.inflight_budget
+
+    def starve(self, client: ClientConn) -> None:
+        if not self.starved:
+            self.client_log("inflight_budget_reached", bytes=self.inflight_bytes)
+        self.starved.add(client)
+        self.starving = True
+
+    def wake(self) -> None:
+        if self.inflight_bytes > self.inflight_budget // 2:
+            return
+        starved, self.starved, self.starving = self.starved, set(), False
+        for client in starved:
+            client.check_pressure()
 
     def client_error(self, client: ClientConn, kind: str, detail: str) -> None:
         self.errors += 1

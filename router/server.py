@@ -15,6 +15,7 @@ import asyncio
 import collections
 import contextlib
 import os
+import resource
 import signal
 import socket
 import time
@@ -67,7 +68,7 @@ class Router(Core):
         fast = self.fast.get(args[0])
         if fast is not None and len(args) > fast[0]:  # GET, SET, HSET ...: the hot path
             call = Call(client, args, raw, key_slot(args[fast[0]]), fast[1], fast[2])
-            client.queue.append(call)
+            client.add(call)
             self.send(call)
             return
         refused = policy.refusal(args)
@@ -188,6 +189,16 @@ class Router(Core):
             link.publish(topic, bus.encode(self.state(rate)), retain=True)
 
 
+def raise_nofile_limit() -> None:
+    """As many file descriptors as allowed: each client and backend connection is one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def listen_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -202,6 +213,7 @@ def listen_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
 async def run_router(
     plan: Plan, *, worker: int = 0, reuse_port: bool = False, zone: str | None = None
 ) -> None:
+    raise_nofile_limit()
     router = Router(plan=plan, worker=worker, zone=zone)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -230,6 +242,7 @@ async def run_router(
         tg.create_task(link.run(stop, final=[(state_topic, b"offline")]), name="router.bus")
         tg.create_task(router.load_commands(stop), name="router.commands")
         tg.create_task(router.publish_state(link, stop), name="router.state")
+        tg.create_task(router.watch_requests(stop), name="router.request_deadlines")
         await stop.wait()
         server.close()
         for task in list(router.tasks):

@@ -32,9 +32,13 @@ from router.replies import ReplyScanner
 Addr = tuple[str, int]
 C = TypeVar("C", bound="Call")
 
-MAX_INFLIGHT = 1024
+MAX_INFLIGHT = 1024  # backend calls of one client (a split request counts each part)
 RESUME_AT = 256
 CLIENT_WRITE_HIGH = 1024 * 1024
+QUERY_BUFFER_CAP = 64 * 1024 * 1024  # one client's unparsed and partly parsed request bytes
+CLIENT_INFLIGHT_BYTES = 64 * 1024 * 1024  # one client's requests in flight + replies queued
+PUBSUB_OUTPUT_LIMIT = 32 * 1024 * 1024  # client-output-buffer-limit pubsub, hard
+MAX_CLIENTS_REPLY = b"-ERR max number of clients reached\r\n"
 ASKING = b"*1\r\n$6\r\nASKING\r\n"
 READONLY = b"*1\r\n$8\r\nREADONLY\r\n"
 HELLO3 = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n"
@@ -44,9 +48,23 @@ class Hooks(Protocol):
     """What connections need from the proxy core."""
 
     loop: asyncio.AbstractEventLoop
+    #: Bytes of every client's requests in flight and replies not yet written (see
+    #: :meth:`ClientConn.count`); over the budget, clients are not read from.
+    inflight_bytes: int
+    starving: bool  # some clients wait for room in the budget
+
+    def over_budget(self) -> bool: ...
+
+    def wake(self) -> None:
+        """Resume the clients that wait for room in the budget, if there is room."""
+        ...
+
+    def starve(self, client: ClientConn) -> None:
+        """`client` stopped reading for the global budget: resume it when there is room."""
+        ...
 
     def client_opened(self, client: ClientConn) -> int:
-        """Register a new client; returns its id."""
+        """Register a new client; returns its id, or 0 when it is refused (maxclients)."""
         ...
 
     def client_closed(self, client: ClientConn) -> None: ...
@@ -136,6 +154,7 @@ class Call:
         "readonly",
         "redirects",
         "reply",
+        "size",
         "slot",
         "target",
         "version",
@@ -166,6 +185,7 @@ class Call:
         self.head_waiter: asyncio.Future[None] | None = None
         self.on_done: Callable[[Call], None] | None = None
         self.dedicated = False
+        self.size = 0  # bytes counted against the client's in-flight limit
 
     @property
     def payload(self) -> bytes:
@@ -186,8 +206,9 @@ class Call:
             return
         self.reply = frame
         if self.parent is not None:
-            self.parent.part_done()
+            self.parent.part_done(len(frame))
         else:
+            self.client.count(self, len(frame))
             self.client.deliver()
         if self.on_done is not None:
             self.on_done(self)
@@ -208,10 +229,14 @@ class Merge(Call):
         part.parent = self
         self.parts.append(part)
         self.left += 1
+        self.client.parts += 1
+        self.client.count(self, len(part.raw) if part.raw is not None else 16 * len(part.args))
         return part
 
-    def part_done(self) -> None:
+    def part_done(self, size: int) -> None:
         self.left -= 1
+        self.client.parts -= 1
+        self.client.count(self, size)
         if self.left == 0:
             try:
                 frame = self.merge()
@@ -247,6 +272,7 @@ class BackendConn(asyncio.Protocol):
         self.closed = False
         self.flush_scheduled = False
         self.scanner = ReplyScanner()
+        self.replies = 0  # replies received so far: progress, for the request deadline
         self.pool_key: tuple[Any, int] | None = None
         if resp3:
             self.send(DISCARD, HELLO3)
@@ -285,6 +311,11 @@ class BackendConn(asyncio.Protocol):
             self.flush_scheduled = True
             self.hooks.loop.call_soon(self.flush)
 
+    @property
+    def written(self) -> int:
+        """Requests written and not answered yet."""
+        return len(self.waiters) - self.unflushed
+
     def flush(self) -> None:
         self.flush_scheduled = False
         if self.transport is None or self.closed or not self.out:
@@ -311,6 +342,7 @@ class BackendConn(asyncio.Protocol):
             self.close()
             return
         waiters = self.waiters
+        self.replies += len(frames)
         for frame in frames:
             if self.on_push is not None and (not waiters or frame[0] == 0x3E):  # '>'
                 self.on_push(frame)
@@ -352,9 +384,12 @@ class ClientConn(asyncio.Protocol):
     def __init__(self, hooks: Hooks) -> None:
         self.hooks = hooks
         self.id = 0
-        self.framer = RequestFramer()
+        self.framer = RequestFramer(max_query=QUERY_BUFFER_CAP)
         self.queue: collections.deque[Call] = collections.deque()
+        self.parts = 0  # backend calls of split requests beyond their one queue entry
+        self.inflight_bytes = 0
         self.out: list[bytes] = []
+        self.out_bytes = 0
         self.transport: asyncio.Transport | None = None
         self.flush_scheduled = False
         self.closing = False
@@ -386,6 +421,10 @@ class ClientConn(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.id = self.hooks.client_opened(self)
+        if not self.id:
+            self.closing = self.closed = True
+            self.transport.write(MAX_CLIENTS_REPLY)
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -408,7 +447,10 @@ class ClientConn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.closing = True
-        self.hooks.client_closed(self)
+        if self.id:
+            self.hooks.client_closed(self)
+        self.hooks.inflight_bytes -= self.inflight_bytes
+        self.inflight_bytes = 0
         self.drop_state()
         for conn in list(self.dedicated.values()):
             conn.close()
@@ -446,21 +488,40 @@ class ClientConn(asyncio.Protocol):
     def check_pressure(self) -> None:
         if self.transport is None or self.closed:
             return
-        held = len(self.held) if self.held is not None else 0
-        busy = len(self.queue) + held >= MAX_INFLIGHT or self.writing_paused
+        calls = len(self.queue) + self.parts + (len(self.held) if self.held is not None else 0)
+        starved = self.hooks.over_budget()
+        busy = (
+            calls >= MAX_INFLIGHT
+            or self.inflight_bytes > CLIENT_INFLIGHT_BYTES
+            or self.writing_paused
+            or starved
+        )
         if busy and not self.reading_paused:
             self.reading_paused = True
             self.transport.pause_reading()
+            if starved:
+                self.hooks.starve(self)
         elif (
             self.reading_paused
-            and not self.writing_paused
-            and len(self.queue) + held <= RESUME_AT
+            and not busy
+            and calls <= RESUME_AT
+            and self.inflight_bytes <= CLIENT_INFLIGHT_BYTES // 2
             and not self.closing
         ):
             self.reading_paused = False
             self.transport.resume_reading()
 
+    def count(self, call: Call, size: int) -> None:
+        """`size` more bytes held for `call` (its request, then its reply) until it is
+        written back to the client."""
+        if not self.closed:
+            call.size += size
+            self.inflight_bytes += size
+            self.hooks.inflight_bytes += size
+
     def add(self, call: C) -> C:
+        if call.raw is not None:
+            self.count(call, len(call.raw))
         self.queue.append(call)
         return call
 
@@ -469,6 +530,7 @@ class ClientConn(asyncio.Protocol):
         call = Call(self, [], None)
         call.reply = frame
         self.queue.append(call)
+        self.count(call, len(frame))
         self.deliver()
 
     def deliver(self) -> None:
@@ -477,10 +539,19 @@ class ClientConn(asyncio.Protocol):
             q.clear()
             return
         out = self.out
+        freed = 0
         while q and q[0].reply is not None:
-            reply = q.popleft().reply
+            call = q.popleft()
+            reply = call.reply
             assert reply is not None
             out.append(reply)
+            self.out_bytes += len(reply)
+            freed += call.size
+        if freed:
+            self.inflight_bytes -= freed
+            self.hooks.inflight_bytes -= freed
+            if self.hooks.starving:
+                self.hooks.wake()
         if q and q[0].head_waiter is not None and not q[0].head_waiter.done():
             q[0].head_waiter.set_result(None)
         if out and not self.flush_scheduled:
@@ -490,8 +561,20 @@ class ClientConn(asyncio.Protocol):
             self.check_pressure()
 
     def push(self, frame: bytes) -> None:
-        """A frame outside the request/reply order (pub/sub messages)."""
+        """A frame outside the request/reply order (pub/sub messages). A subscriber that does
+        not read is disconnected at PUBSUB_OUTPUT_LIMIT bytes, as the engine does."""
+        if self.closed or self.transport is None:
+            return
         self.out.append(frame)
+        self.out_bytes += len(frame)
+        if self.out_bytes + self.transport.get_write_buffer_size() > PUBSUB_OUTPUT_LIMIT:
+            self.hooks.client_error(
+                self, "pubsub_output_limit", f"over {PUBSUB_OUTPUT_LIMIT} bytes"
+            )
+            self.out, self.out_bytes = [], 0
+            self.closing = True
+            self.transport.abort()
+            return
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.hooks.loop.call_soon(self.flush)
@@ -502,7 +585,7 @@ class ClientConn(asyncio.Protocol):
             return
         if self.out:
             data = self.out[0] if len(self.out) == 1 else b"".join(self.out)
-            self.out = []
+            self.out, self.out_bytes = [], 0
             self.transport.write(data)
         if self.closing and not self.queue:
             self.transport.close()

@@ -15,6 +15,7 @@ from test_router_protocol import TABLE
 from cachefleet.layout import Layout, LayoutNode, LayoutShard
 from cachefleet.resp import encode_command
 from cachefleet.slots import key_slot
+from router import transport
 from router.commands import fast_paths
 from router.core import Core
 from router.framing import RequestFramer
@@ -68,6 +69,12 @@ class FakeTransport(asyncio.Transport):
     def write(self, data: Any) -> None:
         self.written += data
 
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def abort(self) -> None:
+        self.close()
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True
@@ -118,8 +125,8 @@ class FakeNode:
 class Harness(Router):
     """The real router (dispatch, core, features) over fake transports."""
 
-    def __init__(self, lay: Layout) -> None:
-        Core.__init__(self, cluster="c", failover_wait_s=0.5)
+    def __init__(self, lay: Layout, **limits: int) -> None:
+        Core.__init__(self, cluster="c", failover_wait_s=0.5, **limits)
         self.plan = SimpleNamespace(topology=SimpleNamespace(engine="valkey"), name="c")  # type: ignore[assignment]
         self.worker, self.id = 0, "router-0"
         self.commands, self.fast = TABLE, fast_paths(TABLE)
@@ -319,3 +326,101 @@ async def test_a_client_gone_while_a_serial_request_waits_leaves_nothing_behind(
     await settle()
     assert not h.tasks and c not in h.clients
     assert c.held is None and not c.queue
+
+
+async def test_a_split_request_counts_each_part_against_the_in_flight_limit() -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    keys = [b"k%d" % i for i in range(MAX_INFLIGHT + 50)]
+    assert len({key_slot(k) for k in keys}) > MAX_INFLIGHT // 2
+    c.data_received(cmds([b"MGET", *keys]))
+    await settle()
+    assert not t.reading  # one request, but more than MAX_INFLIGHT backend calls
+
+
+async def test_the_global_byte_budget_pauses_clients_until_replies_drain() -> None:
+    h = Harness(layout(), inflight_budget=100_000)
+    a, ta = h.client()
+    b, tb = h.client()
+    value = b"v" * 30_000
+    a.data_received(cmds(*[[b"SET", K1[0], value]] * 4))  # 120 kB in flight
+    await settle()
+    b.data_received(cmds([b"GET", K2[0]]))
+    await settle()
+    assert not ta.reading and not tb.reading and h.starving
+    h.node(P1).answer(b"+OK\r\n" * 4)
+    h.node(P2).answer(b"$1\r\nv\r\n")
+    await settle()
+    assert ta.reading and tb.reading and h.inflight_bytes == 0
+    assert ta.written == b"+OK\r\n" * 4 and tb.written == b"$1\r\nv\r\n"
+
+
+async def test_maxclients_refuses_with_the_engine_text() -> None:
+    h = Harness(layout(), max_clients=2)
+    h.client()
+    h.client()
+    _c, t = h.client()
+    await settle()
+    assert t.written == b"-ERR max number of clients reached\r\n" and t.closed
+    assert len(h.clients) == 2
+
+
+async def test_a_subscriber_that_does_not_read_is_disconnected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(transport, "PUBSUB_OUTPUT_LIMIT", 10_000)
+    h = Harness(layout())
+    c, t = h.client()
+    c.data_received(cmds([b"SUBSCRIBE", b"news"]))
+    await settle()
+    assert c.pubsub is not None
+    message = b"*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$1000\r\n" + b"m" * 1000 + b"\r\n"
+    conn = next(iter(h.nodes.values())).conns[0][0]
+    conn.data_received(b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n")
+    for _ in range(20):
+        conn.data_received(message)  # never flushed: the client is not reading
+    await settle()
+    assert t.closed and c.closed and c.pubsub is None
+    assert all(tr.closed for _, tr, _ in next(iter(h.nodes.values())).conns)
+
+
+async def test_a_client_gone_with_requests_in_flight_frees_its_budget() -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    c.data_received(cmds([b"SET", K1[0], b"v" * 1000], [b"GET", K2[0]]))
+    await settle()
+    assert h.inflight_bytes > 1000
+    t.close()
+    await settle()
+    h.node(P1).answer(b"+OK\r\n")  # replies after the client left are dropped
+    h.node(P2).answer(b"$1\r\nv\r\n")
+    await settle()
+    assert h.inflight_bytes == 0 and not h.tasks and not h.clients
+
+
+async def test_a_node_that_stops_answering_is_cut_off_after_the_request_deadline() -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    c.data_received(cmds([b"SET", K1[0], b"v"], [b"GET", K1[1]]))
+    await settle()
+    assert len(h.node(P1).requests()) == 2
+    seen: dict[int, tuple[int, float]] = {}
+    h.sweep(seen, timeout=0.05)
+    assert not h.node(P1).conns[0][1].closed  # not yet
+    await asyncio.sleep(0.1)
+    h.sweep(seen, timeout=0.05)
+    await settle()
+    assert h.node(P1).conns[0][1].closed
+    assert t.written.startswith(b"-ERR router: outcome unknown")  # the write; the read waits
+
+
+async def test_primary_connections_to_a_demoted_node_are_closed_on_the_new_layout() -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    c.data_received(cmds([b"SET", K1[0], b"v"]))
+    await settle()
+    h.node(P1).requests()
+    h.apply_layout(layout(epoch=2, shard1_primary=R1))  # P1 is a replica now
+    await settle()
+    assert h.node(P1).conns[0][1].closed  # a late ack from the old primary cannot come
+    assert t.written.startswith(b"-ERR router: outcome unknown")
