@@ -23,16 +23,20 @@ import psutil
 
 from cachefleet.state import ClusterDir
 
+# Where a spawned process writes its own (rotated) log; read by cachefleet.log.configure.
+LOG_FILE_ENV = "CACHEFLEET_LOG_FILE"
+
 
 def python_module_cmd(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
 def spawn(cdir: ClusterDir, process: str, argv: Sequence[str], *, record_pid: bool = True) -> int:
-    """Start `argv` in its own session, output to logs/<process>.log, pid to pids/<process>.pid
+    """Start `argv` in its own session; it logs to logs/<process>.log itself (rotated, see
+    cachefleet.log), its raw output goes to logs/<process>.out, its pid to pids/<process>.pid
     (unless the process records its own pid, as the supervisor does once it holds its lock)."""
     cdir.make()
-    log = open(cdir.log_file(process), "ab")  # noqa: SIM115 - handed to the child
+    log = open(cdir.logs / f"{process}.out", "ab")  # noqa: SIM115 - handed to the child
     try:
         child = subprocess.Popen(
             list(argv),
@@ -42,6 +46,7 @@ def spawn(cdir: ClusterDir, process: str, argv: Sequence[str], *, record_pid: bo
             start_new_session=True,
             close_fds=True,
             cwd=cdir.root,
+            env={**os.environ, LOG_FILE_ENV: str(cdir.log_file(process))},
         )
     finally:
         log.close()
