@@ -1,4 +1,5 @@
-"""Fault injection: signals to the cluster's processes, and zone partitions with packet filters.
+"""Fault injection: signals to the cluster's processes, zone partitions with packet filters,
+rolling restarts; the Injector fires a scenario's faults at their times during a trial.
 
 Partitions drop traffic between one zone's address and every other zone's address (both
 directions) with iptables rules on the loopback interface, each tagged with a comment
@@ -10,7 +11,9 @@ third site that sees both sides, which is what lets a run observe a split brain 
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
 import shlex
 import shutil
 import signal
@@ -19,7 +22,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from cachefleet.chaos.scenario import Fault
+from cachefleet.chaos.targets import Target, TargetKind, resolve, shards_hit
+from cachefleet.chaos.workload import Trial
 from cachefleet.errors import CachefleetError
+from cachefleet.layout import Layout
+from cachefleet.ops.failover import graceful_failover
+from cachefleet.plan import Plan
+from cachefleet.proc import read_pid, until_state
+from cachefleet.state import ClusterDir
 
 TAG = "cachefleet-chaos"
 
@@ -106,3 +117,95 @@ def signal_pid(pid: int, sig: signal.Signals) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+@dataclass
+class Injector:
+    """Fires one trial's faults at their times, recording each (with the time it took effect)
+    in the trial and as a progress line."""
+
+    plan: Plan
+    cdir: ClusterDir
+    state_dir: str | None
+    pf: PacketFilter | None
+    trial: Trial
+    rng: random.Random
+    duration_s: float
+    progress: Callable[[str], None]
+
+    def record(self, what: str) -> None:
+        t = self.trial.now()
+        self.trial.faults.append({"t": round(t, 3), "what": what})
+        self.progress(f"  t={t:.1f}s {what}")
+
+    def _layout(self) -> Layout:
+        layout = self.cdir.load_layout()
+        if layout is None:
+            raise CachefleetError(f"cluster {self.plan.name} has no layout")
+        return layout
+
+    def _pid(self, name: str) -> int | None:
+        return read_pid(self.cdir.pid_file(name))
+
+    async def fire(self, fault: Fault) -> None:
+        trial = self.trial
+        await asyncio.sleep(max(0.0, fault.at_s - trial.now()))
+        if fault.kind == "rolling-restart":
+            trial.targeted.update(s.id for s in self._layout().shards)
+            await self._rolling_restart(fault)
+            return
+        layout = self._layout()
+        target = resolve(fault.target, self.plan, layout, self.rng)
+        trial.targeted |= shards_hit(target, layout)
+        if fault.kind == "partition":
+            await self._partition(fault, target)
+            return
+        pids = [p for p in (self._pid(n) for n in target.processes) if p]
+        sig = signal.SIGKILL if fault.kind == "kill" else signal.SIGSTOP
+        for pid in pids:
+            if signal_pid(pid, sig) and sig == signal.SIGSTOP:
+                trial.paused.add(pid)
+        # The fault's time is when it has taken effect (the process is gone or stopped), so
+        # no operation started "after the fault" can still have been served by it.
+        await until_state(pids, stopped=sig != signal.SIGKILL)
+        self.record(f"{fault.kind} {target.description}")
+        if fault.kind == "pause" and fault.duration_s:
+            await asyncio.sleep(fault.duration_s)
+            for pid in pids:
+                signal_pid(pid, signal.SIGCONT)
+                trial.paused.discard(pid)
+            self.record(f"resume {target.description}")
+
+    async def _partition(self, fault: Fault, target: Target) -> None:
+        if target.kind is not TargetKind.ZONE or target.zone is None:
+            raise CachefleetError(f"a partition cuts off a zone, not {target.description}")
+        if self.pf is None:
+            raise PartitionUnavailable("no packet filter for this run")
+        topology = self.plan.topology
+        others = [topology.zone_address(z) for z in topology.zones if z != target.zone]
+        self.pf.cut(topology.zone_address(target.zone), others)
+        self.record(f"partition {target.description}")
+        if fault.duration_s:
+            await asyncio.sleep(fault.duration_s)
+            self.pf.heal()
+            self.record(f"heal {target.description}")
+
+    async def _rolling_restart(self, fault: Fault) -> None:
+        """Every node once, one at a time, the way a managed service patches: a primary is
+        first failed over gracefully, then the node is stopped (SIGTERM) and its agent
+        restarts it."""
+        for node in self.plan.nodes:
+            if self.trial.now() > self.duration_s - 1:
+                self.record("rolling restart: out of time, stopped")
+                return
+            shard = self._layout().shard(node.shard)
+            if shard.primary is not None and shard.primary.name == node.name and shard.replicas:
+                self.record(f"graceful failover of shard {node.shard}")
+                await graceful_failover(
+                    self.plan.name, shard_id=node.shard, to=None, state_dir=self.state_dir
+                )
+            pid = self._pid(f"node.{node.name}")
+            if pid:
+                signal_pid(pid, signal.SIGTERM)
+            self.record(f"restart {node.name}")
+            await asyncio.sleep(fault.interval_s)

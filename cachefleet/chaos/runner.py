@@ -24,17 +24,15 @@ from typing import Any
 import structlog
 
 from cachefleet.chaos import checker, report
-from cachefleet.chaos.faults import PacketFilter, packet_filter, partition_support, signal_pid
-from cachefleet.chaos.scenario import Fault, Scenario, load_scenario
-from cachefleet.chaos.targets import (
-    Placement,
-    Target,
-    TargetKind,
-    moves_back,
-    placement,
-    resolve,
-    shards_hit,
+from cachefleet.chaos.faults import (
+    Injector,
+    PacketFilter,
+    packet_filter,
+    partition_support,
+    signal_pid,
 )
+from cachefleet.chaos.scenario import Scenario, load_scenario
+from cachefleet.chaos.targets import Placement, moves_back, placement
 from cachefleet.chaos.workload import Trial, WorkloadRun, chaos_keys, shard_of_keys
 from cachefleet.errors import CachefleetError, ClusterTimeout
 from cachefleet.events import EventTail
@@ -43,7 +41,7 @@ from cachefleet.ops import lifecycle
 from cachefleet.ops.failover import graceful_failover
 from cachefleet.ops.status import status
 from cachefleet.plan import Plan
-from cachefleet.proc import live_processes, read_pid, until_state
+from cachefleet.proc import live_processes
 from cachefleet.state import ClusterDir, state_home
 from cachefleet.topology import load_topology
 
@@ -145,75 +143,6 @@ class ChaosRun:
         if moves:
             await self._recover(plan)
 
-    # -- faults ---------------------------------------------------------------------------------
-
-    def _pid(self, name: str) -> int | None:
-        return read_pid(self.cdir.pid_file(name))
-
-    async def _fire(self, fault: Fault, trial: Trial, plan: Plan, rng: random.Random) -> None:
-        await asyncio.sleep(max(0.0, fault.at_s - trial.now()))
-        if fault.kind == "rolling-restart":
-            trial.targeted.update(s.id for s in self._layout().shards)
-            await self._rolling_restart(fault, trial, plan)
-            return
-        layout = self._layout()
-        target = resolve(fault.target, plan, layout, rng)
-        trial.targeted |= shards_hit(target, layout)
-        if fault.kind == "partition":
-            await self._partition(fault, trial, plan, target)
-            return
-        pids = [p for p in (self._pid(n) for n in target.processes) if p]
-        sig = signal.SIGKILL if fault.kind == "kill" else signal.SIGSTOP
-        for pid in pids:
-            if signal_pid(pid, sig) and sig == signal.SIGSTOP:
-                trial.paused.add(pid)
-        # The fault's time is when it has taken effect (the process is gone or stopped), so
-        # no operation started "after the fault" can still have been served by it.
-        await until_state(pids, stopped=sig != signal.SIGKILL)
-        self._record(trial, trial.now(), f"{fault.kind} {target.description}")
-        if fault.kind == "pause" and fault.duration_s:
-            await asyncio.sleep(fault.duration_s)
-            for pid in pids:
-                signal_pid(pid, signal.SIGCONT)
-                trial.paused.discard(pid)
-            self._record(trial, trial.now(), f"resume {target.description}")
-
-    async def _partition(self, fault: Fault, trial: Trial, plan: Plan, target: Target) -> None:
-        assert target.kind is TargetKind.ZONE and target.zone is not None
-        assert self.pf is not None
-        zones = plan.topology.zones
-        others = [plan.topology.zone_address(z) for z in zones if z != target.zone]
-        self.pf.cut(plan.topology.zone_address(target.zone), others)
-        self._record(trial, trial.now(), f"partition {target.description}")
-        if fault.duration_s:
-            await asyncio.sleep(fault.duration_s)
-            self.pf.heal()
-            self._record(trial, trial.now(), f"heal {target.description}")
-
-    async def _rolling_restart(self, fault: Fault, trial: Trial, plan: Plan) -> None:
-        """Every node once, one at a time, the way a managed service patches: a primary is
-        first failed over gracefully, then the node is stopped (SIGTERM) and its agent
-        restarts it; then wait for it to be a linked replica again."""
-        for node in plan.nodes:
-            if trial.now() > self.scenario.duration_s - 1:
-                self._record(trial, trial.now(), "rolling restart: out of time, stopped")
-                return
-            shard = self._layout().shard(node.shard)
-            if shard.primary is not None and shard.primary.name == node.name and shard.replicas:
-                self._record(trial, trial.now(), f"graceful failover of shard {node.shard}")
-                await graceful_failover(
-                    plan.name, shard_id=node.shard, to=None, state_dir=self.state_dir
-                )
-            pid = self._pid(f"node.{node.name}")
-            if pid:
-                signal_pid(pid, signal.SIGTERM)
-            self._record(trial, trial.now(), f"restart {node.name}")
-            await asyncio.sleep(fault.interval_s)
-
-    def _record(self, trial: Trial, t: float, what: str) -> None:
-        trial.faults.append({"t": round(t, 3), "what": what})
-        self.progress(f"  t={t:.1f}s {what}")
-
     def _address(self, node_name: str) -> str | None:
         try:
             return self.cdir.load_plan().node(node_name).address
@@ -260,9 +189,11 @@ class ChaosRun:
         stop = asyncio.Event()
         workers = workload.start(trial, shard_of, stop)
         watcher = asyncio.create_task(self._watch_events(trial, stop, offset))
-        faults = [
-            asyncio.create_task(self._fire(f, trial, plan, rng)) for f in self.scenario.faults
-        ]
+        injector = Injector(
+            plan=plan, cdir=self.cdir, state_dir=self.state_dir, pf=self.pf,
+            trial=trial, rng=rng, duration_s=self.scenario.duration_s, progress=self.progress,
+        )  # fmt: skip
+        faults = [asyncio.create_task(injector.fire(f)) for f in self.scenario.faults]
         try:
             await asyncio.sleep(self.scenario.duration_s)
         finally:
@@ -274,7 +205,7 @@ class ChaosRun:
                 signal_pid(pid, signal.SIGCONT)
             if self.pf is not None and self.pf.installed:
                 self.pf.heal()
-                self._record(trial, trial.now(), "heal all partitions")
+                injector.record("heal all partitions")
         for res in outcomes:
             if isinstance(res, Exception):
                 raise CachefleetError(f"chaos worker failed: {res!r}") from res
