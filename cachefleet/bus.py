@@ -33,7 +33,7 @@ def decode(raw: Any) -> dict[str, Any] | None:
     if isinstance(raw, bytes | bytearray):
         try:
             data = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to be ours
             return None
         return data if isinstance(data, dict) else None
     return None
