@@ -23,6 +23,7 @@ from cachefleet.nodes import connect, try_call
 from cachefleet.ops.create import Creator
 from cachefleet.plan import Plan, build_plan, place
 from cachefleet.proc import (
+    ProcessLock,
     ensure_supervisor,
     live_processes,
     python_module_cmd,
@@ -202,6 +203,18 @@ def repair(plan: Plan, cdir: ClusterDir) -> list[str]:
     return missing
 
 
+SUPERVISOR_EXIT_S = 3.0
+
+
+async def _supervisor_gone(cdir: ClusterDir, timeout: float) -> None:
+    """Wait (bounded) until no supervisor holds the cluster's lock, including one that was
+    still starting when `down` began; one left after that is stopped like any process."""
+    lock = ProcessLock(cdir.supervisor_lock)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and lock.held_elsewhere():
+        await asyncio.sleep(0.05)
+
+
 async def republish_layout(plan: Plan, cdir: ClusterDir, timeout: float = 15.0) -> bool:
     """After a restart of the embedded broker (which keeps nothing): publish the last layout
     again so that routers and sentinels that reconnect find it retained. True when sent."""
@@ -278,7 +291,8 @@ async def down(name: str, *, state_dir: str | None, purge: bool, out: Out) -> in
     if not cdir.root.exists():
         raise StateError(f"no cluster named {name!r} under {cdir.home}")
     live = live_processes(cdir)
-    cdir.stopping_path.touch()  # nothing restarts from here on
+    cdir.stopping_path.touch()  # nothing restarts from here on; the supervisor exits
+    await _supervisor_gone(cdir, SUPERVISOR_EXIT_S)
     # Everything but the bus first, so that `cluster_stopped` still reaches its subscribers.
     await asyncio.to_thread(stop_processes, cdir, STOP_ORDER[:-1])
     if cdir.exists():

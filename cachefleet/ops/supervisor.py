@@ -6,7 +6,8 @@ left running by ``up --detach``. Every tick it compares the processes the cluste
 ones with per-process back-off; each restart is a ``process_restarted`` event. After a restart
 of the embedded broker, which keeps nothing, it publishes the last layout again. The zone agents
 restart the supervisor in turn (an exclusive lock on ``supervisor.lock`` keeps it to one).
-Nothing restarts while ``down`` is stopping the cluster (the ``stopping`` marker).
+``down`` first sets the ``stopping`` marker: the supervisor then exits by itself, and nothing
+starts it again until the next ``up``.
 
 Engine nodes are not here: each zone agent supervises its own zone's nodes.
 """
@@ -181,7 +182,7 @@ class Supervisor:
         bus_stop = asyncio.Event()
         pump = asyncio.create_task(self.bus.run(bus_stop), name="supervisor.bus")
         try:
-            while not self.stop.is_set():
+            while not self.stop.is_set() and not self.cdir.stopping():
                 self.tick()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop.wait(), TICK_S)
@@ -202,8 +203,8 @@ def main() -> None:
     args = parser.parse_args()
     cdir = ClusterDir(state_home(args.state_dir), args.cluster)
     lock = ProcessLock(cdir.supervisor_lock)
-    if not lock.acquire():
-        return  # another supervisor of this cluster runs: nothing to do
+    if not lock.acquire() or cdir.stopping():
+        return  # another supervisor of this cluster runs, or the cluster is being stopped
     write_pid(cdir.pid_file("supervisor"), os.getpid())
     cdir.supervisor_claim.unlink(missing_ok=True)
     configure("supervisor", cluster=args.cluster)
