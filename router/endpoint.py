@@ -9,7 +9,9 @@ not the shared connections behind it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from cachefleet.layout import Layout
@@ -197,17 +199,60 @@ def hello(client: ClientConn, args: Sequence[bytes], engine: str) -> Any:
     }
 
 
-def client_command(client: ClientConn, args: Sequence[bytes]) -> Any:
+def client_info(client: ClientConn, now: float) -> str:
+    """One line of CLIENT LIST / CLIENT INFO for a client of the router, in the engine's
+    format (fields about the router's own connection)."""
+    name = (client.name or b"").decode(errors="replace")
+    flags = "P" if client.pubsub is not None else ("x" if client.tx is not None else "N")
+    lib_name, lib_ver = (v.decode(errors="replace") for v in client.lib)
+    return (
+        f"id={client.id} addr={client.peer} laddr={client.local} fd=-1 name={name} "
+        f"age={int(now - client.connected_at)} idle=0 flags={flags} db=0 sub=0 psub=0 ssub=0 "
+        f"multi={len(client.tx) if client.tx is not None else -1} qbuf={client.framer.buffered} "
+        f"obl=0 oll={len(client.queue)} omem={client.out_bytes} "
+        f"tot-mem={client.inflight_bytes} events=r cmd=NULL user=default redir=-1 "
+        f"resp={client.protocol} lib-name={lib_name} lib-ver={lib_ver}"
+    )
+
+
+BAD_NAME = Err("ERR Client names cannot contain spaces, newlines or special characters.")
+
+
+def client_command(
+    client: ClientConn, args: Sequence[bytes], clients: Collection[ClientConn] = ()
+) -> Any:
+    """CLIENT about the client's own connection to the router (the connections behind it
+    are shared: the engine's CLIENT would describe those)."""
     sub = args[1].upper() if len(args) > 1 else b""
     match sub:
-        case b"ID":
+        case b"ID" if len(args) == 2:
             return client.id
         case b"SETNAME" if len(args) == 3:
-            client.name = args[2]
+            if any(b <= 0x20 or b >= 0x7F for b in args[2]):
+                return Err(
+                    "ERR Client names cannot contain spaces, newlines or special characters."
+                )
+            client.name = args[2] or None
             return OK
-        case b"GETNAME":
+        case b"GETNAME" if len(args) == 2:
             return client.name
-        case b"SETINFO" | b"NO-EVICT" | b"NO-TOUCH":
+        case b"SETINFO" if len(args) == 4:
+            attr = args[2].upper()
+            if attr not in (b"LIB-NAME", b"LIB-VER"):
+                return Err(f"ERR Unrecognized option '{args[2].decode(errors='replace')}'")
+            name, ver = client.lib
+            client.lib = (args[3], ver) if attr == b"LIB-NAME" else (name, args[3])
+            return OK
+        case b"INFO" if len(args) == 2:
+            return Verbatim(client_info(client, time.monotonic()) + "\n")
+        case b"LIST":
+            now = time.monotonic()
+            listed = sorted(clients or [client], key=lambda c: c.id)
+            if len(args) > 3 and args[2].upper() == b"ID":
+                wanted = {int(a) for a in args[3:] if a.isdigit()}
+                listed = [c for c in listed if c.id in wanted]
+            return Verbatim("".join(client_info(c, now) + "\n" for c in listed))
+        case b"NO-EVICT" | b"NO-TOUCH":
             return OK
     return FORWARD
 
@@ -232,26 +277,36 @@ def select(args: Sequence[bytes]) -> Any:
     return OK if args[1] == b"0" else Err("ERR SELECT is not allowed in cluster mode")
 
 
-Local = Callable[[ClientConn, Sequence[bytes], Layout | None, str], Any]
+@dataclass(frozen=True)
+class Context:
+    """What local answers may read besides the client: the layout, the engine's name, and
+    every client of this router (CLIENT LIST)."""
+
+    layout: Layout | None
+    engine: str
+    clients: Collection[ClientConn] = ()
+
+
+Local = Callable[[ClientConn, Sequence[bytes], Context], Any]
 
 #: name -> how the router answers it (FORWARD: a node answers after all).
 LOCAL: dict[bytes, Local] = {
-    b"PING": lambda c, a, lay, e: ping(a),
-    b"ECHO": lambda c, a, lay, e: a[1] if len(a) == 2 else arity("echo"),
-    b"QUIT": lambda c, a, lay, e: OK,
-    b"HELLO": lambda c, a, lay, e: hello(c, a, e),
-    b"AUTH": lambda c, a, lay, e: auth(a),
-    b"SELECT": lambda c, a, lay, e: select(a),
-    b"READONLY": lambda c, a, lay, e: OK,
-    b"READWRITE": lambda c, a, lay, e: OK,
-    b"ASKING": lambda c, a, lay, e: OK,
-    b"RESET": lambda c, a, lay, e: reset(c),
-    b"CLIENT": lambda c, a, lay, e: client_command(c, a),
-    b"CLUSTER": lambda c, a, lay, e: cluster(lay, a),
+    b"PING": lambda c, a, x: ping(a),
+    b"ECHO": lambda c, a, x: a[1] if len(a) == 2 else arity("echo"),
+    b"QUIT": lambda c, a, x: OK,
+    b"HELLO": lambda c, a, x: hello(c, a, x.engine),
+    b"AUTH": lambda c, a, x: auth(a),
+    b"SELECT": lambda c, a, x: select(a),
+    b"READONLY": lambda c, a, x: OK,
+    b"READWRITE": lambda c, a, x: OK,
+    b"ASKING": lambda c, a, x: OK,
+    b"RESET": lambda c, a, x: reset(c),
+    b"CLIENT": lambda c, a, x: client_command(c, a, x.clients),
+    b"CLUSTER": lambda c, a, x: cluster(x.layout, a),
 }
 
 
-def answer(client: ClientConn, args: Sequence[bytes], layout: Layout | None, engine: str) -> Any:
+def answer(client: ClientConn, args: Sequence[bytes], context: Context) -> Any:
     """The router's own answer to a local command, or FORWARD."""
     handler = LOCAL.get(args[0].upper())
-    return FORWARD if handler is None else handler(client, args, layout, engine)
+    return FORWARD if handler is None else handler(client, args, context)

@@ -8,15 +8,24 @@ from cachefleet.resp import encode
 from router import replies, routes
 from router.commands import Command, key_positions, split
 from router.core import Core, err
+from router.endpoint import arity
 from router.transport import Call, ClientConn, Merge
 
 
 def split_by_slot(core: Core, client: ClientConn, args: list[bytes], cmd: Command) -> None:
+    """One part per slot (the engine refuses keys of several slots in one command, even on
+    one node), merged back in request order. A request the engine would refuse whole
+    (``MSET a 1 b``) is refused whole, not applied in part."""
+    positions = key_positions(cmd, args) or []
+    step = cmd.specs[0].keystep if cmd.specs else 1
+    if positions and step > 1 and (len(args) - positions[0]) % step:
+        client.reply_now(encode(arity(args[0].decode(errors="replace").lower())))
+        return
     parts = split(cmd, args)
     policy = cmd.response_policy
     resp3 = client.resp3
     calls: list[Call] = []
-    total = len(key_positions(cmd, args) or [])
+    total = len(positions)
 
     def merge() -> bytes:
         frames = [c.reply or b"" for c in calls]

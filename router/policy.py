@@ -26,6 +26,10 @@ _PERSISTENCE = "persistence is set in the topology file (`cachefleet up <topolog
 _SHARED = "it would act on connections the router shares between clients; connect to a node"
 _USERS = "users are not managed through the router"
 _NOT_MANAGED = "not available on a cachefleet cluster"
+_WAIT = (
+    "the router spreads a client's writes over connections it shares, so it cannot wait for "
+    "them; connect to the key's primary (see CLUSTER SLOTS) to wait for its replicas"
+)
 
 _CLUSTER_WRITES = (
     b"RESET", b"FORGET", b"MEET", b"ADDSLOTS", b"ADDSLOTSRANGE", b"DELSLOTS", b"DELSLOTSRANGE",
@@ -61,6 +65,8 @@ REFUSED: dict[tuple[bytes, bytes], str] = {
     (b"CLIENT", b"TRACKING"): _SHARED,
     (b"CLIENT", b"CACHING"): _SHARED,
     (b"CLIENT", b"UNBLOCK"): _SHARED,
+    (b"WAIT", ANY): _WAIT,
+    (b"WAITAOF", ANY): _WAIT,
     (b"MONITOR", ANY): _SHARED,
     (b"SYNC", ANY): _SHARED,
     (b"PSYNC", ANY): _SHARED,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hiredis
 
-from cachefleet.resp import encode, encode_command
+from cachefleet.resp import encode_command
 from router import replies
 from router.commands import slot_of
 from router.core import Core, err
@@ -110,10 +110,44 @@ def enter(core: Core, client: ClientConn, args: list[bytes], raw: bytes | None) 
 
 
 def subscribed(core: Core, client: ClientConn, args: list[bytes], raw: bytes | None) -> bool:
-    """Handle a request of a subscribed client; False: not a pub/sub request (RESP3 clients
-    may run ordinary commands while subscribed)."""
+    """Handle a request of a subscribed client; False: not a pub/sub request. RESP3 clients
+    may run ordinary commands while subscribed: their PING and errors are replies in request
+    order, and a (un)subscribe waits for the replies before it, so pushes never overtake
+    them."""
     ps = client.pubsub
     assert isinstance(ps, PubSub)
+    name = args[0].upper()
+    if name not in CLASSIC and name not in SHARDED:
+        if name in (b"QUIT", b"RESET") or client.resp3:
+            return False
+        client.push(
+            err(
+                f"ERR Can't execute '{args[0][:128].decode(errors='replace').lower()}': only "
+                "(P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed "
+                "in this context"
+            )
+        )
+        return True
+    if client.resp3 and name == b"PING":
+        return False
+    if client.queue:  # replies still due before this one: keep the order
+        call = client.add(Call(client, args, raw))
+
+        async def run() -> None:
+            await client.wait_head(call)
+            call.finish(b"")
+            if client.pubsub is ps and not ps.closed:
+                relay(core, client, ps, args, raw)
+
+        core.serial(client, run)
+        return True
+    relay(core, client, ps, args, raw)
+    return True
+
+
+def relay(core: Core, client: ClientConn, ps: PubSub, args: list[bytes], raw: bytes | None) -> None:
+    """Send a pub/sub request on the subscription connections; their frames come back as
+    pushes."""
     name = args[0].upper()
     payload = raw or encode_command(args)
     if name in CLASSIC:
@@ -122,32 +156,22 @@ def subscribed(core: Core, client: ClientConn, args: list[bytes], raw: bytes | N
             client.push(err("CLUSTERDOWN The cluster is down (no layout yet)"))
         else:
             conn.send_nowait(payload)
-        return True
-    if name in SHARDED:
-        if len(args) == 1:
-            for conn in list(ps.sharded.values()):
-                conn.send_nowait(payload)
-            if not ps.sharded:
-                client.push(encode([b"sunsubscribe", None, 0], client.resp3))
-            return True
-        slot = slot_of(args, range(1, len(args)))
-        if slot is False:
-            client.push(CROSSSLOT)
-            return True
-        assert isinstance(slot, int)
-        route = core.table[slot]
-        if route is None or route.primary is None:
-            client.push(err(f"CLUSTERDOWN Hash slot {slot} not served"))
-            return True
-        ps.sharded_conn(route.primary).send_nowait(payload)
-        return True
-    if name in (b"QUIT", b"RESET") or client.resp3:
-        return False
-    client.push(
-        err(
-            f"ERR Can't execute '{args[0][:128].decode(errors='replace').lower()}': only "
-            "(P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed "
-            "in this context"
-        )
-    )
-    return True
+        return
+    if len(args) == 1:
+        for conn in list(ps.sharded.values()):
+            conn.send_nowait(payload)
+        if not ps.sharded:
+            head = b">3\r\n" if client.resp3 else b"*3\r\n"
+            null = b"_\r\n" if client.resp3 else b"$-1\r\n"
+            client.push(head + b"$12\r\nsunsubscribe\r\n" + null + b":0\r\n")
+        return
+    slot = slot_of(args, range(1, len(args)))
+    if slot is False:
+        client.push(CROSSSLOT)
+        return
+    assert isinstance(slot, int)
+    route = core.table[slot]
+    if route is None or route.primary is None:
+        client.push(err(f"CLUSTERDOWN Hash slot {slot} not served"))
+        return
+    ps.sharded_conn(route.primary).send_nowait(payload)

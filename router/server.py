@@ -147,7 +147,8 @@ class Router(Core):
 
     def local(self, client: ClientConn, args: list[bytes]) -> None:
         try:
-            value = endpoint.answer(client, args, self.layout, self.plan.topology.engine)
+            context = endpoint.Context(self.layout, self.plan.topology.engine, self.clients)
+            value = endpoint.answer(client, args, context)
         except Exception as exc:  # one bad request never takes the router down
             self.log.exception("request_failed", client=client.id)
             value = Err(f"ERR router: {exc}")

@@ -407,6 +407,8 @@ class ClientConn(asyncio.Protocol):
         self.dedicated: dict[Addr, BackendConn] = {}
         self.pubsub: Subscription | None = None
         self.peer = ""
+        self.local = ""
+        self.lib: tuple[bytes, bytes] = (b"", b"")  # CLIENT SETINFO LIB-NAME / LIB-VER
         self.connected_at = time.monotonic()
 
     @property
@@ -420,6 +422,8 @@ class ClientConn(asyncio.Protocol):
         self.transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        local = transport.get_extra_info("sockname")
+        self.local = f"{local[0]}:{local[1]}" if isinstance(local, tuple) else str(local)
         self.id = self.hooks.client_opened(self)
         if not self.id:
             self.closing = self.closed = True

@@ -424,3 +424,66 @@ async def test_primary_connections_to_a_demoted_node_are_closed_on_the_new_layou
     await settle()
     assert h.node(P1).conns[0][1].closed  # a late ack from the old primary cannot come
     assert t.written.startswith(b"-ERR router: outcome unknown")
+
+
+async def test_mset_with_a_missing_value_is_refused_whole() -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    c.data_received(cmds([b"MSET", K1[0], b"1", K2[0]]))
+    await settle()
+    assert t.written == b"-ERR wrong number of arguments for 'mset' command\r\n"
+    assert h.node(P1).requests() == [] and h.node(P2).requests() == []
+
+
+async def test_wait_is_refused_with_a_reason() -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    c.data_received(cmds([b"SET", K1[0], b"v"], [b"WAIT", b"1", b"100"]))
+    await settle()
+    h.node(P1).answer(b"+OK\r\n")
+    await settle()
+    assert t.written.startswith(b"+OK\r\n-ERR router: WAIT is not supported through the router")
+    assert h.node(P1).requests() == [[b"SET", K1[0], b"v"]]
+
+
+async def test_client_commands_describe_the_clients_own_connection() -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    other, _ = h.client()
+    c.data_received(
+        cmds(
+            [b"CLIENT", b"SETNAME", b"worker-1"],
+            [b"CLIENT", b"GETNAME"],
+            [b"CLIENT", b"ID"],
+            [b"CLIENT", b"SETINFO", b"LIB-NAME", b"redis-py"],
+            [b"CLIENT", b"INFO"],
+            [b"CLIENT", b"LIST"],
+        )
+    )
+    await settle()
+    out = bytes(t.written)
+    assert out.startswith(b"+OK\r\n$8\r\nworker-1\r\n:%d\r\n+OK\r\n" % c.id)
+    assert b"id=%d " % c.id in out and b"name=worker-1" in out and b"lib-name=redis-py" in out
+    listing = out.split(b"+OK\r\n")[-1]
+    assert b"id=%d " % c.id in listing and b"id=%d " % other.id in listing
+    assert all(n.requests() == [] for n in h.nodes.values())  # nothing reached a node
+
+
+async def test_resp3_subscriber_gets_replies_and_pushes_in_request_order() -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    c.data_received(cmds([b"HELLO", b"3"], [b"SUBSCRIBE", b"ch"]))
+    await settle()
+    sub_node = next(n for n in h.nodes.values() if n.conns)
+    assert sub_node.requests() == [[b"HELLO", b"3"], [b"SUBSCRIBE", b"ch"]]
+    sub_node.answer(b"+OK\r\n>3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n")
+    await settle()
+    t.written.clear()
+    c.data_received(cmds([b"GET", K1[0]], [b"PING"], [b"UNSUBSCRIBE", b"ch"]))
+    await settle()
+    assert t.written == b""  # PONG and the unsubscribe push wait for the GET's reply
+    pooled = next(i for i, (b, _, _) in enumerate(h.node(P1).conns) if b.pool_key is not None)
+    h.node(P1).answer(b"+OK\r\n$1\r\nv\r\n", conn=pooled)  # HELLO 3, then the GET
+    await settle()
+    assert t.written == b"$1\r\nv\r\n+PONG\r\n"
+    assert [b"UNSUBSCRIBE", b"ch"] in sub_node.requests()
