@@ -23,8 +23,8 @@ from cachefleet.plan import Plan
 
 MAX_PAYLOAD_BYTES = 1 << 20
 MAX_DEPTH = 8
-#: Epochs are bounded like the engine's 64-bit config epochs.
-MAX_EPOCH = (1 << 63) - 1
+#: Epochs are integers JSON readers keep exact (2**53 - 1).
+MAX_EPOCH = (1 << 53) - 1
 OFFLINE = b"offline"
 
 
