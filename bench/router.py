@@ -1,9 +1,13 @@
 """Router throughput and latency beside the engine itself, and the router's idle memory.
 
 In one run, on the same machine and binary: `redis-benchmark -t set,get -n N -c 50` at -P 1
-and -P 16 against (a) one engine node directly and (b) the router in front of a one-shard
-cluster (started with `cachefleet up`). Prints ops/s, router/direct ratio, p50/p99 latency;
-then the router's RSS before and after 1,000 idle client connections. Asserts nothing.
+and -P 16 against (a) one engine node directly, (b) a copy-only hop (an asyncio/uvloop
+process that copies bytes between each client and the node: the floor for any proxy written
+this way), (c) the router in front of a one-shard cluster (started with `cachefleet up`),
+and (d) `redis-benchmark --cluster` bootstrapped from the router's configuration endpoint
+(a cluster-aware client talking to the nodes; -n --cluster-n). Prints ops/s, p50/p99
+latency and router/direct ratio; then the router's RSS before and after 1,000 idle client
+connections. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -38,11 +42,14 @@ def benchmark_binary() -> str:
     return found
 
 
-def run_benchmark(port: int, pipeline: int, n: int, clients: int) -> dict[str, dict[str, float]]:
+def run_benchmark(
+    port: int, pipeline: int, n: int, clients: int, *, cluster: bool = False
+) -> dict[str, dict[str, float]]:
     out = subprocess.run(
         [benchmark_binary(), "-h", "127.0.0.1", "-p", str(port), "-t", "set,get", "-n", str(n),
-         "-c", str(clients), "-P", str(pipeline), "--csv", "-r", "100000"],
-        capture_output=True, text=True, timeout=600, check=True,
+         "-c", str(clients), "-P", str(pipeline), "--csv", "-r", "100000",
+         *(["--cluster"] if cluster else [])],
+        capture_output=True, text=True, timeout=900, check=True,
     )  # fmt: skip
     rows = list(csv.reader(io.StringIO(out.stdout)))
     header, body = rows[0], rows[1:]
@@ -78,11 +85,47 @@ def cli(*args: str) -> None:
     )
 
 
+def copy_hop(listen_port: int, target_port: int) -> None:
+    """Serve `listen_port`, copying bytes both ways between each client and the target."""
+    import asyncio
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def serve() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", listen_port)
+        async with server:
+            await server.serve_forever()
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve())
+    else:
+        uvloop.run(serve())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", type=int, default=200_000)
     parser.add_argument("-c", type=int, default=50)
+    parser.add_argument("--cluster-n", type=int, default=1_000_000)
+    parser.add_argument("--copy-hop", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.copy_hop:
+        copy_hop(*args.copy_hop)
+        return
     engine = resolve_engine_binary("valkey")
     with tempfile.TemporaryDirectory() as tmp:
         direct_port = ports.allocate_one()
@@ -107,24 +150,36 @@ def main() -> None:
         path = Path(tmp) / "t.yaml"
         path.write_text(yaml.safe_dump(topo))
         state = Path(tmp) / "state"
+        hop_port = ports.allocate_one()
+        hop = subprocess.Popen(
+            [sys.executable, __file__, "--copy-hop", str(hop_port), str(direct_port)]
+        )
         try:
             wait_port(direct_port)
+            wait_port(hop_port)
             cli("up", str(path), "--detach", "--state-dir", str(state))
             cdir = ClusterDir(state, name)
             router_port = cdir.load_plan().router_port
-            print(f"redis-benchmark -t set,get -n {args.n} -c {args.c} (ops/s, p50/p99 ms)")
-            print(f"{'':>6} {'test':>4} {'direct':>22} {'router':>22} {'ratio':>6}")
+            print(
+                f"redis-benchmark -t set,get -n {args.n} -c {args.c} (ops/s, p50/p99 ms); "
+                f"--cluster with -n {args.cluster_n}"
+            )
+            names = ("direct", "copy hop", "router", "--cluster")
+            print(f"{'':>6} {'test':>4} " + " ".join(f"{n:>22}" for n in names) + "  ratio")
             for pipeline in (1, 16):
-                d = run_benchmark(direct_port, pipeline, args.n, args.c)
-                r = run_benchmark(router_port, pipeline, args.n, args.c)
+                runs = [
+                    run_benchmark(direct_port, pipeline, args.n, args.c),
+                    run_benchmark(hop_port, pipeline, args.n, args.c),
+                    run_benchmark(router_port, pipeline, args.n, args.c),
+                    run_benchmark(router_port, pipeline, args.cluster_n, args.c, cluster=True),
+                ]
                 for test in ("SET", "GET"):
-                    a, b = d[test], r[test]
-                    print(
-                        f"-P {pipeline:<3} {test:>4} "
-                        f"{a['rps']:>10.0f} {a['p50']:>5.2f}/{a['p99']:<5.2f} "
-                        f"{b['rps']:>10.0f} {b['p50']:>5.2f}/{b['p99']:<5.2f} "
-                        f"{b['rps'] / a['rps']:>6.2f}"
+                    cells = " ".join(
+                        f"{r[test]['rps']:>10.0f} {r[test]['p50']:>5.2f}/{r[test]['p99']:<5.2f}"
+                        for r in runs
                     )
+                    ratio = runs[2][test]["rps"] / runs[0][test]["rps"]
+                    print(f"-P {pipeline:<3} {test:>4} {cells} {ratio:>6.2f}")
             pid = read_pid(cdir.pid_file("router"))
             assert pid
             before = rss_kib(pid)
@@ -142,6 +197,8 @@ def main() -> None:
                 s.close()
         finally:
             cli("down", name, "--purge", "--state-dir", str(state))
+            hop.terminate()
+            hop.wait(10)
             direct.terminate()
             direct.wait(10)
 
