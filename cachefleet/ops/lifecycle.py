@@ -114,6 +114,9 @@ async def up(topology_path: str, *, state_dir: str | None, detach: bool, out: Ou
         _check_ports_free(plan)
     else:
         plan = _make_plan(topo, raw, binary)
+        # Fixed ports (ports.base, router.port) may be held by another cluster: refuse before
+        # anything starts, or this cluster's sentinels would probe (and fail over) its nodes.
+        _check_ports_free(plan)
         cdir.make()
         cdir.plan_path.write_text(plan.to_json())
         step(f"cluster {topo.name}: {len(plan.nodes)} nodes in {len(topo.zones)} zones, {binary}")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import cli
 
 HERE = Path(__file__).resolve().parent.parent / "topologies"
@@ -46,3 +48,26 @@ def test_unknown_cluster_is_a_clear_error(tmp_path: Path) -> None:
     proc = cli("status", "nosuch", "--state-dir", str(tmp_path), check=False)
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"cachefleet: error: no cluster named 'nosuch' under {tmp_path}"
+
+
+def test_a_fixed_port_held_by_another_process_is_refused_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    """Another cluster (or anything) listening on a planned port: `up` refuses with the port
+    and starts nothing, rather than starting sentinels that would judge someone else's node."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        topo = tmp_path / "t.yaml"
+        topo.write_text(
+            yaml.safe_dump(
+                {"name": "taken", "engine": "valkey", "zones": ["az-a"], "shards": 1,
+                 "replicas_per_shard": 0, "ports": {"base": "auto"}, "router": {"port": port}}
+            )
+        )  # fmt: skip
+        state = tmp_path / "state"
+        proc = cli("up", str(topo), "--detach", "--state-dir", str(state), check=False)
+    assert proc.returncode == 1
+    assert f"port 127.0.0.1:{port} for the router is already in use" in proc.stderr
+    assert not (state / "taken").exists()
