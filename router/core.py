@@ -22,11 +22,12 @@ import hiredis
 import structlog
 
 from cachefleet.layout import Layout
-from cachefleet.resp import Err, encode, encode_command
+from cachefleet.resp import Err, encode
 from cachefleet.slots import SLOTS
-from router import replies, routes
+from router import replies, routes, upkeep
+from router.backend import ASKING, DISCARD, BackendConn, BackendLost
+from router.client import Call, ClientConn
 from router.commands import Command, fast_paths, parse_command_table
-from router.transport import ASKING, DISCARD, BackendConn, BackendLost, Call, ClientConn
 
 POOL_SIZE = 2
 MAX_REDIRECTS = 5
@@ -53,33 +54,9 @@ def outcome_unknown(addr: Addr) -> bytes:
     )
 
 
-class RateLimitedLog:
-    """At most `per_s` events of one kind per second; the count of dropped ones is reported
-    with the next event that passes."""
-
-    def __init__(self, log: Any, per_s: int = 10) -> None:
-        self.log = log
-        self.per_s = per_s
-        self.window: dict[str, tuple[int, int]] = {}
-        self.dropped: collections.Counter[str] = collections.Counter()
-
-    def __call__(self, event: str, **fields: Any) -> None:
-        now = int(time.monotonic())
-        second, count = self.window.get(event, (now, 0))
-        if second != now:
-            second, count = now, 0
-        if count >= self.per_s:
-            self.dropped[event] += 1
-            self.window[event] = (second, count)
-            return
-        self.window[event] = (second, count + 1)
-        dropped = self.dropped.pop(event, 0)
-        self.log.warning(event, **fields, **({"suppressed": dropped} if dropped else {}))
-
-
 class Core:
     """Everything the features need to send a request and get its reply, in order; the
-    :class:`router.transport.Hooks` of every connection. ``dispatch`` is the server's."""
+    :class:`router.client.ClientHooks` of every connection. ``dispatch`` is the server's."""
 
     def __init__(
         self,
@@ -94,7 +71,7 @@ class Core:
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.log = structlog.get_logger("router").bind(cluster=cluster, worker=worker)
-        self.client_log = RateLimitedLog(self.log)
+        self.client_log = upkeep.RateLimitedLog(self.log)
         self.read_from = read_from
         self.zone = zone
         self.failover_wait_s = failover_wait_s
@@ -182,27 +159,15 @@ class Core:
             self.sweep(seen, timeout)
 
     def sweep(self, seen: dict[int, tuple[int, float]], timeout: float) -> None:
-        now = time.monotonic()
-        alive: dict[int, tuple[int, float]] = {}
-        for conns in list(self.pools.values()):
-            for conn in conns:
-                if conn is None or conn.closed or not conn.written:
-                    continue
-                replies, since = seen.get(id(conn), (-1, now))
-                if replies != conn.replies:
-                    replies, since = conn.replies, now
-                if now - since >= timeout:
-                    self.client_log(
-                        "backend_request_timeout",
-                        node=f"{conn.addr[0]}:{conn.addr[1]}",
-                        waiting=conn.written,
-                        timeout_s=timeout,
-                    )
-                    conn.close()
-                    continue
-                alive[id(conn)] = (replies, since)
-        seen.clear()
-        seen.update(alive)
+        conns = [c for conns in self.pools.values() for c in conns if c is not None]
+        for conn in upkeep.stuck(conns, seen, time.monotonic(), timeout):
+            self.client_log(
+                "backend_request_timeout",
+                node=f"{conn.addr[0]}:{conn.addr[1]}",
+                waiting=conn.written,
+                timeout_s=timeout,
+            )
+            conn.close()
 
     def trusted(self, redirect: replies.Moved | replies.Ask) -> bool:
         """A redirect is followed only to a node of the cluster's layout."""
@@ -262,24 +227,7 @@ class Core:
 
     async def query(self, addr: Addr, *args: bytes, timeout: float = 3.0) -> Any:
         """One request on a short-lived connection (layout refresh, command table)."""
-
-        async def run() -> Any:
-            reader, writer = await asyncio.open_connection(*addr)
-            try:
-                writer.write(encode_command(args))
-                parser = hiredis.Reader(notEnoughData=Ellipsis)
-                while True:
-                    chunk = await reader.read(1 << 16)
-                    if not chunk:
-                        raise ConnectionError("connection closed")
-                    parser.feed(chunk)
-                    reply = parser.gets()
-                    if reply is not Ellipsis:
-                        return reply
-            finally:
-                writer.close()
-
-        return await asyncio.wait_for(run(), timeout)
+        return await upkeep.query(addr, *args, timeout=timeout)
 
     async def load_commands(self, stop: asyncio.Event) -> None:
         while self.commands is None and not stop.is_set():

@@ -17,7 +17,7 @@ from typing import Any
 from cachefleet.layout import Layout
 from cachefleet.resp import OK, Err, Simple, Verbatim
 from cachefleet.slots import SLOTS, key_slot
-from router.transport import ClientConn
+from router.client import ClientConn
 
 #: The request is not answered here: forward it to a node.
 FORWARD = object()

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from cachefleet.resp import encode
 from router import replies, routes
+from router.client import Call, ClientConn, Merge
 from router.commands import Command, key_positions, split
 from router.core import Core, err
 from router.endpoint import arity
-from router.transport import Call, ClientConn, Merge
 
 
 def split_by_slot(core: Core, client: ClientConn, args: list[bytes], cmd: Command) -> None:

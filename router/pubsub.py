@@ -8,10 +8,11 @@ import hiredis
 
 from cachefleet.resp import encode_command
 from router import replies
+from router.backend import BackendConn
+from router.client import Call, ClientConn
 from router.commands import slot_of
 from router.core import Core, err
 from router.transactions import CROSSSLOT
-from router.transport import BackendConn, Call, ClientConn
 
 Addr = tuple[str, int]
 

@@ -2,7 +2,7 @@
 
 Reads bottom-up: :mod:`router.framing` and :mod:`router.replies` (pure RESP),
 :mod:`router.commands` (the engine's command table: where each request goes),
-:mod:`router.transport` (client and backend connections), :mod:`router.core` (routes, pools,
+:mod:`router.backend` and :mod:`router.client` (connections), :mod:`router.core` (routes, pools,
 sending, redirects, failover waiting, ordering), then the features: :mod:`router.endpoint`
 (configuration endpoint and local commands), :mod:`router.multikey`,
 :mod:`router.transactions`, :mod:`router.pubsub`. This module maps each request to one of
@@ -27,10 +27,11 @@ from cachefleet.plan import Plan
 from cachefleet.resp import Err, encode, encode_command
 from cachefleet.slots import key_slot
 from router import endpoint, multikey, policy, pubsub, replies, transactions
+from router.backend import BackendLost
+from router.client import Call, ClientConn
 from router.commands import LOCAL as LOCAL_COMMANDS
 from router.commands import Action, plan
 from router.core import Core, err
-from router.transport import BackendLost, Call, ClientConn
 
 
 class Router(Core):

@@ -11,10 +11,11 @@ from __future__ import annotations
 from cachefleet.resp import encode, encode_command
 from cachefleet.slots import key_slot
 from router import policy, replies
+from router.backend import BackendLost
+from router.client import Call, ClientConn
 from router.commands import key_positions, lookup, slot_of
 from router.core import Core, err, outcome_unknown
 from router.endpoint import arity
-from router.transport import BackendLost, Call, ClientConn
 
 CROSSSLOT = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n"
 MULTI = b"*1\r\n$5\r\nMULTI\r\n"

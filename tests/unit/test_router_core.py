@@ -15,12 +15,13 @@ from test_router_protocol import TABLE
 from cachefleet.layout import Layout, LayoutNode, LayoutShard
 from cachefleet.resp import encode_command
 from cachefleet.slots import key_slot
-from router import transport
+from router import client as client_module
+from router.backend import BackendConn
+from router.client import MAX_INFLIGHT, ClientConn
 from router.commands import fast_paths
 from router.core import Core
 from router.framing import RequestFramer
 from router.server import Router
-from router.transport import MAX_INFLIGHT, BackendConn, ClientConn
 
 Addr = tuple[str, int]
 P1: Addr = ("127.0.1.1", 7011)  # shard 1 primary, slots 0-8191
@@ -368,7 +369,7 @@ async def test_maxclients_refuses_with_the_engine_text() -> None:
 async def test_a_subscriber_that_does_not_read_is_disconnected(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(transport, "PUBSUB_OUTPUT_LIMIT", 10_000)
+    monkeypatch.setattr(client_module, "PUBSUB_OUTPUT_LIMIT", 10_000)
     h = Harness(layout())
     c, t = h.client()
     c.data_received(cmds([b"SUBSCRIBE", b"news"]))

@@ -1,19 +1,16 @@
-"""The proxy's transport: client connections, backend connections, and the calls between.
+"""Client connections and the calls they wait for.
 
-The transport knows nothing of routing: what it needs from the proxy core is the small
-:class:`Hooks` protocol (dispatch a request, take over an error reply or a lost call, note an
-unreachable node), so it can be driven by in-memory fakes in tests.
+* A :class:`ClientConn` frames requests, hands them to the core (``dispatch``), and keeps an
+  ordered queue of :class:`Call` objects so that a pipeline's replies go back in order,
+  whatever backend answers first. It stops reading from the client at ``MAX_INFLIGHT``
+  backend calls, at ``CLIENT_INFLIGHT_BYTES`` of requests and replies in flight, when the
+  router's global byte budget is used up, or when the client's socket buffer is full, until
+  replies drain.
+* A :class:`Call` is one request on its way to a node: routed, maybe redirected or retried,
+  then replied; a :class:`Merge` is a request answered from several calls.
 
-* A :class:`ClientConn` frames requests, hands them to the router, and keeps an ordered queue
-  of :class:`Call` objects so that a pipeline's replies go back in order, whatever backend
-  answers first. At ``MAX_INFLIGHT`` queued calls (or when the client's socket buffer is
-  full) it stops reading from the client until replies drain.
-* A :class:`BackendConn` is one pipelined connection to a node with a FIFO of waiters; the
-  router keeps a small pool of them per node, shared by every client, and writes each
-  client's original request bytes onto them (one write per event-loop tick).
-* When a backend connection is lost, requests not yet written to it are retried after the
-  next layout (failover hiding); requests written whose reply never came get an "outcome
-  unknown" error, except read-only ones, which are safe to send again.
+What they need from the core is the small :class:`ClientHooks` protocol (dispatch a request,
+take over an error reply or a lost call, count bytes), so they run on in-memory fakes in tests.
 """
 
 from __future__ import annotations
@@ -22,14 +19,13 @@ import asyncio
 import collections
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
 from cachefleet.resp import encode_command
+from router.backend import Addr, BackendConn, BackendHooks
 from router.commands import Command
 from router.framing import RequestFramer
-from router.replies import ReplyScanner
 
-Addr = tuple[str, int]
 C = TypeVar("C", bound="Call")
 
 MAX_INFLIGHT = 1024  # backend calls of one client (a split request counts each part)
@@ -39,13 +35,10 @@ QUERY_BUFFER_CAP = 64 * 1024 * 1024  # one client's unparsed and partly parsed r
 CLIENT_INFLIGHT_BYTES = 64 * 1024 * 1024  # one client's requests in flight + replies queued
 PUBSUB_OUTPUT_LIMIT = 32 * 1024 * 1024  # client-output-buffer-limit pubsub, hard
 MAX_CLIENTS_REPLY = b"-ERR max number of clients reached\r\n"
-ASKING = b"*1\r\n$6\r\nASKING\r\n"
-READONLY = b"*1\r\n$8\r\nREADONLY\r\n"
-HELLO3 = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n"
 
 
-class Hooks(Protocol):
-    """What connections need from the proxy core."""
+class ClientHooks(BackendHooks, Protocol):
+    """What client connections and calls need from the proxy core."""
 
     loop: asyncio.AbstractEventLoop
     #: Bytes of every client's requests in flight and replies not yet written (see
@@ -79,62 +72,11 @@ class Hooks(Protocol):
 
     def on_call_lost(self, call: Call, written: bool, addr: Addr) -> None: ...
 
-    async def connect(self, conn: BackendConn) -> None:
-        """Open `conn`'s transport (``loop.create_connection``; a fake in tests)."""
-        ...
-
-    def node_unreachable(self, addr: Addr, exc: BaseException) -> None: ...
-
-    def backend_closed(self, conn: BackendConn) -> None: ...
-
-    def backend_protocol_error(self, conn: BackendConn, detail: str) -> None: ...
-
 
 class Subscription(Protocol):
     """A client's pub/sub state (:class:`router.pubsub.PubSub`)."""
 
     def close(self) -> None: ...
-
-
-class Waiter(Protocol):
-    def on_reply(self, frame: bytes) -> None: ...
-
-    def on_lost(self, written: bool, addr: Addr) -> None: ...
-
-
-class _Discard:
-    """Waiter for a reply nobody reads (connection handshake, ASKING)."""
-
-    def on_reply(self, frame: bytes) -> None:
-        pass
-
-    def on_lost(self, written: bool, addr: Addr) -> None:
-        pass
-
-
-DISCARD = _Discard()
-
-
-class BackendLost(Exception):
-    def __init__(self, addr: Addr, written: bool) -> None:
-        super().__init__(f"connection to {addr[0]}:{addr[1]} lost")
-        self.addr = addr
-        self.written = written
-
-
-class FutureWaiter:
-    __slots__ = ("fut",)
-
-    def __init__(self, fut: asyncio.Future[bytes]) -> None:
-        self.fut = fut
-
-    def on_reply(self, frame: bytes) -> None:
-        if not self.fut.done():
-            self.fut.set_result(frame)
-
-    def on_lost(self, written: bool, addr: Addr) -> None:
-        if not self.fut.done():
-            self.fut.set_exception(BackendLost(addr, written))
 
 
 class Call:
@@ -245,143 +187,10 @@ class Merge(Call):
             self.finish(frame)
 
 
-class BackendConn(asyncio.Protocol):
-    """One pipelined connection to a node: writes batched per loop tick, replies matched to
-    waiters in FIFO order. With `on_push`, frames that no waiter expects (pub/sub messages)
-    go there."""
-
-    def __init__(
-        self,
-        hooks: Hooks,
-        addr: Addr,
-        *,
-        readonly: bool = False,
-        resp3: bool = False,
-        on_push: Callable[[bytes], None] | None = None,
-        on_close: Callable[[BackendConn], None] | None = None,
-    ) -> None:
-        self.hooks = hooks
-        self.addr = addr
-        self.readonly = readonly
-        self.on_push = on_push
-        self.on_close = on_close
-        self.waiters: collections.deque[Waiter] = collections.deque()
-        self.out: list[bytes] = []
-        self.unflushed = 0  # waiters at the tail whose request is not written yet
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self.flush_scheduled = False
-        self.scanner = ReplyScanner()
-        self.replies = 0  # replies received so far: progress, for the request deadline
-        self.pool_key: tuple[Any, int] | None = None
-        if resp3:
-            self.send(DISCARD, HELLO3)
-        if readonly:
-            self.send(DISCARD, READONLY)
-        self.connect_task = hooks.loop.create_task(self._connect())
-
-    async def _connect(self) -> None:
-        try:
-            await asyncio.wait_for(self.hooks.connect(self), timeout=2.0)
-        except (OSError, TimeoutError, OverflowError) as exc:
-            self.hooks.node_unreachable(self.addr, exc)
-            self._fail()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.flush()
-
-    def send(self, waiter: Waiter, data: bytes) -> None:
-        if self.closed:
-            waiter.on_lost(False, self.addr)
-            return
-        self.waiters.append(waiter)
-        self.out.append(data)
-        self.unflushed += 1
-        if self.transport is not None and not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.hooks.loop.call_soon(self.flush)
-
-    def send_nowait(self, data: bytes) -> None:
-        """Write without a waiter: every frame back goes to `on_push` (pub/sub)."""
-        if self.closed:
-            return
-        self.out.append(data)
-        if self.transport is not None and not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.hooks.loop.call_soon(self.flush)
-
-    @property
-    def written(self) -> int:
-        """Requests written and not answered yet."""
-        return len(self.waiters) - self.unflushed
-
-    def flush(self) -> None:
-        self.flush_scheduled = False
-        if self.transport is None or self.closed or not self.out:
-            return
-        data = self.out[0] if len(self.out) == 1 else b"".join(self.out)
-        self.out = []
-        self.unflushed = 0
-        self.transport.write(data)
-
-    async def request(self, *payloads: bytes) -> list[bytes]:
-        """Send payloads (one request each) and wait for all their replies."""
-        futs = []
-        for p in payloads:
-            fut: asyncio.Future[bytes] = self.hooks.loop.create_future()
-            self.send(FutureWaiter(fut), p)
-            futs.append(fut)
-        return list(await asyncio.gather(*futs))
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            frames = self.scanner.feed(data)
-        except ValueError as exc:
-            self.hooks.backend_protocol_error(self, str(exc))
-            self.close()
-            return
-        waiters = self.waiters
-        self.replies += len(frames)
-        for frame in frames:
-            if self.on_push is not None and (not waiters or frame[0] == 0x3E):  # '>'
-                self.on_push(frame)
-            elif waiters:
-                waiter = waiters.popleft()
-                try:
-                    waiter.on_reply(frame)
-                except Exception as exc:  # one reply never tears down a shared connection
-                    self.hooks.backend_protocol_error(self, f"reply handling failed: {exc!r}")
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._fail()
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-        else:
-            self.connect_task.cancel()
-            self._fail()
-
-    def _fail(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.hooks.backend_closed(self)
-        if self.on_close is not None:
-            self.on_close(self)
-        waiters, self.waiters = self.waiters, collections.deque()
-        written = len(waiters) - self.unflushed
-        self.out = []
-        self.unflushed = 0
-        for i, w in enumerate(waiters):
-            w.on_lost(i < written, self.addr)
-
-
 class ClientConn(asyncio.Protocol):
     """One client: request framing in, ordered replies out, back-pressure both ways."""
 
-    def __init__(self, hooks: Hooks) -> None:
+    def __init__(self, hooks: ClientHooks) -> None:
         self.hooks = hooks
         self.id = 0
         self.framer = RequestFramer(max_query=QUERY_BUFFER_CAP)
