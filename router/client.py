@@ -212,6 +212,7 @@ class ClientConn(asyncio.Protocol):
         self.held: collections.deque[tuple[list[bytes], bytes | None]] | None = None
         self.tx: list[tuple[list[bytes], bytes | None]] | None = None
         self.tx_dirty = False
+        self.tx_bytes = 0  # bytes of the requests queued in MULTI
         self.watch: tuple[int, BackendConn] | None = None
         self.dedicated: dict[Addr, BackendConn] = {}
         self.pubsub: Subscription | None = None

@@ -20,6 +20,7 @@ from router.endpoint import arity
 CROSSSLOT = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n"
 MULTI = b"*1\r\n$5\r\nMULTI\r\n"
 EXEC = b"*1\r\n$4\r\nEXEC\r\n"
+MAX_QUEUED_BYTES = 64 * 1024 * 1024  # a MULTI block is held here until EXEC
 
 Queued = list[tuple[list[bytes], bytes | None]]
 
@@ -28,7 +29,7 @@ def outside(core: Core, client: ClientConn, args: list[bytes], raw: bytes | None
     """MULTI, EXEC, DISCARD, WATCH or UNWATCH outside a transaction."""
     match args[0].upper():
         case b"MULTI":
-            client.tx, client.tx_dirty = [], False
+            client.tx, client.tx_dirty, client.tx_bytes = [], False, 0
             client.reply_now(b"+OK\r\n")
         case b"EXEC":
             client.reply_now(err("ERR EXEC without MULTI"))
@@ -97,8 +98,12 @@ def inside(core: Core, client: ClientConn, args: list[bytes], raw: bytes | None)
             elif (cmd.arity > 0 and len(args) != cmd.arity) or len(args) < -cmd.arity:
                 client.tx_dirty = True
                 client.reply_now(encode(arity(args[0].decode(errors="replace").lower())))
+            elif client.tx_bytes > MAX_QUEUED_BYTES:
+                client.tx_dirty = True
+                client.reply_now(err(f"ERR router: MULTI queue over {MAX_QUEUED_BYTES} bytes"))
             else:
                 client.tx.append((args, raw))
+                client.tx_bytes += len(raw) if raw is not None else sum(map(len, args))
                 client.reply_now(b"+QUEUED\r\n")
 
 

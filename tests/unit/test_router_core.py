@@ -488,3 +488,17 @@ async def test_resp3_subscriber_gets_replies_and_pushes_in_request_order() -> No
     await settle()
     assert t.written == b"$1\r\nv\r\n+PONG\r\n"
     assert [b"UNSUBSCRIBE", b"ch"] in sub_node.requests()
+
+
+async def test_a_multi_block_is_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from router import transactions
+
+    monkeypatch.setattr(transactions, "MAX_QUEUED_BYTES", 1000)
+    h = Harness(layout())
+    c, t = h.client()
+    c.data_received(cmds([b"MULTI"], *[[b"SET", K1[0], b"v" * 300]] * 5, [b"EXEC"]))
+    await settle()
+    out = bytes(t.written)
+    assert out.startswith(b"+OK\r\n" + b"+QUEUED\r\n" * 4 + b"-ERR router: MULTI queue over")
+    assert out.endswith(b"-EXECABORT Transaction discarded because of previous errors.\r\n")
+    assert h.node(P1).requests() == []
