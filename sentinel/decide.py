@@ -91,6 +91,7 @@ class VoteRefusal(enum.Enum):
     STALLED = "stalled"
     SHARD_SETTLING = "shard_settling"
     OTHER_LEADER = "other_leader"
+    CANDIDATE = "candidate"  # I am running for this shard's failover myself
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ def decide_vote(
     stalled: bool,
     shard_settling: bool,
     other_leader: bool = False,
+    candidate: bool = False,
 ) -> VoteDecision:
     """Grant or refuse one vote request. Checks, in this order:
 
@@ -119,8 +121,9 @@ def decide_vote(
     5. STALE_LAYOUT: the candidate's layout epoch is older than mine;
     6. NOT_SDOWN_HERE: I do not see the primary SDOWN myself;
     7. SHARD_SETTLING: the shard's previous failover is still settling;
-    8. OTHER_LEADER: another sentinel leads (or I run for) this shard's failover;
-    9. otherwise grant and record (epoch, candidate, shard).
+    8. OTHER_LEADER: another sentinel leads this shard's failover;
+    9. CANDIDATE: I am running for it myself (in an older epoch: it may end soon);
+    10. otherwise grant and record (epoch, candidate, shard).
 
     A refusal never changes the state.
     """
@@ -142,6 +145,8 @@ def decide_vote(
         refusal = VoteRefusal.SHARD_SETTLING
     elif other_leader:
         refusal = VoteRefusal.OTHER_LEADER
+    elif candidate:
+        refusal = VoteRefusal.CANDIDATE
     else:
         return VoteDecision(
             granted=True, state=VoteState(epoch, req.candidate, req.shard), reason=None
@@ -286,11 +291,9 @@ def live_sentinels(view: SentinelView, t: Timings, now: float) -> int:
     return fresh + 1
 
 
-def other_leader(shard: ShardView, candidate: str, me: str, t: Timings, now: float) -> bool:
+def other_leader(shard: ShardView, candidate: str, t: Timings, now: float) -> bool:
     """Someone other than `candidate` is in charge of this shard's failover: I voted for (or
-    heard of) another leader less than failover_timeout ago, or I run for it myself."""
-    if shard.running and candidate != me:
-        return True
+    heard of) another leader less than failover_timeout ago."""
     v = shard.voted
     return v is not None and now - v.at < t.failover_timeout_s and v.leader != candidate
 
@@ -371,7 +374,7 @@ def _decide_shard(view: SentinelView, sv: ShardView, t: Timings, now: float) -> 
         return no(NoFailover.NO_REPLICAS, odown=True, live=live)
     if shard_settling(sv.done_at, now, t.settle_s):
         return no(NoFailover.SETTLING, odown=True, live=live)
-    if other_leader(sv, view.sentinel, view.sentinel, t, now):
+    if other_leader(sv, view.sentinel, t, now):
         return no(NoFailover.OTHER_LEADER, odown=True, live=live)
     if now < sv.retry_at:
         return no(NoFailover.RETRY_LATER, odown=True, live=live)
@@ -410,12 +413,13 @@ def vote_on(
         i_see_sdown=req.primary in view.sdown and sv.primary == req.primary,
         stalled=view.stalled,
         shard_settling=shard_settling(sv.done_at, now, t.settle_s),
-        other_leader=other_leader(sv, req.candidate, view.sentinel, t, now),
+        other_leader=other_leader(sv, req.candidate, t, now),
+        candidate=sv.running and req.candidate != view.sentinel,
     )
 
 
 #: Refusals that may turn into a grant when the request is asked again.
-SOFT_REFUSALS = frozenset({VoteRefusal.NOT_SDOWN_HERE, VoteRefusal.STALLED})
+SOFT_REFUSALS = frozenset({VoteRefusal.NOT_SDOWN_HERE, VoteRefusal.STALLED, VoteRefusal.CANDIDATE})
 
 
 class Tally(enum.Enum):
@@ -435,3 +439,13 @@ def tally(
     if can_answer - len(frozenset(hard_refusals) - frozenset(grants)) < majority(configured):
         return Tally.LOST
     return Tally.OPEN
+
+
+def retry_delay(me: str, rivals: Collection[str], t: Timings) -> float:
+    """After a lost election, how long before I may run again. Candidates that split a vote
+    (each voted for itself in the same epoch) must not collide again: the lowest sentinel id
+    among them runs again at once, the others wait for its next election and vote in it."""
+    others = frozenset(rivals) - {me}
+    if not others or me < min(others):
+        return 0.0
+    return t.election_timeout_s + t.candidacy_delay_s

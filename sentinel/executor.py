@@ -93,8 +93,8 @@ class Executor:
                 election.hard.add(reply.voter)
         election.changed.set()
 
-    async def elect(self, shard: int, primary: str) -> int | None:
-        """Run for leader of `shard`'s failover; the failover epoch won, or None."""
+    async def elect(self, shard: int, primary: str) -> tuple[int, bool]:
+        """Run for leader of `shard`'s failover: (failover epoch, won)."""
         h = self.host
         t = h.timings
         now = time.monotonic()
@@ -104,7 +104,7 @@ class Executor:
         mine = decide.vote_on(h.snapshot(now), h.ballot.vote, req, t, now)
         if not mine.granted:
             h.log.info("candidacy_refused", shard=shard, reason=mine.reason and mine.reason.name)
-            return None
+            return epoch, False
         h.ballot.record(mine.state)
         h.event("new_epoch", failover_epoch=epoch, shard=shard)
         election = Election(shard, epoch, primary, {h.sid})
@@ -142,10 +142,10 @@ class Executor:
                 "election_lost", shard=shard, failover_epoch=epoch, votes=votes,
                 refused=sorted(election.hard), outcome=outcome.name,
             )  # fmt: skip
-            return None
+            return epoch, False
         h.event("elected_leader", shard=shard, failover_epoch=epoch, votes=votes)
         h.publish_vote(Elected(h.sid, epoch, shard))
-        return epoch
+        return epoch, True
 
     # -- failover -----------------------------------------------------------------------------
 

@@ -92,6 +92,7 @@ class Sentinel:
         self.last_decision: dict[int, tuple[Start, NoFailover | decide.Go]] = {}
         self.promoted_at: dict[str, float] = {}
         self.reported: set[tuple[str, str]] = set()
+        self.rivals: dict[tuple[int, int], set[str]] = {}  # (shard, epoch) -> candidates
         self.rejected: Counter[str] = Counter()  # bad bus messages, per topic
         self.stop = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
@@ -279,6 +280,10 @@ class Sentinel:
 
     def on_vote_request(self, req: VoteRequest, now: float) -> None:
         self.ballot.observe_epoch(req.failover_epoch)
+        if req.shard in self.running:  # a rival: it matters if my election of it is lost
+            key = (req.shard, req.failover_epoch)
+            if key in self.rivals or len(self.rivals) < 1024:
+                self.rivals.setdefault(key, set()).add(req.candidate)
         decision = decide.vote_on(self.snapshot(now), self.ballot.vote, req, self.timings, now)
         if decision.granted and decision.state != self.ballot.vote:
             self.ballot.record(decision.state)
@@ -458,13 +463,13 @@ class Sentinel:
 
     async def run_candidacy(self, shard: int, primary: str) -> None:
         try:
-            epoch = await self.executor.elect(shard, primary)
-            if epoch is None:
-                # lost (a split vote, or voters that did not see the primary down yet): the
-                # next candidacy waits a jittered moment, then a new randomised delay
-                self.retry_at[shard] = time.monotonic() + random.uniform(
-                    0.0, self.timings.candidacy_delay_s
-                )
+            epoch, won = await self.executor.elect(shard, primary)
+            if not won:
+                # lost: a split vote (the lowest id among the rivals runs again first), or
+                # voters that did not see the primary down yet (run again after a new delay)
+                rivals = self.rivals.pop((shard, epoch), set())
+                delay = decide.retry_delay(self.sid, rivals, self.timings)
+                self.retry_at[shard] = time.monotonic() + delay
                 return
             self.publish_hello()
             await self.executor.failover(shard, primary, epoch)
@@ -472,6 +477,8 @@ class Sentinel:
             self.log.exception("failover_crashed", shard=shard)
         finally:
             self.running.pop(shard, None)
+            for key in [k for k in self.rivals if k[0] == shard]:
+                del self.rivals[key]
             self.publish_hello()
 
     # -- lifetime -------------------------------------------------------------------------------

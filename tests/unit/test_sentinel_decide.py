@@ -11,6 +11,7 @@ import pytest
 from cachefleet.messages import VoteRequest
 from cachefleet.topology import Sentinels
 from sentinel.decide import (
+    SOFT_REFUSALS,
     Decision,
     Go,
     Hello,
@@ -34,6 +35,7 @@ from sentinel.decide import (
     live_sentinels,
     majority,
     next_actions,
+    retry_delay,
     shard_settling,
     tally,
     vote_on,
@@ -634,7 +636,7 @@ REQ_S1 = replace(REQ_S2, candidate="s1")
             view_with_primary_down(running=True),
             REQ_S2,
             False,
-            VoteRefusal.OTHER_LEADER,
+            VoteRefusal.CANDIDATE,
             id="i-run-myself",
         ),
         pytest.param(
@@ -700,3 +702,39 @@ def test_tally(
     grants: set[str], hard: set[str], configured: int, live: int, expected: Tally
 ) -> None:
     assert tally(grants, hard, configured, live) is expected
+
+
+# --- after a lost election: retry_delay ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("me", "rivals", "expected"),
+    [
+        pytest.param("s1", set(), 0.0, id="no-rivals-at-once"),
+        pytest.param("s1", {"s2", "s3"}, 0.0, id="lowest-runs-again-first"),
+        pytest.param("s2", {"s1"}, 0.6, id="higher-waits-a-round"),
+        pytest.param("s3", {"s1", "s2", "s3"}, 0.6, id="self-in-rivals"),
+        pytest.param("s2", {"s2"}, 0.0, id="only-self"),
+    ],
+)
+def test_retry_delay(me: str, rivals: set[str], expected: float) -> None:
+    assert retry_delay(me, rivals, T) == pytest.approx(expected)
+
+
+def test_soft_refusals_are_those_that_can_change_on_a_later_ask() -> None:
+    assert {VoteRefusal.NOT_SDOWN_HERE, VoteRefusal.STALLED, VoteRefusal.CANDIDATE} == SOFT_REFUSALS
+
+
+def test_a_split_vote_resolves_to_the_lowest_id_in_the_next_epoch() -> None:
+    """s1, s2 and s3 all ran in epoch 11 (each voted for itself): s1 runs again at once in
+    epoch 12; s2, whose election has ended and who waits, grants it."""
+    assert retry_delay("s1", {"s2", "s3"}, T) == 0.0
+    s2_ballot = VoteState(11, "s2", 1)
+    s2_view = replace(view_with_primary_down(retry_at=NOW + 0.6), sentinel="s2")
+    d = vote_on(s2_view, s2_ballot, replace(REQ_S1, failover_epoch=12), T, NOW)
+    assert (d.granted, d.state) == (True, VoteState(12, "s1", 1))
+    # while s2's own election of epoch 11 is still open it refuses softly: s1 asks again
+    running = replace(s2_view, shards=(shard_view(running=True),))
+    r = vote_on(running, s2_ballot, replace(REQ_S1, failover_epoch=12), T, NOW)
+    assert (r.granted, r.reason) == (False, VoteRefusal.CANDIDATE)
+    assert r.reason in SOFT_REFUSALS
