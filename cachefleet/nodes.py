@@ -24,6 +24,7 @@ import hiredis
 import redis.asyncio as aredis
 from redis.exceptions import RedisError
 
+from cachefleet.credentials import Credentials
 from cachefleet.resp import encode_command
 
 
@@ -182,10 +183,14 @@ def myself_line(text: str) -> NodeLine | None:
 # -- redis-py connections -------------------------------------------------------------------
 
 
-def connect(host: str, port: int, *, timeout: float = 2.0) -> aredis.Redis:
+def connect(
+    host: str, port: int, *, timeout: float = 2.0, auth: Credentials | None = None
+) -> aredis.Redis:
     return aredis.Redis(
         host=host,
         port=port,
+        username=auth.user if auth else None,
+        password=auth.password if auth else None,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         decode_responses=True,
@@ -233,8 +238,10 @@ class NodeLink:
     """A raw connection to one node (from `source` when given), kept open between requests
     and dropped on any error or timeout."""
 
-    def __init__(self, *, host: str, port: int, source: str | None = None) -> None:
-        self.host, self.port, self.source = host, port, source
+    def __init__(
+        self, *, host: str, port: int, source: str | None = None, auth: Credentials | None = None
+    ) -> None:
+        self.host, self.port, self.source, self.auth = host, port, source, auth
         self._lock = asyncio.Lock()  # one request in flight per connection
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -275,12 +282,15 @@ class NodeLink:
         return None
 
     async def _request(self, commands: list[tuple[Any, ...]]) -> Any:
+        want = len(commands)
         async with self._lock:
             if self._writer is None or self._writer.is_closing():
                 local = (self.source, 0) if self.source else None
                 self._reader, self._writer = await asyncio.open_connection(
                     self.host, self.port, local_addr=local
                 )
+                if self.auth is not None:
+                    commands = [("AUTH", self.auth.user, self.auth.password), *commands]
             assert self._reader is not None
             parser = hiredis.Reader(notEnoughData=Ellipsis)
             self._writer.write(b"".join(encode_command(list(c)) for c in commands))
@@ -295,7 +305,11 @@ class NodeLink:
                     parser.feed(chunk)
                     continue
                 replies.append(reply)
-            return replies if len(commands) > 1 else replies[0]
+            if len(replies) > want:  # the AUTH of a new connection went first
+                auth_reply = replies.pop(0)
+                if isinstance(auth_reply, hiredis.ReplyError):
+                    raise ConnectionError(f"AUTH refused: {auth_reply}")
+            return replies if want > 1 else replies[0]
 
     async def close(self) -> None:
         if self._writer is not None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from cachefleet.credentials import ADMIN_USER, Credentials
 from cachefleet.errors import StateError
 from cachefleet.layout import Layout
 from cachefleet.plan import Plan
@@ -87,6 +89,28 @@ class ClusterDir:
         if not self.plan_path.exists():
             raise StateError(f"no cluster named {self.name!r} under {self.home}")
         return Plan.load(self.plan_path)
+
+    @property
+    def admin_secret_path(self) -> Path:
+        return self.root / "admin.secret"
+
+    def ensure_admin(self) -> Credentials:
+        """The control plane's engine user, created once per cluster (mode 0600)."""
+        if not self.admin_secret_path.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.admin_secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+        return self.admin()
+
+    def admin(self) -> Credentials:
+        """The control plane's engine credentials: every agent, sentinel and operation uses
+        them; clients get the `default` user, which cannot run what would break the cluster."""
+        try:
+            password = self.admin_secret_path.read_text().strip()
+        except OSError as exc:
+            raise StateError(f"{self.admin_secret_path} is missing: run `cachefleet up`") from exc
+        return Credentials(ADMIN_USER, password)
 
     def save_layout(self, layout: Layout) -> None:
         """The last published layout, for a restart that finds no bus yet (atomic replace)."""

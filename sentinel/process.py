@@ -63,13 +63,17 @@ class Sentinel:
 
         self._layout: Layout | None = None
         self.obs: dict[str, Observation] = {}
+        # Probes and the failover executor speak as the control plane's engine user: a client
+        # cannot lock them out. The executor's commands use their own connections: a probe
+        # never waits behind a slow TAKEOVER and vice versa.
+        auth = cdir.admin()
         self.probers = {
-            n.name: NodeLink(host=n.host, port=n.port, source=self.address) for n in plan.nodes
+            n.name: NodeLink(host=n.host, port=n.port, source=self.address, auth=auth)
+            for n in plan.nodes
         }
-        # The failover executor's commands use their own connections: a probe never waits
-        # behind a slow TAKEOVER and vice versa.
         self.admin = {
-            n.name: NodeLink(host=n.host, port=n.port, source=self.address) for n in plan.nodes
+            n.name: NodeLink(host=n.host, port=n.port, source=self.address, auth=auth)
+            for n in plan.nodes
         }
         self.hellos: dict[str, decide.Hello] = {}
         self.sdown: frozenset[str] = frozenset()

@@ -68,6 +68,7 @@ class ZoneAgent:
         self.zone = zone
         self.log = structlog.get_logger("agent").bind(cluster=plan.name, zone=zone)
         self.nodes = {n.name: NodeRuntime(n) for n in plan.zone_nodes(zone)}
+        self.admin = cdir.admin()
         for name, child in (prestarted or {}).items():
             self.nodes[name].child = child
         self.stopping = asyncio.Event()
@@ -128,7 +129,7 @@ class ZoneAgent:
             await asyncio.sleep(0.05)
 
     async def _wait_ping(self, spec: NodeSpec, timeout: float = 10.0) -> str | None:
-        client = connect(spec.host, spec.port, timeout=1.0)
+        client = connect(spec.host, spec.port, timeout=1.0, auth=self.admin)
         try:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
@@ -200,7 +201,7 @@ class ZoneAgent:
 
     async def _peer_views(self, rt: NodeRuntime) -> list[list[NodeLine]]:
         async def view(peer: NodeSpec) -> list[NodeLine]:
-            client = connect(peer.host, peer.port, timeout=0.5)
+            client = connect(peer.host, peer.port, timeout=0.5, auth=self.admin)
             try:
                 return await cluster_nodes(client) or []
             finally:
@@ -249,10 +250,10 @@ class ZoneAgent:
         """A node that lost nodes.conf comes back as a stranger: MEET it, make it a replica of
         its shard's current primary, and make the others forget its old identity."""
         peers = [n for n in self.plan.nodes if n.name != rt.spec.name]
-        me = connect(rt.spec.host, rt.spec.port)
+        me = connect(rt.spec.host, rt.spec.port, auth=self.admin)
         try:
             for peer in peers:
-                client = connect(peer.host, peer.port, timeout=1.0)
+                client = connect(peer.host, peer.port, timeout=1.0, auth=self.admin)
                 try:
                     view = await cluster_nodes(client)
                     if view is None:
@@ -297,7 +298,7 @@ class ZoneAgent:
 
     async def _forget_everywhere(self, peers: list[NodeSpec], old_id: str) -> None:
         async def forget(peer: NodeSpec) -> None:
-            client = connect(peer.host, peer.port, timeout=1.0)
+            client = connect(peer.host, peer.port, timeout=1.0, auth=self.admin)
             try:
                 await try_call(client, "CLUSTER", "FORGET", old_id)
             finally:
@@ -351,7 +352,7 @@ class ZoneAgent:
     async def _sample(self, rt: NodeRuntime) -> None:
         if rt.status != "up":
             return
-        client = connect(rt.spec.host, rt.spec.port, timeout=0.5)
+        client = connect(rt.spec.host, rt.spec.port, timeout=0.5, auth=self.admin)
         try:
             data = await info(client)
             me = await myself(client)

@@ -4,15 +4,75 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cachefleet.credentials import Credentials
 from cachefleet.plan import NodeSpec, Plan
 
+# What the client-facing `default` user may not run, on every node: whatever would break the
+# cluster or the control plane (the router refuses the same list with a clearer message, and
+# names the cachefleet command to use instead). Read-only variants (CONFIG GET, CLUSTER
+# INFO|SLOTS|SHARDS|NODES|KEYSLOT|COUNTKEYSINSLOT, ACL WHOAMI|LIST|CAT) stay allowed.
+DENIED_TO_CLIENTS = (
+    "config|set",
+    "config|rewrite",
+    "config|resetstat",
+    "acl|setuser",
+    "acl|deluser",
+    "acl|load",
+    "acl|save",
+    "cluster|addslots",
+    "cluster|addslotsrange",
+    "cluster|delslots",
+    "cluster|delslotsrange",
+    "cluster|flushslots",
+    "cluster|forget",
+    "cluster|meet",
+    "cluster|replicate",
+    "cluster|reset",
+    "cluster|saveconfig",
+    "cluster|set-config-epoch",
+    "cluster|setslot",
+    "cluster|bumpepoch",
+    "cluster|failover",
+    "client|kill",
+    "client|pause",
+    "shutdown",
+    "debug",
+    "replicaof",
+    "slaveof",
+    "failover",
+    "module",
+    "migrate",
+    "save",
+    "bgsave",
+    "bgrewriteaof",
+    "monitor",
+    "sync",
+    "psync",
+    "replconf",
+)
 
-def render_engine_config(plan: Plan, node: NodeSpec, data_dir: Path, log_file: Path) -> str:
+
+def acl_lines(admin: Credentials) -> list[str]:
+    """The `default` user for clients (no password, the policy above) and the control plane's
+    own user, which replicas also use to sync from their primary."""
+    denied = " ".join(f"-{c}" for c in DENIED_TO_CLIENTS)
+    return [
+        f"user default on nopass ~* &* +@all {denied}",
+        f"user {admin.user} on >{admin.password} ~* &* +@all",
+        f"masteruser {admin.user}",
+        f"masterauth {admin.password}",
+    ]
+
+
+def render_engine_config(
+    plan: Plan, node: NodeSpec, data_dir: Path, log_file: Path, admin: Credentials
+) -> str:
     """The valkey.conf / redis.conf of one cluster-mode node.
 
     The engine never fails over on its own (sentinels decide), keeps serving healthy shards
     when another shard has no primary, binds and announces its zone's address, and sends
-    from it (so packet filters on zone addresses cut a zone off), and syncs replicas at once.
+    from it (so packet filters on zone addresses cut a zone off), syncs replicas at once, and
+    holds clients to the command policy (DENIED_TO_CLIENTS).
     """
     topo = plan.topology
     lines = [
@@ -44,5 +104,6 @@ def render_engine_config(plan: Plan, node: NodeSpec, data_dir: Path, log_file: P
         "tcp-keepalive 60",
         # keep argv intact: pid files are only trusted while the cmdline names the state dir
         "set-proc-title no",
+        *acl_lines(admin),
     ]
     return "\n".join(lines) + "\n"

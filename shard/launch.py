@@ -6,6 +6,7 @@ anything heavy (the engines then come up while the agent is still importing).
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -24,7 +25,13 @@ def node_paths(cdir: ClusterDir, spec: NodeSpec) -> tuple[Path, Path]:
 def start_engine(plan: Plan, cdir: ClusterDir, spec: NodeSpec) -> subprocess.Popen[bytes]:
     data_dir, conf = node_paths(cdir, spec)
     data_dir.mkdir(parents=True, exist_ok=True)
-    conf.write_text(render_engine_config(plan, spec, data_dir, cdir.log_file(f"node.{spec.name}")))
+    text = render_engine_config(
+        plan, spec, data_dir, cdir.log_file(f"node.{spec.name}"), cdir.admin()
+    )
+    # the file holds the control plane's password: readable by its owner only
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
     child = subprocess.Popen(
         [plan.engine_binary, str(conf)],
         stdin=subprocess.DEVNULL,

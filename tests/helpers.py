@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
 import yaml
 
 from cachefleet.plan import Plan
@@ -81,6 +82,16 @@ class RunningCluster:
             raise AssertionError(f"status exited {out.returncode}\n{out.stdout}\n{out.stderr}")
         data: dict[str, Any] = json.loads(out.stdout)
         return data
+
+    def admin(self, address: str) -> redis.Redis:
+        """A connection to one node as the control plane's engine user (clients' `default`
+        user may not run cluster-changing commands such as CLUSTER SETSLOT or MIGRATE)."""
+        host, port = address.rsplit(":", 1)
+        auth = self.cdir.admin()
+        return redis.Redis(
+            host=host, port=int(port), username=auth.user, password=auth.password,
+            socket_timeout=10, decode_responses=True,
+        )  # fmt: skip
 
     def remember_pids(self) -> None:
         self.seen_pids.update(live_processes(self.cdir))

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import redis.asyncio as aredis
 
+from cachefleet.credentials import Credentials
 from cachefleet.errors import ClusterTimeout
 from cachefleet.layout import Layout, LayoutNode, LayoutShard
 from cachefleet.nodes import NodeLine, Role, cluster_nodes, connect, replication, try_call
@@ -38,11 +39,11 @@ async def _until(
 
 
 class Creator:
-    def __init__(self, *, plan: Plan, progress: Progress | None = None) -> None:
+    def __init__(self, *, plan: Plan, auth: Credentials, progress: Progress | None = None) -> None:
         self.plan = plan
         self.progress = progress or (lambda _msg: None)
         self.clients: dict[str, aredis.Redis] = {
-            n.name: connect(n.host, n.port, timeout=3.0) for n in plan.nodes
+            n.name: connect(n.host, n.port, timeout=3.0, auth=auth) for n in plan.nodes
         }
         self.ids: dict[str, str] = {}
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from cachefleet import bus
 from cachefleet.announce import emit_event, publish_layout
+from cachefleet.credentials import Credentials
 from cachefleet.errors import CachefleetError, ClusterTimeout
 from cachefleet.layout import LayoutNode
 from cachefleet.nodes import Role, connect, myself, replication, try_call
@@ -29,8 +30,8 @@ class ReplicaState:
     master: tuple[str, int] | None
 
 
-async def _replica_state(node: LayoutNode) -> ReplicaState | None:
-    client = connect(node.host, node.port, timeout=1.0)
+async def _replica_state(node: LayoutNode, auth: Credentials) -> ReplicaState | None:
+    client = connect(node.host, node.port, timeout=1.0, auth=auth)
     try:
         rep = await replication(client)
     finally:
@@ -69,7 +70,8 @@ async def graceful_failover(
     primary = shard.primary
     if primary is None:
         raise CachefleetError(f"shard {shard_id} has no primary in the layout")
-    pclient = connect(primary.host, primary.port, timeout=1.0)
+    auth = cdir.admin()
+    pclient = connect(primary.host, primary.port, timeout=1.0, auth=auth)
     try:
         me = await myself(pclient)
     finally:
@@ -79,7 +81,9 @@ async def graceful_failover(
             f"shard {shard_id}: primary {primary.name} is not serving; a graceful failover needs "
             "a live primary (the sentinels fail over a dead one)"
         )
-    states = [s for s in await asyncio.gather(*(_replica_state(r) for r in shard.replicas)) if s]
+    states = [
+        s for s in await asyncio.gather(*(_replica_state(r, auth) for r in shard.replicas)) if s
+    ]
     chosen = choose_replica(states, primary, to)
     if chosen is None:
         if to is not None:
@@ -90,7 +94,7 @@ async def graceful_failover(
 
     t0 = time.monotonic()
     target = chosen.node
-    client = connect(target.host, target.port, timeout=2.0)
+    client = connect(target.host, target.port, timeout=2.0, auth=auth)
     timeout = 2 * plan.topology.sentinels.failover_timeout_ms / 1000
     try:
         reply = await try_call(client, "CLUSTER", "FAILOVER")

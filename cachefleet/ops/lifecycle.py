@@ -123,7 +123,7 @@ async def up(topology_path: str, *, state_dir: str | None, detach: bool, out: Ou
 
     try:
         await _start_processes(plan, cdir, step)
-        creator = Creator(plan=plan, progress=step)
+        creator = Creator(plan=plan, auth=cdir.admin(), progress=step)
         try:
             previous = cdir.load_layout()
             layout = await creator.create()
@@ -181,6 +181,7 @@ def control_processes(plan: Plan, cdir: ClusterDir) -> dict[str, list[str]]:
 
 async def _start_processes(plan: Plan, cdir: ClusterDir, step: Out) -> None:
     cdir.stopping_path.unlink(missing_ok=True)
+    cdir.ensure_admin()
     procs = control_processes(plan, cdir)
     zones = [k.split(".", 1)[1] for k in procs if k.startswith("agent.")]
     step(

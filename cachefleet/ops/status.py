@@ -7,6 +7,7 @@ import contextlib
 from typing import Any
 
 from cachefleet import bus
+from cachefleet.credentials import Credentials
 from cachefleet.errors import CachefleetError
 from cachefleet.events import read_events
 from cachefleet.layout import Layout, LayoutError
@@ -24,8 +25,8 @@ def exit_code(state: str) -> int:
     return EXIT_CODES.get(state, EXIT_NOT_AVAILABLE)
 
 
-async def _probe(host: str, port: int) -> dict[str, Any] | None:
-    client = connect(host, port, timeout=0.5)
+async def _probe(host: str, port: int, auth: Credentials | None) -> dict[str, Any] | None:
+    client = connect(host, port, timeout=0.5, auth=auth)
     try:
         rep = await replication(client)
         if rep is None:
@@ -82,7 +83,8 @@ async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
     view = await read_bus(plan, cdir)
     layout = view.layout or cdir.load_layout()
     hellos = view.hellos
-    probes = await asyncio.gather(*(_probe(n.host, n.port) for n in plan.nodes))
+    auth = cdir.admin() if cdir.admin_secret_path.exists() else None
+    probes = await asyncio.gather(*(_probe(n.host, n.port, auth) for n in plan.nodes))
     by_name = dict(zip([n.name for n in plan.nodes], probes, strict=True))
     ids = {n.name: n.id for n in layout.nodes()} if layout else {}
 

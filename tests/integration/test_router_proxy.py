@@ -311,7 +311,7 @@ def test_migrated_slot_is_followed_transparently(shared_cluster: RunningCluster)
     src_shard = shard_of(status, keys[0])
     dst_shard = next(s for s in status["shards"] if s["id"] != src_shard["id"])
     src, dst = src_shard["primary"], dst_shard["primary"]
-    src_c, dst_c = node(src["address"]), node(dst["address"])
+    src_c, dst_c = shared_cluster.admin(src["address"]), shared_cluster.admin(dst["address"])
     dst_c.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src["id"])
     src_c.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst["id"])
     host, port = dst["address"].rsplit(":", 1)
@@ -322,7 +322,8 @@ def test_migrated_slot_is_followed_transparently(shared_cluster: RunningCluster)
         r.mget(keys)  # keys split between two nodes mid-migration: TRYAGAIN, as the engine
     src_c.execute_command("MIGRATE", host, port, "", 0, 5000, "KEYS", *keys[10:])
     for s in status["shards"]:
-        node(s["primary"]["address"]).execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst["id"])
+        admin = shared_cluster.admin(s["primary"]["address"])
+        admin.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst["id"])
     # Done: MOVED from the old owner, followed; new writes land on the new owner.
     assert [r.get(k) for k in keys] == keys
     assert r.mget(keys) == keys

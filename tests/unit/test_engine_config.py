@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from cachefleet.credentials import ADMIN_USER, Credentials
 from cachefleet.plan import NodeSpec, Plan, build_plan
 from cachefleet.topology import parse_topology
 from shard.config import render_engine_config
@@ -38,11 +39,11 @@ def make_plan(data: dict[str, Any] | None = None) -> Plan:
 
 
 def directives(text: str) -> dict[str, str]:
-    """valkey.conf lines -> {directive: value}; every directive appears once."""
+    """valkey.conf lines -> {directive: value}; every directive but `user` appears once."""
     out: dict[str, str] = {}
     for line in text.splitlines():
         line = line.strip()
-        if not line or line.startswith("#"):
+        if not line or line.startswith("#") or line.startswith("user "):
             continue
         name, _, value = line.partition(" ")
         assert name not in out, f"directive {name} repeated"
@@ -51,12 +52,38 @@ def directives(text: str) -> dict[str, str]:
 
 
 def render(plan: Plan, node: NodeSpec) -> dict[str, str]:
-    text = render_engine_config(plan, node, DATA_DIR, LOG_FILE)
+    text = render_engine_config(plan, node, DATA_DIR, LOG_FILE, ADMIN)
     assert text.endswith("\n")
     return directives(text)
 
 
 PLAN = make_plan()
+ADMIN = Credentials(ADMIN_USER, "s3cret")
+
+
+def users(text: str) -> dict[str, list[str]]:
+    return {
+        line.split()[1]: line.split()[2:] for line in text.splitlines() if line.startswith("user ")
+    }
+
+
+def test_clients_get_a_default_user_that_cannot_break_the_cluster() -> None:
+    text = render_engine_config(PLAN, PLAN.nodes[0], DATA_DIR, LOG_FILE, ADMIN)
+    rules = users(text)["default"]
+    assert rules[:5] == ["on", "nopass", "~*", "&*", "+@all"]
+    for command in ("config|set", "cluster|reset", "cluster|failover", "shutdown", "acl|setuser",
+                    "replicaof", "debug", "client|kill", "monitor", "psync"):  # fmt: skip
+        assert f"-{command}" in rules
+    assert not any(r.startswith("-config|get") or r == "-cluster|slots" for r in rules)
+
+
+def test_the_control_plane_has_its_own_user_and_replicas_sync_with_it() -> None:
+    text = render_engine_config(PLAN, PLAN.nodes[0], DATA_DIR, LOG_FILE, ADMIN)
+    assert users(text)[ADMIN_USER] == ["on", ">s3cret", "~*", "&*", "+@all"]
+    conf = directives(text)
+    assert conf["masteruser"] == ADMIN_USER
+    assert conf["masterauth"] == "s3cret"
+    assert "s3cret" not in repr(ADMIN)
 
 
 @pytest.mark.parametrize("node", PLAN.nodes, ids=lambda n: n.name)

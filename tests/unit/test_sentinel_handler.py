@@ -65,7 +65,7 @@ def layout_payload(p: Plan, epoch: int = 1) -> bytes:
 def sentinel(home: Path) -> Sentinel:
     p = plan()
     cdir = ClusterDir(home, p.name)
-    cdir.root.mkdir(parents=True, exist_ok=True)
+    cdir.ensure_admin()  # as `up` does before any sentinel starts
     s = Sentinel(plan=p, cdir=cdir, sid="s1")
     s.on_message(s.layout_topic, layout_payload(p))
     assert s.layout is not None

@@ -1,0 +1,66 @@
+"""The engines hold clients to the command policy themselves: a cluster-aware client going
+direct to a node (as the `default` user) cannot break the cluster, while the control plane,
+with its own engine user, still runs the cluster."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from helpers import RunningCluster
+
+pytestmark = pytest.mark.integration
+
+DENIED = [
+    ("CONFIG", "SET", "maxmemory", "100"),
+    ("CONFIG", "SET", "requirepass", "x"),
+    ("CLUSTER", "RESET", "SOFT"),
+    ("CLUSTER", "FAILOVER", "TAKEOVER"),
+    ("CLUSTER", "FORGET", "0" * 40),
+    ("ACL", "SETUSER", "default", "-@all"),
+    ("SHUTDOWN", "NOSAVE"),
+    ("REPLICAOF", "NO", "ONE"),
+    ("CLIENT", "PAUSE", "10000"),
+    ("BGSAVE",),
+    ("MONITOR",),
+]
+
+
+@pytest.mark.parametrize("command", DENIED, ids=lambda c: " ".join(c[:2]))
+def test_a_client_going_direct_cannot_run_cluster_breaking_commands(
+    shared_cluster: RunningCluster, command: tuple[str, ...]
+) -> None:
+    for shard in shared_cluster.status()["shards"]:
+        for member in [shard["primary"], *shard["replicas"]]:
+            host, port = member["address"].rsplit(":", 1)
+            direct = redis.Redis(host=host, port=int(port), socket_timeout=5)
+            try:
+                with pytest.raises(redis.exceptions.NoPermissionError):
+                    direct.execute_command(*command)
+            finally:
+                direct.close()
+
+
+def test_reads_of_configuration_and_topology_still_work_direct(
+    shared_cluster: RunningCluster,
+) -> None:
+    address = shared_cluster.status()["shards"][0]["primary"]["address"]
+    host, port = address.rsplit(":", 1)
+    direct = redis.Redis(host=host, port=int(port), socket_timeout=5, decode_responses=True)
+    try:
+        assert direct.execute_command("ACL", "WHOAMI") == "default"
+        assert direct.config_get("maxmemory-policy")
+        assert "cluster_state:ok" in direct.execute_command("CLUSTER", "INFO")
+        assert direct.execute_command("CLUSTER", "SHARDS")
+        assert direct.set("policy:k", "v") and direct.get("policy:k") in ("v", None)
+    except redis.exceptions.ResponseError as exc:
+        assert "MOVED" in str(exc)  # the key lives elsewhere: still no permission error
+    finally:
+        direct.close()
+
+
+def test_the_cluster_is_still_healthy_and_replicas_linked(shared_cluster: RunningCluster) -> None:
+    """Replicas sync as the control plane's user (masteruser), and every probe of status
+    and of the sentinels authenticates: everything is healthy."""
+    st = shared_cluster.status()
+    assert st["state"] == "available"
+    assert all(s["online"] and not s["sdown"] for s in st["sentinels"])
