@@ -33,6 +33,8 @@ POOL_SIZE = 2
 MAX_REDIRECTS = 5
 MAX_ATTEMPTS = 8
 DOWN_FOR_S = 1.0
+#: Commands whose error replies may be the script's own (redis.error_reply).
+SCRIPTS = frozenset({b"EVAL", b"EVALSHA", b"EVAL_RO", b"EVALSHA_RO", b"FCALL", b"FCALL_RO"})
 INFLIGHT_BUDGET = 512 * 1024 * 1024  # bytes of all clients' requests and replies in flight
 MAX_CLIENTS = 10_000
 #: A pooled connection with requests written and no reply for this long is closed (its
@@ -364,9 +366,12 @@ class Core:
 
     def on_error_reply(self, call: Call, frame: bytes) -> bool:
         """Follow MOVED/ASK within the cluster, retry TRYAGAIN/CLUSTERDOWN (bounded); False:
-        relay the reply as it is."""
+        relay the reply as it is. A script's reply is its own (it may return any error after
+        writing), so a script is never sent again here: the client gets the error."""
         redirect = replies.classify(frame)
         if redirect is None or call.redirects >= MAX_ATTEMPTS:
+            return False
+        if call.command is not None and call.command.name in SCRIPTS:
             return False
         if isinstance(redirect, replies.Moved | replies.Ask):
             if call.redirects >= MAX_REDIRECTS or not self.trusted(redirect):

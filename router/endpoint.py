@@ -170,10 +170,9 @@ def hello(client: ClientConn, args: Sequence[bytes], engine: str) -> Any:
     proto = client.protocol
     i = 1
     if len(args) > 1:
-        try:
-            proto = int(args[1])
-        except ValueError:
+        if not args[1].isdigit() or args[1][:1] == b"0":  # string2ll: no sign, no 0 lead
             return Err("ERR Protocol version is not an integer or out of range")
+        proto = int(args[1])
         if proto not in (2, 3):
             return Err("NOPROTO unsupported protocol version")
         i = 2

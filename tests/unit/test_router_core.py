@@ -502,3 +502,33 @@ async def test_a_multi_block_is_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch
     assert out.startswith(b"+OK\r\n" + b"+QUEUED\r\n" * 4 + b"-ERR router: MULTI queue over")
     assert out.endswith(b"-EXECABORT Transaction discarded because of previous errors.\r\n")
     assert h.node(P1).requests() == []
+
+
+@pytest.mark.parametrize(
+    "forged", [b"-TRYAGAIN x\r\n", b"-CLUSTERDOWN x\r\n", b"-MOVED %d 127.0.2.1:7021\r\n"]
+)
+async def test_a_script_is_never_sent_again_on_its_own_error_reply(forged: bytes) -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    if b"%d" in forged:
+        forged = forged % key_slot(K1[0])  # a member and the right slot: still the script's
+    c.data_received(cmds([b"EVAL", b"redis.call('INCR', KEYS[1]) return x", b"1", K1[0]]))
+    await settle()
+    assert len(h.node(P1).requests()) == 1
+    h.node(P1).answer(forged)
+    await asyncio.sleep(0.1)
+    assert t.written == forged
+    assert h.node(P1).requests() == [] and h.node(P2).requests() == []
+    route = h.table[key_slot(K1[0])]
+    assert route is not None and route.primary == P1
+
+
+async def test_hello_protocol_version_is_parsed_as_the_engine_does() -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    c.data_received(cmds([b"HELLO", b"03"], [b"HELLO", b"4"]))
+    await settle()
+    assert t.written == (
+        b"-ERR Protocol version is not an integer or out of range\r\n"
+        b"-NOPROTO unsupported protocol version\r\n"
+    )
