@@ -41,6 +41,7 @@ MAX_CLIENTS = 10_000
 #: written writes answered "outcome unknown", its reads sent again): a paused node must not
 #: hold requests past a failover, nor acknowledge them after it.
 REQUEST_TIMEOUT_S = 10.0
+DEMOTED_GRACE_S = 1.0
 
 Addr = routes.Addr
 
@@ -138,18 +139,33 @@ class Core:
         )
 
     def close_stale(self) -> None:
-        """Pooled connections to nodes that left the layout, and primary connections to
-        nodes that are no longer primaries, are closed (their calls are retried or answered
-        as for any lost connection)."""
+        """Pooled connections to nodes that left the layout are closed (their calls are
+        retried or answered as for any lost connection). Primary connections to nodes that
+        are no longer primaries are closed too, once idle, or if a node with requests
+        written gives no reply within DEMOTED_GRACE_S: a paused old primary must not ack
+        writes after the failover, while one that was demoted gracefully answers its last
+        requests (MOVED, followed) first."""
         primaries = {addr for _, addr in self.primary_list}
         for key, conns in list(self.pools.items()):
             addr, readonly, _ = key
             if addr in self.members and (readonly or addr in primaries):
                 continue
-            for conn in conns:
-                if conn is not None:
-                    conn.close()
             self.pools.pop(key, None)
+            for conn in conns:
+                if conn is None:
+                    continue
+                if addr not in self.members or not conn.written:
+                    conn.close()
+                else:
+                    self.loop.call_later(DEMOTED_GRACE_S, self._close_if_stuck, conn, conn.replies)
+
+    def _close_if_stuck(self, conn: BackendConn, replies: int) -> None:
+        if conn.closed:
+            return
+        if conn.replies == replies or not conn.written:
+            conn.close()
+        else:
+            self.loop.call_later(DEMOTED_GRACE_S, self._close_if_stuck, conn, conn.replies)
 
     async def watch_requests(self, stop: asyncio.Event, timeout: float = REQUEST_TIMEOUT_S) -> None:
         """Close pooled connections that made no progress on written requests for

@@ -19,7 +19,7 @@ from router import client as client_module
 from router.backend import BackendConn
 from router.client import MAX_INFLIGHT, ClientConn
 from router.commands import fast_paths
-from router.core import Core
+from router.core import DEMOTED_GRACE_S, Core
 from router.framing import RequestFramer
 from router.server import Router
 
@@ -423,8 +423,28 @@ async def test_primary_connections_to_a_demoted_node_are_closed_on_the_new_layou
     h.node(P1).requests()
     h.apply_layout(layout(epoch=2, shard1_primary=R1))  # P1 is a replica now
     await settle()
-    assert h.node(P1).conns[0][1].closed  # a late ack from the old primary cannot come
+    assert not h.node(P1).conns[0][1].closed  # it may still answer (a graceful failover)
+    await asyncio.sleep(DEMOTED_GRACE_S + 0.2)
+    assert h.node(P1).conns[0][1].closed  # it did not: a late ack cannot come now
     assert t.written.startswith(b"-ERR router: outcome unknown")
+
+
+async def test_a_gracefully_demoted_primary_answers_its_last_requests() -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    c.data_received(cmds([b"SET", K1[0], b"v"]))
+    await settle()
+    h.node(P1).requests()
+    h.apply_layout(layout(epoch=2, shard1_primary=R1))
+    await settle()
+    slot = key_slot(K1[0])
+    h.node(P1).answer(b"-MOVED %d %s:%d\r\n" % (slot, R1[0].encode(), R1[1]))
+    await settle()
+    assert h.node(R1).requests() == [[b"SET", K1[0], b"v"]]
+    h.node(R1).answer(b"+OK\r\n")
+    await asyncio.sleep(DEMOTED_GRACE_S + 0.2)
+    assert t.written == b"+OK\r\n"
+    assert h.node(P1).conns[0][1].closed  # idle now, and no longer a primary
 
 
 async def test_mset_with_a_missing_value_is_refused_whole() -> None:
