@@ -265,6 +265,8 @@ class ClientConn(asyncio.Protocol):
             self.hooks.client_closed(self)
         self.hooks.inflight_bytes -= self.inflight_bytes
         self.inflight_bytes = 0
+        if self.hooks.starving:
+            self.hooks.wake()
         self.drop_state()
         for conn in list(self.dedicated.values()):
             conn.close()
