@@ -260,6 +260,8 @@ class ShardView:
     running: bool = False  # my election or failover of this shard is in progress
     retry_at: float = 0.0  # after a lost election: no new candidacy before this
     candidacy_at: float | None = None  # my candidacy is scheduled for this time
+    pending: VoteRequest | None = None  # a request I refused only for not seeing it down
+    pending_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -308,6 +310,7 @@ class Start(enum.Enum):
     SCHEDULE_CANDIDACY = "schedule_candidacy"  # draw a delay in [0, candidacy_delay_s]
     CANCEL_CANDIDACY = "cancel_candidacy"  # a scheduled candidacy no longer applies
     ASK_FOR_VOTES = "ask_for_votes"  # run for leader of this shard's failover now
+    VOTE_PENDING = "vote_pending"  # answer again a request refused before I saw it down
 
 
 class NoFailover(enum.Enum):
@@ -332,6 +335,7 @@ class Go(enum.Enum):
 
     ODOWN = "odown"
     DELAY_OVER = "delay_over"
+    PENDING_REQUEST = "pending_request"  # another candidate asked first: vote, not compete
 
 
 @dataclass(frozen=True)
@@ -362,6 +366,12 @@ def _decide_shard(view: SentinelView, sv: ShardView, t: Timings, now: float) -> 
         return no(NoFailover.STALLED)
     if sv.running:
         return no(NoFailover.ALREADY_RUNNING)
+    if (
+        sv.pending is not None
+        and sv.pending.primary == p
+        and now - sv.pending_at <= t.election_timeout_s
+    ):
+        return Decision(sv.id, Start.VOTE_PENDING, Go.PENDING_REQUEST, p)
     live = live_sentinels(view, t, now)
     need = majority(view.configured)
     own = Hello(view.sentinel, view.zone, view.sdown, now, False)

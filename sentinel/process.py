@@ -97,6 +97,7 @@ class Sentinel:
         self.promoted_at: dict[str, float] = {}
         self.reported: set[tuple[str, str]] = set()
         self.rivals: dict[tuple[int, int], set[str]] = {}  # (shard, epoch) -> candidates
+        self.pending: dict[int, tuple[VoteRequest, float]] = {}  # refused before I saw down
         self.rejected: Counter[str] = Counter()  # bad bus messages, per topic
         self.stop = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
@@ -148,6 +149,8 @@ class Sentinel:
                     running=s.id in self.running,
                     retry_at=self.retry_at.get(s.id, 0.0),
                     candidacy_at=self.candidacy_at.get(s.id),
+                    pending=self.pending[s.id][0] if s.id in self.pending else None,
+                    pending_at=self.pending[s.id][1] if s.id in self.pending else 0.0,
                 )
                 for s in self._layout.shards
             )
@@ -289,6 +292,10 @@ class Sentinel:
             if key in self.rivals or len(self.rivals) < 1024:
                 self.rivals.setdefault(key, set()).add(req.candidate)
         decision = decide.vote_on(self.snapshot(now), self.ballot.vote, req, self.timings, now)
+        if decision.reason is decide.VoteRefusal.NOT_SDOWN_HERE:
+            self.pending[req.shard] = (req, now)  # answered again once I see it down
+        elif decision.granted:
+            self.pending.pop(req.shard, None)
         if decision.granted and decision.state != self.ballot.vote:
             self.ballot.record(decision.state)
             self.voted[req.shard] = Voted(now, req.failover_epoch, req.candidate)
@@ -449,6 +456,9 @@ class Sentinel:
                 delay = random.uniform(0.0, self.timings.candidacy_delay_s)
                 self.candidacy_at[d.shard] = now + delay
                 asyncio.get_running_loop().call_later(delay, self._wake)
+            case Start.VOTE_PENDING:
+                if pending := self.pending.pop(d.shard, None):
+                    self.on_vote_request(pending[0], now)
             case Start.CANCEL_CANDIDACY:
                 self.candidacy_at.pop(d.shard, None)
             case Start.ASK_FOR_VOTES:

@@ -371,6 +371,8 @@ N, SCHED, CANCEL, ASK = (
     Start.ASK_FOR_VOTES,
 )
 SOON = NOW + 0.05
+VOTE = Start.VOTE_PENDING
+PENDING = VoteRequest(candidate="s2", failover_epoch=11, shard=1, primary="p1", config_epoch=10)
 
 
 @pytest.mark.parametrize(
@@ -459,6 +461,50 @@ SOON = NOW + 0.05
         pytest.param(view_with_primary_down(candidacy_at=NOW), ASK, Go.DELAY_OVER, id="ask"),
         pytest.param(
             view_with_primary_down(candidacy_at=NOW - 3.0), ASK, Go.DELAY_OVER, id="ask-late"
+        ),
+        # A request refused only because I did not see the primary down yet is answered
+        # again as soon as I do: I vote for that candidate instead of competing.
+        pytest.param(
+            view_with_primary_down(pending=PENDING, pending_at=NOW - 0.5),
+            VOTE,
+            Go.PENDING_REQUEST,
+            id="vote-pending",
+        ),
+        pytest.param(
+            view_with_primary_down(pending=PENDING, pending_at=NOW, candidacy_at=SOON),
+            VOTE,
+            Go.PENDING_REQUEST,
+            id="vote-pending-in-my-delay",
+        ),
+        pytest.param(
+            view_with_primary_down(pending=PENDING, pending_at=NOW - 0.51),
+            SCHED,
+            Go.ODOWN,
+            id="pending-too-old",
+        ),
+        pytest.param(
+            view_with_primary_down(pending=replace(PENDING, primary="r1"), pending_at=NOW),
+            SCHED,
+            Go.ODOWN,
+            id="pending-for-another-primary",
+        ),
+        pytest.param(
+            view_with_primary_down(pending=PENDING, pending_at=NOW, my_sdown=()),
+            N,
+            NoFailover.PRIMARY_OK,
+            id="pending-but-not-down-here",
+        ),
+        pytest.param(
+            view_with_primary_down(pending=PENDING, pending_at=NOW, running=True),
+            N,
+            NoFailover.ALREADY_RUNNING,
+            id="pending-but-running",
+        ),
+        pytest.param(
+            view_with_primary_down(pending=PENDING, pending_at=NOW, sdown_by=()),
+            VOTE,
+            Go.PENDING_REQUEST,
+            id="pending-needs-no-odown-here",
         ),
         # A scheduled candidacy that no longer applies is cancelled, with the reason.
         pytest.param(

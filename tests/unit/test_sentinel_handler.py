@@ -231,3 +231,18 @@ def test_handler_fuzz_never_raises_and_trusts_only_the_plan(topic: str, payload:
     assert 0 <= s.ballot.failover_epoch <= MAX_EPOCH
     assert s.layout is not None
     outbox(s)
+
+
+def test_a_request_refused_before_i_saw_the_primary_down_is_granted_once_i_do(
+    tmp_path: Path,
+) -> None:
+    s = sentinel(tmp_path)
+    req = VoteRequest("s2", 5, 1, "c-0001-001", 1)
+    s.on_message(VOTES, bus.encode(req.to_dict()))
+    assert [b["reason"] for _, b in outbox(s)] == ["NOT_SDOWN_HERE"]
+    s.sdown = frozenset({"c-0001-001"})  # my own probes now see it down
+    s.decide_and_act(1000.0)
+    replies = [b for _, b in outbox(s) if b["type"] == "vote"]
+    assert [(r["candidate"], r["granted"]) for r in replies] == [("s2", True)]
+    assert s.ballot.vote.voted_for == "s2"
+    assert s.pending == {}
