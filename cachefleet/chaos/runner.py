@@ -193,7 +193,10 @@ class ChaosRun:
             plan=plan, cdir=self.cdir, state_dir=self.state_dir, pf=self.pf,
             trial=trial, rng=rng, duration_s=self.scenario.duration_s, progress=self.progress,
         )  # fmt: skip
-        faults = [asyncio.create_task(injector.fire(f)) for f in self.scenario.faults]
+        faults = [
+            asyncio.create_task(injector.fire(f), name=f"fault-{i}")
+            for i, f in enumerate(self.scenario.faults)
+        ]
         try:
             await asyncio.sleep(self.scenario.duration_s)
         finally:
@@ -206,9 +209,9 @@ class ChaosRun:
             if self.pf is not None and self.pf.installed:
                 self.pf.heal()
                 injector.record("heal all partitions")
-        for res in outcomes:
+        for task, res in zip([*workers, *faults], outcomes, strict=True):
             if isinstance(res, Exception):
-                raise CachefleetError(f"chaos worker failed: {res!r}") from res
+                raise CachefleetError(f"chaos task {task.get_name()} failed: {res!r}") from res
         await asyncio.sleep(self.scenario.settle_s)
         recovered_s = await self._recover(plan)
         watcher.cancel()

@@ -109,6 +109,13 @@ class SlotMap:
         await self.endpoint.close()
 
 
+async def _close(client: Any) -> None:
+    """Close a client without letting a node that is paused or gone stall or fail the trial:
+    its operations are recorded already."""
+    with contextlib.suppress(RedisError, OSError, TimeoutError):
+        await asyncio.wait_for(client.aclose(), 1.0)
+
+
 class WorkloadRun:
     """Writers and readers of one trial, as asyncio tasks that stop when `stop` is set."""
 
@@ -153,12 +160,13 @@ class WorkloadRun:
         counter: Iterator[int],
     ) -> None:
         w = self.spec
-        client = self._client()
+        # WAIT writes go to each key's primary on connections of their own (_write_wait)
+        client = None if w.wait else self._client()
         node_clients: dict[str, aredis.Redis] = {}
         slots = SlotMap(self.plan.router_host, self.plan.router_port, w.op_timeout_ms / 1000)
         try:
             if isinstance(client, RedisCluster):
-                await client.initialize()
+                await self._initialize(client, stop)
             if w.wait:
                 await slots.refresh()
             for key in itertools.cycle(keys):
@@ -168,7 +176,7 @@ class WorkloadRun:
                 start = trial.now()
                 node: str | None = None
                 try:
-                    if w.wait:
+                    if client is None:
                         outcome, node = await self._write_wait(slots, node_clients, key, value)
                     else:
                         await asyncio.wait_for(client.set(key, value), 2 * w.op_timeout_ms / 1000)
@@ -185,11 +193,21 @@ class WorkloadRun:
                 if outcome != "ok":
                     await asyncio.sleep(0.01)
         finally:
-            await client.aclose()
+            if client is not None:
+                await _close(client)
             await slots.close()
             for c in node_clients.values():
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(c.aclose(), 0.5)
+                await _close(c)
+
+    async def _initialize(self, client: RedisCluster, stop: asyncio.Event) -> None:
+        """Bootstrap a cluster client from the configuration endpoint, retried until the trial
+        stops: a busy endpoint at the start of a trial is not a failure of the run."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(client.initialize(), 5.0)
+                return
+            except (RedisError, OSError, TimeoutError):
+                await asyncio.sleep(0.1)
 
     async def _write_wait(
         self, slots: SlotMap, node_clients: dict[str, aredis.Redis], key: str, value: int
@@ -254,7 +272,7 @@ class WorkloadRun:
                 if outcome != "ok":
                     await asyncio.sleep(0.01)
         finally:
-            await client.aclose()
+            await _close(client)
 
     async def final_read(self) -> dict[str, int | None]:
         """Every key's value once the cluster is whole again (retried for FINAL_READ_S)."""
