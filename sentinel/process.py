@@ -22,7 +22,6 @@ import random
 import signal
 import time
 from collections import Counter
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -31,22 +30,16 @@ import structlog
 from cachefleet import announce, bus, messages
 from cachefleet.layout import Layout, LayoutNode, LayoutShard
 from cachefleet.messages import Elected, MessageError, VoteReply, VoteRequest
-from cachefleet.nodes import NodeLink, Replication, Role
+from cachefleet.nodes import NodeLink
 from cachefleet.plan import Plan
 from cachefleet.state import ClusterDir
 from sentinel import decide, machine
 from sentinel.ballot import Ballot
 from sentinel.decide import Decision, NoFailover, SentinelView, ShardView, Start, Timings, Voted
 from sentinel.executor import Executor
+from sentinel.probing import Probes
 
 HELLO_EVERY_S = 0.25
-
-
-@dataclass
-class Observation:
-    first_probe: float
-    last_ok: float | None = None
-    reply: Replication | None = None
 
 
 class Sentinel:
@@ -62,15 +55,13 @@ class Sentinel:
         self.log = structlog.get_logger("sentinel").bind(cluster=plan.name, sentinel=sid)
 
         self._layout: Layout | None = None
-        self.obs: dict[str, Observation] = {}
         # Probes and the failover executor speak as the control plane's engine user: a client
         # cannot lock them out. The executor's commands use their own connections: a probe
         # never waits behind a slow TAKEOVER and vice versa.
         auth = cdir.admin()
-        self.probers = {
-            n.name: NodeLink(host=n.host, port=n.port, source=self.address, auth=auth)
-            for n in plan.nodes
-        }
+        self.probes = Probes(
+            plan=plan, source=self.address, auth=auth, timings=self.timings, log=self.log
+        )
         self.admin = {
             n.name: NodeLink(host=n.host, port=n.port, source=self.address, auth=auth)
             for n in plan.nodes
@@ -314,71 +305,11 @@ class Sentinel:
             )
         )
 
-    # -- probing --------------------------------------------------------------------------------
-
-    async def probe_loop(self, name: str) -> None:
-        prober = self.probers[name]
-        self.obs[name] = Observation(first_probe=time.monotonic())
-        next_at = time.monotonic()
-        t = self.timings
-        while not self.stop.is_set():
-            try:
-                reply = await prober.probe(t.probe_timeout_s)
-            except Exception:  # a sentinel that stops probing would silently leave the quorum
-                self.log.exception("probe_failed", node=name)
-                await prober.close()
-                reply = None
-            if reply is not None:
-                ob = self.obs[name]
-                ob.last_ok, ob.reply = time.monotonic(), reply
-            next_at = max(next_at + t.interval_s, time.monotonic())
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-
-    def probe_view(self, name: str) -> decide.Probe:
-        ob = self.obs.get(name) or Observation(first_probe=time.monotonic())
-        r = ob.reply
-        return decide.Probe(
-            node=name,
-            last_ok=ob.last_ok,
-            first_probe=ob.first_probe,
-            role=r.role if r else None,
-            repl_offset=r.offset if r else 0,
-            link_up=bool(r and r.link_up),
-            link_down_since_s=r.link_down_s if r else 0.0,
-        )
-
-    def is_sdown(self, name: str, now: float) -> bool:
-        if decide.in_promotion_grace(self.promoted_at.get(name), now, self.timings.grace_s):
-            return False
-        return decide.is_sdown(self.probe_view(name), now, self.timings.down_after_s)
-
     def rank(self, shard: LayoutShard, failed: LayoutNode, now: float) -> machine.Ranked:
-        t = self.timings
-        by_addr = {(n.host, n.port): n.name for n in self.plan.nodes}
-        replicas = []
-        for node in shard.replicas:
-            ob = self.obs.get(node.name)
-            reply = ob.reply if ob else None
-            fresh = bool(ob and ob.last_ok and now - ob.last_ok <= t.probe_timeout_s + t.interval_s)
-            primary = by_addr.get(reply.primary_addr) if reply and reply.primary_addr else None
-            replicas.append(
-                machine.Replica(
-                    name=node.name,
-                    zone=node.zone,
-                    repl_offset=reply.offset if reply else 0,
-                    reachable=fresh and reply is not None and reply.role is Role.REPLICA,
-                    sdown=self.is_sdown(node.name, now),
-                    link_down_s=reply.link_down_s if reply else float("inf"),
-                    primary=primary,
-                )
-            )
-        since = self.sdown_since.get(failed.name, now)
-        return machine.rank_replicas(
-            replicas,
-            failed_primary=failed.name,
-            failed_zone=failed.zone,
-            max_link_down_s=(now - since) + 10 * t.down_after_s,
-        )
+        return self.probes.rank(
+            shard, failed, now,
+            sdown_since=self.sdown_since.get(failed.name, now), promoted_at=self.promoted_at,
+        )  # fmt: skip
 
     # -- the tick -------------------------------------------------------------------------------
 
@@ -403,7 +334,11 @@ class Sentinel:
     def observe(self, now: float) -> bool:
         if self._layout is None:
             return False
-        sdown = frozenset(n.name for n in self._layout.nodes() if self.is_sdown(n.name, now))
+        sdown = frozenset(
+            n.name
+            for n in self._layout.nodes()
+            if self.probes.is_sdown(n.name, now, self.promoted_at)
+        )
         if sdown == self.sdown:
             return False
         if not self.guard.stalled(now):
@@ -501,10 +436,11 @@ class Sentinel:
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()
         self.log.info("sentinel_started", zone=self.zone, failover_epoch=self.ballot.failover_epoch)
-        for name in self.probers:
+        for name in self.probes.links:
             self._tasks.append(
                 self._tg.create_task(
-                    self.probe_loop(name), name=f"sentinel[{self.sid}].probe[{name}]"
+                    self.probes.probe_loop(name, self.stop),
+                    name=f"sentinel[{self.sid}].probe[{name}]",
                 )
             )
         self._tasks.append(
@@ -534,7 +470,8 @@ class Sentinel:
         try:
             await self._tg.__aexit__(exc_type, exc, tb)
         finally:
-            for link in [*self.probers.values(), *self.admin.values()]:
+            await self.probes.close()
+            for link in self.admin.values():
                 await link.close()
             self.log.info("sentinel_stopped", rejected_messages=sum(self.rejected.values()))
 
