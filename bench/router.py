@@ -6,9 +6,9 @@ process that copies bytes between each client and the node: the floor for any pr
 this way), (c) the router in front of a one-shard cluster (started with `cachefleet up`),
 and (d) `redis-benchmark --cluster` bootstrapped from the router's configuration endpoint
 (a cluster-aware client talking to the nodes; it needs two nodes or more, so it runs on a
-3-shard cluster, beside the router in front of that cluster; -n --cluster-n). Prints ops/s, p50/p99
-latency and router/direct ratio; then the router's RSS before and after 1,000 idle client
-connections. Asserts nothing.
+3-shard cluster, beside the router in front of that cluster; -n --cluster-n). Prints ops/s,
+p50/p99 latency, the router/direct ratio and the router's CPU time per request; then the
+router's RSS before and after 1,000 idle client connections. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +79,11 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise SystemExit(f"nothing listening on {port}")
+
+
+def cpu_s(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def rss_kib(pid: int) -> int:
@@ -178,11 +184,17 @@ def main() -> None:
             )
             names = ("direct", "copy hop", "router", "router 3 shards", "--cluster 3 shards")
             print(f"{'':>6} {'test':>4} " + " ".join(f"{n:>22}" for n in names) + "  ratio")
+            router_pid = read_pid(cdir.pid_file("router"))
+            assert router_pid
+            cpu_per_op: dict[int, float] = {}
             for pipeline in (1, 16):
+                cpu_before = cpu_s(router_pid)
+                router_run = run_benchmark(router_port, pipeline, args.n, args.c)
+                cpu_per_op[pipeline] = (cpu_s(router_pid) - cpu_before) / (2 * args.n) * 1e6
                 runs = [
                     run_benchmark(direct_port, pipeline, args.n, args.c),
                     run_benchmark(hop_port, pipeline, args.n, args.c),
-                    run_benchmark(router_port, pipeline, args.n, args.c),
+                    router_run,
                     run_benchmark(router3_port, pipeline, args.n, args.c),
                     run_benchmark(router3_port, pipeline, args.cluster_n, args.c, cluster=True),
                 ]
@@ -193,8 +205,11 @@ def main() -> None:
                     )
                     ratio = runs[2][test]["rps"] / runs[0][test]["rps"]
                     print(f"-P {pipeline:<3} {test:>4} {cells} {ratio:>6.2f}", flush=True)
-            pid = read_pid(cdir.pid_file("router"))
-            assert pid
+            print(
+                "router CPU per request (user+system, less sensitive to machine load than ops/s): "
+                + ", ".join(f"-P {p}: {us:.1f} us" for p, us in cpu_per_op.items())
+            )
+            pid = router_pid
             before = rss_kib(pid)
             socks = [socket.create_connection(("127.0.0.1", router_port)) for _ in range(1000)]
             for s in socks[::100]:
