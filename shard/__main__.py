@@ -19,6 +19,11 @@ def main() -> None:
     parser.add_argument("--cluster", required=True)
     parser.add_argument("--zone", required=True)
     parser.add_argument("--state-dir", default=None)
+    parser.add_argument(
+        "--cluster-start",
+        action="store_true",
+        help="the whole cluster is (re)starting (`up`): start every node of the zone at once",
+    )
     args = parser.parse_args()
     cdir = ClusterDir(state_home(args.state_dir), args.cluster)
     plan = cdir.load_plan()
@@ -27,8 +32,9 @@ def main() -> None:
             f"zone {args.zone!r} is not in the topology ({', '.join(plan.topology.zones)})"
         )
 
-    # Only nodes that were never part of the cluster start here at once. A node with an
-    # identity (nodes.conf) that is not running may have been a primary: the agent decides
+    # When the whole cluster starts, every node starts here at once. An agent restarted alone
+    # (by the supervisor) starts only nodes that were never part of the cluster: a node with an
+    # identity (nodes.conf) that is not running may have been a primary, and the agent decides
     # when it may come back (never empty while it still owns its shard's slots).
     prestarted: dict[str, subprocess.Popen[bytes]] = {}
     for spec in plan.zone_nodes(args.zone):
@@ -36,7 +42,7 @@ def main() -> None:
         pid = read_pid(cdir.pid_file(f"node.{spec.name}"))
         if pid is not None and alive_and_ours(pid, str(conf)):
             continue  # left running by an earlier agent: adopted below
-        if (data_dir / "nodes.conf").exists():
+        if (data_dir / "nodes.conf").exists() and not args.cluster_start:
             continue
         prestarted[spec.name] = start_engine(plan, cdir, spec)
 

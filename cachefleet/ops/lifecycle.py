@@ -189,7 +189,9 @@ async def _start_processes(plan: Plan, cdir: ClusterDir, step: Out) -> None:
         f"{plan.topology.sentinels.count} sentinels"
     )
     for name, argv in procs.items():
-        spawn(cdir, name, argv)
+        # Agents started with the cluster start all their nodes at once; the supervisor
+        # restarts a lone agent without the flag, which then never restarts a dead primary.
+        spawn(cdir, name, [*argv, "--cluster-start"] if name.startswith("agent.") else argv)
     ensure_supervisor(cdir)
 
 
