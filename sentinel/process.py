@@ -418,7 +418,12 @@ class Sentinel:
                 # voters that did not see the primary down yet (run again after a new delay)
                 rivals = self.rivals.pop((shard, epoch), set())
                 delay = decide.retry_delay(self.sid, rivals, self.timings)
-                self.retry_at[shard] = time.monotonic() + delay
+                now = time.monotonic()
+                self.retry_at[shard] = now + delay
+                if rivals and delay == 0.0:
+                    # the split's tie-break winner runs again at once: no second delay
+                    self.candidacy_at[shard] = now
+                    asyncio.get_running_loop().call_soon(self._wake)
                 return
             self.publish_hello()
             await self.executor.failover(shard, primary, epoch)
