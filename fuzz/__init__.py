@@ -1,0 +1,1 @@
+"""Fuzz campaigns against a live cluster (`make fuzz`)."""
