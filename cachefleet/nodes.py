@@ -118,7 +118,7 @@ class NodeLine:
     port: int
     bus_port: int
     flags: frozenset[str]
-    master_id: str | None
+    primary_id: str | None
     config_epoch: int
     connected: bool
     slots: tuple[tuple[int, int], ...]
@@ -167,7 +167,7 @@ def parse_cluster_nodes(text: str) -> list[NodeLine]:
                 port=int(port) if port else 0,
                 bus_port=int(bus) if bus else 0,
                 flags=frozenset(parts[2].split(",")),
-                master_id=None if parts[3] == "-" else parts[3],
+                primary_id=None if parts[3] == "-" else parts[3],
                 config_epoch=int(parts[6]),
                 connected=parts[7] == "connected",
                 slots=tuple(slots),

@@ -156,7 +156,7 @@ class Creator:
                 continue
             for node in members:
                 current = mine[node.name]
-                if node is holder or (current and current.master_id == self.ids[holder.name]):
+                if node is holder or (current and current.primary_id == self.ids[holder.name]):
                     continue
                 if current is not None and current.serving:
                     continue  # two holders: the engines' epochs settle it, not us
@@ -177,7 +177,7 @@ class Creator:
                 return f"{name} sees {served}/{SLOTS} slots served"
             sig = tuple(
                 sorted(
-                    (line.id, line.is_primary, line.master_id or "", line.slots) for line in view
+                    (line.id, line.is_primary, line.primary_id or "", line.slots) for line in view
                 )
             )
             if any(line.failing for line in view):

@@ -242,7 +242,7 @@ def test_replica_that_lost_its_data_rejoins_as_replica(cluster_factory: Any) -> 
     rep = node_client(replica["address"]).execute_command("CLUSTER", "NODES")
     me = next(line for line in parse_cluster_nodes(str(rep)) if "myself" in line.flags)
     assert me.id == new_id
-    assert "slave" in me.flags and me.master_id == primary_id
+    assert "slave" in me.flags and me.primary_id == primary_id
 
 
 def test_down_stops_every_process_and_purge_removes_state(cluster_factory: Any) -> None:

@@ -213,7 +213,7 @@ def test_parse_cluster_nodes() -> None:
     assert me.is_primary
     assert not me.failing
     assert (me.host, me.port, me.bus_port) == ("127.0.1.1", 7101, 17101)
-    assert me.master_id is None
+    assert me.primary_id is None
     assert me.config_epoch == 1
     assert me.connected
     assert me.slots == ((0, 5460), (5461, 5461))  # importing marker skipped
@@ -221,7 +221,7 @@ def test_parse_cluster_nodes() -> None:
     replica = nodes[R1]
     assert not replica.is_primary
     assert replica.flags == frozenset({"slave"})
-    assert replica.master_id == P1
+    assert replica.primary_id == P1
     assert (replica.host, replica.port, replica.bus_port) == ("127.0.2.1", 7102, 17102)
     assert replica.config_epoch == 4
     assert replica.slots == ()
@@ -232,13 +232,13 @@ def test_parse_cluster_nodes() -> None:
     failed = nodes[R3]
     assert failed.failing
     assert not failed.connected
-    assert failed.master_id == P3
+    assert failed.primary_id == P3
 
     primaries = [n for n in nodes.values() if n.is_primary]
     assert {n.id for n in primaries} == {P1, P2, P3}
     owned = sorted(s for n in primaries for a, b in n.slots for s in range(a, b + 1))
     assert owned == list(range(16384))
-    assert {n.master_id for n in nodes.values() if not n.is_primary} == {P1, P2, P3}
+    assert {n.primary_id for n in nodes.values() if not n.is_primary} == {P1, P2, P3}
 
 
 def test_parse_cluster_nodes_ignores_short_lines() -> None:
