@@ -9,6 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cachefleet.errors import StateError
+from cachefleet.state import ClusterDir, state_home
+
 # Sentinel-style names an operator recognises.
 EVENT_TYPES = frozenset(
     {
@@ -106,9 +109,6 @@ def follow_events(
     poll_s: float = 0.2,
 ) -> int:
     """Print the event log; with `follow`, keep printing new events until interrupted."""
-    from cachefleet.errors import StateError
-    from cachefleet.state import ClusterDir, state_home
-
     cdir = ClusterDir(state_home(state_dir), name)
     if not cdir.root.exists():
         raise StateError(f"no cluster named {name!r} under {cdir.home}")
