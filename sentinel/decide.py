@@ -333,7 +333,8 @@ class NoFailover(enum.Enum):
 class Go(enum.Enum):
     """Why a candidacy is scheduled or started."""
 
-    ODOWN = "odown"
+    ODOWN = "odown"  # I am the shard's preferred candidate: a short random delay
+    DEFER = "defer"  # another live sentinel is preferred: I run only if it has not led
     DELAY_OVER = "delay_over"
     PENDING_REQUEST = "pending_request"  # another candidate asked first: vote, not compete
 
@@ -346,6 +347,7 @@ class Decision:
     primary: str | None = None
     odown: bool = False
     live: int = 0
+    wait_s: float = 0.0  # SCHEDULE_CANDIDACY: wait this long plus a random candidacy delay
 
 
 def _decide_shard(view: SentinelView, sv: ShardView, t: Timings, now: float) -> Decision:
@@ -391,10 +393,27 @@ def _decide_shard(view: SentinelView, sv: ShardView, t: Timings, now: float) -> 
     if live < need:
         return no(NoFailover.NO_QUORUM, odown=True, live=live)
     if sv.candidacy_at is None:
-        return Decision(sv.id, Start.SCHEDULE_CANDIDACY, Go.ODOWN, p, True, live)
+        if preferred_candidate(view, sv.id, t, now) == view.sentinel:
+            return Decision(sv.id, Start.SCHEDULE_CANDIDACY, Go.ODOWN, p, True, live)
+        wait = t.election_timeout_s + t.candidacy_delay_s
+        return Decision(sv.id, Start.SCHEDULE_CANDIDACY, Go.DEFER, p, True, live, wait)
     if now < sv.candidacy_at:
         return no(NoFailover.CANDIDACY_DELAY, odown=True, live=live)
     return Decision(sv.id, Start.ASK_FOR_VOTES, Go.DELAY_OVER, p, True, live)
+
+
+def preferred_candidate(view: SentinelView, shard: int, t: Timings, now: float) -> str:
+    """The live sentinel that runs first for `shard`'s failover: the live ids in order,
+    rotated by shard so leadership spreads. The others wait a round before running, and vote
+    for it meanwhile: sentinels that see ODOWN at once then never split the vote, however
+    slow the bus is (a random delay alone only helps when the bus is faster than it)."""
+    fresh = [
+        sid
+        for sid, h in view.hellos.items()
+        if now - h.received_at <= t.hello_max_age_s and not h.stalled
+    ]
+    live = sorted({view.sentinel, *fresh})
+    return live[(shard - 1) % len(live)]
 
 
 def next_actions(view: SentinelView, t: Timings, now: float) -> tuple[Decision, ...]:

@@ -388,7 +388,7 @@ class Sentinel:
                 )
         match d.action:
             case Start.SCHEDULE_CANDIDACY:
-                delay = random.uniform(0.0, self.timings.candidacy_delay_s)
+                delay = d.wait_s + random.uniform(0.0, self.timings.candidacy_delay_s)
                 self.candidacy_at[d.shard] = now + delay
                 asyncio.get_running_loop().call_later(delay, self._wake)
             case Start.VOTE_PENDING:

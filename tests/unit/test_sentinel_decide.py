@@ -35,6 +35,7 @@ from sentinel.decide import (
     live_sentinels,
     majority,
     next_actions,
+    preferred_candidate,
     retry_delay,
     shard_settling,
     tally,
@@ -784,3 +785,45 @@ def test_a_split_vote_resolves_to_the_lowest_id_in_the_next_epoch() -> None:
     r = vote_on(running, s2_ballot, replace(REQ_S1, failover_epoch=12), T, NOW)
     assert (r.granted, r.reason) == (False, VoteRefusal.CANDIDATE)
     assert r.reason in SOFT_REFUSALS
+
+
+# --- who runs first: preferred_candidate -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shard", "live", "stalled", "age", "expected"),
+    [
+        pytest.param(1, OTHERS, (), 0.0, "s1", id="shard1-s1"),
+        pytest.param(2, OTHERS, (), 0.0, "s2", id="shard2-s2"),
+        pytest.param(3, OTHERS, (), 0.0, "s3", id="shard3-s3"),
+        pytest.param(4, OTHERS, (), 0.0, "s1", id="rotates"),
+        pytest.param(2, ("s3",), (), 0.0, "s3", id="s2-dead"),
+        pytest.param(2, OTHERS, ("s2",), 0.0, "s3", id="s2-stalled"),
+        pytest.param(2, OTHERS, (), 1.01, "s1", id="hellos-stale-only-me"),
+        pytest.param(3, (), (), 0.0, "s1", id="alone"),
+    ],
+)
+def test_preferred_candidate(
+    shard: int, live: tuple[str, ...], stalled: tuple[str, ...], age: float, expected: str
+) -> None:
+    v = view_with_primary_down(live=live, stalled_hellos=stalled, hello_age=age)
+    assert preferred_candidate(v, shard, T, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("shard", "live", "reason", "wait"),
+    [
+        pytest.param(1, OTHERS, Go.ODOWN, 0.0, id="preferred-runs-first"),
+        pytest.param(2, OTHERS, Go.DEFER, 0.6, id="others-wait-a-round"),
+        pytest.param(2, ("s3",), Go.DEFER, 0.6, id="next-live-preferred"),
+        pytest.param(3, ("s2",), Go.ODOWN, 0.0, id="rotation-wraps-to-me"),
+        pytest.param(2, ("s2", "s3"), Go.DEFER, 0.6, id="s2-preferred"),
+    ],
+)
+def test_schedule_waits_unless_preferred(
+    shard: int, live: tuple[str, ...], reason: Go, wait: float
+) -> None:
+    v = view_with_primary_down(live=live, sdown_by=live, shards=(shard_view(id=shard),))
+    d = only(v)
+    assert (d.action, d.reason) == (SCHED, reason)
+    assert d.wait_s == pytest.approx(wait)
