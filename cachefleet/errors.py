@@ -7,8 +7,9 @@ class CachefleetError(Exception):
     """Root of every error cachefleet raises on purpose."""
 
 
-class TopologyError(CachefleetError):
-    """A topology file is invalid: names the file, the field and the reason."""
+class InvalidInput(CachefleetError):
+    """Input from outside a process (a file, a bus message) that does not fit its schema:
+    names where it came from, the field and the reason, in one line."""
 
     def __init__(self, source: str, field: str, message: str) -> None:
         self.source = source
@@ -18,15 +19,12 @@ class TopologyError(CachefleetError):
         super().__init__(f"{source}: {where}{message}")
 
 
-class ScenarioError(CachefleetError):
-    """A chaos scenario file is invalid: names the file, the field and the reason."""
+class TopologyError(InvalidInput):
+    """A topology file is invalid."""
 
-    def __init__(self, source: str, field: str, message: str) -> None:
-        self.source = source
-        self.field = field
-        self.message = message
-        where = f"field `{field}`: " if field else ""
-        super().__init__(f"{source}: {where}{message}")
+
+class ScenarioError(InvalidInput):
+    """A chaos scenario file is invalid."""
 
 
 class EngineNotFound(CachefleetError):
@@ -35,15 +33,6 @@ class EngineNotFound(CachefleetError):
 
 class BusError(CachefleetError):
     """The control bus could not be reached or answered something unusable."""
-
-
-class EngineError(CachefleetError):
-    """An engine node answered an error (or nothing) where we needed a reply."""
-
-    def __init__(self, node: str, reply: str) -> None:
-        self.node = node
-        self.reply = reply
-        super().__init__(f"{node}: {reply}")
 
 
 class StateError(CachefleetError):

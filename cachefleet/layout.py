@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from cachefleet.errors import CachefleetError
+from cachefleet.errors import InvalidInput
 from cachefleet.plan import Plan
 from cachefleet.slots import SLOTS, Range
 
@@ -190,13 +190,12 @@ MAX_EPOCH = (1 << 53) - 1  # integers every JSON reader keeps exact
 ROLES = ("primary", "replica")
 
 
-class LayoutError(CachefleetError, ValueError):
+class LayoutError(InvalidInput, ValueError):
     """A layout (from the bus or layout.json) that cannot be used: names the field."""
 
     def __init__(self, field: str, reason: str) -> None:
-        self.field = field
+        super().__init__("layout", field, reason)
         self.reason = reason
-        super().__init__(f"layout: field `{field}`: {reason}")
 
 
 def _mapping(value: Any, field: str) -> Mapping[str, Any]:

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cachefleet.errors import CachefleetError
+from cachefleet.errors import InvalidInput
 from cachefleet.plan import Plan
 
 MAX_PAYLOAD_BYTES = 1 << 20
@@ -28,15 +28,13 @@ MAX_EPOCH = (1 << 53) - 1
 OFFLINE = b"offline"
 
 
-class MessageError(CachefleetError):
+class MessageError(InvalidInput):
     """A bus message that is not one of ours: names the topic, the field and the reason."""
 
     def __init__(self, topic: str, field: str, reason: str) -> None:
+        super().__init__(topic, field, reason)
         self.topic = topic
-        self.field = field
         self.reason = reason
-        where = f"field `{field}`: " if field else ""
-        super().__init__(f"{topic}: {where}{reason}")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,12 @@ from typing import Any
 
 import pytest
 from helpers import RunningCluster, assert_all_gone, cli, start_cluster
+from hypothesis import settings
+
+# Property tests check behaviour, not speed: on a loaded 2-core machine a per-example
+# deadline only makes them flaky.
+settings.register_profile("cachefleet", deadline=None)
+settings.load_profile("cachefleet")
 
 
 @pytest.fixture
