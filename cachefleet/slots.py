@@ -43,7 +43,12 @@ def key_slot(key: bytes | str) -> int:
     this is on the router's hot path)."""
     if isinstance(key, str):
         key = key.encode()
-    return binascii.crc_hqx(hash_tag(key), 0) & 0x3FFF
+    start = key.find(b"{")  # hash_tag(), inlined
+    if start != -1:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            key = key[start + 1 : end]
+    return binascii.crc_hqx(key, 0) & 0x3FFF
 
 
 Range = tuple[int, int]

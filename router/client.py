@@ -150,8 +150,13 @@ class Call:
         if self.parent is not None:
             self.parent.part_done(len(frame))
         else:
-            self.client.count(self, len(frame))
-            self.client.deliver()
+            client = self.client
+            if not client.closed:  # ClientConn.count, inlined: the hot path
+                n = len(frame)
+                self.size += n
+                client.inflight_bytes += n
+                client.hooks.inflight_bytes += n
+            client.deliver()
         if self.on_done is not None:
             self.on_done(self)
 
@@ -336,8 +341,12 @@ class ClientConn(asyncio.Protocol):
             self.hooks.inflight_bytes += size
 
     def add(self, call: C) -> C:
-        if call.raw is not None:
-            self.count(call, len(call.raw))
+        raw = call.raw
+        if raw is not None and not self.closed:  # count(), inlined: the hot path
+            n = len(raw)
+            call.size += n
+            self.inflight_bytes += n
+            self.hooks.inflight_bytes += n
         self.queue.append(call)
         return call
 
