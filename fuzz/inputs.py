@@ -1,6 +1,6 @@
 """Fuzz inputs for the router and the bus handlers: pure, seeded generators (bytes out).
 
-Three kinds of RESP input, mixed: grammar-aware commands (real command names with arguments
+Three kinds of RESP input: grammar-aware commands (real command names with arguments
 in the fuzzer's own key space, including the inputs that broke the router before: forged
 MOVED/ASK replies from Lua, deep replies, odd MSET arity, commands the router refuses),
 mutations of those frames (truncated, lengths lied about, bytes flipped, CR/LF inserted,
@@ -196,14 +196,17 @@ def random_bytes(rng: random.Random) -> bytes:
     return rng.randbytes(rng.randrange(1, 200))
 
 
-def resp_input(rng: random.Random) -> bytes:
-    """One fuzz input: 60% valid commands, 30% mutated, 10% noise."""
-    r = rng.random()
-    if r < 0.6:
-        return frame(rng)
-    if r < 0.9:
-        return mutate(frame(rng), rng)
-    return random_bytes(rng)
+def hostile(rng: random.Random) -> bytes:
+    """One input that may break the framing (and so end its connection): 75% mutated frames,
+    25% noise."""
+    return mutate(frame(rng), rng) if rng.random() < 0.75 else random_bytes(rng)
+
+
+def batch(rng: random.Random, size: int) -> list[bytes]:
+    """What one connection sends: well-framed commands (every one of them is parsed and
+    answered, whatever it asks), then one hostile input, which may end the connection: a
+    malformed input in the middle would hide the rest of the batch from the router."""
+    return [frame(rng) for _ in range(size - 1)] + [hostile(rng)]
 
 
 # -- bus messages ---------------------------------------------------------------------------

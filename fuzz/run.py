@@ -82,7 +82,7 @@ async def fuzz_connection(
             await asyncio.sleep(0.05)
             continue
         try:
-            payload = b"".join(inputs.resp_input(rng) for _ in range(batch))
+            payload = b"".join(inputs.batch(rng, batch))
             writer.write(payload)
             with contextlib.suppress(OSError, TimeoutError):
                 await asyncio.wait_for(writer.drain(), 2.0)
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=1800.0)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--connections", type=int, default=8)
-    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--batch", type=int, default=10, help="inputs per connection")
     p.add_argument("--no-bus", dest="bus", action="store_false")
     p.add_argument("--max-rss-mb", type=float, default=300.0)
     p.add_argument("--quiet", action="store_true")
