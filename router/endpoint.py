@@ -221,7 +221,8 @@ def client_command(
     client: ClientConn, args: Sequence[bytes], clients: Collection[ClientConn] = ()
 ) -> Any:
     """CLIENT about the client's own connection to the router (the connections behind it
-    are shared: the engine's CLIENT would describe those)."""
+    are shared: the engine's CLIENT would describe those). CLIENT LIST lists the clients of
+    the router worker that serves the connection."""
     sub = args[1].upper() if len(args) > 1 else b""
     match sub:
         case b"ID" if len(args) == 2:

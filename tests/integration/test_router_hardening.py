@@ -161,3 +161,64 @@ def test_auth_is_not_answered_ok(shared_cluster: RunningCluster) -> None:
             (redis.ResponseError, redis.AuthenticationError), match="without any password"
         ):
             r.execute_command(*args)
+
+
+def test_a_subscriber_that_does_not_read_is_disconnected_with_a_log_line(
+    shared_cluster: RunningCluster,
+) -> None:
+    slow = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.settimeout(10)
+    slow.connect(shared_cluster.router)
+    slow.sendall(encode_command([b"SUBSCRIBE", b"firehose"]))
+    assert read_reply(slow, b":1\r\n").endswith(b"$8\r\nfirehose\r\n:1\r\n")
+    publisher = client(shared_cluster)
+    payload = "x" * 100_000
+    for _ in range(500):  # 50 MB, over the 32 MB pub/sub output limit; never read
+        publisher.publish("firehose", payload)
+    assert publisher.ping() is True  # everyone else is fine
+    slow.settimeout(0.5)
+    closed = False
+    deadline = time.monotonic() + 20
+    while not closed and time.monotonic() < deadline:
+        try:
+            closed = slow.recv(1 << 20) == b""
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            closed = True
+    slow.close()
+    assert closed
+    logs = shared_cluster.cdir.log_file("router").parent.glob("router*.log")  # every worker
+    assert any("client_pubsub_output_limit" in log.read_text() for log in logs)
+
+
+def test_wait_mset_and_client_through_the_router(shared_cluster: RunningCluster) -> None:
+    r = client(shared_cluster)
+    with pytest.raises(redis.ResponseError, match="WAIT is not supported through the router"):
+        r.execute_command("WAIT", 1, 100)
+    r.delete("ms:a", "ms:b")
+    with pytest.raises(redis.ResponseError, match="wrong number of arguments for 'mset'"):
+        r.execute_command("MSET", "ms:a", "1", "ms:b")
+    assert r.exists("ms:a", "ms:b") == 0  # refused whole, not applied in part
+    r.client_setname("me")
+    assert r.client_getname() == "me"
+    me = r.client_id()
+    listed = {c["id"]: c for c in r.client_list()}  # the clients of this router worker
+    assert listed[str(me)]["name"] == "me"
+    assert str(r.client_info()["id"]) == str(me)
+
+
+def test_resp3_subscriber_sees_replies_in_order(shared_cluster: RunningCluster) -> None:
+    sock = raw(shared_cluster)
+    sock.sendall(encode_command([b"HELLO", b"3"]) + encode_command([b"SUBSCRIBE", b"r3"]))
+    read_reply(sock, b"$2\r\nr3\r\n:1\r\n")
+    client(shared_cluster).set("r3:k", "v")
+    sock.sendall(
+        encode_command([b"GET", b"r3:k"])
+        + encode_command([b"PING"])
+        + encode_command([b"UNSUBSCRIBE", b"r3"])
+    )
+    data = read_reply(sock, b"$2\r\nr3\r\n:0\r\n")
+    assert data == b"$1\r\nv\r\n+PONG\r\n>3\r\n$11\r\nunsubscribe\r\n$2\r\nr3\r\n:0\r\n"
+    sock.close()
