@@ -86,9 +86,11 @@ async def fuzz_connection(
             writer.write(payload)
             with contextlib.suppress(OSError, TimeoutError):
                 await asyncio.wait_for(writer.drain(), 2.0)
-                deadline = time.monotonic() + 0.05
-                while time.monotonic() < deadline:  # take what the router answers, briefly
-                    if not await asyncio.wait_for(reader.read(1 << 16), 0.05):
+                if writer.can_write_eof():
+                    writer.write_eof()  # done sending: the router answers, then closes
+                deadline = time.monotonic() + 1.0
+                while time.monotonic() < deadline:  # take what the router answers
+                    if not await asyncio.wait_for(reader.read(1 << 16), 1.0):
                         break
             fig.inputs += batch
             fig.batches += 1
