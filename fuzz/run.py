@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -222,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = p.parse_args(argv)
     home = Path(tempfile.mkdtemp(prefix="cachefleet-fuzz-"))
+    # SIGTERM ends the campaign like Ctrl-C: the cluster is still stopped below.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     t0 = time.monotonic()
     try:
         fig = asyncio.run(campaign(args, home))
