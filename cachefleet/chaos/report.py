@@ -38,6 +38,7 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         f"Topology `{result['topology']}`, {len(result['trials'])} trial(s), seed "
         f"{result['seed']}, workload: {result['workload_text']}.",
         "",
+        *([f"**Stopped {result['stopped']}**", ""] if result.get("stopped") else []),
         "| figure | p50 | p99 | max |",
         "|---|---|---|---|",
         f"| unavailability of affected shards (s) | {_fmt(agg['failover_p50_s'])} | "

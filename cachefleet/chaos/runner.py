@@ -270,6 +270,15 @@ class ChaosRun:
                     result, trial, shard_of = await self.run_trial(n, plan)
                     self._write_trial(run_dir, result, trial, shard_of)
                     trials.append(result)
+        except BaseException as exc:
+            if trials:  # a long run stopped part way keeps the figures of the trials it ran
+                partial = self._result(trials)
+                partial["stopped"] = f"after {len(trials)} of {self.trials} trials: {exc!r}"
+                partial["passed"] = False
+                report.write_json(run_dir / "result.json", partial)
+                report.write_markdown(run_dir / "report.md", partial)
+                self.out(f"chaos {sc.name}: stopped; report of {len(trials)} trials in {run_dir}")
+            raise
         finally:
             self.pf = None
             if owned:

@@ -19,7 +19,7 @@ from typing import Any
 
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ClusterDownError, RedisError, ResponseError
+from redis.exceptions import ClusterDownError, RedisClusterException, RedisError, ResponseError
 
 from cachefleet.chaos.checker import Op
 from cachefleet.chaos.scenario import Workload
@@ -28,6 +28,9 @@ from cachefleet.plan import Plan
 from cachefleet.slots import SLOTS, key_slot
 
 FINAL_READ_S = 60.0
+# What a client raises when an operation may or may not have reached the node (redis-py's
+# cluster client raises RedisClusterException, outside RedisError, when it cannot connect).
+CLIENT_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 
 @dataclass
@@ -112,7 +115,7 @@ class SlotMap:
 async def _close(client: Any) -> None:
     """Close a client without letting a node that is paused or gone stall or fail the trial:
     its operations are recorded already."""
-    with contextlib.suppress(RedisError, OSError, TimeoutError):
+    with contextlib.suppress(*CLIENT_ERRORS):
         await asyncio.wait_for(client.aclose(), 1.0)
 
 
@@ -185,7 +188,7 @@ class WorkloadRun:
                             node = client.get_node_from_key(key).name
                 except ResponseError:
                     outcome = "error"
-                except (RedisError, OSError, TimeoutError):
+                except CLIENT_ERRORS:
                     outcome = "unknown"
                 trial.history.append(
                     Op("w", key, value, start, trial.now(), outcome, node, worker=index)
@@ -206,7 +209,7 @@ class WorkloadRun:
             try:
                 await asyncio.wait_for(client.initialize(), 5.0)
                 return
-            except (RedisError, OSError, TimeoutError):
+            except CLIENT_ERRORS:
                 await asyncio.sleep(0.1)
 
     async def _write_wait(
@@ -238,7 +241,7 @@ class WorkloadRun:
             # paused (SIGSTOPped) node
             deadline = (w.op_timeout_ms + w.wait_timeout_ms) / 1000
             set_reply, acks = await asyncio.wait_for(pipe.execute(raise_on_error=False), deadline)
-        except (RedisError, OSError, TimeoutError):
+        except CLIENT_ERRORS:
             node_clients.pop(name, None)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.aclose(), 0.5)
@@ -266,7 +269,7 @@ class WorkloadRun:
                     outcome = "ok"
                 except ResponseError:
                     outcome = "error"
-                except (RedisError, OSError, TimeoutError):
+                except CLIENT_ERRORS:
                     outcome = "unknown"
                 trial.history.append(Op("r", key, value, start, trial.now(), outcome, worker=index))
                 if outcome != "ok":
@@ -286,7 +289,7 @@ class WorkloadRun:
                         raw = await rc.get(key)
                         out[key] = int(raw) if raw is not None else None
                         break
-                    except (RedisError, OSError, TimeoutError):
+                    except CLIENT_ERRORS:
                         if time.monotonic() > deadline:
                             raise
                         await asyncio.sleep(0.2)
