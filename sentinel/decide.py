@@ -470,6 +470,12 @@ def tally(
     return Tally.OPEN
 
 
+def retry_delay_after_abort(t: Timings) -> float:
+    """After a failover I led was aborted (before promotion), the shard waits a failover
+    timeout before anyone of mine runs for it again, as Sentinel does."""
+    return t.failover_timeout_s
+
+
 def retry_delay(me: str, rivals: Collection[str], t: Timings) -> float:
     """After a lost election, how long before I may run again. Candidates that split a vote
     (each voted for itself in the same epoch) must not collide again: the lowest sentinel id

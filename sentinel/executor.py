@@ -149,7 +149,8 @@ class Executor:
 
     # -- failover -----------------------------------------------------------------------------
 
-    async def failover(self, shard_id: int, primary: str, epoch: int) -> None:
+    async def failover(self, shard_id: int, primary: str, epoch: int) -> bool:
+        """Drive the failover state machine to its end: True when the layout was published."""
         h = self.host
         t = h.timings
         assert h.layout is not None
@@ -227,6 +228,7 @@ class Executor:
             if fo.abort_reason is machine.AbortReason.NO_ELIGIBLE_REPLICA:
                 excluded = {r.name: why.name for r, why in (ranked.excluded if ranked else ())}
                 h.event("no_eligible_replica", shard=shard_id, excluded=excluded)
+        return fo.state is FailoverState.DONE or published
 
     async def check_promoted(self, name: str) -> str | None:
         text = await self.host.admin[name].call("CLUSTER", "NODES")

@@ -426,7 +426,12 @@ class Sentinel:
                     asyncio.get_running_loop().call_soon(self._wake)
                 return
             self.publish_hello()
-            await self.executor.failover(shard, primary, epoch)
+            if not await self.executor.failover(shard, primary, epoch):
+                # aborted (no eligible replica, primary back): one attempt per shard per
+                # failover timeout, not a new epoch every tick
+                self.retry_at[shard] = time.monotonic() + decide.retry_delay_after_abort(
+                    self.timings
+                )
         except Exception:
             self.log.exception("failover_crashed", shard=shard)
         finally:

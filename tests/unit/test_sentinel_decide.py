@@ -37,6 +37,7 @@ from sentinel.decide import (
     next_actions,
     preferred_candidate,
     retry_delay,
+    retry_delay_after_abort,
     shard_settling,
     tally,
     vote_on,
@@ -827,3 +828,9 @@ def test_schedule_waits_unless_preferred(
     d = only(v)
     assert (d.action, d.reason) == (SCHED, reason)
     assert d.wait_s == pytest.approx(wait)
+
+
+def test_an_aborted_failover_is_retried_after_a_failover_timeout() -> None:
+    assert retry_delay_after_abort(T) == 5.0
+    v = view_with_primary_down(retry_at=NOW + retry_delay_after_abort(T) - 0.01)
+    assert only(v).reason is NoFailover.RETRY_LATER
