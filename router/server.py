@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from cachefleet import bus
-from cachefleet.layout import Layout
+from cachefleet.layout import Layout, LayoutError
 from cachefleet.plan import Plan
 from cachefleet.resp import Err, encode, encode_command
 from cachefleet.slots import key_slot
@@ -47,15 +47,21 @@ class Router(Core):
         self.plan = plan
         self.worker = worker
         self.id = f"router-{worker}"
+        self.layouts_refused = 0
 
     def on_bus_message(self, topic: str, payload: bytes) -> None:
         data = bus.decode(payload)
         if data is None or not topic.endswith("/layout"):
             return
         try:
-            self.apply_layout(Layout.from_dict(data))
-        except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
-            self.log.warning("layout_invalid", error=str(exc))
+            # only this cluster's nodes at their planned addresses: a forged layout cannot
+            # send any client's traffic elsewhere
+            layout = Layout.from_dict(data, self.plan)
+        except LayoutError as exc:
+            self.layouts_refused += 1
+            self.log.warning("layout_refused", error=str(exc), refused=self.layouts_refused)
+            return
+        self.apply_layout(layout)
 
     # -- dispatch ------------------------------------------------------------------------------
 

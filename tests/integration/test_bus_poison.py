@@ -92,3 +92,56 @@ def test_poisonous_retained_messages_leave_sentinels_running_and_failover_workin
         "failover after poison",
     )
     assert sentinel_pids(c) == before
+
+
+def forged_layouts(c: RunningCluster) -> list[bytes]:
+    """Layouts with a higher config epoch that must not change any routing."""
+    real = c.cdir.load_layout()
+    assert real is not None
+    good = real.to_dict()
+    epoch = real.epoch + 100
+
+    def variant(**edits: Any) -> bytes:
+        d = {**good, "epoch": epoch, **edits}
+        return bus.encode(d)
+
+    elsewhere = [
+        {**s, "nodes": [{**n, "host": "127.0.0.9", "port": 1} for n in s["nodes"]]}
+        for s in good["shards"]
+    ]
+    return [
+        variant(shards=[{**good["shards"][0], "slots": [[0, 20000]]}]),
+        variant(epoch=float("inf")),
+        variant(shards=elsewhere),  # well-formed, but every node somewhere else
+        variant(cluster="another"),
+        b'{"cluster":"x","epoch":1e309,"shards":[]}',
+    ]
+
+
+def test_forged_layouts_change_no_routing(shared_cluster: RunningCluster) -> None:
+    """A retained layout with a higher epoch but bad slots, an infinite epoch, or nodes that
+    are not the cluster's: the router refuses it, keeps its worker, and keeps serving every
+    key; status still shows the real layout."""
+    c = shared_cluster
+    host, port = c.router
+    r = redis.Redis(host=host, port=port, socket_timeout=5, decode_responses=True)
+    keys = [f"forged:{i}" for i in range(300)]  # over every shard
+    for k in keys:
+        r.set(k, k)
+    workers = {n: read_pid(c.cdir.pid_file(n)) for n in ("router", "router.1")}
+    before = c.status()["epoch"]
+    topic = bus.topic(c.name, "layout")
+    publish(c, [(topic, payload) for payload in forged_layouts(c)])
+    time.sleep(1.0)
+    try:
+        assert [r.get(k) for k in keys] == keys
+        assert all(r.set(k, "again") for k in keys)
+        assert {n: read_pid(c.cdir.pid_file(n)) for n in workers} == workers
+        assert all(p is None or running(p) for p in workers.values())
+        assert c.status()["epoch"] == before
+    finally:
+        # put the real layout back as the retained one, for the module's other tests
+        real = c.cdir.load_layout()
+        assert real is not None
+        publish(c, [(topic, bus.encode(real.to_dict()))])
+        r.close()
