@@ -110,6 +110,8 @@ class Router:
     failover_wait_ms: int = 5000
     workers: int = 0  # 0: one worker per core
     zone: str | None = None  # the router's zone, for read_from: same-zone
+    max_clients: int = 10_000  # per worker, like the engine's maxclients
+    query_buffer_limit_mb: int = 64  # one client's unparsed request bytes
 
 
 @dataclass(frozen=True)
@@ -358,6 +360,8 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
         failover_wait_ms=router_s.integer("failover_wait_ms", 5000, 0, 60000),
         workers=router_s.integer("workers", 0, 0, 64),
         zone=router_zone,
+        max_clients=router_s.integer("max_clients", 10_000, 1, 1_000_000),
+        query_buffer_limit_mb=router_s.integer("query_buffer_limit_mb", 64, 1, 1024),
     )
     router_s.done()
 

@@ -195,10 +195,10 @@ class Merge(Call):
 class ClientConn(asyncio.Protocol):
     """One client: request framing in, ordered replies out, back-pressure both ways."""
 
-    def __init__(self, hooks: ClientHooks) -> None:
+    def __init__(self, hooks: ClientHooks, *, max_query: int = QUERY_BUFFER_CAP) -> None:
         self.hooks = hooks
         self.id = 0
-        self.framer = RequestFramer(max_query=QUERY_BUFFER_CAP)
+        self.framer = RequestFramer(max_query=max_query)
         self.queue: collections.deque[Call] = collections.deque()
         self.parts = 0  # backend calls of split requests beyond their one queue entry
         self.inflight_bytes = 0

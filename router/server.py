@@ -43,6 +43,7 @@ class Router(Core):
             zone=zone or settings.zone,
             failover_wait_s=settings.failover_wait_ms / 1000,
             worker=worker,
+            max_clients=settings.max_clients,
         )
         self.plan = plan
         self.worker = worker
@@ -228,7 +229,8 @@ async def run_router(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     sock = listen_socket(plan.router_host, plan.router_port, reuse_port=reuse_port)
-    server = await loop.create_server(lambda: ClientConn(router), sock=sock)
+    max_query = plan.topology.router.query_buffer_limit_mb * 1024 * 1024
+    server = await loop.create_server(lambda: ClientConn(router, max_query=max_query), sock=sock)
     state_topic = bus.topic(plan.name, "routers", router.id, "state")
     link = bus.BusLink(
         host=plan.bus_host,

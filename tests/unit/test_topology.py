@@ -126,6 +126,13 @@ INVALID = [
     pytest.param(doc(ports__base=1023), "ports.base", "out of range 1024..65535", id="base-1023"),
     pytest.param(doc(router__port=0), "router.port", "out of range", id="router-port-0"),
     pytest.param(doc(router__workers=-1), "router.workers", "out of range", id="workers-neg"),
+    pytest.param(doc(router__max_clients=0), "router.max_clients", "out of range", id="maxclients"),
+    pytest.param(
+        doc(router__query_buffer_limit_mb=2048),
+        "router.query_buffer_limit_mb",
+        "out of range",
+        id="query-buffer",
+    ),
     pytest.param(doc(router__zone="az-x"), "router.zone", "is not one of the zones", id="rzone"),
     pytest.param(
         doc(durability__max_lag_s=0), "durability.max_lag_s", "out of range", id="max-lag-0"
@@ -354,6 +361,8 @@ def test_minimal_document_gets_documented_defaults() -> None:
     assert topo.router.read_from == "primary"
     assert topo.router.failover_wait_ms == 5000
     assert topo.router.workers == 0  # one per core
+    assert topo.router.max_clients == 10_000
+    assert topo.router.query_buffer_limit_mb == 64
     assert topo.router.zone is None
     assert topo.bus.url == "embedded"
     assert topo.sentinels.count == 3
