@@ -281,17 +281,29 @@ class ChaosRun:
             raise
         finally:
             self.pf = None
-            if owned:
-                await lifecycle.down(
-                    plan.name, state_dir=self.state_dir, purge=False, out=lambda _m: None
-                )
+            stopped = await self._stop(plan) if owned else True
         result = self._result(trials)
         report.write_json(run_dir / "result.json", result)
         report.write_markdown(run_dir / "report.md", result)
         self.out(
             f"chaos {sc.name}: {'passed' if result['passed'] else 'FAILED'}; report in {run_dir}"
         )
-        return (0 if result["passed"] else 1), run_dir
+        return (0 if result["passed"] and stopped else 1), run_dir
+
+    async def _stop(self, plan: Plan) -> bool:
+        """Stop the cluster this run started. A failure to stop it is said (and fails the
+        run) but neither masks the run's own error nor loses its report."""
+        try:
+            await lifecycle.down(
+                plan.name, state_dir=self.state_dir, purge=False, out=lambda _m: None
+            )
+        except (CachefleetError, OSError, TimeoutError) as exc:
+            self.out(
+                f"chaos: could not stop cluster {plan.name} ({exc!r}); "
+                f"run `cachefleet down {plan.name}`"
+            )
+            return False
+        return True
 
     def _write_trial(
         self, run_dir: Path, result: dict[str, Any], trial: Trial, shard_of: dict[str, int]
