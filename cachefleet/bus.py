@@ -85,7 +85,7 @@ async def read_retained(
                     continue
                 if isinstance(msg.payload, bytes | bytearray):
                     out[str(msg.topic)] = bytes(msg.payload)
-    except aiomqtt.MqttError as exc:
+    except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
         raise BusError(f"bus at {host}:{port} unreachable: {exc}") from exc
     return out
 
@@ -115,7 +115,7 @@ class Outbox:
             async with client(self.host, self.port, "publisher") as c:
                 for name, payload, retain in messages:
                     await c.publish(name, payload, qos=1, retain=retain)
-        except aiomqtt.MqttError as exc:
+        except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
             raise BusError(f"bus at {self.host}:{self.port} unreachable: {exc}") from exc
 
 

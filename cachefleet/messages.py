@@ -185,6 +185,8 @@ class RouterState:
     config_epoch: int
     connections: int
     pid: int | None
+    worker: int = 0
+    ops_per_sec: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -276,6 +278,15 @@ class _Fields:
         if self.data.get(name) is None:
             return None
         return self.integer(name, 0, MAX_EPOCH)
+
+    def rate(self, name: str) -> float:
+        """A finite, non-negative number (0 when absent)."""
+        value = self.data.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(name, "must be a number")
+        if not 0 <= value < float("inf"):
+            raise self.fail(name, "must be finite and not negative")
+        return float(value)
 
     def boolean(self, name: str, default: bool | None = None) -> bool:
         value = self.data.get(name, default)
@@ -434,6 +445,8 @@ def parse_router_state(known: Known, topic: str, payload: bytes) -> RouterState 
         config_epoch=f.epoch("config_epoch", fallback="epoch", default=0),
         connections=f.integer("connections", 0, 1 << 31, 0),
         pid=f.optional_int("pid"),
+        worker=f.integer("worker", 0, 1024, 0),
+        ops_per_sec=f.rate("ops_per_sec"),
     )
 
 

@@ -117,7 +117,7 @@ async def graceful_failover(
     # The new layout's config epoch must beat both the current layout and any failover epoch
     # the sentinels reached meanwhile (they stamp their layouts with it): re-read the hellos.
     hellos = (await read_bus(plan, cdir)).hellos
-    config_epoch = max([layout.epoch, *(int(h.get("epoch", 0)) for h in hellos.values())]) + 1
+    config_epoch = max([layout.epoch, *(h.failover_epoch for h in hellos.values())]) + 1
     new_layout = layout.with_primary(shard_id, target.name, new_id, config_epoch)
     outbox = bus.Outbox(plan.bus_host, plan.bus_port)
     publish_layout(outbox, cdir, new_layout)

@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 from typing import Any
 
-from cachefleet import bus
+from cachefleet import bus, messages
 from cachefleet.credentials import Credentials
-from cachefleet.errors import CachefleetError
+from cachefleet.errors import CachefleetError, InvalidInput
 from cachefleet.events import read_events
-from cachefleet.layout import Layout, LayoutError
+from cachefleet.layout import Layout
 from cachefleet.nodes import connect, myself, replication
 from cachefleet.plan import Plan
 from cachefleet.proc import live_processes
@@ -43,26 +43,33 @@ async def _probe(host: str, port: int, auth: Credentials | None) -> dict[str, An
 
 
 class BusView:
-    """Everything retained under ``cachefleet/<cluster>/`` read in one subscription: the
-    layout, sentinel hellos, router states (offline wills dropped)."""
+    """Everything retained under ``cachefleet/<cluster>/`` read in one subscription, each
+    message validated into its typed value (what does not validate is left out, like the
+    offline wills): the layout, sentinel hellos, router states."""
 
     def __init__(self, retained: dict[str, bytes], plan: Plan) -> None:
-        prefix = bus.topic(plan.name, "")
+        known = messages.Known.from_plan(plan)
         self.layout: Layout | None = None
-        self.hellos: dict[str, dict[str, Any]] = {}
-        self.routers: dict[str, dict[str, Any]] = {}
-        for name, payload in retained.items():
-            data = bus.decode(payload)
-            if data is None or not name.startswith(prefix):
-                continue
-            parts = name[len(prefix) :].split("/")
-            if parts == ["layout"]:
-                with contextlib.suppress(LayoutError):
-                    self.layout = Layout.from_dict(data, plan)
-            elif len(parts) == 3 and parts[0] == "sentinels" and parts[2] == "hello":
-                self.hellos[parts[1]] = data
-            elif len(parts) == 3 and parts[0] == "routers" and parts[2] == "state":
-                self.routers[parts[1]] = data
+        self.hellos: dict[str, messages.Hello] = {}
+        self.routers: dict[str, messages.RouterState] = {}
+        self.refused = 0
+        layout_topic = bus.topic(plan.name, "layout")
+        for topic, payload in retained.items():
+            try:
+                if topic == layout_topic:
+                    data = bus.decode(payload)
+                    if data is not None:
+                        self.layout = Layout.from_dict(data, plan)
+                elif topic.endswith("/hello"):
+                    hello = messages.parse_hello(known, topic, payload)
+                    if isinstance(hello, messages.Hello):
+                        self.hellos[hello.sentinel] = hello
+                elif topic.endswith("/state") and "/routers/" in topic:
+                    state = messages.parse_router_state(known, topic, payload)
+                    if isinstance(state, messages.RouterState):
+                        self.routers[state.router] = state
+            except InvalidInput:
+                self.refused += 1
 
 
 async def read_bus(plan: Plan, cdir: ClusterDir) -> BusView:
@@ -129,7 +136,7 @@ async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
         replicas = [n for n in nodes if primary is None or n["name"] != primary["name"]]
         shards.append({"id": shard_id, "slots": slots, "primary": primary, "replicas": replicas})
         all_nodes += ([primary] if primary else []) + replicas
-    failing_over = sorted({int(s) for h in hellos.values() for s in h.get("failing_over", [])})
+    failing_over = sorted({s for h in hellos.values() for s in h.failing_over})
     if not live:
         state = "stopped"
     elif layout is None:
@@ -158,9 +165,19 @@ async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
         "router": {
             "address": f"{plan.router_host}:{plan.router_port}",
             "running": "router" in live,
-            "connections": sum(int(r.get("connections", 0)) for r in view.routers.values()),
-            "ops_per_sec": sum(float(r.get("ops_per_sec", 0)) for r in view.routers.values()),
-            "workers": [view.routers[k] for k in sorted(view.routers)],
+            "connections": sum(r.connections for r in view.routers.values()),
+            "ops_per_sec": sum(r.ops_per_sec for r in view.routers.values()),
+            "workers": [
+                {
+                    "id": r.router,
+                    "worker": r.worker,
+                    "pid": r.pid,
+                    "connections": r.connections,
+                    "ops_per_sec": r.ops_per_sec,
+                    "epoch": r.config_epoch,
+                }
+                for r in sorted(view.routers.values(), key=lambda r: r.worker)
+            ],
         },
         "sentinels": [
             {
@@ -169,9 +186,9 @@ async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
                 "address": s.host,
                 "running": f"sentinel.{s.id}" in live,
                 "online": s.id in hellos,
-                "epoch": int(hellos.get(s.id, {}).get("epoch", 0)),
-                "sdown": hellos.get(s.id, {}).get("sdown", []),
-                "stalled": bool(hellos.get(s.id, {}).get("stalled", False)),
+                "epoch": hellos[s.id].failover_epoch if s.id in hellos else 0,
+                "sdown": sorted(hellos[s.id].sdown) if s.id in hellos else [],
+                "stalled": hellos[s.id].stalled if s.id in hellos else False,
             }
             for s in plan.sentinels
         ],
