@@ -224,10 +224,12 @@ class ZoneAgent:
             return
         if topo.persistence.appendonly:
             return  # it restarts with its data
-        views = await self._peer_views(rt)
+        views = [view for view in await self._peer_views(rt) if view]
         serving = any(line.id == rt.engine_id and line.serving for view in views for line in view)
-        if not serving:
-            return
+        if views and not serving:
+            return  # the peers that answered know it as no shard's primary
+        # It served its shard, or no peer answered (a busy machine, a whole zone coming back):
+        # not knowing is no reason to risk wiping the replicas, so wait for the failover.
         shard_addrs = {(n.host, n.port) for n in self.plan.shard_nodes(rt.spec.shard)}
         hold_s = (topo.sentinels.down_after_ms + 2 * topo.sentinels.failover_timeout_ms) / 1000
         self.log.info("primary_restart_held", node=rt.spec.name, max_s=hold_s)
