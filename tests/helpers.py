@@ -102,6 +102,19 @@ class RunningCluster:
         return cli(*args, *(["--purge"] if purge else []))
 
 
+def router_client(c: RunningCluster, **kw: Any) -> redis.Redis:
+    """A plain (not cluster-aware) client of the router, as an application would use it."""
+    host, port = c.router
+    kw.setdefault("socket_timeout", 10)
+    return redis.Redis(host=host, port=port, decode_responses=True, **kw)
+
+
+def node_client(address: str, timeout: float = 10) -> redis.Redis:
+    """A client of one node, as the clients' `default` user."""
+    host, port = address.rsplit(":", 1)
+    return redis.Redis(host=host, port=int(port), socket_timeout=timeout, decode_responses=True)
+
+
 def start_cluster(tmp_path: Path, **overrides: Any) -> RunningCluster:
     name = overrides.pop("name", None) or f"t{uuid.uuid4().hex[:8]}"
     topo = base_topology(name, **overrides)

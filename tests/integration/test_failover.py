@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import redis
-from helpers import RunningCluster, cli, wait_for
+from helpers import RunningCluster, cli, node_client, wait_for
 from redis.cluster import RedisCluster
 
 from cachefleet.events import read_events
@@ -28,8 +28,7 @@ pytestmark = pytest.mark.integration
 
 
 def node(address: str) -> redis.Redis:
-    host, port = address.rsplit(":", 1)
-    return redis.Redis(host=host, port=int(port), socket_timeout=1, decode_responses=True)
+    return node_client(address, timeout=1)
 
 
 def events(c: RunningCluster, kind: str | None = None) -> list[dict[str, Any]]:

@@ -7,11 +7,10 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Any
 
 import pytest
 import redis
-from helpers import RunningCluster
+from helpers import RunningCluster, node_client, router_client
 
 from cachefleet.resp import encode_command
 from cachefleet.slots import key_slot
@@ -19,15 +18,8 @@ from cachefleet.slots import key_slot
 pytestmark = pytest.mark.integration
 
 
-def client(c: RunningCluster, **kw: Any) -> redis.Redis:
-    host, port = c.router
-    kw.setdefault("socket_timeout", 10)
-    return redis.Redis(host=host, port=port, decode_responses=True, **kw)
-
-
-def node(address: str) -> redis.Redis:
-    host, port = address.rsplit(":", 1)
-    return redis.Redis(host=host, port=int(port), socket_timeout=10, decode_responses=True)
+client = router_client
+node = node_client
 
 
 def raw(c: RunningCluster) -> socket.socket:

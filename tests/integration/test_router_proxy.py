@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import redis
-from helpers import RunningCluster
+from helpers import RunningCluster, node_client, router_client
 
 from cachefleet.proc import read_pid
 from cachefleet.resp import encode_command
@@ -22,15 +22,8 @@ from cachefleet.slots import key_slot
 pytestmark = pytest.mark.integration
 
 
-def client(c: RunningCluster, **kw: Any) -> redis.Redis:
-    host, port = c.router
-    kw.setdefault("socket_timeout", 10)
-    return redis.Redis(host=host, port=port, decode_responses=True, **kw)
-
-
-def node(address: str) -> redis.Redis:
-    host, port = address.rsplit(":", 1)
-    return redis.Redis(host=host, port=int(port), socket_timeout=10, decode_responses=True)
+client = router_client
+node = node_client
 
 
 def shard_of(status: dict[str, Any], key: str) -> dict[str, Any]:

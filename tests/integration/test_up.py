@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import helpers
 import pytest
 import redis
 from helpers import RunningCluster, assert_all_gone, cli, wait_for
@@ -23,8 +24,7 @@ pytestmark = pytest.mark.integration
 
 
 def node_client(address: str) -> redis.Redis:
-    host, port = address.rsplit(":", 1)
-    return redis.Redis(host=host, port=int(port), socket_timeout=3, decode_responses=True)
+    return helpers.node_client(address, timeout=3)
 
 
 def as_dict(value: Any) -> dict[str, Any]:
