@@ -199,18 +199,31 @@ def connect(
     )
 
 
+# What a call to a node can raise that means "no usable reply". ValueError covers a reply that
+# is not UTF-8: clients put bytes of their choosing in some of it (INFO errorstats counts a
+# script's error_reply prefix; CLIENT LIST shows names), and one client must not be able to
+# break a daemon that reads it.
+_NO_REPLY = (TimeoutError, RedisError, OSError, ValueError)
+
+
 async def try_call(client: aredis.Redis, *args: Any) -> Any | None:
     try:
         return await client.execute_command(*args)  # type: ignore[no-untyped-call]
-    except (TimeoutError, RedisError, OSError):
+    except _NO_REPLY:
         return None
 
 
-async def info(client: aredis.Redis, section: str | None = None) -> Mapping[str, Any] | None:
+# INFO sections whose text no client controls (not errorstats, keyspace or clients lists).
+STATE_SECTIONS = ("server", "memory", "stats", "replication")
+
+
+async def info(client: aredis.Redis, *sections: str) -> Mapping[str, Any] | None:
+    """INFO of the given sections (several need Redis/Valkey 7+), None without a usable
+    reply."""
     try:
-        result: Mapping[str, Any] = await (client.info(section) if section else client.info())
+        result: Mapping[str, Any] = await client.info(*sections)  # type: ignore[arg-type]
         return result
-    except (TimeoutError, RedisError, OSError):
+    except _NO_REPLY:
         return None
 
 

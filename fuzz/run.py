@@ -221,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-rss-mb", type=float, default=300.0)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--keep", action="store_true", help="keep the stopped cluster's state dir")
     args = p.parse_args(argv)
     home = Path(tempfile.mkdtemp(prefix="cachefleet-fuzz-"))
     # SIGTERM ends the campaign like Ctrl-C: the cluster is still stopped below.
@@ -229,7 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fig = asyncio.run(campaign(args, home))
     finally:
-        cli("down", "fuzz", "--purge", "--state-dir", str(home / "state"))
+        keep = [] if args.keep else ["--purge"]
+        cli("down", "fuzz", *keep, "--state-dir", str(home / "state"))
+        if args.keep:
+            print(f"fuzz: the cluster's state, logs and events are kept in {home / 'state'}")
     elapsed = time.monotonic() - t0
     summary: dict[str, Any] = {
         "inputs": fig.inputs,

@@ -21,6 +21,7 @@ import structlog
 from cachefleet import bus
 from cachefleet.announce import emit_event
 from cachefleet.nodes import (
+    STATE_SECTIONS,
     NodeLine,
     Replication,
     cluster_nodes,
@@ -356,7 +357,7 @@ class ZoneAgent:
             return
         client = connect(rt.spec.host, rt.spec.port, timeout=0.5, auth=self.admin)
         try:
-            data = await info(client)
+            data = await info(client, *STATE_SECTIONS)
             me = await myself(client)
         finally:
             await client.aclose()
@@ -398,7 +399,12 @@ class ZoneAgent:
 
     async def publish_states(self) -> None:
         while not self.stopping.is_set():
-            await asyncio.gather(*(self._sample(rt) for rt in self.nodes.values()))
+            results = await asyncio.gather(
+                *(self._sample(rt) for rt in self.nodes.values()), return_exceptions=True
+            )
+            for rt, result in zip(self.nodes.values(), results, strict=True):
+                if isinstance(result, Exception):  # a state sample never takes the agent down
+                    self.log.warning("state_sample_failed", node=rt.spec.name, error=repr(result))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), STATE_INTERVAL_S)
 

@@ -4,10 +4,13 @@ with its own engine user, still runs the cluster."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import redis
 from helpers import RunningCluster
 
+from cachefleet.proc import read_pid, running
 from cachefleet.slots import key_slot
 
 pytestmark = pytest.mark.integration
@@ -66,3 +69,23 @@ def test_the_cluster_is_still_healthy_and_replicas_linked(shared_cluster: Runnin
     st = shared_cluster.status()
     assert st["state"] == "available"
     assert all(s["online"] and not s["sdown"] for s in st["sentinels"])
+
+
+def test_bytes_a_client_puts_in_a_nodes_info_cannot_break_the_agents(
+    shared_cluster: RunningCluster,
+) -> None:
+    """A script's error_reply prefix lands in INFO errorstats as the client wrote it: not
+    UTF-8 here. The agents read their nodes' INFO every second and must keep running."""
+    c = shared_cluster
+    agents = {z: read_pid(c.cdir.pid_file(f"agent.{z}")) for z in c.plan.topology.zones}
+    for shard in c.status()["shards"]:
+        host, port = shard["primary"]["address"].rsplit(":", 1)
+        direct = redis.Redis(host=host, port=int(port), socket_timeout=5)
+        try:
+            with pytest.raises(redis.exceptions.ResponseError):
+                direct.eval(b"return redis.error_reply('\\x87\\xff not utf-8')", 0)
+        finally:
+            direct.close()
+    time.sleep(3.0)  # three state samples
+    assert {z: read_pid(c.cdir.pid_file(f"agent.{z}")) for z in agents} == agents
+    assert all(pid is not None and running(pid) for pid in agents.values())
