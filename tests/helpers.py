@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 import yaml
+from hypothesis import strategies as st
 
 from cachefleet.plan import Plan
 from cachefleet.proc import live_processes, running
@@ -142,3 +143,29 @@ def wait_for(check: Any, timeout: float, what: str) -> Any:
 def assert_all_gone(pids: dict[str, int]) -> None:
     alive = [f"{name}={pid}" for name, pid in pids.items() if running(pid)]
     assert not alive, f"processes left running: {alive}"
+
+
+# Words and field names of the bus messages, for property tests of their parsers and handlers.
+MESSAGE_WORDS = ["s1", "s2", "s3", "x", "az-b", "c-0001-001", "request", "vote", "elected"]
+MESSAGE_FIELDS = [
+    "type", "candidate", "voter", "shard", "failover_epoch", "epoch", "primary", "config_epoch",
+    "granted", "sdown", "zone", "stalled", "failing_over", "node", "status", "id", "pid",
+    "sentinel", "reason", "shards", "cluster", "x",
+]  # fmt: skip
+
+
+def message_json() -> st.SearchStrategy[Any]:
+    """JSON values shaped like bus messages: known field names and words, any values."""
+    return st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(min_value=-(2**70), max_value=2**70)
+        | st.floats(allow_nan=True)
+        | st.text(max_size=20)
+        | st.sampled_from(MESSAGE_WORDS),
+        lambda children: (
+            st.lists(children, max_size=4)
+            | st.dictionaries(st.sampled_from(MESSAGE_FIELDS), children, max_size=8)
+        ),
+        max_leaves=20,
+    )

@@ -28,7 +28,7 @@ import structlog
 
 from cachefleet import bus
 from cachefleet.announce import emit_event, publish_layout
-from cachefleet.layout import Layout
+from cachefleet.layout import Layout, LayoutError
 from cachefleet.log import configure
 from cachefleet.ops.lifecycle import control_processes
 from cachefleet.plan import Plan
@@ -116,6 +116,7 @@ class Supervisor:
         self.cdir = cdir
         self.procs = control_processes(plan, cdir)
         self.history: dict[str, History] = {}
+        self.held: dict[str, Hold] = {}  # the last reason logged per process
         self.log = structlog.get_logger("supervisor").bind(cluster=plan.name)
         self.stop = asyncio.Event()
         self.seen_epoch = -1  # the config epoch of the retained layout, as the bus holds it
@@ -134,9 +135,11 @@ class Supervisor:
         data = bus.decode(payload)
         if data is None:
             return
-        epoch = data.get("epoch")
-        if isinstance(epoch, int) and not isinstance(epoch, bool):
-            self.seen_epoch = max(self.seen_epoch, epoch)
+        try:  # validated like every daemon's input: a forged epoch must not hold back a republish
+            layout = Layout.from_dict(data, self.plan)
+        except LayoutError:
+            return
+        self.seen_epoch = max(self.seen_epoch, layout.epoch)
 
     def _on_connect(self) -> None:
         """After any (re)connect: the broker may be a fresh one that holds no layout."""
@@ -173,6 +176,10 @@ class Supervisor:
                 restarts=h.restarts,
                 down_for_ms=round(r.down_for_s * 1000),
             )
+        for name, why in decision.held.items():  # why a missing process waits, once per change
+            if self.held.get(name) is not why:
+                self.log.info("process_held", process=name, reason=why.value)
+        self.held = dict(decision.held)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

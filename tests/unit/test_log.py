@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[2]
+
 SCRIPT = """
 import logging, structlog
 from cachefleet.log import configure
@@ -26,7 +28,7 @@ def test_structlog_and_stdlib_records_are_one_json_format(tmp_path: Path) -> Non
     subprocess.run(
         [sys.executable, "-c", SCRIPT],
         check=True,
-        env={"CACHEFLEET_LOG_FILE": str(path), "PYTHONPATH": str(Path.cwd())},
+        env={"CACHEFLEET_LOG_FILE": str(path), "PYTHONPATH": str(ROOT)},
     )
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["event"] for r in records] == ["node_started", "a library speaks", "boom"]
@@ -47,7 +49,7 @@ def test_the_log_file_rotates(tmp_path: Path) -> None:
     subprocess.run(
         [sys.executable, "-c", script],
         check=True,
-        env={"CACHEFLEET_LOG_FILE": str(path), "PYTHONPATH": str(Path.cwd())},
+        env={"CACHEFLEET_LOG_FILE": str(path), "PYTHONPATH": str(ROOT)},
     )
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["router.log", "router.log.1", "router.log.2", "router.log.3"]

@@ -9,6 +9,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from helpers import message_json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -262,46 +263,7 @@ TOPICS = st.sampled_from(
         "",
     ]
 )
-JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=True)
-    | st.text(max_size=20)
-    | st.sampled_from(["s1", "s2", "az-b", "c-0001-001", "request", "vote", "elected"]),
-    lambda children: (
-        st.lists(children, max_size=4)
-        | st.dictionaries(
-            st.sampled_from(
-                [
-                    "type",
-                    "candidate",
-                    "voter",
-                    "shard",
-                    "failover_epoch",
-                    "epoch",
-                    "primary",
-                    "config_epoch",
-                    "granted",
-                    "sdown",
-                    "zone",
-                    "stalled",
-                    "failing_over",
-                    "node",
-                    "status",
-                    "id",
-                    "pid",
-                    "sentinel",
-                    "reason",
-                    "x",
-                ]
-            ),
-            children,
-            max_size=8,
-        )
-    ),
-    max_leaves=20,
-)
+JSON = message_json()
 PAYLOADS = st.one_of(
     JSON.map(lambda v: json.dumps(v).encode()),
     st.binary(max_size=64),

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import message_json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -176,41 +177,7 @@ TOPICS = st.sampled_from(
         "cachefleet/c/layout",
     ]
 )
-VALUES = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats()
-    | st.text(max_size=12)
-    | st.sampled_from(["s1", "s2", "s3", "x", "az-b", "c-0001-001", "request", "vote", "elected"]),
-    lambda children: (
-        st.lists(children, max_size=3)
-        | st.dictionaries(
-            st.sampled_from(
-                [
-                    "type",
-                    "candidate",
-                    "voter",
-                    "shard",
-                    "failover_epoch",
-                    "epoch",
-                    "primary",
-                    "config_epoch",
-                    "granted",
-                    "sdown",
-                    "zone",
-                    "stalled",
-                    "failing_over",
-                    "shards",
-                    "cluster",
-                ]
-            ),
-            children,
-            max_size=8,
-        )
-    ),
-    max_leaves=16,
-)
+VALUES = message_json()
 PAYLOADS = st.one_of(
     VALUES.map(lambda v: json.dumps(v).encode()), st.binary(max_size=32), st.just(b"offline")
 )
