@@ -196,9 +196,13 @@ async def _start_processes(plan: Plan, cdir: ClusterDir, step: Out) -> None:
 
 
 def repair(plan: Plan, cdir: ClusterDir) -> list[str]:
-    """Start every control process of a running cluster that is not running, at once (the
-    supervisor would, with back-off); returns their names. Agents restart their nodes."""
+    """Start every control process of a running cluster that is not running; returns their
+    names. While a supervisor runs it does that itself (two starters would race and start a
+    process twice), so this only brings back a cluster whose supervisor is gone too. Agents
+    restart their nodes."""
     cdir.stopping_path.unlink(missing_ok=True)
+    if ProcessLock(cdir.supervisor_lock).held_elsewhere():
+        return []
     live = live_processes(cdir)
     procs = control_processes(plan, cdir)
     missing = [name for name in procs if name not in live]
