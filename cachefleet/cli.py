@@ -8,12 +8,13 @@ import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 
 from cachefleet import __version__
 from cachefleet.chaos.runner import run_scenario
 from cachefleet.errors import CachefleetError, ScenarioError, TopologyError
-from cachefleet.events import follow_events
+from cachefleet.events import EventFilter, follow_events
 from cachefleet.ops import lifecycle
 from cachefleet.ops.failover import graceful_failover
 from cachefleet.ops.status import exit_code, format_status, status
@@ -73,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--since", default=None, help="only events since an ISO time or an age (10m)")
+    p.add_argument(
+        "--type", action="append", default=[], dest="types", help="only this type (repeatable)"
+    )
+    p.add_argument("--tail", type=int, default=None, help="only the last N logged events")
     p.add_argument("--state-dir", default=None)
 
     p = sub.add_parser("chaos", help="run a chaos scenario and write its report")
@@ -115,8 +121,16 @@ def _failover(args: argparse.Namespace) -> int:
 
 
 def _events(args: argparse.Namespace) -> int:
+    selection = EventFilter.build(
+        since=args.since, types=args.types, tail=args.tail, now=time.time()
+    )
     return follow_events(
-        args.name, state_dir=args.state_dir, follow=args.follow, as_json=args.json, out=_out
+        args.name,
+        state_dir=args.state_dir,
+        follow=args.follow,
+        as_json=args.json,
+        out=_out,
+        selection=selection,
     )
 
 
