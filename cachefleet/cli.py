@@ -17,6 +17,7 @@ from cachefleet.errors import CachefleetError, ScenarioError, TopologyError
 from cachefleet.events import EventFilter, follow_events
 from cachefleet.ops import lifecycle
 from cachefleet.ops.failover import graceful_failover
+from cachefleet.ops.logs import show_logs
 from cachefleet.ops.status import exit_code, format_status, status
 from cachefleet.topology import load_topology
 
@@ -81,6 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tail", type=int, default=None, help="only the last N logged events")
     p.add_argument("--state-dir", default=None)
 
+    p = sub.add_parser("logs", help="print a cluster's process logs, merged by time")
+    p.add_argument("name")
+    p.add_argument(
+        "processes",
+        nargs="*",
+        metavar="PROCESS",
+        help="only these processes: a name (sentinel.s1), a kind (sentinel, node) or a node",
+    )
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--state-dir", default=None)
+
     p = sub.add_parser("chaos", help="run a chaos scenario and write its report")
     p.add_argument("scenario", help="scenario YAML (see scenarios/)")
     p.add_argument("--trials", type=int, default=None, help="override the scenario's trials")
@@ -134,6 +147,17 @@ def _events(args: argparse.Namespace) -> int:
     )
 
 
+def _logs(args: argparse.Namespace) -> int:
+    return show_logs(
+        args.name,
+        state_dir=args.state_dir,
+        processes=args.processes,
+        follow=args.follow,
+        as_json=args.json,
+        out=_out,
+    )
+
+
 def _chaos(args: argparse.Namespace) -> int:
     code, _ = asyncio.run(
         run_scenario(
@@ -163,13 +187,19 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "down": _down,
     "failover": _failover,
     "events": _events,
+    "logs": _logs,
     "chaos": _chaos,
     "validate": _validate,
 }
 
 
 def run(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "logs" and not any(x.startswith("-") for x in extra):
+        args.processes += extra  # `logs NAME -f sentinel router`: names after the options
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return COMMANDS[args.command](args)
 
 
