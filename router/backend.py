@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -133,6 +134,18 @@ class BackendConn(asyncio.Protocol):
         self.waiters.append(waiter)
         self.out.append(data)
         self.unflushed += 1
+        if self.transport is not None and not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.hooks.loop.call_soon(self.flush)
+
+    def send_many(self, waiter: Waiter, data: bytes, count: int) -> None:
+        """`count` requests in one payload: `waiter` gets each of their replies, in order."""
+        if self.closed:
+            waiter.on_lost(False, self.addr)
+            return
+        self.waiters.extend(itertools.repeat(waiter, count))
+        self.out.append(data)
+        self.unflushed += count
         if self.transport is not None and not self.flush_scheduled:
             self.flush_scheduled = True
             self.hooks.loop.call_soon(self.flush)

@@ -24,7 +24,7 @@ from typing import Protocol, TypeVar, cast
 from cachefleet.resp import encode_command
 from router.backend import Addr, BackendConn, BackendHooks
 from router.commands import Command
-from router.framing import RequestFramer
+from router.framing import CanonicalSplitter, Request, RequestFramer
 
 C = TypeVar("C", bound="Call")
 
@@ -35,6 +35,9 @@ QUERY_BUFFER_CAP = 64 * 1024 * 1024  # one client's unparsed and partly parsed r
 CLIENT_INFLIGHT_BYTES = 64 * 1024 * 1024  # one client's requests in flight + replies queued
 PUBSUB_OUTPUT_LIMIT = 32 * 1024 * 1024  # client-output-buffer-limit pubsub, hard
 MAX_CLIENTS_REPLY = b"-ERR max number of clients reached\r\n"
+
+#: One per process: clients' packets are framed one at a time.
+SPLITTER = CanonicalSplitter()
 
 
 class ClientHooks(BackendHooks, Protocol):
@@ -63,6 +66,10 @@ class ClientHooks(BackendHooks, Protocol):
     def client_closed(self, client: ClientConn) -> None: ...
 
     def dispatch(self, client: ClientConn, args: list[bytes], raw: bytes | None) -> None: ...
+
+    def dispatch_many(self, client: ClientConn, requests: list[Request]) -> None:
+        """A packet's requests, in order (same-node runs of simple ones go out as batches)."""
+        ...
 
     def client_error(self, client: ClientConn, kind: str, detail: str) -> None: ...
 
@@ -192,6 +199,66 @@ class Merge(Call):
             self.finish(frame)
 
 
+#: A request of a batch: its arguments, bytes, slot, and whether it is read-only.
+Item = tuple[list[bytes], bytes, int, bool, Command]
+
+
+class Batch(Call):
+    """Requests of one client for one node, written as one payload: their replies, in order,
+    are one entry of the client's queue. The common case costs one append per reply. An error
+    reply (which may be a redirect to follow) or a lost connection puts one call per request
+    in its place in the queue, each then followed, retried or answered as any call is."""
+
+    __slots__ = ("frames", "items", "lost")
+
+    def __init__(self, client: ClientConn, items: list[Item], payload: bytes) -> None:
+        super().__init__(client, [], payload)
+        self.items = items
+        self.frames: list[bytes] = []
+        self.lost = False
+        client.parts += len(items) - 1  # each request counts against the in-flight limit
+
+    def on_reply(self, frame: bytes) -> None:
+        frames = self.frames
+        frames.append(frame)
+        if len(frames) == len(self.items):
+            for f in frames:
+                if f[0] == 0x2D:  # '-'
+                    self.unbatch(None)
+                    return
+            self.client.parts -= len(frames) - 1
+            self.finish(b"".join(frames))
+
+    def on_lost(self, written: bool, addr: Addr) -> None:
+        if not self.lost:  # once per batch, though each of its requests was a waiter
+            self.lost = True
+            self.unbatch((written, addr))
+
+    def unbatch(self, lost: tuple[bool, Addr] | None) -> None:
+        client = self.client
+        client.parts -= len(self.items) - 1
+        if client.closed:
+            return
+        parts = [Call(client, *item) for item in self.items]
+        queue = client.queue
+        try:
+            at = queue.index(self)
+        except ValueError:
+            return
+        del queue[at]
+        client.uncount(self)
+        for i, part in enumerate(parts):
+            part.version = self.version
+            queue.insert(at + i, part)
+            client.count(part, len(part.raw) if part.raw is not None else 0)
+        frames, self.frames = self.frames, []
+        for i, part in enumerate(parts):
+            if i < len(frames):
+                part.on_reply(frames[i])
+            elif lost is not None:
+                part.on_lost(*lost)
+
+
 class ClientConn(asyncio.Protocol):
     """One client: request framing in, ordered replies out, back-pressure both ways."""
 
@@ -248,14 +315,21 @@ class ClientConn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        if self.framer.idle:
+            # Whole canonical requests at the start of the packet are framed in C; whatever
+            # follows them goes through the framer.
+            requests, used = SPLITTER.split(data)
+            if requests:
+                self.hooks.dispatch_many(self, requests)
+                if used == len(data) or self.closing:
+                    self.check_pressure()
+                    return
+                data = data[used:]
         requests, error = self.framer.feed(data)
-        for args, raw in requests:
-            if self.closing:
-                return
-            if self.held is not None:
-                self.held.append((args, raw))
-            else:
-                self.hooks.dispatch(self, args, raw)
+        if requests:
+            self.hooks.dispatch_many(self, requests)
+        if self.closing:
+            return
         if error is not None:
             self.hooks.client_error(self, "protocol_error", error.message)
             self.reply_now(error.reply)
@@ -339,6 +413,13 @@ class ClientConn(asyncio.Protocol):
             call.size += size
             self.inflight_bytes += size
             self.hooks.inflight_bytes += size
+
+    def uncount(self, call: Call) -> None:
+        """Release the bytes held for `call`, which leaves the queue unanswered."""
+        if not self.closed:
+            self.inflight_bytes -= call.size
+            self.hooks.inflight_bytes -= call.size
+        call.size = 0
 
     def add(self, call: C) -> C:
         raw = call.raw

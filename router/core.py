@@ -23,11 +23,12 @@ import structlog
 
 from cachefleet.layout import Layout
 from cachefleet.resp import Err, encode
-from cachefleet.slots import SLOTS
+from cachefleet.slots import SLOTS, key_slot
 from router import replies, routes, upkeep
 from router.backend import ASKING, DISCARD, BackendConn, BackendLost
-from router.client import Call, ClientConn
+from router.client import Batch, Call, ClientConn, Item
 from router.commands import Command, fast_paths, parse_command_table
+from router.framing import Request
 
 POOL_SIZE = 2
 MAX_REDIRECTS = 5
@@ -110,6 +111,80 @@ class Core:
 
     def dispatch(self, client: ClientConn, args: list[bytes], raw: bytes | None) -> None:
         raise NotImplementedError  # the server's dispatch table
+
+    def dispatch_many(self, client: ClientConn, requests: list[Request]) -> None:
+        """The hot path of a pipeline: consecutive simple requests (GET, SET, HSET ...: one key
+        at a fixed index) that go to the same backend connection are written as one
+        :class:`Batch`; anything else, or any client in a special state (MULTI, subscribed,
+        an operation holding later requests), goes through ``dispatch`` one by one."""
+        fast = self.fast
+        conn: BackendConn | None = None
+        items: list[Item] = []
+        last_route: routes.ShardRoute | None = None
+        last_ro = False
+        for args, raw in requests:
+            if client.closing:
+                return
+            if client.held is not None:
+                self._send_batch(client, conn, items)
+                items = []
+                client.held.append((args, raw))
+                continue
+            entry = fast.get(args[0])
+            if (
+                entry is not None
+                and raw is not None
+                and len(args) > entry[0]
+                and client.tx is None
+                and client.pubsub is None
+            ):
+                slot = key_slot(args[entry[0]])
+                route = self.table[slot]
+                if route is not None:
+                    ro = entry[1]
+                    if route is last_route and ro == last_ro:
+                        target = conn
+                    else:
+                        target = self.batch_target(client, route, ro)
+                    if target is not None:
+                        if target is not conn:
+                            self._send_batch(client, conn, items)
+                            items, conn = [], target
+                        last_route, last_ro = route, ro
+                        items.append((args, raw, slot, ro, entry[2]))
+                        self.ops += 1
+                        continue
+            self._send_batch(client, conn, items)
+            items, conn, last_route = [], None, None
+            self.dispatch(client, args, raw)
+        self._send_batch(client, conn, items)
+
+    def batch_target(
+        self, client: ClientConn, route: routes.ShardRoute, readonly: bool
+    ) -> BackendConn | None:
+        """The pooled connection a simple request for `route` goes to, as :meth:`send` would
+        choose it; None when it needs more than that (its node is down)."""
+        if readonly and self.read_from != "primary":
+            addr, ro = routes.pick(
+                route, readonly=True, read_from=self.read_from, zone=self.zone, salt=client.id
+            )
+        else:
+            addr, ro = route.primary, False
+        if addr is None or self.is_down(addr):
+            return None
+        return self.pooled(addr, ro, client.protocol == 3, client.id)
+
+    def _send_batch(self, client: ClientConn, conn: BackendConn | None, items: list[Item]) -> None:
+        if not items or conn is None:
+            return
+        if len(items) == 1:
+            call = client.add(Call(client, *items[0]))
+            call.version = self.version
+            conn.send(call, call.payload)
+            return
+        batch = client.add(Batch(client, items, b"".join(item[1] for item in items)))
+        batch.version = self.version
+        conn.send_many(batch, batch.payload, len(items))
 
     # -- layout and routes ---------------------------------------------------------------------
 

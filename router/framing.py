@@ -6,11 +6,17 @@ router forwards byte-for-byte is read by the engine exactly as the router read i
 the request's original bytes (forwarded unchanged), or ``None`` for an inline command, which
 must be re-encoded. The reply side (hiredis) lives in :mod:`router.replies`.
 
-Why not hiredis for requests: its reader reports no byte offsets (the raw bytes could not be
-forwarded) and it does not bound bulk/multibulk headers.
+hiredis alone cannot frame requests: its reader reports no byte offsets (the raw bytes could
+not be forwarded), it reads reply types the engine refuses in a request and it does not bound
+headers. It is used as an accelerator only (:class:`CanonicalSplitter`): for requests written
+the way every client library writes them, whose bytes are checked to be exactly that.
 """
 
 from __future__ import annotations
+
+import re
+
+import hiredis
 
 from router.inline import InlineError, split_inline
 
@@ -82,6 +88,11 @@ class RequestFramer:
     @property
     def buffered(self) -> int:
         return self._size + self._raw_size
+
+    @property
+    def idle(self) -> bool:
+        """Nothing held: the next packet starts a request."""
+        return not self._size and not self._left
 
     def feed(self, data: bytes) -> tuple[list[Request], ProtocolError | None]:
         self._chunks.append(data)
@@ -206,3 +217,59 @@ class RequestFramer:
 def _shown(byte: int) -> str:
     """A byte in an error text: printable as itself, else '?' (no CR/LF in a reply line)."""
     return chr(byte) if 0x20 <= byte < 0x7F else "?"
+
+
+#: An aggregate header of 7 digits or more: hiredis would allocate its list at once, so such a
+#: packet is left to :class:`RequestFramer` (which bounds it by the query buffer).
+_HUGE_HEADER = re.compile(rb"[*~%|>][0-9]{7}")
+
+
+class CanonicalSplitter:
+    """The hot path of request framing, in C: hiredis parses the complete requests at the start
+    of a packet, and each one is accepted only if its bytes are the canonical encoding of what
+    was parsed (``*<argc>`` then ``$<len>`` for every argument, lengths without leading zeros,
+    which hiredis enforces as the engine does): a ``$`` at every argument header position
+    proves it, so the engine reads the forwarded bytes exactly as they were read here. The first
+    request that is not complete or not canonical, and everything after it, is left to
+    :class:`RequestFramer`, which gives the engine's verdict on it. Stateless between packets:
+    it is used only when the framer holds nothing."""
+
+    __slots__ = ("_reader",)
+
+    def __init__(self) -> None:
+        self._reader = hiredis.Reader()
+
+    def split(self, data: bytes) -> tuple[list[Request], int]:
+        """The leading canonical requests of `data` and the bytes they take."""
+        out: list[Request] = []
+        n = len(data)
+        if n < 4 or data[0] != 0x2A or _HUGE_HEADER.search(data) is not None:
+            return out, 0
+        reader = self._reader
+        reader.feed(data)
+        pos = 0
+        try:
+            while pos < n:
+                if data[pos] != 0x2A:  # '*' (an inline command, or garbage)
+                    break
+                args = reader.gets()
+                if type(args) is not list or not args:  # incomplete (False), nil, empty, ...
+                    break
+                argc = len(args)
+                p = pos + (4 if argc < 10 else 5 if argc < 100 else 3 + len(str(argc)))
+                for a in args:
+                    if type(a) is not bytes or data[p] != 0x24:  # '$'
+                        break
+                    size = len(a)
+                    p += size + (6 if size < 10 else 7 if size < 100 else 5 + len(str(size)))
+                else:
+                    out.append((args, data[pos:p] if pos or p != n else data))
+                    pos = p
+                    continue
+                break
+        except (hiredis.ProtocolError, IndexError):
+            pass
+        if pos != n:
+            # hiredis holds the bytes after `pos`: start afresh next time.
+            self._reader = hiredis.Reader()
+        return out, pos

@@ -118,6 +118,21 @@ class ReplyScanner:
         start, n = 0, len(buf)
         stack = self._stack
         while start < n:
+            if not self._scanned:
+                # The common replies (+OK, -ERR, :1, a bulk string) without the general walk.
+                t = buf[start]
+                e = buf.find(b"\r\n", start)
+                if e >= 0:
+                    end = -1
+                    if t == 0x2B or t == 0x3A or t == 0x2D:  # + : -
+                        end = e + 2
+                    elif t == 0x24:  # $
+                        size = int(buf[start + 1 : e])
+                        end = e + 4 + size if size >= 0 else e + 2
+                    if 0 <= end <= n:
+                        out.append(buf[start:end] if start or end != n else buf)
+                        start = end
+                        continue
             end, need = _scan(buf, start, stack)
             if need:
                 if end > start:

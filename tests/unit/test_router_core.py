@@ -552,3 +552,67 @@ async def test_hello_protocol_version_is_parsed_as_the_engine_does() -> None:
         b"-ERR Protocol version is not an integer or out of range\r\n"
         b"-NOPROTO unsupported protocol version\r\n"
     )
+
+
+# --- batches: a pipeline's simple requests for one node travel as one payload ----------------
+
+
+async def test_a_pipeline_for_one_node_is_one_write_and_one_reply_entry() -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    c.data_received(cmds(*([b"SET", k, b"v"] for k in K1), [b"GET", K1[0]]))
+    await settle()
+    node = h.node(P1)
+    conn, _, _ = node.conns[0]
+    assert len(conn.waiters) == 4 and len(c.queue) == 1  # one batch, four replies expected
+    assert node.requests() == [*([b"SET", k, b"v"] for k in K1), [b"GET", K1[0]]]
+    node.answer(b"+OK\r\n+OK\r\n")
+    await settle()
+    assert t.written == b""  # the batch is answered as a whole
+    node.answer(b"+OK\r\n$1\r\nv\r\n")
+    await settle()
+    assert t.written == b"+OK\r\n+OK\r\n+OK\r\n$1\r\nv\r\n"
+    assert h.inflight_bytes == 0 and c.parts == 0
+
+
+async def test_a_redirect_inside_a_batch_is_followed_and_the_order_kept() -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    slot = key_slot(K1[1])
+    c.data_received(cmds([b"GET", K1[0]], [b"GET", K1[1]], [b"HGET", K1[2], b"f"]))
+    await settle()
+    assert len(h.node(P1).requests()) == 3
+    h.node(P1).answer(
+        b"$1\r\na\r\n-MOVED %d %s:%d\r\n-WRONGTYPE Operation against a key\r\n"
+        % (slot, P2[0].encode(), P2[1])
+    )
+    await settle()
+    assert h.node(P2).requests() == [[b"GET", K1[1]]]
+    assert t.written == b"$1\r\na\r\n"  # the first reply is out; the rest waits its turn
+    h.node(P2).answer(b"$1\r\nb\r\n")
+    await settle()
+    assert t.written == b"$1\r\na\r\n$1\r\nb\r\n-WRONGTYPE Operation against a key\r\n"
+    assert h.inflight_bytes == 0 and c.parts == 0 and len(c.queue) == 0
+
+
+async def test_a_batch_cut_by_a_lost_connection_answers_what_it_got_and_resends_reads() -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    c.data_received(cmds([b"GET", K1[0]], [b"SET", K1[1], b"v"], [b"GET", K1[2]]))
+    await settle()
+    assert len(h.node(P1).requests()) == 3
+    h.node(P1).answer(b"$1\r\na\r\n")
+    h.node(P1).drop()
+    await settle()
+    # the GET that was answered is delivered, the SET's outcome is unknown, the last GET waits
+    assert t.written.startswith(b"$1\r\na\r\n-ERR router: outcome unknown")
+    h.apply_layout(layout(epoch=2, shard1_primary=R1))  # a failover: the read goes there
+    await asyncio.sleep(0.05)
+    assert h.node(R1).requests() == [[b"GET", K1[2]]]
+    h.node(R1).answer(b"$1\r\nc\r\n")
+    await settle()
+    assert t.written == (
+        b"$1\r\na\r\n-ERR router: outcome unknown (connection to 127.0.1.1:7011 lost after the "
+        b"request was sent)\r\n$1\r\nc\r\n"
+    )
+    assert h.inflight_bytes == 0 and c.parts == 0 and not c.queue

@@ -24,7 +24,7 @@ from router.commands import (
     plan,
     split,
 )
-from router.framing import ProtocolError, RequestFramer
+from router.framing import CanonicalSplitter, ProtocolError, RequestFramer
 
 # `COMMAND INFO get set mget mset msetnx del unlink exists touch xread eval blpop dbsize keys
 # sort spublish object scan flushall rename lmpop zunionstore script` from Valkey 8.1, as
@@ -197,6 +197,54 @@ def test_good_requests_before_garbage_are_all_delivered(
     stream = b"".join(encode_command(c) for c in cmds)
     reqs, _ = frame_all(stream + tail, chunk=7)
     assert [a for a, _ in reqs[: len(cmds)]] == cmds
+
+
+# The C accelerator must agree with the framer on every input: the requests it takes are the
+# framer's first ones, with the same bytes, and it stops at anything it cannot prove canonical.
+RESP_PIECES = st.one_of(
+    st.lists(commands, min_size=1, max_size=4).map(
+        lambda cs: b"".join(encode_command(c) for c in cs)
+    ),
+    st.sampled_from(
+        [
+            b"*2\r\n+abc\r\n$1\r\na\r\n",  # a simple string where a bulk belongs
+            b"*2\r\n=7\r\ntxt:abc\r\n+ab\r\n",  # lengths that could add up to canonical
+            b"*2\r\n(123\r\n$1\r\na\r\n",
+            b"*1\r\n$03\r\nabc\r\n",
+            b"*01\r\n$3\r\nabc\r\n",
+            b"*1\r\n*1\r\n$1\r\na\r\n",
+            b"*0\r\n",
+            b"*-1\r\n",
+            b"*1\r\n$-1\r\n",
+            b"*12345678\r\n",
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n",  # incomplete
+            b"PING\r\n",
+            b"~1\r\n$1\r\na\r\n",
+        ]
+    ),
+    st.binary(max_size=30),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(RESP_PIECES, min_size=1, max_size=6))
+def test_canonical_splitter_agrees_with_the_framer(pieces: list[bytes]) -> None:
+    data = b"".join(pieces)
+    splitter = CanonicalSplitter()
+    fast, used = splitter.split(data)
+    assert used == sum(len(raw) for _, raw in fast if raw is not None)
+    slow, _ = RequestFramer().feed(data)
+    assert fast == slow[: len(fast)]
+    # and it is reusable afterwards, whatever it was fed
+    again, _ = splitter.split(encode_command([b"GET", b"k"]))
+    assert again == [([b"GET", b"k"], encode_command([b"GET", b"k"]))]
+
+
+def test_canonical_splitter_takes_a_whole_pipeline() -> None:
+    cmds = [[b"SET", b"k%d" % i, b"v" * i] for i in range(200)]
+    data = b"".join(encode_command(c) for c in cmds)
+    fast, used = CanonicalSplitter().split(data)
+    assert used == len(data) and [a for a, _ in fast] == cmds
 
 
 # --- replies -------------------------------------------------------------------------------
