@@ -130,6 +130,11 @@ class Bus:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    port: int | None = None  # None: a free port, chosen once by the cluster's supervisor
+
+
+@dataclass(frozen=True)
 class Persistence:
     appendonly: bool = False
 
@@ -153,6 +158,7 @@ class Topology:
     bus: Bus
     persistence: Persistence = field(default_factory=Persistence)
     durability: Durability = field(default_factory=Durability)
+    metrics: Metrics = field(default_factory=Metrics)
     ports_base: int | None = None  # None: allocate free ports at `up`
     zone_addressing: str = "per-zone"
     maxmemory_policy: str = "volatile-lru"
@@ -425,6 +431,10 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
         )
     dur.done()
 
+    met = root.section("metrics")
+    metrics = Metrics(port=met.int_or_auto("port", "auto", 1, MAX_PORT))
+    met.done()
+
     root.done()
 
     return Topology(
@@ -439,6 +449,7 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
         bus=Bus(url),
         persistence=persistence,
         durability=Durability(min_rw, max_lag),
+        metrics=metrics,
         ports_base=base,
         zone_addressing=zone_addressing,
         maxmemory_policy=policy,

@@ -12,6 +12,7 @@ from cachefleet.errors import CachefleetError, InvalidInput
 from cachefleet.events import read_events
 from cachefleet.layout import Layout
 from cachefleet.nodes import connect, myself, replication
+from cachefleet.ops.metrics_server import metrics_address
 from cachefleet.plan import Plan
 from cachefleet.proc import live_processes
 from cachefleet.state import ClusterDir, state_home
@@ -193,6 +194,7 @@ async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
             for s in plan.sentinels
         ],
         "failing_over": failing_over,
+        "metrics": metrics_status(cdir, live),
         "bus": {
             "url": f"mqtt://{plan.bus_host}:{plan.bus_port}",
             "embedded": plan.topology.bus.embedded,
@@ -202,6 +204,11 @@ async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
         "restarts": restarts(read_events(cdir.events_path)),
         "state_dir": str(cdir.root),
     }
+
+
+def metrics_status(cdir: ClusterDir, live: dict[str, int]) -> dict[str, Any]:
+    """The supervisor's Prometheus endpoint: its address once chosen, and whether it serves."""
+    return {"address": metrics_address(cdir), "running": "supervisor" in live}
 
 
 def restarts(events: list[dict[str, Any]]) -> dict[str, int]:
@@ -224,6 +231,10 @@ def format_status(st: dict[str, Any]) -> str:
         f"{len(r['workers'])} worker(s), {r['connections']} connections, "
         f"{r['ops_per_sec']:.0f} ops/s"
     )
+    m = st.get("metrics") or {}
+    if m.get("address"):
+        serving = "" if m.get("running") else " (not serving: the supervisor is stopped)"
+        lines.append(f"  metrics: http://{m['address']}/metrics{serving}")
     for z in st["zones"]:
         lines.append(f"  zone {z['name']} {z['address']}: agent {z['agent']}")
     if st.get("restarts"):

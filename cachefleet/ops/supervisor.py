@@ -3,7 +3,8 @@
 ``python -m cachefleet.ops.supervisor --cluster NAME --state-dir D``, started by ``up`` and
 left running by ``up --detach``. Every tick it compares the processes the cluster should have
 (broker, zone agents, sentinels, router workers) with those that run, and restarts the missing
-ones with per-process back-off; each restart is a ``process_restarted`` event. After a restart
+ones with per-process back-off; each restart is a ``process_restarted`` event. It also serves
+the cluster's Prometheus metrics (:mod:`cachefleet.ops.metrics_server`). After a restart
 of the embedded broker, which keeps nothing, it publishes the last layout again. The zone agents
 restart the supervisor in turn (an exclusive lock on ``supervisor.lock`` keeps it to one).
 ``down`` first sets the ``stopping`` marker: the supervisor then exits by itself, and nothing
@@ -31,6 +32,7 @@ from cachefleet.announce import emit_event, publish_layout
 from cachefleet.layout import Layout, LayoutError
 from cachefleet.log import configure
 from cachefleet.ops.lifecycle import control_processes
+from cachefleet.ops.metrics_server import MetricsServer
 from cachefleet.plan import Plan
 from cachefleet.proc import ProcessLock, live_processes, spawn, write_pid
 from cachefleet.state import ClusterDir, state_home
@@ -189,10 +191,11 @@ class Supervisor:
         bus_stop = asyncio.Event()
         pump = asyncio.create_task(self.bus.run(bus_stop), name="supervisor.bus")
         try:
-            while not self.stop.is_set() and not self.cdir.stopping():
-                self.tick()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), TICK_S)
+            async with MetricsServer(plan=self.plan, cdir=self.cdir, log=self.log):
+                while not self.stop.is_set() and not self.cdir.stopping():
+                    self.tick()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.stop.wait(), TICK_S)
         finally:
             bus_stop.set()
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):

@@ -10,10 +10,21 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from helpers import ROOT, RunningCluster, assert_all_gone, start_cluster
+from helpers import (
+    ROOT,
+    RunningCluster,
+    assert_all_gone,
+    cli,
+    router_client,
+    start_cluster,
+    wait_for,
+)
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from cachefleet.proc import live_processes
 
@@ -103,3 +114,105 @@ def test_logs_follow_shows_a_restart_as_it_happens(cluster: RunningCluster) -> N
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=5)
+
+
+def scrape(address: str) -> dict[str, Metric]:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain; version=")
+        text = resp.read().decode()
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def total(families: dict[str, Metric], family: str, sample: str) -> float:
+    return sum(s.value for s in families[family].samples if s.name == sample)
+
+
+ENGINE_FAMILIES = [  # the parser names counter families without their _total
+    "cachefleet_cpu_utilization_ratio",
+    "cachefleet_engine_cpu_utilization_ratio",
+    "cachefleet_freeable_memory_bytes",
+    "cachefleet_bytes_used_for_cache",
+    "cachefleet_database_memory_usage_ratio",
+    "cachefleet_curr_connections",
+    "cachefleet_new_connections",
+    "cachefleet_cache_hits",
+    "cachefleet_cache_misses",
+    "cachefleet_cache_hit_rate_ratio",
+    "cachefleet_evictions",
+    "cachefleet_reclaimed",
+    "cachefleet_curr_items",
+    "cachefleet_replication_lag_seconds",
+    "cachefleet_replication_bytes",
+    "cachefleet_is_primary",
+    "cachefleet_network_bytes_in",
+    "cachefleet_network_bytes_out",
+    "cachefleet_get_type_cmds",
+    "cachefleet_set_type_cmds",
+    "cachefleet_key_based_cmds",
+    "cachefleet_get_type_cmds_latency_seconds",
+    "cachefleet_set_type_cmds_latency_seconds",
+]
+
+
+def test_metrics_endpoint_serves_the_service_names_and_moves_with_traffic(
+    cluster: RunningCluster,
+) -> None:
+    st = wait_for(
+        lambda: (s := cluster.status())["metrics"]["address"] and s["metrics"]["running"] and s,
+        30,
+        "the metrics address in status",
+    )
+    address = st["metrics"]["address"]
+    text_status = cli("status", cluster.name, "--state-dir", str(cluster.state_dir), check=False)
+    assert f"metrics: http://{address}/metrics" in text_status.stdout
+
+    plan = cluster.plan
+    client = router_client(cluster)
+    try:
+        for i in range(200):  # reads and writes on every shard, so every rate has an interval
+            client.set(f"warm:{i}", "x")
+            client.get(f"warm:{i}")
+        before = wait_for(
+            lambda: (f := scrape(address)) and all(name in f for name in ENGINE_FAMILIES) and f,
+            30,
+            "every engine metric in a scrape",
+        )
+        node_up = before["cachefleet_node_up"].samples
+        assert {s.labels["node"] for s in node_up} == {n.name for n in plan.nodes}
+        for s in node_up:
+            spec = plan.node(s.labels["node"])
+            assert s.labels == {
+                "cluster": cluster.name,
+                "shard": str(spec.shard),
+                "node": spec.name,
+                "zone": spec.zone,
+                "role": s.labels["role"],
+            }
+            assert s.labels["role"] in ("primary", "replica")
+        primaries = [s for s in before["cachefleet_is_primary"].samples if s.value == 1]
+        assert sorted(int(s.labels["shard"]) for s in primaries) == [1, 2]
+        assert before["cachefleet_cache_hits"].documentation.startswith("CacheHits:")
+        assert before["cachefleet_cache_hits"].type == "counter"
+        assert total(before, "cachefleet_config_epoch", "cachefleet_config_epoch") == st["epoch"]
+        assert "cachefleet_failovers" in before and "cachefleet_router_connections" in before
+
+        hits_before = total(before, "cachefleet_cache_hits", "cachefleet_cache_hits_total")
+        sets_before = total(before, "cachefleet_set_type_cmds", "cachefleet_set_type_cmds_total")
+        for i in range(500):
+            client.set(f"k:{i}", "v")
+            assert client.get(f"k:{i}") == "v"
+        after = wait_for(
+            lambda: (
+                (f := scrape(address))
+                and total(f, "cachefleet_cache_hits", "cachefleet_cache_hits_total")
+                >= hits_before + 500
+                and f
+            ),
+            15,
+            "cache hits to count 500 more reads",
+        )
+        sets_after = total(after, "cachefleet_set_type_cmds", "cachefleet_set_type_cmds_total")
+        assert sets_after >= sets_before + 500
+    finally:
+        client.close()

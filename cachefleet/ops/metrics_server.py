@@ -1,0 +1,281 @@
+"""The cluster's metrics endpoint, run inside the cluster supervisor.
+
+Every ``COLLECT_S`` the collector reads every node (``INFO`` and ``INFO commandstats`` of
+Valkey/Redis, ``stats`` of memcached), the layout's config epoch, the events appended since the
+last pass and the sentinels' and routers' retained bus state, turns them into samples
+(:mod:`cachefleet.metrics`, pure) and renders the Prometheus text once; ``GET /metrics``
+answers with those bytes, so a scrape costs no engine round trip and values are at most
+``COLLECT_S`` plus one pass old. The address is ``metrics.port`` of the topology, or a port
+chosen once and kept in ``<cluster>/metrics.json`` (``status`` reads it from there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aredis
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from cachefleet import bus, messages, metrics, ports
+from cachefleet.errors import InvalidInput
+from cachefleet.events import EventTail
+from cachefleet.metrics import CommandClasses, EventCounts, NodeReading, Sample
+from cachefleet.nodes import connect, info, try_call
+from cachefleet.plan import NodeSpec, Plan
+from cachefleet.state import ClusterDir
+
+COLLECT_S = 2.0  # values served are at most this plus one pass old (<= 5 s)
+NODE_TIMEOUT_S = 1.0
+HOST = "127.0.0.1"
+ENGINE_SECTIONS = ("server", "memory", "stats", "replication", "cpu", "clients", "keyspace")
+
+
+def address_path(cdir: ClusterDir) -> Path:
+    return cdir.root / "metrics.json"
+
+
+def metrics_address(cdir: ClusterDir) -> str | None:
+    """``host:port`` of the cluster's metrics endpoint, once its supervisor has chosen it."""
+    try:
+        data = json.loads(address_path(cdir).read_text())
+        return f"{data['host']}:{int(data['port'])}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _save_address(cdir: ClusterDir, host: str, port: int) -> None:
+    path = address_path(cdir)
+    tmp = path.with_name(f".metrics.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"host": host, "port": port}))
+    tmp.replace(path)
+
+
+def _candidate_port(plan: Plan, cdir: ClusterDir) -> int:
+    """The topology's port, else the one chosen before (stable across supervisor restarts),
+    else a fresh free one."""
+    if plan.topology.metrics.port is not None:
+        return plan.topology.metrics.port
+    known = metrics_address(cdir)
+    if known is not None:
+        return int(known.rsplit(":", 1)[1])
+    return ports.allocate_one(HOST)
+
+
+@dataclass
+class _Node:
+    spec: NodeSpec
+    client: aredis.Redis | None = None
+    classes: CommandClasses | None = None
+    prev: NodeReading | None = None
+
+
+class Collector:
+    """One pass reads everything and renders the exposition text (`text`)."""
+
+    def __init__(self, *, plan: Plan, cdir: ClusterDir) -> None:
+        self.plan, self.cdir = plan, cdir
+        self.memcached = plan.topology.engine == "memcached"
+        self.nodes = [_Node(spec) for spec in plan.nodes]
+        self.counts = EventCounts()
+        self.events = EventTail(cdir.events_path)
+        self.sdown: dict[str, frozenset[str]] = {}
+        self.routers: dict[str, tuple[int, float]] = {}
+        self.known = messages.Known.from_plan(plan)
+        self.text = metrics.render([])
+        self.collected_at = 0.0  # time.time() of the last pass
+        self.passes = 0
+
+    def on_bus(self, topic: str, payload: bytes) -> None:
+        """Sentinel hellos (SDOWN sets) and router states, validated like any daemon's input."""
+        try:
+            msg = messages.parse(self.known, topic, payload)
+        except InvalidInput:
+            return
+        match msg:
+            case messages.Hello():
+                self.sdown[msg.sentinel] = msg.sdown
+            case messages.SentinelOffline():
+                self.sdown.pop(msg.sentinel, None)
+            case messages.RouterState():
+                self.routers[msg.router] = (msg.connections, msg.ops_per_sec)
+            case messages.RouterOffline():
+                self.routers.pop(msg.router, None)
+
+    async def _read_engine(self, node: _Node) -> list[Sample]:
+        spec = node.spec
+        if node.client is None:
+            auth = self.cdir.admin() if self.cdir.admin_secret_path.exists() else None
+            node.client = connect(spec.host, spec.port, timeout=NODE_TIMEOUT_S, auth=auth)
+        if node.classes is None:
+            table = await try_call(node.client, "COMMAND")
+            if isinstance(table, dict):
+                node.classes = CommandClasses.from_command_table(table)
+        state = await info(node.client, *ENGINE_SECTIONS)
+        stats = await info(node.client, "commandstats")
+        if state is None:
+            node.prev = None
+            return []
+        cur = NodeReading.from_info(
+            state, stats or {}, node.classes or CommandClasses(), time.monotonic()
+        )
+        prev = node.prev if node.prev is not None and node.prev.cpu_s <= cur.cpu_s else None
+        node.prev = cur
+        return metrics.node_samples(
+            cur, prev, cluster=self.plan.name, shard=spec.shard, node=spec.name, zone=spec.zone
+        )
+
+    async def _read_memcached(self, node: _Node) -> list[Sample]:
+        spec = node.spec
+        stats = await memcached_stats(spec.host, spec.port, NODE_TIMEOUT_S)
+        if stats is None:
+            return []
+        return metrics.memcached_samples(
+            stats, cluster=self.plan.name, node=spec.name, zone=spec.zone
+        )
+
+    async def _read(self, node: _Node) -> list[Sample]:
+        read = self._read_memcached if self.memcached else self._read_engine
+        try:
+            return await asyncio.wait_for(read(node), 2 * NODE_TIMEOUT_S)
+        except (TimeoutError, OSError):
+            node.prev = None
+            return []
+
+    async def collect(self) -> None:
+        per_node = await asyncio.gather(*(self._read(n) for n in self.nodes))
+        self.counts.feed(self.events.read())
+        layout = self.cdir.load_layout()
+        samples = [s for batch in per_node for s in batch]
+        samples += metrics.control_samples(
+            cluster=self.plan.name,
+            config_epoch=layout.epoch if layout is not None else None,
+            counts=self.counts,
+            sdown=self.sdown,
+            routers=self.routers,
+        )
+        self.text = metrics.render(samples)
+        self.collected_at = time.time()
+        self.passes += 1
+
+    async def close(self) -> None:
+        for node in self.nodes:
+            if node.client is not None:
+                with contextlib.suppress(Exception):
+                    await node.client.aclose()
+                node.client = None
+
+
+async def memcached_stats(host: str, port: int, timeout: float) -> dict[str, str] | None:
+    """A memcached node's ``stats`` (``STAT name value`` lines up to ``END``)."""
+
+    async def ask() -> dict[str, str]:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(b"stats\r\n")
+            await writer.drain()
+            out: dict[str, str] = {}
+            while True:
+                line = (await reader.readline()).decode("ascii", "replace").strip()
+                if not line or line == "END" or "ERROR" in line:
+                    return out
+                parts = line.split(" ", 2)
+                if len(parts) == 3 and parts[0] == "STAT":
+                    out[parts[1]] = parts[2]
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    try:
+        return await asyncio.wait_for(ask(), timeout)
+    except (TimeoutError, OSError):
+        return None
+
+
+class MetricsServer:
+    """``async with MetricsServer(plan=..., cdir=..., log=...)``: the collector, its bus
+    session and the HTTP endpoint, stopped on exit. A port that cannot be bound is logged and
+    retried; it never stops the supervisor's real work."""
+
+    def __init__(self, *, plan: Plan, cdir: ClusterDir, log: Any) -> None:
+        self.plan, self.cdir, self.log = plan, cdir, log
+        self.collector = Collector(plan=plan, cdir=cdir)
+        self.bus = bus.BusLink(
+            host=plan.bus_host,
+            port=plan.bus_port,
+            name="supervisor.metrics",
+            subscriptions=(
+                bus.topic(plan.name, "sentinels", "+", "hello"),
+                bus.topic(plan.name, "routers", "+", "state"),
+            ),
+            on_message=self.collector.on_bus,
+            log=log,
+        )
+        self.address: str | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._runner: web.AppRunner | None = None
+
+    async def handle_metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.collector.text, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _serve(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self.handle_metrics)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        delay = 1.0
+        while not self._stop.is_set():
+            port = _candidate_port(self.plan, self.cdir)
+            try:
+                site = web.TCPSite(self._runner, HOST, port, reuse_address=True)
+                await site.start()
+            except OSError as exc:
+                self.log.warning("metrics_port_unavailable", port=port, error=str(exc))
+                if self.plan.topology.metrics.port is None:
+                    address_path(self.cdir).unlink(missing_ok=True)  # choose another next time
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                delay = min(10.0, delay * 2)
+                continue
+            _save_address(self.cdir, HOST, port)
+            self.address = f"{HOST}:{port}"
+            self.log.info("metrics_serving", address=self.address)
+            return
+
+    async def _collect_loop(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                await self.collector.collect()
+            except Exception as exc:  # a bad pass must not end the endpoint
+                self.log.error("metrics_collect_failed", error=f"{type(exc).__name__}: {exc}")
+            wait = max(0.1, COLLECT_S - (time.monotonic() - started))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), wait)
+
+    async def __aenter__(self) -> MetricsServer:
+        self._tasks = [
+            asyncio.create_task(self.bus.run(self._stop), name="supervisor.metrics.bus"),
+            asyncio.create_task(self._collect_loop(), name="supervisor.metrics.collect"),
+            asyncio.create_task(self._serve(), name="supervisor.metrics.http"),
+        ]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 3.0)
+        for task in self._tasks:
+            task.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.collector.close()
