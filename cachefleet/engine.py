@@ -14,7 +14,7 @@ _INSTALL_HINT = {
     "(apt-get install valkey-server)",
     "redis": "install one with `apt-get install redis-server` (Debian/Ubuntu) "
     "or `brew install redis`",
-    "memcached": "install one with `apt-get install memcached`",
+    "memcached": "install the Debian package `memcached` (`apt-get install memcached`)",
 }
 
 

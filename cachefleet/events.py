@@ -37,6 +37,8 @@ EVENT_TYPES = frozenset(
         "no_eligible_replica",
         "graceful_failover",
         "process_restarted",
+        # memcached clusters: Auto Discovery's node list changed (with the new version)
+        "discovery_version",
     }
 )
 

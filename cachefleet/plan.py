@@ -17,17 +17,24 @@ from cachefleet.topology import CLUSTER_BUS_OFFSET, Topology, parse_topology
 
 @dataclass(frozen=True)
 class NodeSpec:
-    name: str  # stable logical name: <cluster>-<shard:04>-<member+1:03> (primary is -001)
+    # stable logical name: <cluster>-<shard:04>-<member+1:03> (primary is -001); a memcached
+    # node is <cluster>-<node:04> (its "shard" is its 1-based node number, member 0)
+    name: str
     shard: int  # 1-based
     member: int  # 0 = initial primary
     zone: str
     host: str
     port: int
-    bus_port: int
+    bus_port: int  # 0 for memcached nodes (no cluster bus)
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def node_id(self) -> str:
+        """A memcached node's id, as the managed service names them: 0001, 0002, ..."""
+        return f"{self.shard:04d}"
 
 
 @dataclass(frozen=True)
@@ -148,19 +155,27 @@ def build_plan(
     bus: tuple[str, int],
     router_port: int,
 ) -> Plan:
-    """Combine placement with ports: fixed (ports.base) when node_ports is None."""
+    """Combine placement with ports: fixed (ports.base) when node_ports is None.
+
+    A memcached cluster's node i (0-based) is in zone i mod Z on port base + i (the same
+    round-robin as shard primaries), without a cluster-bus port."""
     placed = place(topology)
     nodes = []
     for i, (shard, member, zone) in enumerate(placed):
         if node_ports is None:
             assert topology.ports_base is not None
             port = topology.ports_base + i
-            bus_port = port + CLUSTER_BUS_OFFSET
+            bus_port = 0 if topology.is_memcached else port + CLUSTER_BUS_OFFSET
         else:
             port, bus_port = node_ports[i]
+        name = (
+            f"{topology.name}-{shard:04d}"
+            if topology.is_memcached
+            else node_name(topology.name, shard, member)
+        )
         nodes.append(
             NodeSpec(
-                name=node_name(topology.name, shard, member),
+                name=name,
                 shard=shard,
                 member=member,
                 zone=zone,

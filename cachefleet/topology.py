@@ -145,6 +145,34 @@ class Durability:
     max_lag_s: int = 2
 
 
+#: The memcached options a topology may set under ``parameters`` (an allow-list): name ->
+#: (type, low, high). Sizes take an integer of bytes or a string with a k/m suffix.
+MEMCACHED_PARAMETERS: dict[str, tuple[str, float, float]] = {
+    "threads": ("int", 1, 64),
+    "max_item_size": ("size", 1024, 1024**3),
+    "max_connections": ("int", 16, 1_000_000),
+    "chunk_size": ("int", 48, 1024**2),
+    "growth_factor": ("float", 1.01, 4.0),
+    "cas": ("bool", 0, 1),
+    "evictions": ("bool", 0, 1),
+}
+MAX_MEMCACHED_NODES = 100
+
+
+@dataclass(frozen=True)
+class Memcached:
+    """A memcached cluster's settings: its node count and the allow-listed parameters."""
+
+    nodes: int
+    threads: int = 4
+    max_item_size: int = 1024**2
+    max_connections: int = 1024
+    chunk_size: int = 48
+    growth_factor: float = 1.25
+    cas: bool = True
+    evictions: bool = True
+
+
 @dataclass(frozen=True)
 class Topology:
     name: str
@@ -164,10 +192,15 @@ class Topology:
     maxmemory_policy: str = "volatile-lru"
     engine_binary: str | None = None
     source: str = "<topology>"
+    memcached: Memcached | None = None  # set exactly when engine is memcached
 
     @property
     def maxmemory(self) -> int:
         return NODE_TYPES[self.node_type]
+
+    @property
+    def is_memcached(self) -> bool:
+        return self.memcached is not None
 
     @property
     def nodes_total(self) -> int:
@@ -328,9 +361,23 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
     zones = tuple(zones_raw)
     zone_addressing = root.choice("zone_addressing", "per-zone", ZONE_ADDRESSING)
 
-    shards = root.integer("shards", 3, 1, MAX_SHARDS)
-    replicas = root.integer("replicas_per_shard", 1, 0, MAX_REPLICAS)
+    memcached: Memcached | None = None
     node_type = root.choice("node_type", "cache.small", tuple(NODE_TYPES))
+    if engine == "memcached":
+        # A memcached cluster is a set of independent nodes (Node i is "shard" i+1 of one
+        # member in the plan): no shards, replicas or sentinels to declare.
+        for field_name in ("shards", "replicas_per_shard"):
+            if root.has(field_name):
+                raise root.fail(field_name, "memcached clusters have nodes, not shards or replicas")
+        nodes = root.integer("nodes", None, 1, MAX_MEMCACHED_NODES)
+        memcached = _memcached_parameters(root, nodes, NODE_TYPES[node_type])
+        shards, replicas = nodes, 0
+    else:
+        for field_name in ("nodes", "parameters"):
+            if root.has(field_name):
+                raise root.fail(field_name, "is only for engine: memcached")
+        shards = root.integer("shards", 3, 1, MAX_SHARDS)
+        replicas = root.integer("replicas_per_shard", 1, 0, MAX_REPLICAS)
     policy = root.choice("maxmemory_policy", "volatile-lru", MAXMEMORY_POLICIES)
 
     engine_binary = root.raw("engine_binary", None)
@@ -341,7 +388,10 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
     ports = root.section("ports")
     base = ports.int_or_auto("base", "auto", 1024, MAX_PORT)
     ports.done()
-    if base is not None and base + nodes_total - 1 + CLUSTER_BUS_OFFSET > MAX_PORT:
+    bus_offset = 0 if memcached else CLUSTER_BUS_OFFSET  # memcached nodes have no cluster bus
+    if base is not None and base + nodes_total - 1 > MAX_PORT:
+        raise ports.fail("base", f"{nodes_total} nodes need ports {base}..{base + nodes_total - 1}")
+    if base is not None and base + nodes_total - 1 + bus_offset > MAX_PORT:
         room = MAX_PORT - CLUSTER_BUS_OFFSET - base + 1
         raise ports.fail(
             "base",
@@ -358,7 +408,7 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
     if router_port is not None and base is not None:
         taken = range(base, base + nodes_total)
         bus_taken = range(base + CLUSTER_BUS_OFFSET, base + CLUSTER_BUS_OFFSET + nodes_total)
-        if router_port in taken or router_port in bus_taken:
+        if router_port in taken or (not memcached and router_port in bus_taken):
             raise router_s.fail("port", f"{router_port} collides with the node ports of ports.base")
     router = Router(
         port=router_port,
@@ -387,7 +437,11 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
 
     sent = root.section("sentinels")
     default_count = max(3, len(zones)) if len(zones) > 1 else 1
+    if memcached:
+        default_count = 0  # nothing to fail over: a failed node is replaced by its zone agent
     count = sent.integer("count", default_count, 0, 9)
+    if memcached and count:
+        raise sent.fail("count", "memcached nodes have no replicas to fail over: use 0 sentinels")
     quorum = sent.integer("quorum", count // 2 + 1 if count else 0, 0 if count == 0 else 1, 9)
     if quorum > count:
         raise sent.fail("quorum", f"{quorum} is greater than sentinels.count ({count})")
@@ -411,6 +465,8 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
 
     pers = root.section("persistence")
     persistence = Persistence(appendonly=pers.boolean("appendonly", False))
+    if memcached and persistence.appendonly:
+        raise pers.fail("appendonly", "memcached keeps no data on disk")
     pers.done()
 
     dur = root.section("durability")
@@ -455,7 +511,55 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
         maxmemory_policy=policy,
         engine_binary=engine_binary,
         source=source,
+        memcached=memcached,
     )
+
+
+def _size(section: Section, key: str, value: Any) -> int:
+    """Bytes from an integer or a string with a k/m/g suffix (as memcached's -I takes)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        m = re.fullmatch(r"(\d{1,10})([kmg]?)b?", value.strip().lower())
+        if m:
+            return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[m.group(2)]
+    raise section.fail(key, f"must be a size such as 1048576, 512k or 1m, got {_kind(value)}")
+
+
+def _memcached_parameters(root: Section, nodes: int, maxmemory: int) -> Memcached:
+    """The allow-listed memcached parameters, each checked against its range."""
+    params = root.section("parameters")
+    values: dict[str, Any] = {}
+    for key in sorted(params.data, key=str):
+        spec = MEMCACHED_PARAMETERS.get(str(key))
+        if spec is None:
+            allowed = ", ".join(sorted(MEMCACHED_PARAMETERS))
+            raise params.fail(str(key), f"is not an allowed memcached parameter ({allowed})")
+        kind, lo, hi = spec
+        raw = params.raw(str(key))
+        if kind == "bool":
+            values[key] = params.boolean(str(key), True)
+            continue
+        if kind == "size":
+            value: float = _size(params, str(key), raw)
+        elif kind == "float":
+            if isinstance(raw, bool) or not isinstance(raw, int | float):
+                raise params.fail(str(key), f"must be a number, got {_kind(raw)}")
+            value = float(raw)
+        else:
+            value = params.integer(str(key), None, int(lo), int(hi))
+        if not lo <= value <= hi:
+            raise params.fail(str(key), f"{raw} is out of range {lo:g}..{hi:g}")
+        values[key] = value
+    params.done()
+    settings = Memcached(nodes=nodes, **values)
+    if settings.max_item_size > maxmemory // 2:
+        raise params.fail(
+            "max_item_size",
+            f"{settings.max_item_size} bytes is more than half of node_type's memory "
+            f"({maxmemory} bytes): memcached refuses that",
+        )
+    return settings
 
 
 def load_topology(path: str | Path) -> Topology:

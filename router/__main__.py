@@ -14,11 +14,15 @@ import asyncio
 from cachefleet.log import configure
 from cachefleet.plan import Plan
 from cachefleet.state import ClusterDir, state_home
+from router.memcache.server import run_memcached_router
 from router.server import run_router
 
 
 def _run(plan: Plan, worker: int, reuse_port: bool, zone: str | None) -> None:
-    coro = run_router(plan, worker=worker, reuse_port=reuse_port, zone=zone)
+    if plan.topology.is_memcached:  # the configuration endpoint and proxy speak memcached
+        coro = run_memcached_router(plan, worker=worker, reuse_port=reuse_port)
+    else:
+        coro = run_router(plan, worker=worker, reuse_port=reuse_port, zone=zone)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - platforms without uvloop

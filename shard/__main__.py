@@ -50,9 +50,11 @@ def main() -> None:
 
     from cachefleet.log import configure
     from shard.agent import ZoneAgent
+    from shard.memcached import MemcachedAgent
 
     configure("agent", cluster=args.cluster, zone=args.zone)
-    asyncio.run(ZoneAgent(plan=plan, cdir=cdir, zone=args.zone, prestarted=prestarted).run())
+    agent = MemcachedAgent if plan.topology.is_memcached else ZoneAgent
+    asyncio.run(agent(plan=plan, cdir=cdir, zone=args.zone, prestarted=prestarted).run())
 
 
 if __name__ == "__main__":

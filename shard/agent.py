@@ -197,8 +197,15 @@ class ZoneAgent:
                 node=rt.spec.name,
                 zone=self.zone,
                 id=rt.engine_id,
-                lost_identity=lost_identity,
+                **self._replaced_fields(lost_identity),
             )
+            self._after_replace(rt)
+
+    def _replaced_fields(self, lost_identity: bool) -> dict[str, Any]:
+        return {"lost_identity": lost_identity}
+
+    def _after_replace(self, rt: NodeRuntime) -> None:
+        """Hook: what else a replacement changes (memcached: the discovery version)."""
 
     async def _peer_views(self, rt: NodeRuntime) -> list[list[NodeLine]]:
         async def view(peer: NodeSpec) -> list[NodeLine]:

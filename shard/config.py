@@ -107,3 +107,44 @@ def render_engine_config(
         *acl_lines(admin),
     ]
     return "\n".join(lines) + "\n"
+
+
+def memcached_argv(plan: Plan, node: NodeSpec, marker: Path, *, as_root: bool) -> list[str]:
+    """The command line of one memcached node (memcached reads no config file).
+
+    Bound to its zone's address only, TCP only, memory from node_type, the topology's
+    allow-listed parameters. `-P marker` (a path under the node's directory) keeps the state
+    dir in argv, which is how cachefleet recognises its own processes."""
+    topo = plan.topology
+    mc = topo.memcached
+    assert mc is not None
+    argv = [
+        plan.engine_binary,
+        "-l",
+        node.host,
+        "-p",
+        str(node.port),
+        "-U",
+        "0",
+        "-m",
+        str(topo.maxmemory // 1024**2),
+        "-t",
+        str(mc.threads),
+        "-I",
+        str(mc.max_item_size),
+        "-c",
+        str(mc.max_connections),
+        "-n",
+        str(mc.chunk_size),
+        "-f",
+        f"{mc.growth_factor:g}",
+        "-P",
+        str(marker),
+    ]
+    if not mc.cas:
+        argv.append("-C")
+    if not mc.evictions:
+        argv.append("-M")
+    if as_root:
+        argv += ["-u", "root"]  # memcached refuses to run as root unless told to
+    return argv

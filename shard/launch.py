@@ -13,16 +13,41 @@ from pathlib import Path
 from cachefleet.plan import NodeSpec, Plan
 from cachefleet.proc import write_pid
 from cachefleet.state import ClusterDir
-from shard.config import render_engine_config
+from shard.config import memcached_argv, render_engine_config
 
 
 def node_paths(cdir: ClusterDir, spec: NodeSpec) -> tuple[Path, Path]:
-    """(data dir, config file) of a node."""
+    """(data dir, config file) of a node. A memcached node has no config file: the second
+    path is then its pid file, named in its argv (`-P`) all the same."""
     node_dir = cdir.node_dir(spec.name)
+    if spec.bus_port == 0:
+        return node_dir / "data", node_dir / "memcached.pid"
     return node_dir / "data", node_dir / "node.conf"
 
 
+def start_memcached(plan: Plan, cdir: ClusterDir, spec: NodeSpec) -> subprocess.Popen[bytes]:
+    data_dir, marker = node_paths(cdir, spec)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = memcached_argv(plan, spec, marker, as_root=os.geteuid() == 0)
+    log = open(cdir.log_file(f"node.{spec.name}"), "ab")  # noqa: SIM115 - handed to the child
+    try:
+        child = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        log.close()
+    write_pid(cdir.pid_file(f"node.{spec.name}"), child.pid)
+    return child
+
+
 def start_engine(plan: Plan, cdir: ClusterDir, spec: NodeSpec) -> subprocess.Popen[bytes]:
+    if plan.topology.is_memcached:
+        return start_memcached(plan, cdir, spec)
     data_dir, conf = node_paths(cdir, spec)
     data_dir.mkdir(parents=True, exist_ok=True)
     text = render_engine_config(

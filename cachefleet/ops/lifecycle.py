@@ -14,12 +14,13 @@ from typing import Any
 
 import yaml
 
-from cachefleet import bus, ports
+from cachefleet import bus, discovery, ports
 from cachefleet.announce import emit_event, publish_layout
 from cachefleet.engine import resolve_engine_binary
-from cachefleet.errors import BusError, CachefleetError, ClusterTimeout, StateError, TopologyError
+from cachefleet.errors import BusError, CachefleetError, ClusterTimeout, StateError
 from cachefleet.layout import Layout
 from cachefleet.nodes import connect, try_call
+from cachefleet.ops import memcached
 from cachefleet.ops.create import Creator
 from cachefleet.plan import Plan, build_plan, place
 from cachefleet.proc import (
@@ -53,7 +54,7 @@ def _make_plan(topo: Topology, raw: dict[str, Any], binary: str) -> Plan:
     node_ports: list[tuple[int, int]] | None = None
     if topo.ports_base is None:
         hosts = [topo.zone_address(z) for _, _, z in place(topo)]
-        node_ports = ports.allocate(hosts, pairs=True)
+        node_ports = ports.allocate(hosts, pairs=not topo.is_memcached)
     embedded = topo.bus.embedded
     bus_addr = ("127.0.0.1", ports.allocate_one()) if embedded else topo.bus.host_port
     router_port = topo.router.port if topo.router.port is not None else ports.allocate_one()
@@ -69,7 +70,7 @@ def _make_plan(topo: Topology, raw: dict[str, Any], binary: str) -> Plan:
 
 def _check_ports_free(plan: Plan) -> None:
     wanted = [(n.host, n.port, f"node {n.name}") for n in plan.nodes]
-    wanted += [(n.host, n.bus_port, f"cluster bus of {n.name}") for n in plan.nodes]
+    wanted += [(n.host, n.bus_port, f"cluster bus of {n.name}") for n in plan.nodes if n.bus_port]
     wanted.append((plan.router_host, plan.router_port, "router"))
     if plan.topology.bus.embedded:
         wanted.append((plan.bus_host, plan.bus_port, "embedded bus"))
@@ -86,8 +87,6 @@ async def up(topology_path: str, *, state_dir: str | None, detach: bool, out: Ou
 
     topo = load_topology(topology_path)
     raw = yaml.safe_load(Path(topology_path).read_text())
-    if topo.engine == "memcached":
-        raise TopologyError(topo.source, "engine", "memcached is not supported yet (valkey, redis)")
     binary = resolve_engine_binary(topo.engine, topo.engine_binary)
     cdir = ClusterDir(state_home(state_dir), topo.name)
 
@@ -121,6 +120,8 @@ async def up(topology_path: str, *, state_dir: str | None, detach: bool, out: Ou
         cdir.plan_path.write_text(plan.to_json())
         step(f"cluster {topo.name}: {len(plan.nodes)} nodes in {len(topo.zones)} zones, {binary}")
 
+    if topo.is_memcached:
+        return await _up_memcached(plan, cdir, detach=detach, step=step, out=out)
     try:
         await _start_processes(plan, cdir, step)
         creator = Creator(plan=plan, auth=cdir.admin(), progress=step)
@@ -144,6 +145,35 @@ async def up(topology_path: str, *, state_dir: str | None, detach: bool, out: Ou
         stop_processes(cdir, STOP_ORDER)
         raise
     step(f"cluster {topo.name} is available (epoch {layout.epoch})")
+    _print_endpoints(plan, layout, out)
+    if detach:
+        return 0
+    return await _foreground(plan, cdir, out)
+
+
+async def _up_memcached(plan: Plan, cdir: ClusterDir, *, detach: bool, step: Out, out: Out) -> int:
+    """The memcached half of `up`: nodes answering, then discovery version 1 (or the next
+    one after a restart: the nodes came back empty) published, and the router serving it."""
+    try:
+        await _start_processes(plan, cdir, step)
+        step(f"waiting for {len(plan.nodes)} memcached nodes")
+        await memcached.wait_nodes(plan, 30.0)
+        await _wait_bus(plan, cdir)
+        previous = cdir.load_layout()
+        layout = discovery.memcached_layout(plan, previous.epoch + 1 if previous else 1)
+        outbox = bus.Outbox(plan.bus_host, plan.bus_port)
+        publish_layout(outbox, cdir, layout)
+        emit_event(outbox, cdir, "cluster_created", epoch=layout.epoch, nodes=len(plan.nodes))
+        emit_event(outbox, cdir, "discovery_version", version=layout.epoch, reason="cluster_up")
+        await outbox.flush()
+        step("waiting for the configuration endpoint to serve the node list")
+        await memcached.wait_router(plan, layout.epoch, 15.0)
+    except BaseException:
+        out("startup failed; stopping what was started")
+        cdir.stopping_path.touch()
+        stop_processes(cdir, STOP_ORDER)
+        raise
+    step(f"cluster {plan.name} is available (discovery version {layout.epoch})")
     _print_endpoints(plan, layout, out)
     if detach:
         return 0
@@ -265,6 +295,9 @@ async def _wait_router(plan: Plan, epoch: int, timeout: float) -> None:
 
 
 def _print_endpoints(plan: Plan, layout: Layout | None, out: Out) -> None:
+    if plan.topology.is_memcached:
+        memcached.print_endpoints(plan, layout, out)
+        return
     out(f"  configuration endpoint (router): {plan.router_host}:{plan.router_port}")
     out(f"  bus: mqtt://{plan.bus_host}:{plan.bus_port}")
     if layout is not None:

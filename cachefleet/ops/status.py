@@ -12,6 +12,7 @@ from cachefleet.errors import CachefleetError, InvalidInput
 from cachefleet.events import read_events
 from cachefleet.layout import Layout
 from cachefleet.nodes import connect, myself, replication
+from cachefleet.ops import memcached
 from cachefleet.ops.metrics_server import metrics_address
 from cachefleet.plan import Plan
 from cachefleet.proc import live_processes
@@ -90,6 +91,8 @@ async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
     live = live_processes(cdir)
     view = await read_bus(plan, cdir)
     layout = view.layout or cdir.load_layout()
+    if plan.topology.is_memcached:
+        return await _memcached_status(plan, cdir, live, view, layout)
     hellos = view.hellos
     auth = cdir.admin() if cdir.admin_secret_path.exists() else None
     probes = await asyncio.gather(*(_probe(n.host, n.port, auth) for n in plan.nodes))
@@ -153,33 +156,9 @@ async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
         "engine": plan.topology.engine,
         "state": state,
         "epoch": layout.epoch if layout else 0,
-        "zones": [
-            {
-                "name": z,
-                "address": plan.topology.zone_address(z),
-                "agent": "running" if f"agent.{z}" in live else "stopped",
-                "nodes": [n.name for n in plan.zone_nodes(z)],
-            }
-            for z in plan.topology.zones
-        ],
+        "zones": _zones(plan, live),
         "shards": shards,
-        "router": {
-            "address": f"{plan.router_host}:{plan.router_port}",
-            "running": "router" in live,
-            "connections": sum(r.connections for r in view.routers.values()),
-            "ops_per_sec": sum(r.ops_per_sec for r in view.routers.values()),
-            "workers": [
-                {
-                    "id": r.router,
-                    "worker": r.worker,
-                    "pid": r.pid,
-                    "connections": r.connections,
-                    "ops_per_sec": r.ops_per_sec,
-                    "epoch": r.config_epoch,
-                }
-                for r in sorted(view.routers.values(), key=lambda r: r.worker)
-            ],
-        },
+        "router": _router(plan, live, view),
         "sentinels": [
             {
                 "id": s.id,
@@ -194,6 +173,74 @@ async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
             for s in plan.sentinels
         ],
         "failing_over": failing_over,
+        "metrics": metrics_status(cdir, live),
+        "bus": {
+            "url": f"mqtt://{plan.bus_host}:{plan.bus_port}",
+            "embedded": plan.topology.bus.embedded,
+            "running": "broker" in live if plan.topology.bus.embedded else None,
+        },
+        "processes": {k: v for k, v in sorted(live.items())},
+        "restarts": restarts(read_events(cdir.events_path)),
+        "state_dir": str(cdir.root),
+    }
+
+
+def _zones(plan: Plan, live: dict[str, int]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": z,
+            "address": plan.topology.zone_address(z),
+            "agent": "running" if f"agent.{z}" in live else "stopped",
+            "nodes": [n.name for n in plan.zone_nodes(z)],
+        }
+        for z in plan.topology.zones
+    ]
+
+
+def _router(plan: Plan, live: dict[str, int], view: BusView) -> dict[str, Any]:
+    return {
+        "address": f"{plan.router_host}:{plan.router_port}",
+        "running": "router" in live,
+        "connections": sum(r.connections for r in view.routers.values()),
+        "ops_per_sec": sum(r.ops_per_sec for r in view.routers.values()),
+        "workers": [
+            {
+                "id": r.router,
+                "worker": r.worker,
+                "pid": r.pid,
+                "connections": r.connections,
+                "ops_per_sec": r.ops_per_sec,
+                "epoch": r.config_epoch,
+            }
+            for r in sorted(view.routers.values(), key=lambda r: r.worker)
+        ],
+    }
+
+
+async def _memcached_status(
+    plan: Plan, cdir: ClusterDir, live: dict[str, int], view: BusView, layout: Layout | None
+) -> dict[str, Any]:
+    """A memcached cluster: `nodes` instead of `shards`, no sentinels; `epoch` and
+    `discovery_version` are the Auto Discovery version."""
+    nodes = await memcached.node_health(plan)
+    if not live:
+        state = "stopped"
+    elif layout is None:
+        state = "creating"
+    elif all(n["healthy"] for n in nodes):
+        state = "available"
+    else:
+        state = "degraded"
+    return {
+        "name": plan.name,
+        "engine": plan.topology.engine,
+        "state": state,
+        "epoch": layout.epoch if layout else 0,
+        "discovery_version": layout.epoch if layout else 0,
+        "zones": _zones(plan, live),
+        "nodes": nodes,
+        "router": _router(plan, live, view),
+        "sentinels": [],
         "metrics": metrics_status(cdir, live),
         "bus": {
             "url": f"mqtt://{plan.bus_host}:{plan.bus_port}",
@@ -240,7 +287,12 @@ def format_status(st: dict[str, Any]) -> str:
     if st.get("restarts"):
         restarted = ", ".join(f"{k} x{n}" for k, n in sorted(st["restarts"].items()))
         lines.append(f"  restarted by the supervisor: {restarted}")
-    for s in st["shards"]:
+    if "nodes" in st:
+        lines[0] = (
+            f"cluster {st['name']} ({st['engine']}): {st['state']}, discovery version {st['epoch']}"
+        )
+        lines += memcached.format_nodes(st)
+    for s in st.get("shards", []):
         ranges = ",".join(f"{a}-{b}" for a, b in s["slots"]) or "-"
         lines.append(f"  shard {s['id']} slots {ranges}")
         for n in ([s["primary"]] if s["primary"] else []) + s["replicas"]:

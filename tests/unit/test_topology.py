@@ -303,7 +303,16 @@ def test_names_with_trailing_newline_are_rejected(data: dict[str, Any]) -> None:
 
 
 VALID = [
-    pytest.param(doc(engine="memcached"), id="memcached"),
+    pytest.param(
+        doc(
+            engine="memcached",
+            nodes=3,
+            shards=DELETE,
+            replicas_per_shard=DELETE,
+            sentinels=DELETE,
+        ),
+        id="memcached",
+    ),
     pytest.param(doc(engine="redis"), id="redis"),
     pytest.param(doc(bus__url="mqtt://127.0.0.1:1883"), id="bus-mqtt-127"),
     pytest.param(doc(bus__url="mqtt://127.0.3.1:1883"), id="bus-mqtt-127-zone"),
@@ -337,7 +346,10 @@ def test_valid_variants_parse(data: dict[str, Any]) -> None:
 
 
 def test_memcached_engine_is_kept() -> None:
-    assert parse(doc(engine="memcached")).engine == "memcached"
+    memcached = doc(
+        engine="memcached", nodes=3, shards=DELETE, replicas_per_shard=DELETE, sentinels=DELETE
+    )
+    assert parse(memcached).engine == "memcached"
 
 
 def test_bus_url_host_port() -> None:

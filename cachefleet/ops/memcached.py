@@ -1,0 +1,97 @@
+"""The memcached side of `up` and `status`: nodes, the configuration endpoint, health."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cachefleet import memcache
+from cachefleet.errors import ClusterTimeout
+from cachefleet.layout import Layout
+from cachefleet.plan import Plan
+
+Out = Callable[[str], None]
+
+
+async def wait_nodes(plan: Plan, timeout: float) -> None:
+    """Until every node answers `version`."""
+    deadline = time.monotonic() + timeout
+    down = [n.name for n in plan.nodes]
+    while time.monotonic() < deadline:
+        answers = await asyncio.gather(
+            *(memcache.version(n.host, n.port, timeout=0.5) for n in plan.nodes)
+        )
+        down = [n.name for n, v in zip(plan.nodes, answers, strict=True) if v is None]
+        if not down:
+            return
+        await asyncio.sleep(0.05)
+    raise ClusterTimeout("nodes start", timeout, f"nodes not answering: {', '.join(down)}")
+
+
+def discovery_version(reply: bytes | None) -> int | None:
+    """The version in a `config get cluster` reply (None when there is none)."""
+    if reply is None or not reply.startswith(b"CONFIG cluster 0 "):
+        return None
+    try:
+        return int(reply.split(b"\r\n", 1)[1].split(b"\n", 1)[0])
+    except (IndexError, ValueError):
+        return None
+
+
+async def wait_router(plan: Plan, version: int, timeout: float) -> None:
+    """Until the configuration endpoint serves discovery version `version` (or a later one)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reply = await memcache.call(
+            plan.router_host, plan.router_port, b"config get cluster\r\n", timeout=0.5
+        )
+        seen = discovery_version(reply)
+        if seen is not None and seen >= version:
+            return
+        await asyncio.sleep(0.05)
+    raise ClusterTimeout("router layout", timeout, "the router did not serve the node list")
+
+
+def print_endpoints(plan: Plan, layout: Layout | None, out: Out) -> None:
+    out(
+        f"  configuration endpoint (Auto Discovery and proxy): "
+        f"{plan.router_host}:{plan.router_port}"
+    )
+    out(f"  bus: mqtt://{plan.bus_host}:{plan.bus_port}")
+    if layout is not None:
+        out(f"  discovery version {layout.epoch}")
+    for n in plan.nodes:
+        out(f"  node {n.node_id} {n.name} {n.address} ({n.zone})")
+    out(f"  try: printf 'config get cluster\\r\\n' | nc {plan.router_host} {plan.router_port}")
+
+
+async def node_health(plan: Plan) -> list[dict[str, Any]]:
+    """Every node with its health (answers `stats` within 0.5 s) and a few of its figures."""
+    answers = await asyncio.gather(
+        *(memcache.stats(n.host, n.port, timeout=0.5) for n in plan.nodes)
+    )
+    nodes = []
+    for n, st in zip(plan.nodes, answers, strict=True):
+        nodes.append(
+            {
+                "id": n.node_id,
+                "name": n.name,
+                "address": n.address,
+                "zone": n.zone,
+                "healthy": st is not None,
+                "items": int(st["curr_items"]) if st and "curr_items" in st else None,
+                "uptime_s": int(st["uptime"]) if st and "uptime" in st else None,
+            }
+        )
+    return nodes
+
+
+def format_nodes(st: dict[str, Any]) -> list[str]:
+    lines = []
+    for n in st["nodes"]:
+        health = "healthy" if n["healthy"] else "UNHEALTHY"
+        items = f", {n['items']} items" if n.get("items") is not None else ""
+        lines.append(f"  node {n['id']} {n['name']} {n['address']} ({n['zone']}) {health}{items}")
+    return lines

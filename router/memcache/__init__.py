@@ -1,0 +1,1 @@
+"""The memcached configuration endpoint (Auto Discovery) and consistent-hashing proxy."""

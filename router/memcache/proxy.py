@@ -1,0 +1,468 @@
+"""The memcached proxy: client connections, pipelined node connections, request routing.
+
+Each client request becomes one reply slot, filled when its node(s) answer and written in
+request order. A key goes to the node the ring picks; a multi-key get is split by node and
+merged back in key order; flush_all and stats go to every node. A node that refuses, drops
+the connection or does not answer within BACKEND_TIMEOUT_S gets its requests the engine's
+``SERVER_ERROR`` text, never a hang; for DOWN_HOLD_S after a timeout its keys fail at once.
+Malformed client input gets ``CLIENT_ERROR`` and closes only that client's connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+import structlog
+
+from cachefleet import discovery
+from cachefleet.layout import Layout
+from cachefleet.memcache import parse_stats
+from router.memcache.protocol import (
+    ERROR,
+    QUIET_DROPS,
+    TOO_LARGE,
+    Framer,
+    Kind,
+    Reply,
+    ReplyFramer,
+    Request,
+    aggregate_stats,
+    is_error,
+    merge_values,
+    status_word,
+)
+from router.memcache.ring import Ring
+
+BACKEND_TIMEOUT_S = 2.0
+CONNECT_TIMEOUT_S = 1.0
+DOWN_HOLD_S = 1.0
+MAX_PENDING = 1024  # replies a client may be owed before its reading pauses
+
+Waiter = Callable[[bytes | None], None]
+
+
+def _discard(_reply: bytes | None) -> None:
+    return None
+
+
+class NodeConn(asyncio.Protocol):
+    """One pipelined connection to one node: requests written in order, replies framed by
+    their expected shapes and handed to their waiters in order (None when lost)."""
+
+    def __init__(self, name: str, on_timeout: Callable[[str], None]) -> None:
+        self.name = name
+        self.on_timeout = on_timeout
+        self.framer = ReplyFramer()
+        self.waiters: collections.deque[tuple[Waiter, float]] = collections.deque()
+        self.transport: asyncio.Transport | None = None
+        self.pending_out: list[bytes] = []
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        if self.pending_out:
+            self.transport.write(b"".join(self.pending_out))
+            self.pending_out = []
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            replies = self.framer.feed(data)
+        except ValueError:
+            self.fail()
+            return
+        for reply in replies:
+            waiter, _ = self.waiters.popleft()
+            waiter(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail()
+
+    def send(self, payload: bytes, shape: Reply, waiter: Waiter) -> None:
+        if self.closed:
+            waiter(None)
+            return
+        self.framer.expect(shape)
+        self.waiters.append((waiter, time.monotonic()))
+        if self.transport is not None:
+            self.transport.write(payload)
+        else:
+            self.pending_out.append(payload)
+
+    def fail(self) -> None:
+        """The connection is done: every request still waiting is answered as lost."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+        waiters, self.waiters = self.waiters, collections.deque()
+        for waiter, _ in waiters:
+            waiter(None)
+
+    def expire(self, now: float) -> None:
+        if self.waiters and now - self.waiters[0][1] > BACKEND_TIMEOUT_S:
+            self.on_timeout(self.name)
+            self.fail()
+
+
+@dataclass(slots=True)
+class Slot:
+    data: bytes | None = None
+
+
+class Client(asyncio.Protocol):
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.framer = Framer(max_value=proxy.max_value)
+        self.slots: collections.deque[Slot] = collections.deque()
+        self.transport: asyncio.Transport | None = None
+        self.closing = False
+        self.reading = True
+        self.write_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        if len(self.proxy.clients) >= self.proxy.max_clients:
+            self.transport.write(b"SERVER_ERROR too many open connections\r\n")
+            self.transport.close()
+            return
+        self.proxy.clients.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.proxy.clients.discard(self)
+        self.closing = True
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        for req in self.framer.feed(data):
+            self.proxy.dispatch(self, req)
+            if self.closing:
+                return
+        if self.framer.error is not None:
+            self.proxy.client_errors += 1
+            self.reply(self.framer.error.reply)
+            self.close_after_replies()
+        self._reading()
+
+    def slot(self) -> Slot:
+        slot = Slot()
+        self.slots.append(slot)
+        return slot
+
+    def reply(self, data: bytes) -> None:
+        self.fill(self.slot(), data)
+
+    def fill(self, slot: Slot, data: bytes) -> None:
+        slot.data = data
+        if self.slots and self.slots[0] is slot:
+            self.flush()
+
+    def flush(self) -> None:
+        out = []
+        while self.slots and self.slots[0].data is not None:
+            out.append(self.slots.popleft().data)
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(d for d in out if d is not None))
+        if self.closing and not self.slots and self.transport is not None:
+            self.transport.close()
+        self._reading()
+
+    def close_after_replies(self) -> None:
+        self.closing = True
+        self.flush()
+
+    def _reading(self) -> None:
+        """Back-pressure: stop reading a client that is owed too many replies or does not
+        read what it is sent."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        want = not self.write_paused and len(self.slots) < MAX_PENDING
+        if want != self.reading:
+            self.reading = want
+            if want:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
+
+
+def node_down(name: str, address: str) -> bytes:
+    return f"SERVER_ERROR node {name} ({address}) is unavailable\r\n".encode()
+
+
+class Proxy:
+    def __init__(
+        self,
+        *,
+        cluster: str,
+        version: str,
+        max_value: int,
+        max_clients: int,
+        worker: int = 0,
+    ) -> None:
+        self.cluster = cluster
+        self.version = version
+        self.max_value = max_value
+        self.max_clients = max_clients
+        self.worker = worker
+        self.log = structlog.get_logger("router").bind(cluster=cluster, worker=worker)
+        self.layout: Layout | None = None
+        self.ring: Ring | None = None
+        self.addresses: dict[str, tuple[str, int]] = {}
+        self.conns: dict[str, NodeConn] = {}
+        self.down_until: dict[str, float] = {}
+        self.clients: set[Client] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.ops = 0
+        self.client_errors = 0
+        self.started = time.time()
+        self.discovery_reply = b"SERVER_ERROR no node list yet\r\n"
+        self.discovery_value: bytes | None = None
+
+    # -- the node list ---------------------------------------------------------------------
+
+    def apply_layout(self, layout: Layout) -> None:
+        if self.layout is not None and layout.epoch <= self.layout.epoch:
+            return
+        addresses = {n.name: (n.host, n.port) for n in layout.nodes()}
+        for name, conn in list(self.conns.items()):
+            if addresses.get(name) != self.addresses.get(name):
+                conn.fail()
+                del self.conns[name]
+        self.layout = layout
+        self.addresses = addresses
+        self.ring = Ring(addresses) if addresses else None
+        entries = discovery.entries(layout)
+        self.discovery_reply = discovery.config_reply(layout.epoch, entries)
+        self.discovery_value = discovery.value_block(layout.epoch, entries)
+        self.log.info("node_list_applied", version=layout.epoch, nodes=len(addresses))
+
+    def conn(self, name: str) -> NodeConn | None:
+        """The node's connection, opened on first use; None while the node is held down."""
+        if self.down_until.get(name, 0.0) > time.monotonic():
+            return None
+        conn = self.conns.get(name)
+        if conn is not None and not conn.closed:
+            return conn
+        conn = NodeConn(name, self._timed_out)
+        self.conns[name] = conn
+        task = asyncio.get_running_loop().create_task(self._connect(conn, self.addresses[name]))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return conn
+
+    async def _connect(self, conn: NodeConn, addr: tuple[str, int]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: conn, addr[0], addr[1]), CONNECT_TIMEOUT_S
+            )
+        except (OSError, TimeoutError):
+            conn.fail()
+
+    def _timed_out(self, name: str) -> None:
+        self.down_until[name] = time.monotonic() + DOWN_HOLD_S
+        self.log.warning("node_timeout", node=name, hold_s=DOWN_HOLD_S)
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Requests a node leaves unanswered past BACKEND_TIMEOUT_S fail (bounded waits)."""
+        while not stop.is_set():
+            now = time.monotonic()
+            for conn in list(self.conns.values()):
+                conn.expire(now)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.1)
+
+    def _send(self, name: str, payload: bytes, shape: Reply, waiter: Waiter) -> None:
+        conn = self.conn(name)
+        if conn is None:
+            waiter(None)
+        else:
+            conn.send(payload, shape, waiter)
+
+    def _down(self, name: str) -> bytes:
+        host, port = self.addresses.get(name, ("?", 0))
+        return node_down(name, f"{host}:{port}")
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    def dispatch(self, client: Client, req: Request) -> None:
+        self.ops += 1
+        match req.kind:
+            case Kind.KEYED:
+                self._keyed(client, req)
+            case Kind.GET:
+                self._get(client, req)
+            case Kind.FLUSH:
+                self._flush(client, req)
+            case Kind.STATS:
+                self._stats(client, req)
+            case Kind.CONFIG:
+                if req.tokens[1:] == [b"get", b"cluster"]:
+                    client.reply(self.discovery_reply)
+                else:
+                    client.reply(ERROR)
+            case Kind.VERSION:
+                client.reply(f"VERSION {self.version}\r\n".encode())
+            case Kind.VERBOSITY:
+                if not req.noreply:
+                    client.reply(b"OK\r\n")
+            case Kind.NOOP:
+                client.reply(b"MN\r\n")
+            case Kind.QUIT:
+                client.close_after_replies()
+            case Kind.TOO_LARGE:
+                client.reply(TOO_LARGE)
+            case Kind.UNKNOWN:
+                client.reply(ERROR)
+
+    def _no_nodes(self, client: Client, req: Request) -> bool:
+        if self.ring is not None:
+            return False
+        if not req.noreply:
+            client.reply(b"SERVER_ERROR no node list yet\r\n")
+        return True
+
+    def _keyed(self, client: Client, req: Request) -> None:
+        if self._no_nodes(client, req):
+            return
+        assert self.ring is not None
+        name = self.ring.node(req.hash_key)
+        if req.noreply:
+            self._send(name, req.forward(), req.reply_shape, _discard)
+            return
+        slot = client.slot()
+        drops = QUIET_DROPS.get(req.command, frozenset()) if req.quiet else frozenset()
+
+        def done(reply: bytes | None) -> None:
+            if reply is None:
+                client.fill(slot, self._down(name))
+            elif drops and status_word(reply) in drops:
+                client.fill(slot, b"")
+            else:
+                client.fill(slot, reply)
+
+        self._send(name, req.forward(), req.reply_shape, done)
+
+    def _get(self, client: Client, req: Request) -> None:
+        local: dict[bytes, bytes] = {}
+        keys = req.keys
+        if discovery.MAGIC_KEY in keys and self.discovery_value is not None:
+            local[discovery.MAGIC_KEY] = self.discovery_value
+            keys = [k for k in keys if k != discovery.MAGIC_KEY]
+        if not keys:
+            client.reply(merge_values(req.keys, [], local))
+            return
+        if self._no_nodes(client, req):
+            return
+        assert self.ring is not None
+        head = req.tokens[:2] if req.command in (b"gat", b"gats") else req.tokens[:1]
+        groups: dict[str, list[bytes]] = {}
+        for key in keys:
+            group = groups.setdefault(self.ring.node(key), [])
+            if key not in group:
+                group.append(key)
+        slot = client.slot()
+        if len(groups) == 1 and not local:
+            (name,) = groups
+
+            def single(reply: bytes | None) -> None:
+                client.fill(slot, reply if reply is not None else self._down(name))
+
+            self._send(name, req.forward(), Reply.VALUES, single)
+            return
+        parts: dict[str, bytes | None] = {}
+
+        def part(name: str) -> Waiter:
+            def done(reply: bytes | None) -> None:
+                parts[name] = reply
+                if len(parts) < len(groups):
+                    return
+                for node, got in parts.items():
+                    if got is None:
+                        client.fill(slot, self._down(node))
+                        return
+                    if is_error(got):
+                        client.fill(slot, got)
+                        return
+                client.fill(slot, merge_values(req.keys, list(parts.values()), local))  # type: ignore[arg-type]
+
+            return done
+
+        for name, group in groups.items():
+            self._send(name, b" ".join([*head, *group]) + b"\r\n", Reply.VALUES, part(name))
+
+    def _fanout(
+        self, payload: bytes, shape: Reply, then: Callable[[dict[str, bytes | None]], None]
+    ) -> None:
+        names = list(self.addresses)
+        got: dict[str, bytes | None] = {}
+
+        def part(name: str) -> Waiter:
+            def done(reply: bytes | None) -> None:
+                got[name] = reply
+                if len(got) == len(names):
+                    then(got)
+
+            return done
+
+        for name in names:
+            self._send(name, payload, shape, part(name))
+
+    def _flush(self, client: Client, req: Request) -> None:
+        if self._no_nodes(client, req):
+            return
+        slot = None if req.noreply else client.slot()
+
+        def then(got: dict[str, bytes | None]) -> None:
+            if slot is None:
+                return
+            for name, reply in got.items():
+                if reply is None:
+                    client.fill(slot, self._down(name))
+                    return
+                if reply != b"OK\r\n":
+                    client.fill(slot, reply)
+                    return
+            client.fill(slot, b"OK\r\n")
+
+        self._fanout(req.forward(), Reply.LINE, then)
+
+    def _stats(self, client: Client, req: Request) -> None:
+        if len(req.tokens) > 1:
+            client.reply(b"SERVER_ERROR the proxy aggregates plain `stats` only\r\n")
+            return
+        if self._no_nodes(client, req):
+            return
+        slot = client.slot()
+
+        def then(got: dict[str, bytes | None]) -> None:
+            answered = [parse_stats(r) for r in got.values() if r is not None]
+            own = {
+                "pid": str(os.getpid()),
+                "uptime": str(int(time.time() - self.started)),
+                "time": str(int(time.time())),
+                "version": self.version,
+                "cluster_nodes": str(len(got)),
+                "cluster_nodes_unreachable": str(len(got) - len(answered)),
+                "discovery_version": str(self.layout.epoch if self.layout else 0),
+                "proxy_connections": str(len(self.clients)),
+            }
+            client.fill(slot, aggregate_stats(answered, own))
+
+        self._fanout(b"stats\r\n", Reply.STATS, then)

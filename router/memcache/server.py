@@ -1,0 +1,125 @@
+"""The memcached router process: listener, bus link (the node list) and status publisher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from typing import Any
+
+from cachefleet import bus
+from cachefleet.layout import Layout, LayoutError
+from cachefleet.plan import Plan
+from router.memcache.proxy import Client, Proxy
+from router.server import listen_socket, raise_nofile_limit
+
+
+def engine_version(binary: str) -> str:
+    """The nodes' memcached version (``memcached 1.6.18`` -> ``1.6.18``), answered to
+    `version` as a single node would."""
+    try:
+        out = subprocess.run([binary, "-V"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.strip().rsplit(" ", 1)[-1] or "unknown"
+
+
+class Router:
+    def __init__(self, *, plan: Plan, worker: int) -> None:
+        topo = plan.topology
+        assert topo.memcached is not None
+        self.plan = plan
+        self.worker = worker
+        self.id = f"router-{worker}"
+        self.proxy = Proxy(
+            cluster=plan.name,
+            version=engine_version(plan.engine_binary),
+            max_value=topo.memcached.max_item_size,
+            max_clients=topo.router.max_clients,
+            worker=worker,
+        )
+        self.layouts_refused = 0
+
+    def on_bus_message(self, topic: str, payload: bytes) -> None:
+        data = bus.decode(payload)
+        if data is None or not topic.endswith("/layout"):
+            return
+        try:  # only the plan's nodes at their planned addresses
+            layout = Layout.from_dict(data, self.plan)
+        except LayoutError as exc:
+            self.layouts_refused += 1
+            self.proxy.log.warning("layout_refused", error=str(exc), refused=self.layouts_refused)
+            return
+        self.proxy.apply_layout(layout)
+
+    def state(self, ops_per_sec: float) -> dict[str, Any]:
+        p = self.proxy
+        return {
+            "id": self.id,
+            "address": f"{self.plan.router_host}:{self.plan.router_port}",
+            "pid": os.getpid(),
+            "worker": self.worker,
+            "engine": "memcached",
+            "connections": len(p.clients),
+            "backend_connections": sum(1 for c in p.conns.values() if not c.closed),
+            "ops_per_sec": round(ops_per_sec, 1),
+            "ops_total": p.ops,
+            "client_errors": p.client_errors,
+            "epoch": p.layout.epoch if p.layout else 0,
+        }
+
+    async def publish_state(self, link: bus.BusLink, stop: asyncio.Event) -> None:
+        topic = bus.topic(self.plan.name, "routers", self.id, "state")
+        last_ops, last_t = self.proxy.ops, time.monotonic()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+            now = time.monotonic()
+            rate = (self.proxy.ops - last_ops) / max(now - last_t, 1e-6)
+            last_ops, last_t = self.proxy.ops, now
+            link.publish(topic, bus.encode(self.state(rate)), retain=True)
+
+
+async def run_memcached_router(plan: Plan, *, worker: int = 0, reuse_port: bool = False) -> None:
+    raise_nofile_limit()
+    router = Router(plan=plan, worker=worker)
+    proxy = router.proxy
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sock = listen_socket(plan.router_host, plan.router_port, reuse_port=reuse_port)
+    server = await loop.create_server(lambda: Client(proxy), sock=sock)
+    state_topic = bus.topic(plan.name, "routers", router.id, "state")
+    link = bus.BusLink(
+        host=plan.bus_host,
+        port=plan.bus_port,
+        name=f"router-{worker}",
+        will=(state_topic, b"offline"),
+        subscriptions=(bus.topic(plan.name, "layout"),),
+        on_message=router.on_bus_message,
+        log=proxy.log,
+    )
+    proxy.log.info(
+        "router_started",
+        address=f"{plan.router_host}:{plan.router_port}",
+        engine="memcached",
+        version=proxy.version,
+    )
+    async with server, asyncio.TaskGroup() as tg:
+        tg.create_task(link.run(stop, final=[(state_topic, b"offline")]), name="router.bus")
+        tg.create_task(router.publish_state(link, stop), name="router.state")
+        tg.create_task(proxy.watch(stop), name="router.request_deadlines")
+        await stop.wait()
+        server.close()
+        for task in list(proxy.tasks):
+            task.cancel()
+        for conn in list(proxy.conns.values()):
+            conn.fail()
+        for client in list(proxy.clients):
+            if client.transport is not None:
+                client.transport.close()
+    proxy.log.info("router_stopped", last_version=proxy.layout.epoch if proxy.layout else None)
