@@ -19,6 +19,7 @@ from cachefleet.ops import lifecycle
 from cachefleet.ops.failover import graceful_failover
 from cachefleet.ops.logs import show_logs
 from cachefleet.ops.status import exit_code, format_status, status
+from cachefleet.ops.top import top
 from cachefleet.topology import load_topology
 
 
@@ -94,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--state-dir", default=None)
 
+    p = sub.add_parser("top", help="a live table of a cluster's nodes (q quits)")
+    p.add_argument("name")
+    p.add_argument(
+        "--iterations", "-n", type=int, default=None, help="stop after N refreshes (default: q)"
+    )
+    p.add_argument("--state-dir", default=None)
+
     p = sub.add_parser("chaos", help="run a chaos scenario and write its report")
     p.add_argument("scenario", help="scenario YAML (see scenarios/)")
     p.add_argument("--trials", type=int, default=None, help="override the scenario's trials")
@@ -158,6 +166,10 @@ def _logs(args: argparse.Namespace) -> int:
     )
 
 
+def _top(args: argparse.Namespace) -> int:
+    return top(args.name, state_dir=args.state_dir, out=_out, iterations=args.iterations)
+
+
 def _chaos(args: argparse.Namespace) -> int:
     code, _ = asyncio.run(
         run_scenario(
@@ -188,6 +200,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "failover": _failover,
     "events": _events,
     "logs": _logs,
+    "top": _top,
     "chaos": _chaos,
     "validate": _validate,
 }

@@ -90,6 +90,7 @@ class Collector:
         self.routers: dict[str, tuple[int, float]] = {}
         self.known = messages.Known.from_plan(plan)
         self.text = metrics.render([])
+        self.samples: list[Sample] = []  # of the last pass (what `top` shows)
         self.collected_at = 0.0  # time.time() of the last pass
         self.passes = 0
 
@@ -161,6 +162,7 @@ class Collector:
             sdown=self.sdown,
             routers=self.routers,
         )
+        self.samples = samples
         self.text = metrics.render(samples)
         self.collected_at = time.time()
         self.passes += 1

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
 import queue
+import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 import urllib.request
@@ -216,3 +221,49 @@ def test_metrics_endpoint_serves_the_service_names_and_moves_with_traffic(
         assert sets_after >= sets_before + 500
     finally:
         client.close()
+
+
+def test_top_draws_every_node_in_a_terminal_and_quits_on_q(cluster: RunningCluster) -> None:
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    proc = subprocess.Popen(
+        cachefleet_cmd("top", cluster.name, "--state-dir", str(cluster.state_dir)),
+        stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, close_fds=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    os.close(slave)
+    screen = b""
+
+    def read_until(check: object, timeout: float) -> None:
+        nonlocal screen
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    screen += os.read(master, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+            if callable(check) and check():
+                return
+        raise AssertionError(f"top did not show it within {timeout}s:\n{screen[-3000:]!r}")
+
+    try:
+        names = [n.name.encode() for n in cluster.plan.nodes]
+        read_until(lambda: screen.count(b"\x1b[2J") >= 2 and all(n in screen for n in names), 30)
+        last = screen.decode(errors="replace").split("\x1b[2J")[-1]
+        header = next(line for line in last.splitlines() if line.startswith("NODE"))
+        assert header.split() == [
+            "NODE", "SHARD", "ZONE", "ROLE", "OPS/S", "MEMORY", "MEM%", "CONNS", "LAG", "HIT%",
+        ]  # fmt: skip
+        rows = [line.split() for line in last.splitlines() if line.startswith(cluster.name)]
+        assert sorted(r[3] for r in rows) == ["primary", "primary", "replica", "replica"]
+        for r in rows:
+            assert r[2] == cluster.plan.node(r[0]).zone
+        os.write(master, b"q")
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+        os.close(master)
