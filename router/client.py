@@ -85,6 +85,10 @@ class Subscription(Protocol):
 
     def close(self) -> None: ...
 
+    def layout_changed(self) -> None:
+        """The routes changed: move subscriptions off nodes that no longer serve them."""
+        ...
+
 
 class Call:
     """One client request on its way: routed, maybe redirected or retried, then replied."""

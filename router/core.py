@@ -212,6 +212,9 @@ class Core:
         self.log.info(
             "layout_applied", source=source, epoch=epoch, primaries=len(self.primary_list)
         )
+        for client in [c for c in self.clients if c.pubsub is not None]:
+            if client.pubsub is not None:
+                client.pubsub.layout_changed()
 
     def close_stale(self) -> None:
         """Pooled connections to nodes that left the layout are closed (their calls are

@@ -616,3 +616,86 @@ async def test_a_batch_cut_by_a_lost_connection_answers_what_it_got_and_resends_
         b"request was sent)\r\n$1\r\nc\r\n"
     )
     assert h.inflight_bytes == 0 and c.parts == 0 and not c.queue
+
+
+# --- subscriptions outlive the node that serves them -----------------------------------------
+
+
+def sub_frame(kind: bytes, name: bytes, count: int) -> bytes:
+    return b"*3\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n:%d\r\n" % (len(kind), kind, len(name), name, count)
+
+
+def message(channel: bytes, data: bytes) -> bytes:
+    return b"*3\r\n$7\r\nmessage\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+        len(channel), channel, len(data), data,
+    )  # fmt: skip
+
+
+def subscribed_node(h: Harness, *candidates: Addr) -> FakeNode:
+    (node,) = [n for n in (h.node(a) for a in candidates) if n.conns]
+    return node
+
+
+async def test_classic_subscriptions_move_to_another_node_when_theirs_is_lost() -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    c.data_received(cmds([b"SUBSCRIBE", b"news"], [b"PSUBSCRIBE", b"n*"]))
+    await settle()
+    first = subscribed_node(h, P1, P2)
+    assert first.requests() == [[b"SUBSCRIBE", b"news"], [b"PSUBSCRIBE", b"n*"]]
+    first.answer(sub_frame(b"subscribe", b"news", 1) + sub_frame(b"psubscribe", b"n*", 2))
+    await settle()
+    t.written.clear()
+    first.drop()
+    await settle()
+    other = h.node(P2 if first.addr == P1 else P1)
+    assert other.requests() == [[b"SUBSCRIBE", b"news"], [b"PSUBSCRIBE", b"n*"]]
+    # the confirmations of the re-subscription are the router's, not the client's
+    other.answer(sub_frame(b"subscribe", b"news", 1) + sub_frame(b"psubscribe", b"n*", 2))
+    other.answer(message(b"news", b"after"))
+    await settle()
+    assert t.written == message(b"news", b"after")
+    assert not t.closed and c.pubsub is not None
+
+
+async def test_sharded_subscriptions_follow_their_slot_to_the_new_primary() -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    channel = next(k for k in (b"ch%d" % i for i in range(100)) if key_slot(k) < 8192)
+    c.data_received(cmds([b"SSUBSCRIBE", channel]))
+    await settle()
+    assert h.node(P1).requests() == [[b"SSUBSCRIBE", channel]]
+    h.node(P1).answer(sub_frame(b"ssubscribe", channel, 1))
+    await settle()
+    t.written.clear()
+    h.node(P1).drop()
+    await settle()
+    assert not t.closed  # it waits for a node that serves the slot
+    h.apply_layout(layout(epoch=2, shard1_primary=R1))
+    await asyncio.sleep(0.05)
+    assert h.node(R1).requests() == [[b"SSUBSCRIBE", channel]]
+    h.node(R1).answer(sub_frame(b"ssubscribe", channel, 1))
+    h.node(R1).answer(b"*3\r\n$8\r\nsmessage\r\n$%d\r\n%s\r\n$1\r\nx\r\n" % (len(channel), channel))
+    await settle()
+    assert t.written.startswith(b"*3\r\n$8\r\nsmessage\r\n") and c.pubsub is not None
+
+
+async def test_a_layout_that_demotes_the_classic_node_moves_the_subscriptions() -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    c.data_received(cmds([b"SUBSCRIBE", b"news"]))
+    await settle()
+    first = subscribed_node(h, P1, P2)
+    first.requests()
+    first.answer(sub_frame(b"subscribe", b"news", 1))
+    await settle()
+    # a paused node keeps its connection open: only the layout says it no longer serves
+    h.apply_layout(layout(epoch=2, shard1_primary=R1))
+    await settle()
+    if first.addr == P1:
+        assert first.conns[0][1].closed
+        moved = subscribed_node(h, R1, P2)
+        assert moved.requests() == [[b"SUBSCRIBE", b"news"]]
+    else:
+        assert not first.conns[0][1].closed  # P2 still serves: nothing moves
+    assert not t.closed
