@@ -1,0 +1,273 @@
+"""A memcached cluster: real memcached nodes, Auto Discovery and the proxy, real clients.
+
+One cluster for the module (3 nodes over 3 zones); the test that kills a node runs last.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helpers import RunningCluster, assert_all_gone, cli, wait_for
+from pymemcache.client.base import Client
+from pymemcache.client.hash import HashClient
+from pymemcache.exceptions import MemcacheServerError
+
+from cachefleet.events import read_events
+from cachefleet.proc import read_pid
+
+pytestmark = pytest.mark.integration
+
+ZONES = ["az-a", "az-b", "az-c"]
+
+
+@pytest.fixture(scope="module")
+def mc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
+    tmp = tmp_path_factory.mktemp("memcached")
+    name = f"m{os.getpid() % 100000}"
+    topo = {
+        "name": name,
+        "engine": "memcached",
+        "zones": ZONES,
+        "nodes": 3,
+        "node_type": "cache.micro",
+        "parameters": {"threads": 1, "max_item_size": "1m"},
+        "ports": {"base": "auto"},
+        "router": {"port": "auto", "workers": 1},
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(topo))
+    state = tmp / "state"
+    out = cli("up", str(path), "--detach", "--state-dir", str(state))
+    cluster = RunningCluster(name, state, path, out.stdout)
+    cluster.remember_pids()
+    yield cluster
+    cluster.down()
+    assert_all_gone(cluster.seen_pids)
+
+
+def raw(addr: tuple[str, int], data: bytes, *, until: bytes = b"END\r\n") -> bytes:
+    """Send bytes, read until the reply ends with `until` or the peer closes (bounded)."""
+    with socket.create_connection(addr, timeout=5) as s:
+        s.sendall(data)
+        out = b""
+        while not out.endswith(until):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+        return out
+
+
+def discovery(addr: tuple[str, int]) -> tuple[int, list[tuple[str, str, int]]]:
+    """`config get cluster` parsed as a discovery client does: version, (host, ip, port)."""
+    reply = raw(addr, b"config get cluster\r\n")
+    header, rest = reply.split(b"\r\n", 1)
+    length = int(header.split()[3])
+    body = rest[:length].decode()
+    version, line = body.split("\n")[:2]
+    nodes = [(h, ip, int(p)) for h, ip, p in (e.split("|") for e in line.split())]
+    return int(version), nodes
+
+
+def node_of(c: RunningCluster, key: str) -> dict[str, Any]:
+    """The node holding `key`, found by asking every node directly."""
+    for node in c.status()["nodes"]:
+        host, port = node["address"].rsplit(":", 1)
+        client = Client((host, int(port)), timeout=3)
+        try:
+            if client.get(key) is not None:
+                return dict(node)
+        finally:
+            client.close()
+    raise AssertionError(f"no node holds {key!r}")
+
+
+def test_status_lists_the_nodes_round_robin_over_the_zones(mc: RunningCluster) -> None:
+    st = mc.status()
+    assert st["engine"] == "memcached" and st["state"] == "available"
+    assert "shards" not in st and st["sentinels"] == []
+    assert [(n["id"], n["name"], n["zone"], n["healthy"]) for n in st["nodes"]] == [
+        ("0001", f"{mc.name}-0001", "az-a", True),
+        ("0002", f"{mc.name}-0002", "az-b", True),
+        ("0003", f"{mc.name}-0003", "az-c", True),
+    ]
+    assert [n["address"].split(":")[0] for n in st["nodes"]] == [
+        "127.0.1.1",
+        "127.0.2.1",
+        "127.0.3.1",
+    ]
+    assert st["router"]["address"] == f"{mc.router[0]}:{mc.router[1]}"
+    text = cli("status", mc.name, "--state-dir", str(mc.state_dir)).stdout
+    assert "(memcached): available" in text and f"node 0002 {mc.name}-0002" in text
+
+
+def test_discovery_answers_in_the_managed_service_format_byte_for_byte(
+    mc: RunningCluster,
+) -> None:
+    st = mc.status()
+    entries = " ".join(
+        f"{n['name']}|{n['address'].replace(':', '|')}"
+        for n in sorted(st["nodes"], key=lambda n: n["name"])
+    )
+    payload = f"{st['epoch']}\n{entries}\n".encode()
+    assert raw(mc.router, b"config get cluster\r\n") == (
+        b"CONFIG cluster 0 %d\r\n%s\r\nEND\r\n" % (len(payload), payload)
+    )
+    assert raw(mc.router, b"get AmazonElastiCache:cluster\r\n") == (
+        b"VALUE AmazonElastiCache:cluster 0 %d\r\n%s\r\nEND\r\n" % (len(payload), payload)
+    )
+    assert raw(mc.router, b"version\r\n", until=b"\r\n").startswith(b"VERSION 1.")
+
+
+def test_a_hash_client_fed_from_discovery_reaches_every_node(mc: RunningCluster) -> None:
+    _, nodes = discovery(mc.router)
+    assert len(nodes) == 3
+    client = HashClient([(ip, port) for _, ip, port in nodes], timeout=5, connect_timeout=5)
+    try:
+        data = {f"hc:{i}": f"value-{i}" for i in range(300)}
+        assert client.set_many(data) == []
+        got = client.get_many(list(data))
+        assert {k: v.decode() for k, v in got.items()} == data
+    finally:
+        client.close()
+    for _, ip, port in nodes:  # the data is on the nodes themselves, spread over all three
+        direct = Client((ip, port), timeout=3)
+        try:
+            assert int(direct.stats()[b"curr_items"]) > 30
+        finally:
+            direct.close()
+
+
+def test_the_proxy_serves_a_plain_client(mc: RunningCluster) -> None:
+    client = Client(mc.router, timeout=5, connect_timeout=5)
+    try:
+        keys = [f"px:{i}" for i in range(60)]
+        assert client.set_many({k: k.upper() for k in keys}) == []
+        got = client.get_many(keys)  # one `get` line split over the nodes, merged in order
+        assert {k: v.decode() for k, v in got.items()} == {k: k.upper() for k in keys}
+        assert len({node_of(mc, k)["name"] for k in keys[:12]}) > 1
+
+        assert client.set("counter", "10")
+        assert client.incr("counter", 5) == 15
+        assert client.decr("counter", 20) == 0
+        assert client.incr("missing-counter", 1) is None
+
+        value, token = client.gets("px:1")
+        assert value == b"PX:1"
+        assert client.cas("px:1", "new", token) is True
+        assert client.cas("px:1", "newer", token) is False  # the token moved on
+        assert client.get("px:1") == b"new"
+
+        client.set("quiet", "1", noreply=True)
+        assert client.get("quiet") == b"1"
+        assert client.add("quiet", "2", noreply=False) is False
+        assert client.replace("quiet", "3", noreply=False) is True
+        assert client.append("quiet", "4", noreply=False) is True
+        assert client.prepend("quiet", "2", noreply=False) is True
+        assert client.get("quiet") == b"234"
+        assert client.touch("quiet", 100, noreply=False) is True
+        assert client.delete("quiet", noreply=False) is True
+        assert client.get("quiet") is None
+
+        # gat, meta commands and an aggregated stats, on the raw protocol
+        assert raw(mc.router, b"gat 100 px:2 nope\r\n") == b"VALUE px:2 0 4\r\nPX:2\r\nEND\r\n"
+        assert raw(mc.router, b"ms meta 3 T0\r\nabc\r\nmg meta v\r\nmg none v q\r\nmn\r\n",
+                   until=b"MN\r\n") == b"HD\r\nVA 3\r\nabc\r\nMN\r\n"  # fmt: skip
+        stats = client.stats()
+        assert int(stats[b"cluster_nodes"]) == 3 and int(stats[b"curr_items"]) >= 60
+        assert client.version().startswith(b"1.")
+    finally:
+        client.close()
+
+
+def test_malformed_input_costs_only_that_connection(mc: RunningCluster) -> None:
+    with socket.create_connection(mc.router, timeout=5) as bad:
+        bad.sendall(b"get ok\r\nset k 0 0 notanumber\r\n")
+        got = b""
+        while True:
+            chunk = bad.recv(4096)
+            if not chunk:
+                break  # the proxy closed this connection after its error
+            got += chunk
+    assert got == b"END\r\nCLIENT_ERROR bad command line format\r\n"
+    assert raw(mc.router, b"bogus\r\n", until=b"\r\n") == b"ERROR\r\n"  # unknown: not fatal
+    client = Client(mc.router, timeout=5)
+    try:
+        assert client.set("after", "fine") and client.get("after") == b"fine"
+    finally:
+        client.close()
+
+
+def test_a_paused_node_gets_server_error_not_a_hang(mc: RunningCluster) -> None:
+    client = Client(mc.router, timeout=10)
+    try:
+        client.set("paused-key", "v")
+        node = node_of(mc, "paused-key")
+        pid = read_pid(mc.cdir.pid_file(f"node.{node['name']}"))
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(MemcacheServerError, match="unavailable"):
+                client.get("paused-key")
+            assert time.monotonic() - t0 < 8  # bounded by the proxy's request deadline
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_for(lambda: _get_or_none(mc, "paused-key") == b"v", 10, "the node answering again")
+    finally:
+        client.close()
+
+
+def _get_or_none(c: RunningCluster, key: str) -> bytes | None:
+    client = Client(c.router, timeout=3)
+    try:
+        value: bytes | None = client.get(key)
+        return value
+    except MemcacheServerError:
+        return None
+    finally:
+        client.close()
+
+
+def test_a_killed_node_comes_back_empty_at_its_address_and_the_version_moves(
+    mc: RunningCluster,
+) -> None:
+    """Runs last in this module: it empties one node."""
+    version, before = discovery(mc.router)
+    client = Client(mc.router, timeout=5)
+    try:
+        client.set("victim", "gone-soon")
+        node = node_of(mc, "victim")
+        pid = read_pid(mc.cdir.pid_file(f"node.{node['name']}"))
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: discovery(mc.router)[0] > version, 15, "a new discovery version")
+        new_version, after = discovery(mc.router)
+        assert new_version == version + 1
+        assert after == before  # replaced at the same address
+        wait_for(lambda: mc.status()["state"] == "available", 15, "the cluster available")
+        assert client.get("victim") is None  # the replacement is empty
+        assert client.set("victim", "back") and client.get("victim") == b"back"
+    finally:
+        client.close()
+    events = read_events(mc.cdir.events_path)
+    replaced = [e for e in events if e["type"] == "node_replaced"]
+    assert replaced and replaced[-1]["node"] == node["name"] and replaced[-1]["empty"] is True
+    bumps = [e for e in events if e["type"] == "discovery_version"]
+    assert bumps[-1]["version"] == version + 1 and bumps[-1]["node"] == node["name"]
+
+
+def test_memcached_topology_errors_name_the_field(tmp_path: Path) -> None:
+    bad = {"name": "bad", "engine": "memcached", "zones": ZONES, "nodes": 3, "shards": 2}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    out = cli("validate", str(path), check=False)
+    assert out.returncode != 0 and "shards" in out.stderr
