@@ -202,7 +202,7 @@ class NodeReading:
     evictions: float
     expired: float
     items: float
-    lag_s: float | None  # a replica's; None on a primary
+    lag_s: float | None  # a replica's own view (see node_samples); None on a primary
     repl_offset: float
     net_in: float
     net_out: float
@@ -210,6 +210,9 @@ class NodeReading:
     reads: CmdTotals = field(default_factory=CmdTotals)
     writes: CmdTotals = field(default_factory=CmdTotals)
     keyed: CmdTotals = field(default_factory=CmdTotals)
+    #: on a primary, per replica ("ip:port"): seconds since its last acknowledgement (the
+    #: engine's ``slaveN: ...,lag=N``; replicas acknowledge every second)
+    replica_lags: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def from_info(
@@ -234,6 +237,11 @@ class NodeReading:
             _num(v, "keys")
             for k, v in info.items()
             if k.startswith("db") and isinstance(v, Mapping)
+        )
+        replica_lags = tuple(
+            (f"{v.get('ip')}:{v.get('port')}", _num(v, "lag"))
+            for k, v in info.items()
+            if primary and k.startswith("slave") and k[5:].isdigit() and isinstance(v, Mapping)
         )
         totals = {"reads": [0.0, 0.0], "writes": [0.0, 0.0], "keyed": [0.0, 0.0]}
         for key, stats in commandstats.items():
@@ -274,6 +282,7 @@ class NodeReading:
             reads=CmdTotals(*totals["reads"]),
             writes=CmdTotals(*totals["writes"]),
             keyed=CmdTotals(*totals["keyed"]),
+            replica_lags=replica_lags,
         )
 
     @property
@@ -322,11 +331,20 @@ def _mean_latency(cur: CmdTotals, prev: CmdTotals | None) -> float | None:
 
 
 def node_samples(
-    cur: NodeReading, prev: NodeReading | None, *, cluster: str, shard: int, node: str, zone: str
+    cur: NodeReading,
+    prev: NodeReading | None,
+    *,
+    cluster: str,
+    shard: int,
+    node: str,
+    zone: str,
+    lag_s: float | None = None,
 ) -> list[Sample]:
     """The service's metrics of one Valkey/Redis node. Rates (CPU, hit rate, latency) are over
     the interval since `prev`; without it (first reading, or the node restarted) they are
-    left out rather than guessed."""
+    left out rather than guessed. A replica's lag is `lag_s`, its primary's view, when given
+    (:func:`replica_lags`); else its own: seconds since it last heard from the primary, or
+    since its link went down."""
     lab = labels_of(cluster=cluster, shard=shard, node=node, zone=zone, role=cur.role)
     out = [
         Sample(UP, lab, 1.0),
@@ -351,8 +369,8 @@ def node_samples(
         out.append(Sample(MEM_PCT, lab, cur.used_memory / cur.maxmemory))
     if cur.primary:
         out.append(Sample(REPL_BYTES, lab, cur.repl_offset))
-    elif cur.lag_s is not None:
-        out.append(Sample(LAG, lab, cur.lag_s))
+    elif lag_s is not None or cur.lag_s is not None:
+        out.append(Sample(LAG, lab, lag_s if lag_s is not None else cur.lag_s or 0.0))
     rate = cur.hit_rate(prev)
     if rate is not None:
         out.append(Sample(HIT_RATE, lab, rate))
@@ -373,6 +391,11 @@ def node_samples(
         if mean is not None:
             out.append(Sample(metric, lab, mean))
     return out
+
+
+def replica_lags(readings: Iterable[NodeReading]) -> dict[str, float]:
+    """Replica address -> lag in seconds, as the primaries that hold a link to it see it."""
+    return {addr: lag for r in readings if r.primary for addr, lag in r.replica_lags}
 
 
 def memcached_samples(

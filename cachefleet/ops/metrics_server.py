@@ -16,9 +16,10 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aredis
 from aiohttp import web
@@ -35,6 +36,7 @@ from cachefleet.state import ClusterDir
 COLLECT_S = 2.0  # values served are at most this plus one pass old (<= 5 s)
 NODE_TIMEOUT_S = 1.0
 HOST = "127.0.0.1"
+T = TypeVar("T")
 ENGINE_SECTIONS = ("server", "memory", "stats", "replication", "cpu", "clients", "keyspace")
 
 
@@ -110,7 +112,7 @@ class Collector:
             case messages.RouterOffline():
                 self.routers.pop(msg.router, None)
 
-    async def _read_engine(self, node: _Node) -> list[Sample]:
+    async def _read_engine(self, node: _Node) -> NodeReading | None:
         spec = node.spec
         if node.client is None:
             auth = self.cdir.admin() if self.cdir.admin_secret_path.exists() else None
@@ -122,16 +124,31 @@ class Collector:
         state = await info(node.client, *ENGINE_SECTIONS)
         stats = await info(node.client, "commandstats")
         if state is None:
-            node.prev = None
-            return []
-        cur = NodeReading.from_info(
+            return None
+        return NodeReading.from_info(
             state, stats or {}, node.classes or CommandClasses(), time.monotonic()
         )
-        prev = node.prev if node.prev is not None and node.prev.cpu_s <= cur.cpu_s else None
-        node.prev = cur
-        return metrics.node_samples(
-            cur, prev, cluster=self.plan.name, shard=spec.shard, node=spec.name, zone=spec.zone
-        )
+
+    def _engine_samples(self, readings: list[NodeReading | None]) -> list[Sample]:
+        lags = metrics.replica_lags(r for r in readings if r is not None)
+        out: list[Sample] = []
+        for node, cur in zip(self.nodes, readings, strict=True):
+            prev, node.prev = node.prev, cur
+            if cur is None:
+                continue
+            if prev is not None and prev.cpu_s > cur.cpu_s:
+                prev = None  # the node restarted: no rate across it
+            spec = node.spec
+            out += metrics.node_samples(
+                cur,
+                prev,
+                cluster=self.plan.name,
+                shard=spec.shard,
+                node=spec.name,
+                zone=spec.zone,
+                lag_s=lags.get(spec.address),
+            )
+        return out
 
     async def _read_memcached(self, node: _Node) -> list[Sample]:
         spec = node.spec
@@ -142,19 +159,26 @@ class Collector:
             stats, cluster=self.plan.name, node=spec.name, zone=spec.zone
         )
 
-    async def _read(self, node: _Node) -> list[Sample]:
-        read = self._read_memcached if self.memcached else self._read_engine
+    async def _bounded(self, read: Awaitable[T], empty: T) -> T:
         try:
-            return await asyncio.wait_for(read(node), 2 * NODE_TIMEOUT_S)
+            return await asyncio.wait_for(read, 2 * NODE_TIMEOUT_S)
         except (TimeoutError, OSError):
-            node.prev = None
-            return []
+            return empty
 
     async def collect(self) -> None:
-        per_node = await asyncio.gather(*(self._read(n) for n in self.nodes))
+        samples: list[Sample] = []
+        if self.memcached:
+            per_node = await asyncio.gather(
+                *(self._bounded(self._read_memcached(n), []) for n in self.nodes)
+            )
+            samples = [s for batch in per_node for s in batch]
+        else:
+            readings = await asyncio.gather(
+                *(self._bounded(self._read_engine(n), None) for n in self.nodes)
+            )
+            samples = self._engine_samples(list(readings))
         self.counts.feed(self.events.read())
         layout = self.cdir.load_layout()
-        samples = [s for batch in per_node for s in batch]
         samples += metrics.control_samples(
             cluster=self.plan.name,
             config_epoch=layout.epoch if layout is not None else None,

@@ -226,3 +226,20 @@ def test_render_is_valid_prometheus_text_with_help_and_types() -> None:
     assert families["cachefleet_replication_bytes"].samples[0].value == 5000
     assert families["cachefleet_cpu_utilization_ratio"].type == "gauge"
     assert "# HELP cachefleet_config_epoch " in text
+
+
+def test_replica_lag_is_the_primarys_view_when_it_has_one() -> None:
+    primary_text = (
+        "role:master\r\nconnected_slaves:2\r\n"
+        "slave0:ip=127.0.2.1,port=7102,state=online,offset=900,lag=1\r\n"
+        "slave1:ip=127.0.3.1,port=7103,state=online,offset=800,lag=0\r\n"
+    )
+    primary = NodeReading.from_info(parse_info(primary_text), {}, CLASSES, 1.0)
+    assert primary.replica_lags == (("127.0.2.1:7102", 1.0), ("127.0.3.1:7103", 0.0))
+    lags = m.replica_lags([primary])
+    assert lags == {"127.0.2.1:7102": 1.0, "127.0.3.1:7103": 0.0}
+    idle = "role:slave\r\nmaster_link_status:up\r\nmaster_last_io_seconds_ago:9\r\n"
+    rep = NodeReading.from_info(parse_info(idle), {}, CLASSES, 1.0)
+    got = values(node_samples(rep, None, **KW, lag_s=lags["127.0.2.1:7102"]))
+    assert got["cachefleet_replication_lag_seconds"] == 1  # not the 9 s of an idle link
+    assert m.replica_lags([rep]) == {}
