@@ -154,6 +154,10 @@ class Call:
     def on_lost(self, written: bool, addr: Addr) -> None:
         self.client.hooks.on_call_lost(self, written, addr)
 
+    def frame(self, i: int) -> bytes:
+        """The reply to this call's `i`-th request (a call carries one)."""
+        return self.reply or b""
+
     def finish(self, frame: bytes) -> None:
         if self.reply is not None:
             return
@@ -208,19 +212,27 @@ Item = tuple[list[bytes], bytes, int, bool, Command]
 
 
 class Batch(Call):
-    """Requests of one client for one node, written as one payload: their replies, in order,
-    are one entry of the client's queue. The common case costs one append per reply. An error
-    reply (which may be a redirect to follow) or a lost connection puts one call per request
-    in its place in the queue, each then followed, retried or answered as any call is."""
+    """Requests of one client for one node, written as one payload. In a pipeline, their
+    replies, in order, are one entry of the client's queue; as a part of a :class:`Merge`
+    (an MGET split by node), each reply is the merge's (:meth:`frame`). The common case costs
+    one append per reply. An error reply (which may be a redirect to follow) or a lost
+    connection puts one call per request in its place, each then followed, retried or
+    answered as any call is."""
 
-    __slots__ = ("frames", "items", "lost")
+    __slots__ = ("frames", "items", "lost", "subcalls")
 
     def __init__(self, client: ClientConn, items: list[Item], payload: bytes) -> None:
         super().__init__(client, [], payload)
         self.items = items
         self.frames: list[bytes] = []
+        self.subcalls: list[Call] = []
         self.lost = False
         client.parts += len(items) - 1  # each request counts against the in-flight limit
+
+    def frame(self, i: int) -> bytes:
+        if self.subcalls:
+            return self.subcalls[i].reply or b""
+        return self.frames[i]
 
     def on_reply(self, frame: bytes) -> None:
         frames = self.frames
@@ -243,24 +255,31 @@ class Batch(Call):
         client.parts -= len(self.items) - 1
         if client.closed:
             return
-        parts = [Call(client, *item) for item in self.items]
-        queue = client.queue
-        try:
-            at = queue.index(self)
-        except ValueError:
-            return
-        del queue[at]
-        client.uncount(self)
-        for i, part in enumerate(parts):
+        parts = self.subcalls = [Call(client, *item) for item in self.items]
+        for part in parts:
             part.version = self.version
-            queue.insert(at + i, part)
-            client.count(part, len(part.raw) if part.raw is not None else 0)
+        if self.parent is not None:
+            for part in parts:
+                self.parent.add(part)
+        else:
+            queue = client.queue
+            try:
+                at = queue.index(self)
+            except ValueError:
+                return
+            del queue[at]
+            client.uncount(self)
+            for i, part in enumerate(parts):
+                queue.insert(at + i, part)
+                client.count(part, len(part.raw) if part.raw is not None else 0)
         frames, self.frames = self.frames, []
         for i, part in enumerate(parts):
             if i < len(frames):
                 part.on_reply(frames[i])
             elif lost is not None:
                 part.on_lost(*lost)
+        if self.parent is not None:
+            self.finish(b"")  # its parts answer for it now
 
 
 class ClientConn(asyncio.Protocol):

@@ -1,21 +1,25 @@
-"""Requests answered from several backend calls: multi-key requests split by slot and merged
-in order (MGET, MSET, DEL, EXISTS ...), keyless requests fanned out to every primary (or node)
-and merged by the command's response policy, and SCAN walked shard after shard."""
+"""Requests answered from several backend calls: multi-key requests split by slot, sent by
+node and merged in order (MGET, MSET, DEL, EXISTS ...), keyless requests fanned out to every
+primary (or node) and merged by the command's response policy, and SCAN walked shard after
+shard."""
 
 from __future__ import annotations
 
-from cachefleet.resp import encode
+from cachefleet.resp import encode, encode_command
 from router import replies, routes
-from router.client import Call, ClientConn, Merge
+from router.backend import BackendConn
+from router.client import Batch, Call, ClientConn, Item, Merge
 from router.commands import Command, key_positions, split
 from router.core import Core, err
 from router.endpoint import arity
 
 
 def split_by_slot(core: Core, client: ClientConn, args: list[bytes], cmd: Command) -> None:
-    """One part per slot (the engine refuses keys of several slots in one command, even on
-    one node), merged back in request order. A request the engine would refuse whole
-    (``MSET a 1 b``) is refused whole, not applied in part."""
+    """One command per slot (the engine refuses keys of several slots in one command, even on
+    one node), the commands for one node written as one :class:`Batch` (an MGET over every
+    slot is a few backend calls, not 16,384), and the replies merged back in request order.
+    A request the engine would refuse whole (``MSET a 1 b``) is refused whole, not applied in
+    part."""
     positions = key_positions(cmd, args) or []
     step = cmd.specs[0].keystep if cmd.specs else 1
     if positions and step > 1 and (len(args) - positions[0]) % step:
@@ -24,11 +28,12 @@ def split_by_slot(core: Core, client: ClientConn, args: list[bytes], cmd: Comman
     parts = split(cmd, args)
     policy = cmd.response_policy
     resp3 = client.resp3
-    calls: list[Call] = []
     total = len(positions)
+    parent = client.add(Merge(client, args, lambda: merge()))
+    sources: list[tuple[Call, int]] = [(parent, 0)] * len(parts)  # who answers each part
 
     def merge() -> bytes:
-        frames = [c.reply or b"" for c in calls]
+        frames = [call.frame(i) for call, i in sources]
         if policy == "agg_sum":
             return replies.merge_sum(frames)
         if policy == "all_succeeded":
@@ -36,11 +41,35 @@ def split_by_slot(core: Core, client: ClientConn, args: list[bytes], cmd: Comman
         pairs = [(part.positions, f) for part, f in zip(parts, frames, strict=True)]
         return replies.merge_ordered(pairs, total, resp3)
 
-    parent = client.add(Merge(client, args, merge))
-    for part in parts:
-        calls.append(parent.add(Call(client, list(part.args), None, part.slot, cmd.readonly, cmd)))
-    for c in calls:
-        core.send(c)
+    by_node: dict[BackendConn | None, list[int]] = {}
+    for n, part in enumerate(parts):
+        route = core.table[part.slot]
+        conn = core.batch_target(client, route, cmd.readonly) if route is not None else None
+        by_node.setdefault(conn, []).append(n)
+    singles: list[Call] = []
+    batches: list[tuple[BackendConn, Batch]] = []
+    for conn, indices in by_node.items():
+        if conn is None or len(indices) == 1:
+            for n in indices:
+                part = parts[n]
+                call = parent.add(Call(client, list(part.args), None, part.slot, cmd.readonly, cmd))
+                sources[n] = (call, 0)
+                singles.append(call)
+            continue
+        items: list[Item] = [
+            (list(parts[n].args), encode_command(parts[n].args), parts[n].slot, cmd.readonly, cmd)
+            for n in indices
+        ]
+        batch = Batch(client, items, b"".join(item[1] for item in items))
+        batch.version = core.version
+        parent.add(batch)
+        for i, n in enumerate(indices):
+            sources[n] = (batch, i)
+        batches.append((conn, batch))
+    for conn, batch in batches:
+        conn.send_many(batch, batch.payload, len(batch.items))
+    for call in singles:
+        core.send(call)
 
 
 def fanout(

@@ -699,3 +699,40 @@ async def test_a_layout_that_demotes_the_classic_node_moves_the_subscriptions() 
     else:
         assert not first.conns[0][1].closed  # P2 still serves: nothing moves
     assert not t.closed
+
+
+# --- multi-key requests: split by slot, sent by node --------------------------------------------
+
+
+async def test_mget_over_many_slots_is_one_write_per_node_merged_in_order() -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    keys = [K2[0], K1[0], K1[1], K2[1], K1[2]]
+    assert len({key_slot(k) for k in keys}) == len(keys)
+    c.data_received(cmds([b"MGET", *keys]))
+    await settle()
+    n1, n2 = h.node(P1), h.node(P2)
+    assert n1.requests() == [[b"MGET", K1[0]], [b"MGET", K1[1]], [b"MGET", K1[2]]]
+    assert n2.requests() == [[b"MGET", K2[0]], [b"MGET", K2[1]]]
+    assert len(n1.conns[0][0].waiters) == 3 and len(c.queue) == 1
+    n1.answer(b"*1\r\n$2\r\nb0\r\n*1\r\n$2\r\nb1\r\n*1\r\n$-1\r\n")
+    n2.answer(b"*1\r\n$2\r\na0\r\n*1\r\n$2\r\na1\r\n")
+    await settle()
+    assert t.written == b"*5\r\n$2\r\na0\r\n$2\r\nb0\r\n$2\r\nb1\r\n$2\r\na1\r\n$-1\r\n"
+    assert h.inflight_bytes == 0 and c.parts == 0
+
+
+async def test_a_moved_slot_inside_a_node_batch_of_mget_is_followed() -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    c.data_received(cmds([b"MGET", K1[0], K1[1]]))
+    await settle()
+    assert len(h.node(P1).requests()) == 2
+    slot = key_slot(K1[1])
+    h.node(P1).answer(b"*1\r\n$2\r\nb0\r\n-MOVED %d %s:%d\r\n" % (slot, P2[0].encode(), P2[1]))
+    await settle()
+    assert h.node(P2).requests() == [[b"MGET", K1[1]]]
+    h.node(P2).answer(b"*1\r\n$2\r\nb1\r\n")
+    await settle()
+    assert t.written == b"*2\r\n$2\r\nb0\r\n$2\r\nb1\r\n"
+    assert h.inflight_bytes == 0 and c.parts == 0 and not c.queue
