@@ -267,3 +267,30 @@ def test_top_draws_every_node_in_a_terminal_and_quits_on_q(cluster: RunningClust
             proc.kill()
             proc.wait(timeout=5)
         os.close(master)
+
+
+def test_metrics_keep_their_address_when_the_supervisor_is_restarted(
+    cluster: RunningCluster,
+) -> None:
+    first = wait_for(
+        lambda: (s := cluster.status())["metrics"]["running"] and s, 30, "a running supervisor"
+    )
+    address, pid = first["metrics"]["address"], first["processes"]["supervisor"]
+    os.kill(pid, signal.SIGKILL)  # the zone agents start another one
+    st = wait_for(
+        lambda: (s := cluster.status())["processes"].get("supervisor") not in (None, pid) and s,
+        30,
+        "a new supervisor",
+    )
+    assert st["metrics"]["address"] == address
+    families = wait_for(lambda: _try_scrape(address), 30, "the new supervisor's /metrics")
+    assert "cachefleet_node_up" in families
+    cluster.remember_pids()
+
+
+def _try_scrape(address: str) -> dict[str, Metric] | None:
+    try:
+        families = scrape(address)
+    except OSError:
+        return None
+    return families if "cachefleet_node_up" in families else None
