@@ -186,11 +186,18 @@ def main() -> None:
             print(f"{'':>6} {'test':>4} " + " ".join(f"{n:>22}" for n in names) + "  ratio")
             router_pid = read_pid(cdir.pid_file("router"))
             assert router_pid
+            # every worker's CPU: the listening socket spreads the clients over all of them
+            workers = [
+                pid
+                for name in ("router", *(f"router.{i}" for i in range(1, 64)))
+                if (pid := read_pid(cdir.pid_file(name))) is not None
+            ]
             cpu_per_op: dict[int, float] = {}
             for pipeline in (1, 16):
-                cpu_before = cpu_s(router_pid)
+                cpu_before = sum(cpu_s(pid) for pid in workers)
                 router_run = run_benchmark(router_port, pipeline, args.n, args.c)
-                cpu_per_op[pipeline] = (cpu_s(router_pid) - cpu_before) / (2 * args.n) * 1e6
+                cpu_after = sum(cpu_s(pid) for pid in workers)
+                cpu_per_op[pipeline] = (cpu_after - cpu_before) / (2 * args.n) * 1e6
                 runs = [
                     run_benchmark(direct_port, pipeline, args.n, args.c),
                     run_benchmark(hop_port, pipeline, args.n, args.c),
@@ -206,7 +213,8 @@ def main() -> None:
                     ratio = runs[2][test]["rps"] / runs[0][test]["rps"]
                     print(f"-P {pipeline:<3} {test:>4} {cells} {ratio:>6.2f}", flush=True)
             print(
-                "router CPU per request (user+system, less sensitive to machine load than ops/s): "
+                f"router CPU per request, all {len(workers)} workers (user+system, less "
+                "sensitive to machine load than ops/s): "
                 + ", ".join(f"-P {p}: {us:.1f} us" for p, us in cpu_per_op.items())
             )
             pid = router_pid
