@@ -35,6 +35,7 @@ import aiomqtt
 import redis
 import yaml
 
+from cachefleet.events import read_events
 from cachefleet.proc import process_rss, read_pid, running
 from cachefleet.state import ClusterDir
 from fuzz import inputs
@@ -64,6 +65,10 @@ class Figures:
     died: list[str] = field(default_factory=list)
     max_rss_mb: float = 0.0
     router_unreachable: int = 0
+    #: what else happened in the cluster meanwhile (events, and the routers' backend log
+    #: lines): a good client's error is explained by these or it is a finding
+    cluster_events: dict[str, int] = field(default_factory=dict)
+    router_backend_log: dict[str, int] = field(default_factory=dict)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -207,7 +212,31 @@ async def campaign(args: argparse.Namespace, home: Path) -> Figures:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         check(cdir, pids, fig)
+        explain(cdir, fig)
     return fig
+
+
+#: Events and router log lines that cut a backend connection with requests on it.
+EXPLAINING_EVENTS = ("sdown", "failover_started", "switch_primary", "node_replaced")
+EXPLAINING_LOG = (
+    "backend_protocol_error",
+    "backend_request_timeout",
+    "node_unreachable",
+    "layout_applied",
+)
+
+
+def explain(cdir: ClusterDir, fig: Figures) -> None:
+    for event in read_events(cdir.events_path):
+        kind = str(event.get("type"))
+        if kind in EXPLAINING_EVENTS:
+            fig.cluster_events[kind] = fig.cluster_events.get(kind, 0) + 1
+    for log in cdir.logs.glob("router*.log*"):
+        with contextlib.suppress(OSError):
+            for line in log.read_text(errors="replace").splitlines():
+                for kind in EXPLAINING_LOG:
+                    if f'"{kind}"' in line:
+                        fig.router_backend_log[kind] = fig.router_backend_log.get(kind, 0) + 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         "good_client_outcome_unknown": sum("outcome unknown" in e for e in fig.good_errors),
         "good_client_mismatches": len(fig.mismatches),
         "router_max_rss_mb": round(fig.max_rss_mb, 1),
+        "cluster_events": fig.cluster_events,
+        "router_backend_log": fig.router_backend_log,
         "first_errors": (fig.good_errors + fig.mismatches)[:5],
     }
     ok = (
