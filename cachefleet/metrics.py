@@ -114,6 +114,7 @@ MC_ITEMS = _g("curr_items", "CurrItems", "items held", MC_LABELS)
 MC_EVICTIONS = _c("evictions", "Evictions", "items evicted", MC_LABELS)
 MC_BYTES = _g("bytes_used_for_cache_items", "BytesUsedForCacheItems", "bytes of items", MC_LABELS)
 MC_CONNS = _g("curr_connections", "CurrConnections", "open connections", MC_LABELS)
+MC_UP = _g("node_up", "", "1 when the node answered the last collection", MC_LABELS)
 
 # -- control plane ---------------------------------------------------------------------------
 FAILOVERS = _c(
@@ -413,7 +414,9 @@ def memcached_samples(
         (MC_BYTES, "bytes"),
         (MC_CONNS, "curr_connections"),
     )
-    return [Sample(m, lab, _num(stats, key)) for m, key in pairs if key in stats]
+    return [Sample(MC_UP, lab, 1.0)] + [
+        Sample(m, lab, _num(stats, key)) for m, key in pairs if key in stats
+    ]
 
 
 # -- control plane -------------------------------------------------------------------------

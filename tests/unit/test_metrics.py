@@ -163,6 +163,7 @@ def test_memcached_stats() -> None:
         "cachefleet_get_hits_total": 7, "cachefleet_get_misses_total": 3,
         "cachefleet_curr_items": 4, "cachefleet_evictions_total": 0,
         "cachefleet_bytes_used_for_cache_items": 512, "cachefleet_curr_connections": 2,
+        "cachefleet_node_up": 1,
     }  # fmt: skip
 
 
