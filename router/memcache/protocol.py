@@ -75,6 +75,7 @@ class Request:
     noreply: bool = False
     quiet: bool = False  # meta `q`: the proxy drops the replies q suppresses
     hash_key: bytes = b""  # the key that picks the node (a meta `b` key decoded)
+    line: bytes = b""  # the command line as received (without its line end)
 
     @property
     def command(self) -> bytes:
@@ -83,12 +84,12 @@ class Request:
     def forward(self) -> bytes:
         """The request as sent to a node: never with noreply or q (the proxy needs every
         reply to keep a node's replies in order and drops them itself)."""
-        tokens = self.tokens
         if self.noreply:
-            tokens = tokens[:-1]
+            line = b" ".join(self.tokens[:-1]) + CRLF
         elif self.quiet:
-            tokens = [t for t in tokens if t != b"q"]
-        line = b" ".join(tokens) + CRLF
+            line = b" ".join(t for t in self.tokens if t != b"q") + CRLF
+        else:
+            line = (self.line or b" ".join(self.tokens)) + CRLF
         if self.data is not None:
             return line + self.data + CRLF
         return line
@@ -125,7 +126,9 @@ def _number(token: bytes, hi: int, *, signed: bool = False) -> int:
 
 
 def _key(token: bytes) -> bytes:
-    if len(token) > MAX_KEY or any(b < 0x21 or b == 0x7F for b in token):
+    """A key as the engine takes it: at most 250 bytes; anything but the separators (space,
+    CR, LF) is accepted, control bytes included, as memcached does (memcaslap sends them)."""
+    if len(token) > MAX_KEY:
         raise ProtocolError("bad command line format")
     return token
 
@@ -286,14 +289,17 @@ class Framer:
                 if nl - pos > self.max_line:
                     raise ProtocolError("line too long")
                 end = nl - 1 if nl > pos and buf[nl - 1] == 0x0D else nl
-                tokens = bytes(buf[pos:end]).split(b" ")
-                tokens = [t for t in tokens if t]
+                line = bytes(buf[pos:end])
+                tokens = line.split(b" ")
+                if b"" in tokens:  # runs of spaces separate like one, as in the engine
+                    tokens = [t for t in tokens if t]
                 pos = nl + 1
                 self.scan = pos
                 if not tokens:
                     out.append(Request(Kind.UNKNOWN, [b""]))
                     continue
                 req, expected = parse_line(tokens)
+                req.line = line
                 if expected is None:
                     out.append(req)
                 elif expected > self.max_value:
@@ -327,7 +333,7 @@ class ReplyFramer:
     def __init__(self, max_reply: int = 1 << 30) -> None:
         self.shapes: collections.deque[Reply] = collections.deque()
         self.buf = bytearray()
-        self.pos = 0  # progress inside the current reply
+        self.pos = 0  # progress inside the current reply (which starts at 0 between feeds)
         self.max_reply = max_reply
 
     def expect(self, shape: Reply) -> None:
@@ -336,16 +342,21 @@ class ReplyFramer:
     def feed(self, data: bytes) -> list[bytes]:
         self.buf += data
         out: list[bytes] = []
-        while self.shapes:
-            end = self._end(self.shapes[0])
-            if end is None:
-                if len(self.buf) > self.max_reply:
-                    raise ValueError("reply too large")
-                break
-            out.append(bytes(self.buf[:end]))
-            del self.buf[:end]
-            self.pos = 0
-            self.shapes.popleft()
+        start = 0
+        try:
+            while self.shapes:
+                end = self._end(self.shapes[0])
+                if end is None:
+                    if len(self.buf) - start > self.max_reply:
+                        raise ValueError("reply too large")
+                    break
+                out.append(bytes(self.buf[start:end]))
+                start = self.pos = end
+                self.shapes.popleft()
+        finally:
+            if start:  # one move of the unparsed rest per packet, however many replies
+                del self.buf[:start]
+                self.pos -= start
         if not self.shapes and self.buf:
             raise ValueError("reply without a request")
         return out

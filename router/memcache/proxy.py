@@ -85,15 +85,21 @@ class NodeConn(asyncio.Protocol):
         self.fail()
 
     def send(self, payload: bytes, shape: Reply, waiter: Waiter) -> None:
+        """Queue a request; what every client sends this node in one turn of the event loop
+        goes out in one write."""
         if self.closed:
             waiter(None)
             return
         self.framer.expect(shape)
         self.waiters.append((waiter, time.monotonic()))
-        if self.transport is not None:
-            self.transport.write(payload)
-        else:
-            self.pending_out.append(payload)
+        if not self.pending_out and self.transport is not None:
+            asyncio.get_running_loop().call_soon(self._write)
+        self.pending_out.append(payload)
+
+    def _write(self) -> None:
+        if self.pending_out and self.transport is not None and not self.closed:
+            self.transport.write(b"".join(self.pending_out))
+        self.pending_out = []
 
     def fail(self) -> None:
         """The connection is done: every request still waiting is answered as lost."""
@@ -122,6 +128,7 @@ class Client(asyncio.Protocol):
         self.proxy = proxy
         self.framer = Framer(max_value=proxy.max_value)
         self.slots: collections.deque[Slot] = collections.deque()
+        self.out: list[bytes] = []
         self.transport: asyncio.Transport | None = None
         self.closing = False
         self.reading = True
@@ -174,18 +181,27 @@ class Client(asyncio.Protocol):
             self.flush()
 
     def flush(self) -> None:
-        out = []
+        """Move the replies that are ready, in order, to the output; written once per turn
+        of the event loop."""
         while self.slots and self.slots[0].data is not None:
-            out.append(self.slots.popleft().data)
-        if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(d for d in out if d is not None))
+            data = self.slots.popleft().data
+            assert data is not None
+            if not self.out:
+                asyncio.get_running_loop().call_soon(self._write)
+            self.out.append(data)
+        self._reading()
+
+    def _write(self) -> None:
+        if self.out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self.out))
+        self.out = []
         if self.closing and not self.slots and self.transport is not None:
             self.transport.close()
-        self._reading()
 
     def close_after_replies(self) -> None:
         self.closing = True
         self.flush()
+        asyncio.get_running_loop().call_soon(self._write)  # closes once the replies are out
 
     def _reading(self) -> None:
         """Back-pressure: stop reading a client that is owed too many replies or does not
@@ -360,8 +376,11 @@ class Proxy:
         self._send(name, req.forward(), req.reply_shape, done)
 
     def _get(self, client: Client, req: Request) -> None:
-        local: dict[bytes, bytes] = {}
         keys = req.keys
+        if len(keys) == 1 and self.ring is not None and keys[0] != discovery.MAGIC_KEY:
+            self._single(client, req, self.ring.node(keys[0]))  # the common case
+            return
+        local: dict[bytes, bytes] = {}
         if discovery.MAGIC_KEY in keys and self.discovery_value is not None:
             local[discovery.MAGIC_KEY] = self.discovery_value
             keys = [k for k in keys if k != discovery.MAGIC_KEY]
@@ -377,15 +396,10 @@ class Proxy:
             group = groups.setdefault(self.ring.node(key), [])
             if key not in group:
                 group.append(key)
-        slot = client.slot()
         if len(groups) == 1 and not local:
-            (name,) = groups
-
-            def single(reply: bytes | None) -> None:
-                client.fill(slot, reply if reply is not None else self._down(name))
-
-            self._send(name, req.forward(), Reply.VALUES, single)
+            self._single(client, req, next(iter(groups)))
             return
+        slot = client.slot()
         parts: dict[str, bytes | None] = {}
 
         def part(name: str) -> Waiter:
@@ -400,12 +414,22 @@ class Proxy:
                     if is_error(got):
                         client.fill(slot, got)
                         return
-                client.fill(slot, merge_values(req.keys, list(parts.values()), local))  # type: ignore[arg-type]
+                replies = [got for got in parts.values() if got is not None]
+                client.fill(slot, merge_values(req.keys, replies, local))
 
             return done
 
         for name, group in groups.items():
             self._send(name, b" ".join([*head, *group]) + b"\r\n", Reply.VALUES, part(name))
+
+    def _single(self, client: Client, req: Request, name: str) -> None:
+        """A get whose keys are all on one node: forwarded as it came, answered as it is."""
+        slot = client.slot()
+
+        def done(reply: bytes | None) -> None:
+            client.fill(slot, reply if reply is not None else self._down(name))
+
+        self._send(name, req.forward(), Reply.VALUES, done)
 
     def _fanout(
         self, payload: bytes, shape: Reply, then: Callable[[dict[str, bytes | None]], None]
