@@ -84,20 +84,19 @@ def memcached_layout(plan: Plan, epoch: int) -> Layout:
     return Layout(cluster=plan.name, epoch=epoch, shards=shards)
 
 
-def bump_version(
-    pub: bus.Publisher, cdir: ClusterDir, plan: Plan, reason: str, **fields: object
-) -> int | None:
-    """Publish the layout again with the next version and emit ``discovery_version``; the new
-    version, or None before the cluster was first published (`up` publishes version 1).
-    Serialised by a lock file: zone agents that replace nodes at the same moment each get
-    their own version."""
+def bump_version(pub: bus.Publisher, cdir: ClusterDir, reason: str, **fields: object) -> int | None:
+    """Publish the layout of the cluster's current plan (plan.json: nodes may have been added
+    or removed since the caller started) with the next version and emit
+    ``discovery_version``; the new version, or None before the cluster was first published
+    (`up` publishes version 1). Serialised by a lock file: zone agents that replace nodes and
+    a scaling `up` at the same moment each get their own version."""
     fd = os.open(cdir.root / "discovery.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         current = cdir.load_layout()
         if current is None:
             return None
-        layout = memcached_layout(plan, current.epoch + 1)
+        layout = memcached_layout(cdir.load_plan(), current.epoch + 1)
         publish_layout(pub, cdir, layout)
         emit_event(pub, cdir, "discovery_version", version=layout.epoch, reason=reason, **fields)
         return layout.epoch

@@ -37,7 +37,9 @@ EVENT_TYPES = frozenset(
         "no_eligible_replica",
         "graceful_failover",
         "process_restarted",
-        # memcached clusters: Auto Discovery's node list changed (with the new version)
+        # memcached clusters: nodes added or removed, Auto Discovery's new version
+        "node_added",
+        "node_removed",
         "discovery_version",
     }
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 
 from cachefleet.log import configure
 from cachefleet.plan import Plan
@@ -18,9 +19,9 @@ from router.memcache.server import run_memcached_router
 from router.server import run_router
 
 
-def _run(plan: Plan, worker: int, reuse_port: bool, zone: str | None) -> None:
+def _run(plan: Plan, worker: int, reuse_port: bool, zone: str | None, plan_path: Path) -> None:
     if plan.topology.is_memcached:  # the configuration endpoint and proxy speak memcached
-        coro = run_memcached_router(plan, worker=worker, reuse_port=reuse_port)
+        coro = run_memcached_router(plan, worker=worker, reuse_port=reuse_port, plan_path=plan_path)
     else:
         coro = run_router(plan, worker=worker, reuse_port=reuse_port, zone=zone)
     try:
@@ -39,9 +40,10 @@ def main() -> None:
     parser.add_argument("--worker", type=int, default=0, help="worker number (0-based)")
     parser.add_argument("--workers", type=int, default=1, help="how many workers share the port")
     args = parser.parse_args()
-    plan = ClusterDir(state_home(args.state_dir), args.cluster).load_plan()
+    cdir = ClusterDir(state_home(args.state_dir), args.cluster)
+    plan = cdir.load_plan()
     configure("router", cluster=args.cluster, worker=args.worker)
-    _run(plan, args.worker, reuse_port=args.workers > 1, zone=args.zone)
+    _run(plan, args.worker, reuse_port=args.workers > 1, zone=args.zone, plan_path=cdir.plan_path)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,6 +207,10 @@ class ZoneAgent:
 
     def _after_replace(self, rt: NodeRuntime) -> None:
         """Hook: what else a replacement changes (memcached: the discovery version)."""
+
+    def extra_tasks(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+        """Hook: more long-running tasks of the agent (memcached: following plan changes)."""
+        return []
 
     async def _peer_views(self, rt: NodeRuntime) -> list[list[NodeLine]]:
         async def view(peer: NodeSpec) -> list[NodeLine]:
@@ -435,6 +440,8 @@ class ZoneAgent:
                 )
             tg.create_task(self.publish_states(), name=f"agent[{self.zone}].states")
             tg.create_task(self.watch_supervisor(), name=f"agent[{self.zone}].supervisor")
+            for name, extra in self.extra_tasks():
+                tg.create_task(extra, name=f"agent[{self.zone}].{name}")
             bus_stop = asyncio.Event()
             final = [
                 (bus.topic(self.plan.name, "nodes", name, "state"), b"offline")

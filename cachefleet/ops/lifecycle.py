@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import time
@@ -92,6 +93,12 @@ async def up(topology_path: str, *, state_dir: str | None, detach: bool, out: Ou
 
     if cdir.exists():
         plan = cdir.load_plan()
+        if memcached.only_nodes_changed(plan, raw):
+            scaled = await _scale_memcached(plan, topo, raw, cdir, step)
+            if scaled is None:  # scaled online
+                _print_endpoints(cdir.load_plan(), cdir.load_layout(), out)
+                return 0
+            plan = scaled
         if plan.raw_topology != raw:
             raise StateError(
                 f"cluster {topo.name!r} already exists under {cdir.home} with a different "
@@ -178,6 +185,59 @@ async def _up_memcached(plan: Plan, cdir: ClusterDir, *, detach: bool, step: Out
     if detach:
         return 0
     return await _foreground(plan, cdir, out)
+
+
+async def _scale_memcached(
+    old: Plan, topo: Topology, raw: dict[str, Any], cdir: ClusterDir, step: Out
+) -> Plan | None:
+    """A memcached cluster with another `nodes:`. Stopped: the new plan, returned for `up`
+    to start. Running: the zone agents start the added nodes and stop the removed ones (they
+    follow plan.json), then `node_added` / `node_removed` and the next discovery version
+    are published; returns None."""
+    plan = memcached.scaled_plan(old, topo, raw)
+    old_names = {n.name for n in old.nodes}
+    added = [n for n in plan.nodes if n.name not in old_names]
+    removed = [n for n in old.nodes if n.name not in {m.name for m in plan.nodes}]
+    for n in added:
+        if not ports.port_free(n.host, n.port):
+            raise CachefleetError(f"port {n.host}:{n.port} for node {n.name} is already in use")
+    live = live_processes(cdir)
+    tmp = cdir.plan_path.with_name(f".plan.{os.getpid()}.tmp")
+    tmp.write_text(plan.to_json())
+    tmp.replace(cdir.plan_path)
+    step(f"cluster {plan.name}: {len(old.nodes)} -> {len(plan.nodes)} memcached nodes")
+    if not any(k.startswith(("agent", "router")) for k in live):
+        return plan
+    # The supervisor reads the plan when it starts: the agents start it again at once, and it
+    # starts an agent for a zone that had no node before.
+    if "supervisor" in live:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(live["supervisor"], signal.SIGTERM)
+    else:
+        ensure_supervisor(cdir)
+    wanted = control_processes(plan, cdir)
+    for name, pid in live.items():  # a zone left without nodes needs no agent
+        if name.startswith("agent.") and name not in wanted:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+    step(f"waiting for {len(added)} new and {len(removed)} removed node(s)")
+    await memcached.wait_nodes(plan, 30.0)
+    await memcached.wait_stopped(cdir, [n.name for n in removed], 15.0)
+    for n in removed:
+        shutil.rmtree(cdir.node_dir(n.name), ignore_errors=True)
+    outbox = bus.Outbox(plan.bus_host, plan.bus_port)
+    for n in added:
+        emit_event(outbox, cdir, "node_added", node=n.name, zone=n.zone, address=n.address)
+    for n in removed:
+        emit_event(outbox, cdir, "node_removed", node=n.name, zone=n.zone, address=n.address)
+    reason = "nodes_added" if added else "nodes_removed"
+    version = discovery.bump_version(outbox, cdir, reason, nodes=len(plan.nodes))
+    await outbox.flush()
+    if version is not None:
+        step("waiting for the configuration endpoint to serve the new node list")
+        await memcached.wait_router(plan, version, 15.0)
+    step(f"cluster {plan.name} is available (discovery version {version})")
+    return None
 
 
 def router_workers(plan: Plan) -> int:

@@ -7,10 +7,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cachefleet import memcache
+from cachefleet import memcache, ports
 from cachefleet.errors import ClusterTimeout
 from cachefleet.layout import Layout
-from cachefleet.plan import Plan
+from cachefleet.plan import Plan, build_plan, place
+from cachefleet.proc import alive_and_ours, read_pid
+from cachefleet.state import ClusterDir
+from cachefleet.topology import Topology
 
 Out = Callable[[str], None]
 
@@ -95,3 +98,49 @@ def format_nodes(st: dict[str, Any]) -> list[str]:
         items = f", {n['items']} items" if n.get("items") is not None else ""
         lines.append(f"  node {n['id']} {n['name']} {n['address']} ({n['zone']}) {health}{items}")
     return lines
+
+
+def only_nodes_changed(plan: Plan, raw: Any) -> bool:
+    """True when `raw` is the memcached cluster's topology with another `nodes:` only (the
+    one change `up` makes online: nodes added or removed)."""
+    if not plan.topology.is_memcached or not isinstance(raw, dict):
+        return False
+    old = {k: v for k, v in plan.raw_topology.items() if k != "nodes"}
+    return old == {k: v for k, v in raw.items() if k != "nodes"} and raw != plan.raw_topology
+
+
+def scaled_plan(old: Plan, topo: Topology, raw: dict[str, Any]) -> Plan:
+    """The plan with topo's node count: the nodes both have keep their zone, address and
+    port; new ones get node i's zone (i mod Z) and a port (base + i, or a free one)."""
+    keep = min(len(old.nodes), topo.shards)
+    node_ports: list[tuple[int, int]] | None = None
+    if topo.ports_base is None:
+        hosts = [topo.zone_address(z) for _, _, z in place(topo)][keep:]
+        node_ports = [(n.port, 0) for n in old.nodes[:keep]] + ports.allocate(hosts)
+    plan = build_plan(
+        topo,
+        raw,
+        engine_binary=old.engine_binary,
+        node_ports=node_ports,
+        bus=(old.bus_host, old.bus_port),
+        router_port=old.router_port,
+    )
+    assert plan.nodes[:keep] == old.nodes[:keep]
+    return plan
+
+
+async def wait_stopped(cdir: ClusterDir, names: list[str], timeout: float) -> None:
+    """Until the named nodes' processes are gone (their agents stop them)."""
+    marker = str(cdir.root)
+    deadline = time.monotonic() + timeout
+    left = names
+    while time.monotonic() < deadline:
+        left = []
+        for name in names:
+            pid = read_pid(cdir.pid_file(f"node.{name}"))
+            if pid is not None and alive_and_ours(pid, marker):
+                left.append(name)
+        if not left:
+            return
+        await asyncio.sleep(0.05)
+    raise ClusterTimeout("nodes stop", timeout, f"still running: {', '.join(left)}")

@@ -8,9 +8,11 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 from cachefleet import bus
+from cachefleet.errors import CachefleetError
 from cachefleet.layout import Layout, LayoutError
 from cachefleet.plan import Plan
 from router.memcache.proxy import Client, Proxy
@@ -28,10 +30,11 @@ def engine_version(binary: str) -> str:
 
 
 class Router:
-    def __init__(self, *, plan: Plan, worker: int) -> None:
+    def __init__(self, *, plan: Plan, worker: int, plan_path: Path | None = None) -> None:
         topo = plan.topology
         assert topo.memcached is not None
         self.plan = plan
+        self.plan_path = plan_path  # read again when a layout names nodes a scaling added
         self.worker = worker
         self.id = f"router-{worker}"
         self.proxy = Proxy(
@@ -47,13 +50,34 @@ class Router:
         data = bus.decode(payload)
         if data is None or not topic.endswith("/layout"):
             return
+        layout: Layout | None
         try:  # only the plan's nodes at their planned addresses
             layout = Layout.from_dict(data, self.plan)
         except LayoutError as exc:
-            self.layouts_refused += 1
-            self.proxy.log.warning("layout_refused", error=str(exc), refused=self.layouts_refused)
-            return
+            layout = self._with_new_plan(data)
+            if layout is None:
+                self.layouts_refused += 1
+                self.proxy.log.warning(
+                    "layout_refused", error=str(exc), refused=self.layouts_refused
+                )
+                return
         self.proxy.apply_layout(layout)
+
+    def _with_new_plan(self, data: Any) -> Layout | None:
+        """The layout checked against plan.json as it is now, when a scaling `up` changed it
+        (nodes added or removed); None when it is still refused."""
+        if self.plan_path is None:
+            return None
+        try:
+            plan = Plan.load(self.plan_path)
+            layout = Layout.from_dict(data, plan)
+        except (OSError, ValueError, KeyError, TypeError, CachefleetError):
+            return None
+        if plan.name != self.plan.name or plan.router_port != self.plan.router_port:
+            return None
+        self.plan = plan
+        self.proxy.log.info("plan_reloaded", nodes=len(plan.nodes))
+        return layout
 
     def state(self, ops_per_sec: float) -> dict[str, Any]:
         p = self.proxy
@@ -83,9 +107,11 @@ class Router:
             link.publish(topic, bus.encode(self.state(rate)), retain=True)
 
 
-async def run_memcached_router(plan: Plan, *, worker: int = 0, reuse_port: bool = False) -> None:
+async def run_memcached_router(
+    plan: Plan, *, worker: int = 0, reuse_port: bool = False, plan_path: Path | None = None
+) -> None:
     raise_nofile_limit()
-    router = Router(plan=plan, worker=worker)
+    router = Router(plan=plan, worker=worker, plan_path=plan_path)
     proxy = router.proxy
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

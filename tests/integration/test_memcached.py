@@ -237,6 +237,36 @@ def _get_or_none(c: RunningCluster, key: str) -> bytes | None:
         client.close()
 
 
+def test_up_with_more_nodes_adds_one_and_with_fewer_removes_it(mc: RunningCluster) -> None:
+    version, before = discovery(mc.router)
+    topo = yaml.safe_load(mc.topology_path.read_text())
+    scaled = mc.topology_path.with_name("scaled.yaml")
+    scaled.write_text(yaml.safe_dump({**topo, "nodes": 4}))
+    cli("up", str(scaled), "--detach", "--state-dir", str(mc.state_dir))
+    grown, after = discovery(mc.router)
+    assert grown == version + 1
+    assert after[:3] == before and after[3][0] == f"{mc.name}-0004"
+    assert after[3][1] == "127.0.1.1"  # node 4 (i = 3) in zone 3 mod 3: az-a
+    assert mc.status()["nodes"][3]["healthy"]
+    client = HashClient([(ip, port) for _, ip, port in after], timeout=5, connect_timeout=5)
+    try:
+        data = {f"grown:{i}": str(i) for i in range(200)}
+        assert client.set_many(data) == []
+        assert len(client.get_many(list(data))) == 200
+    finally:
+        client.close()
+    added = [e for e in read_events(mc.cdir.events_path) if e["type"] == "node_added"]
+    assert added[-1]["node"] == f"{mc.name}-0004" and added[-1]["zone"] == "az-a"
+
+    cli("up", str(mc.topology_path), "--detach", "--state-dir", str(mc.state_dir))
+    shrunk, again = discovery(mc.router)
+    assert shrunk == version + 2 and again == before
+    assert [n["name"] for n in mc.status()["nodes"]] == [name for name, _, _ in before]
+    removed = [e for e in read_events(mc.cdir.events_path) if e["type"] == "node_removed"]
+    assert removed[-1]["node"] == f"{mc.name}-0004"
+    mc.remember_pids()
+
+
 def test_a_killed_node_comes_back_empty_at_its_address_and_the_version_moves(
     mc: RunningCluster,
 ) -> None:

@@ -8,25 +8,25 @@ import pytest
 
 from cachefleet import discovery
 from cachefleet.layout import Layout
-from cachefleet.plan import build_plan
+from cachefleet.ops.memcached import only_nodes_changed, scaled_plan
+from cachefleet.plan import Plan, build_plan
 from cachefleet.topology import parse_topology
 from router.memcache.ring import Ring, key_hash, node_points
 
+BASE = {
+    "name": "sessions",
+    "engine": "memcached",
+    "zones": ["az-a", "az-b", "az-c"],
+    "ports": {"base": 11301},
+    "router": {"port": 11300},
+}
 
-def memcached_plan(nodes: int = 3, zones: int = 3):  # type: ignore[no-untyped-def]
-    topo = parse_topology(
-        {
-            "name": "sessions",
-            "engine": "memcached",
-            "zones": [f"az-{c}" for c in "abcdef"[:zones]],
-            "nodes": nodes,
-            "ports": {"base": 11301},
-            "router": {"port": 11300},
-        }
-    )
+
+def memcached_plan(nodes: int = 3, zones: int = 3) -> Plan:
+    raw = {**BASE, "zones": [f"az-{c}" for c in "abcdef"[:zones]], "nodes": nodes}
     return build_plan(
-        topo, {}, engine_binary="/usr/bin/memcached", node_ports=None, bus=("127.0.0.1", 1883),
-        router_port=11300,
+        parse_topology(raw), raw, engine_binary="/usr/bin/memcached", node_ports=None,
+        bus=("127.0.0.1", 1883), router_port=11300,
     )  # fmt: skip
 
 
@@ -91,3 +91,19 @@ def test_adding_a_node_moves_about_one_in_n_plus_one_keys_and_only_to_it(before:
     assert all(new.node(k) == f"n{before}" for k in moved)
     share = len(moved) / len(keys)
     assert 0.5 / (before + 1) < share < 1.5 / (before + 1)
+
+
+def test_a_scaled_plan_keeps_the_nodes_both_have_and_places_new_ones_round_robin() -> None:
+    old = memcached_plan(nodes=3)
+    assert only_nodes_changed(old, {**old.raw_topology, "nodes": 5})
+    assert not only_nodes_changed(old, dict(old.raw_topology))
+    assert not only_nodes_changed(old, {**old.raw_topology, "nodes": 5, "node_type": "cache.large"})
+    raw = {**old.raw_topology, "nodes": 5}
+    grown = scaled_plan(old, parse_topology(raw), raw)
+    assert grown.nodes[:3] == old.nodes
+    assert [(n.name, n.zone, n.port) for n in grown.nodes[3:]] == [
+        ("sessions-0004", "az-a", 11304),
+        ("sessions-0005", "az-b", 11305),
+    ]
+    raw2 = {**old.raw_topology, "nodes": 2}
+    assert scaled_plan(grown, parse_topology(raw2), raw2).nodes == grown.nodes[:2]
