@@ -186,9 +186,13 @@ def _chaos(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     topo = load_topology(args.topology)
+    shape = (
+        f"{topo.shards} nodes"
+        if topo.is_memcached
+        else f"{topo.shards} shards x {1 + topo.replicas_per_shard} nodes"
+    )
     _out(
-        f"{args.topology}: ok: cluster {topo.name}, {topo.engine}, {len(topo.zones)} zones, "
-        f"{topo.shards} shards x {1 + topo.replicas_per_shard} nodes"
+        f"{args.topology}: ok: cluster {topo.name}, {topo.engine}, {len(topo.zones)} zones, {shape}"
     )
     return 0
 
