@@ -158,6 +158,9 @@ class Call:
         """The reply to this call's `i`-th request (a call carries one)."""
         return self.reply or b""
 
+    def send_to(self, conn: BackendConn) -> None:
+        conn.send(self, self.payload)
+
     def finish(self, frame: bytes) -> None:
         if self.reply is not None:
             return
@@ -221,13 +224,16 @@ class Batch(Call):
 
     __slots__ = ("frames", "items", "lost", "subcalls")
 
-    def __init__(self, client: ClientConn, items: list[Item], payload: bytes) -> None:
-        super().__init__(client, [], payload)
+    def __init__(self, client: ClientConn, items: list[Item]) -> None:
+        super().__init__(client, [], b"".join([item[1] for item in items]))
         self.items = items
         self.frames: list[bytes] = []
         self.subcalls: list[Call] = []
         self.lost = False
         client.parts += len(items) - 1  # each request counts against the in-flight limit
+
+    def send_to(self, conn: BackendConn) -> None:
+        conn.send_many(self, self.payload, len(self.items))
 
     def frame(self, i: int) -> bytes:
         if self.subcalls:

@@ -11,6 +11,7 @@ unknown", never a blind retry, unless it is read-only.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import collections
 import contextlib
 import itertools
@@ -26,7 +27,7 @@ from cachefleet.resp import Err, encode
 from cachefleet.slots import SLOTS, key_slot
 from router import replies, routes, upkeep
 from router.backend import ASKING, DISCARD, BackendConn, BackendLost
-from router.client import Batch, Call, ClientConn, Item
+from router.client import Batch, Call, ClientConn, Item, Merge
 from router.commands import Command, fast_paths, parse_command_table
 from router.framing import Request
 
@@ -113,51 +114,58 @@ class Core:
         raise NotImplementedError  # the server's dispatch table
 
     def dispatch_many(self, client: ClientConn, requests: list[Request]) -> None:
-        """The hot path of a pipeline: consecutive simple requests (GET, SET, HSET ...: one key
-        at a fixed index) that go to the same backend connection are written as one
-        :class:`Batch`; anything else, or any client in a special state (MULTI, subscribed,
-        an operation holding later requests), goes through ``dispatch`` one by one."""
+        """The hot path of a pipeline. A run of simple requests (GET, SET, HSET ...: one key
+        at a fixed index) is grouped by backend connection, each group written as one
+        :class:`Batch`; a run that spans nodes is one :class:`Merge` of its groups, answered
+        in request order. Anything else, or any client in a special state (MULTI,
+        subscribed, an operation holding later requests), goes through ``dispatch`` one by
+        one, in its place."""
         fast = self.fast
-        conn: BackendConn | None = None
-        items: list[Item] = []
-        last_route: routes.ShardRoute | None = None
-        last_ro = False
+        table = self.table
+        crc = binascii.crc_hqx
+        groups: dict[BackendConn, list[Item]] = {}
+        order: list[tuple[BackendConn, int]] = []  # each request of the run: its group, index
+        targets: dict[int, BackendConn | None] = {}  # route (id, read-only) -> connection
+        # A client's state changes only through ``dispatch``: read it again after each call.
+        plain = client.held is None and client.tx is None and client.pubsub is None
         for args, raw in requests:
-            if client.closing:
-                return
-            if client.held is not None:
-                self._send_batch(client, conn, items)
-                items = []
-                client.held.append((args, raw))
+            if not plain:
+                if client.closing:
+                    return
+                if client.held is not None:
+                    client.held.append((args, raw))
+                    continue
+                self.dispatch(client, args, raw)
+                plain = client.held is None and client.tx is None and client.pubsub is None
                 continue
             entry = fast.get(args[0])
-            if (
-                entry is not None
-                and raw is not None
-                and len(args) > entry[0]
-                and client.tx is None
-                and client.pubsub is None
-            ):
-                slot = key_slot(args[entry[0]])
-                route = self.table[slot]
+            if entry is not None and raw is not None and len(args) > entry[0]:
+                key = args[entry[0]]
+                slot = key_slot(key) if 0x7B in key else crc(key, 0) & 0x3FFF  # '{': a tag
+                route = table[slot]
                 if route is not None:
                     ro = entry[1]
-                    if route is last_route and ro == last_ro:
-                        target = conn
+                    rkey = id(route) * 2 + ro
+                    if rkey in targets:
+                        target = targets[rkey]
                     else:
-                        target = self.batch_target(client, route, ro)
+                        target = targets[rkey] = self.batch_target(client, route, ro)
                     if target is not None:
-                        if target is not conn:
-                            self._send_batch(client, conn, items)
-                            items, conn = [], target
-                        last_route, last_ro = route, ro
-                        items.append((args, raw, slot, ro, entry[2]))
-                        self.ops += 1
+                        group = groups.get(target)
+                        if group is None:
+                            group = groups[target] = []
+                        order.append((target, len(group)))
+                        group.append((args, raw, slot, ro, entry[2]))
                         continue
-            self._send_batch(client, conn, items)
-            items, conn, last_route = [], None, None
+            if order:
+                self._send_run(client, groups, order)
+                groups, order, targets = {}, [], {}
             self.dispatch(client, args, raw)
-        self._send_batch(client, conn, items)
+            if client.closing:
+                return
+            plain = client.held is None and client.tx is None and client.pubsub is None
+        if order:
+            self._send_run(client, groups, order)
 
     def batch_target(
         self, client: ClientConn, route: routes.ShardRoute, readonly: bool
@@ -174,17 +182,34 @@ class Core:
             return None
         return self.pooled(addr, ro, client.protocol == 3, client.id)
 
-    def _send_batch(self, client: ClientConn, conn: BackendConn | None, items: list[Item]) -> None:
-        if not items or conn is None:
+    def _send_run(
+        self,
+        client: ClientConn,
+        groups: dict[BackendConn, list[Item]],
+        order: list[tuple[BackendConn, int]],
+    ) -> None:
+        self.ops += len(order)
+        if len(groups) == 1:
+            ((conn, items),) = groups.items()
+            client.add(self._part(client, items)).send_to(conn)
             return
-        if len(items) == 1:
-            call = client.add(Call(client, *items[0]))
-            call.version = self.version
-            conn.send(call, call.payload)
-            return
-        batch = client.add(Batch(client, items, b"".join(item[1] for item in items)))
-        batch.version = self.version
-        conn.send_many(batch, batch.payload, len(items))
+        parts: dict[BackendConn, Call] = {}
+        sources: list[tuple[Call, int]] = []
+
+        def merge() -> bytes:
+            return b"".join([call.frame(i) for call, i in sources])
+
+        parent = client.add(Merge(client, [], merge))
+        for conn, items in groups.items():
+            parts[conn] = parent.add(self._part(client, items))
+        sources = [(parts[conn], i) for conn, i in order]
+        for conn, part in parts.items():
+            part.send_to(conn)
+
+    def _part(self, client: ClientConn, items: list[Item]) -> Call:
+        call = Call(client, *items[0]) if len(items) == 1 else Batch(client, items)
+        call.version = self.version
+        return call
 
     # -- layout and routes ---------------------------------------------------------------------
 

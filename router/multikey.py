@@ -60,14 +60,14 @@ def split_by_slot(core: Core, client: ClientConn, args: list[bytes], cmd: Comman
             (list(parts[n].args), encode_command(parts[n].args), parts[n].slot, cmd.readonly, cmd)
             for n in indices
         ]
-        batch = Batch(client, items, b"".join(item[1] for item in items))
+        batch = Batch(client, items)
         batch.version = core.version
         parent.add(batch)
         for i, n in enumerate(indices):
             sources[n] = (batch, i)
         batches.append((conn, batch))
     for conn, batch in batches:
-        conn.send_many(batch, batch.payload, len(batch.items))
+        batch.send_to(conn)
     for call in singles:
         core.send(call)
 
