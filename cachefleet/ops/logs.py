@@ -199,13 +199,44 @@ class FileTail:
             return b""
 
 
-def read_file(lf: LogFile) -> list[LogRecord]:
-    return FileTail(lf.path, lf.process).read()
+def read_file(lf: LogFile, tail: FileTail | None = None) -> Iterator[LogRecord]:
+    """The records of one file, read line by line (a cluster's logs can be hundreds of MB:
+    merging never holds more than one line per file). With `tail`, that tail then follows
+    the file from the first byte not read here."""
+    try:
+        f = open(lf.path, "rb")  # noqa: SIM115 - closed when the generator ends
+    except OSError:
+        return
+    with f:
+        inode = os.fstat(f.fileno()).st_ino
+        last_ts = os.fstat(f.fileno()).st_mtime
+        consumed = 0
+        try:
+            for raw in f:
+                if not raw.endswith(b"\n"):
+                    break  # a line still being written: not a whole record yet
+                consumed += len(raw)
+                rec = parse_line(lf.process, raw.decode("utf-8", "replace"), last_ts)
+                if rec is not None:
+                    last_ts = rec.ts
+                    yield rec
+        finally:
+            if tail is not None:
+                tail.inode, tail.offset, tail.last_ts = inode, consumed, last_ts
 
 
-def merged(files: Iterable[LogFile]) -> Iterator[LogRecord]:
-    """Records of every file merged by time (each file is in time order already)."""
-    return heapq.merge(*(read_file(f) for f in files), key=lambda r: r.ts)
+def merged(
+    files: Iterable[LogFile], tails: dict[Path, FileTail] | None = None
+) -> Iterator[LogRecord]:
+    """Records of every file merged by time (each file is in time order already). With
+    `tails`, a tail for each current (not rotated) file, set to follow on where this ends."""
+    streams = []
+    for f in files:
+        tail = None
+        if tails is not None and f.rank == 0:
+            tail = tails[f.path] = FileTail(f.path, f.process)
+        streams.append(read_file(f, tail))
+    return heapq.merge(*streams, key=lambda r: r.ts)
 
 
 def show_logs(
@@ -230,18 +261,12 @@ def show_logs(
         return [f for f in log_files(cdir.logs) if selected(f.process, processes)]
 
     try:
-        files = wanted()
-        for rec in merged(files):
+        # Then follow the current files only (rotated ones do not grow) from where that ended.
+        tails: dict[Path, FileTail] = {}
+        for rec in merged(wanted(), tails):
             out(render(rec))
         if not follow:
             return 0
-        # Follow the current files only (rotated ones do not grow), from their ends.
-        tails: dict[Path, FileTail] = {}
-        for f in files:
-            if f.rank == 0:
-                tail = FileTail(f.path, f.process)
-                tail.read()
-                tails[f.path] = tail
         while True:
             time.sleep(poll_s)
             for f in wanted():

@@ -134,3 +134,18 @@ def test_tail_reads_whole_lines_and_follows_a_rotation(tmp_path: Path) -> None:
     with open(log, "a") as f:
         f.write(structlog_line("2026-01-01T00:00:05Z", "five") + "\n")
     assert [r.event for r in tail.read()] == ["five"]
+
+
+def test_follow_goes_on_exactly_where_the_backlog_ended(tmp_path: Path) -> None:
+    log = tmp_path / "router.log"
+    log.write_text(
+        structlog_line("2026-01-01T00:00:01Z", "one") + "\n" + '{"event": "two", "timest'
+    )
+    (tmp_path / "router.log.1").write_text(structlog_line("2026-01-01T00:00:00Z", "zero") + "\n")
+    tails: dict[Path, FileTail] = {}
+    assert [r.event for r in merged(log_files(tmp_path), tails)] == ["zero", "one"]
+    assert list(tails) == [log]  # rotated files are not followed
+    with open(log, "a") as f:
+        f.write('amp": "2026-01-01T00:00:02Z"}\n')
+        f.write(structlog_line("2026-01-01T00:00:03Z", "three") + "\n")
+    assert [r.event for r in tails[log].read()] == ["two", "three"]
