@@ -163,8 +163,10 @@ async def _run(
                     f"cachefleet top - {plan.name} ({plan.topology.engine}), config epoch "
                     f"{epoch}, {time.strftime('%H:%M:%S')}  (q quits)"
                 )
-                width = os.get_terminal_size().columns if sys.stdout.isatty() else 200
-                out(CLEAR + render_table(title, table_rows(plan, collector.samples), width))
+                tty_out = sys.stdout.isatty()  # elsewhere (a pipe) tables follow one another
+                width = os.get_terminal_size().columns if tty_out else 200
+                table = render_table(title, table_rows(plan, collector.samples), width)
+                out((CLEAR if tty_out else "") + table)
                 shown += 1
                 deadline = started + REFRESH_S
                 while time.monotonic() < deadline:

@@ -294,3 +294,10 @@ def _try_scrape(address: str) -> dict[str, Metric] | None:
     except OSError:
         return None
     return families if "cachefleet_node_up" in families else None
+
+
+def test_top_into_a_pipe_prints_plain_tables(cluster: RunningCluster) -> None:
+    out = cli("top", cluster.name, "-n", "2", "--state-dir", str(cluster.state_dir)).stdout
+    assert "\x1b" not in out
+    assert out.count("cachefleet top - ") == 2
+    assert all(n.name in out for n in cluster.plan.nodes)
