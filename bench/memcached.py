@@ -24,12 +24,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cachefleet import ports  # noqa: E402
+from cachefleet.proc import read_pid  # noqa: E402
 from cachefleet.state import ClusterDir  # noqa: E402
 from router.memcache.ring import Ring  # noqa: E402
 
@@ -130,6 +132,11 @@ def run_memcaslap(host: str, port: int, seconds: int, cfg: Path) -> dict[str, fl
     }
 
 
+def cpu_s(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
 def keys_moved(before: int, after: int, n: int = 100_000) -> float:
     old = Ring([f"c-{i:04d}" for i in range(1, before + 1)])
     new = Ring([f"c-{i:04d}" for i in range(1, after + 1)])
@@ -181,11 +188,20 @@ def main() -> None:
                 f"memcaslap -T 2 -c 50 -t {args.seconds}s, get/set 9:1, 100-byte values "
                 "(ops/s; p50/p99 ms interpolated in memcaslap's log2 histogram)"
             )
+            router_pid = read_pid(ClusterDir(state, name).pid_file("router"))
+            pids = {"copy-only hop": hop.pid, "proxy (3 nodes)": router_pid}
             results = {}
             for label, host, port in targets:
+                pid = pids.get(label)
+                before = cpu_s(pid) if pid else 0.0
                 results[label] = r = run_memcaslap(host, port, args.seconds, cfg)
+                per_op = ""
+                if pid:
+                    us = (cpu_s(pid) - before) / max(r["ops"] * args.seconds, 1) * 1e6
+                    per_op = f"  {us:.0f} us CPU per request"
                 print(
-                    f"  {label:<18} {r['ops']:>9.0f} ops/s  p50 {r['p50']:.2f}  p99 {r['p99']:.2f}",
+                    f"  {label:<18} {r['ops']:>9.0f} ops/s  p50 {r['p50']:.2f}  p99 {r['p99']:.2f}"
+                    + per_op,
                     flush=True,
                 )
             direct, hop_r, proxy = (results[t[0]] for t in targets)
