@@ -421,12 +421,17 @@ def status_word(reply: bytes) -> bytes:
     return reply.split(b" ", 1)[0].split(b"\r", 1)[0].strip()
 
 
-def merge_values(keys: list[bytes], parts: list[bytes], local: dict[bytes, bytes]) -> bytes:
+def merge_values(
+    keys: list[bytes], parts: list[bytes], local: dict[bytes, bytes], *, limit: int = 1 << 62
+) -> bytes:
     """One ``VALUE ... END`` reply from the nodes' replies, in the order the client asked
-    for its keys (a key asked twice is answered twice, as the engine does)."""
+    for its keys (a key asked twice is answered twice, as the engine does). ValueError when
+    it would be longer than `limit` bytes (checked before anything is joined)."""
     blocks = dict(local)
     for part in parts:
         blocks.update(value_blocks(part))
+    if sum(len(blocks[k]) for k in keys if k in blocks) > limit:
+        raise ValueError("reply too large")
     return b"".join(blocks[k] for k in keys if k in blocks) + b"END\r\n"
 
 

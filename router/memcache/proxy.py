@@ -44,6 +44,8 @@ BACKEND_TIMEOUT_S = 2.0
 CONNECT_TIMEOUT_S = 1.0
 DOWN_HOLD_S = 1.0
 MAX_PENDING = 1024  # replies a client may be owed before its reading pauses
+MAX_MERGED_REPLY = 64 * 1024 * 1024  # bytes of one multi-get reply merged from several nodes
+MAX_NODE_REPLY = 256 * 1024 * 1024  # one node reply; larger ones drop that node connection
 
 Waiter = Callable[[bytes | None], None]
 
@@ -59,7 +61,7 @@ class NodeConn(asyncio.Protocol):
     def __init__(self, name: str, on_timeout: Callable[[str], None]) -> None:
         self.name = name
         self.on_timeout = on_timeout
-        self.framer = ReplyFramer()
+        self.framer = ReplyFramer(max_reply=MAX_NODE_REPLY)
         self.waiters: collections.deque[tuple[Waiter, float]] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.pending_out: list[bytes] = []
@@ -391,12 +393,11 @@ class Proxy:
             return
         assert self.ring is not None
         head = req.tokens[:2] if req.command in (b"gat", b"gats") else req.tokens[:1]
-        groups: dict[str, list[bytes]] = {}
+        groups: dict[str, dict[bytes, None]] = {}  # each node's keys, once each, in order
         for key in keys:
-            group = groups.setdefault(self.ring.node(key), [])
-            if key not in group:
-                group.append(key)
-        if len(groups) == 1 and not local:
+            groups.setdefault(self.ring.node(key), {})[key] = None
+        repeated = sum(len(g) for g in groups.values()) < len(keys)
+        if len(groups) == 1 and not local and not repeated:
             self._single(client, req, next(iter(groups)))
             return
         slot = client.slot()
@@ -415,7 +416,11 @@ class Proxy:
                         client.fill(slot, got)
                         return
                 replies = [got for got in parts.values() if got is not None]
-                client.fill(slot, merge_values(req.keys, replies, local))
+                try:
+                    merged = merge_values(req.keys, replies, local, limit=MAX_MERGED_REPLY)
+                except ValueError:
+                    merged = b"SERVER_ERROR the reply is larger than the proxy sends at once\r\n"
+                client.fill(slot, merged)
 
             return done
 

@@ -208,3 +208,10 @@ def test_stats_sum_amounts_and_keep_the_proxy_own_lines() -> None:
     assert out == (
         b"STAT pid 99\r\nSTAT cluster_nodes 2\r\nSTAT curr_items 7\r\nSTAT get_hits 8\r\nEND\r\n"
     )
+
+
+def test_a_merged_reply_over_the_limit_is_refused_before_it_is_built() -> None:
+    part = b"VALUE a 0 10\r\n0123456789\r\nEND\r\n"
+    assert merge_values([b"a"] * 3, [part], {}, limit=100).count(b"VALUE") == 3
+    with pytest.raises(ValueError):
+        merge_values([b"a"] * 10, [part], {}, limit=100)

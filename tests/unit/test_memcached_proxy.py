@@ -238,3 +238,17 @@ def test_a_client_owed_too_many_replies_is_not_read_until_it_catches_up() -> Non
         assert not out.paused and out.take() == b"END\r\n" * proxy_mod.MAX_PENDING
 
     run(test)
+
+
+def test_a_key_asked_many_times_goes_to_its_node_once() -> None:
+    async def test(proxy: FakeProxy, client: Client, out: FakeTransport) -> None:
+        (key,) = keys_on_distinct_nodes(proxy, 1)
+        node = proxy.ring.node(key)  # type: ignore[union-attr]
+        client.data_received(b"get" + b" %s" % key * 5000 + b"\r\n")
+        await turn()
+        assert proxy.node_transports[node].take() == b"get %s\r\n" % key
+        proxy.conns[node].data_received(b"VALUE %s 0 1\r\nx\r\nEND\r\n" % key)
+        await turn()
+        assert out.take().count(b"VALUE") == 5000
+
+    run(test)
