@@ -394,6 +394,17 @@ def node_samples(
     return out
 
 
+def down_sample(
+    cluster: str, node: str, zone: str, role: str | None = None, shard: int | None = None
+) -> Sample:
+    """``node_up 0`` for a node that did not answer: of a Valkey/Redis node (with its shard
+    and last known role) or, without them, of a memcached node."""
+    if role is None or shard is None:
+        return Sample(MC_UP, labels_of(cluster=cluster, node=node, zone=zone), 0.0)
+    lab = labels_of(cluster=cluster, shard=shard, node=node, zone=zone, role=role)
+    return Sample(UP, lab, 0.0)
+
+
 def replica_lags(readings: Iterable[NodeReading]) -> dict[str, float]:
     """Replica address -> lag in seconds, as the primaries that hold a link to it see it."""
     return {addr: lag for r in readings if r.primary for addr, lag in r.replica_lags}

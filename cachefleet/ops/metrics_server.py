@@ -77,6 +77,7 @@ class _Node:
     client: aredis.Redis | None = None
     classes: CommandClasses | None = None
     prev: NodeReading | None = None
+    role: str = "unknown"  # the last role it reported (the label of its node_up 0 when down)
 
 
 class Collector:
@@ -134,11 +135,15 @@ class Collector:
         out: list[Sample] = []
         for node, cur in zip(self.nodes, readings, strict=True):
             prev, node.prev = node.prev, cur
+            spec = node.spec
             if cur is None:
+                out.append(
+                    metrics.down_sample(self.plan.name, spec.name, spec.zone, node.role, spec.shard)
+                )
                 continue
+            node.role = cur.role
             if prev is not None and prev.cpu_s > cur.cpu_s:
                 prev = None  # the node restarted: no rate across it
-            spec = node.spec
             out += metrics.node_samples(
                 cur,
                 prev,
@@ -154,7 +159,7 @@ class Collector:
         spec = node.spec
         stats = await memcached_stats(spec.host, spec.port, NODE_TIMEOUT_S)
         if stats is None:
-            return []
+            return [metrics.down_sample(self.plan.name, spec.name, spec.zone)]
         return metrics.memcached_samples(
             stats, cluster=self.plan.name, node=spec.name, zone=spec.zone
         )
@@ -169,7 +174,13 @@ class Collector:
         samples: list[Sample] = []
         if self.memcached:
             per_node = await asyncio.gather(
-                *(self._bounded(self._read_memcached(n), []) for n in self.nodes)
+                *(
+                    self._bounded(
+                        self._read_memcached(n),
+                        [metrics.down_sample(self.plan.name, n.spec.name, n.spec.zone)],
+                    )
+                    for n in self.nodes
+                )
             )
             samples = [s for batch in per_node for s in batch]
         else:

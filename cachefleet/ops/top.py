@@ -43,7 +43,8 @@ class Row:
 
 
 def table_rows(plan: Plan, samples: Iterable[Sample]) -> list[Row]:
-    """One row per node of the plan, by shard then node; a node without samples is down."""
+    """One row per node of the plan, by shard then node; a node that did not answer (no
+    samples, or ``node_up`` 0) is down."""
     by_node: dict[str, dict[str, float]] = {}
     roles: dict[str, str] = {}
     for s in samples:
@@ -57,7 +58,7 @@ def table_rows(plan: Plan, samples: Iterable[Sample]) -> list[Row]:
     rows = []
     for spec in sorted(plan.nodes, key=lambda n: (n.shard, n.name)):
         got = by_node.get(spec.name)
-        if not got:
+        if not got or got.get(metrics.UP.name) == 0:
             rows.append(Row(spec.name, spec.shard, spec.zone, "down"))
             continue
         hits = got.get(metrics.MC_HITS.name)

@@ -301,3 +301,38 @@ def test_top_into_a_pipe_prints_plain_tables(cluster: RunningCluster) -> None:
     assert "\x1b" not in out
     assert out.count("cachefleet top - ") == 2
     assert all(n.name in out for n in cluster.plan.nodes)
+
+
+def test_a_paused_replica_shows_as_down_and_sdown_in_the_metrics(cluster: RunningCluster) -> None:
+    st = wait_for(lambda: (s := cluster.status())["metrics"]["running"] and s, 30, "metrics")
+    address = st["metrics"]["address"]
+    replica = st["shards"][0]["replicas"][0]["name"]
+    pid = live_processes(cluster.cdir)[f"node.{replica}"]
+
+    def node_up(families: dict[str, Metric]) -> float | None:
+        return next(
+            (s.value for s in families["cachefleet_node_up"].samples
+             if s.labels["node"] == replica),
+            None,
+        )  # fmt: skip
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        families = wait_for(
+            lambda: (
+                (f := scrape(address))
+                and node_up(f) == 0
+                and "cachefleet_sdown" in f
+                and any(s.labels["node"] == replica for s in f["cachefleet_sdown"].samples)
+                and f
+            ),
+            20,
+            "the paused replica down in the metrics and SDOWN by a sentinel",
+        )
+        down = next(
+            s for s in families["cachefleet_node_up"].samples if s.labels["node"] == replica
+        )
+        assert down.labels["role"] == "replica"  # its last known role
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: node_up(scrape(address)) == 1, 20, "the replica up again")

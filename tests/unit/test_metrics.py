@@ -244,3 +244,14 @@ def test_replica_lag_is_the_primarys_view_when_it_has_one() -> None:
     got = values(node_samples(rep, None, **KW, lag_s=lags["127.0.2.1:7102"]))
     assert got["cachefleet_replication_lag_seconds"] == 1  # not the 9 s of an idle link
     assert m.replica_lags([rep]) == {}
+
+
+def test_a_node_that_did_not_answer_is_down_with_its_last_labels() -> None:
+    down = m.down_sample("c", "c-0002-001", "az-b", "replica", 2)
+    assert (down.metric.name, down.value) == ("cachefleet_node_up", 0)
+    assert dict(down.labels) == {
+        "cluster": "c", "shard": "2", "node": "c-0002-001", "zone": "az-b", "role": "replica",
+    }  # fmt: skip
+    mc = m.down_sample("c", "c-0001", "az-a")
+    assert dict(mc.labels) == {"cluster": "c", "node": "c-0001", "zone": "az-a"}
+    assert mc.value == 0

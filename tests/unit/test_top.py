@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from cachefleet.metrics import CommandClasses, NodeReading, memcached_samples, node_samples
+from cachefleet.metrics import (
+    CommandClasses,
+    NodeReading,
+    down_sample,
+    memcached_samples,
+    node_samples,
+)
 from cachefleet.ops.top import Row, render_table, table_rows
 from cachefleet.plan import Plan, build_plan
 from cachefleet.topology import parse_topology
@@ -48,6 +54,7 @@ def test_rows_per_node_with_a_down_node() -> None:
         reading({"role": "slave", "master_link_status": "up", "master_last_io_seconds_ago": 3}, 1),
         None, cluster="c", shard=1, node=replica.name, zone=replica.zone,
     )  # fmt: skip
+    samples.append(down_sample("c", "c-0002-001", "az-b", "primary", 2))
     rows = table_rows(p, samples)
     assert [r.node for r in rows] == ["c-0001-001", "c-0001-002", "c-0002-001", "c-0002-002"]
     assert rows[0] == Row(
