@@ -336,3 +336,34 @@ def test_a_paused_replica_shows_as_down_and_sdown_in_the_metrics(cluster: Runnin
     finally:
         os.kill(pid, signal.SIGCONT)
     wait_for(lambda: node_up(scrape(address)) == 1, 20, "the replica up again")
+
+
+def test_a_failover_moves_the_control_plane_series(cluster: RunningCluster) -> None:
+    st = wait_for(lambda: (s := cluster.status())["state"] == "available" and s, 30, "available")
+    address = st["metrics"]["address"]
+
+    def graceful(families: dict[str, Metric]) -> float:
+        return next(
+            s.value for s in families["cachefleet_failovers"].samples
+            if s.labels["outcome"] == "graceful"
+        )  # fmt: skip
+
+    before = scrape(address)
+    old_primary = st["shards"][0]["primary"]["name"]
+    cli("failover", cluster.name, "--shard", "1", "--state-dir", str(cluster.state_dir))
+    after = wait_for(
+        lambda: (f := scrape(address)) and graceful(f) == graceful(before) + 1 and f,
+        15,
+        "the graceful failover counted",
+    )
+    epoch = after["cachefleet_config_epoch"].samples[0].value
+    assert epoch > before["cachefleet_config_epoch"].samples[0].value
+    roles = wait_for(
+        lambda: {
+            s.labels["node"]: s.value for s in scrape(address)["cachefleet_is_primary"].samples
+            if s.labels["shard"] == "1" and s.labels["node"] == old_primary and s.value == 0
+        },
+        15,
+        "the old primary reported as a replica",
+    )  # fmt: skip
+    assert roles == {old_primary: 0}
