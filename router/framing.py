@@ -177,6 +177,8 @@ class RequestFramer:
             end = e + 4 + size
             if end > n:
                 return self._suspend(buf, start, p, end - p)
+            if buf[end - 2] != 0x0D or buf[end - 1] != 0x0A:  # as Valkey 8 checks it
+                raise ProtocolError("invalid CRLF in request")
             args.append(buf[e + 2 : e + 2 + size])
             p = end
             self._left -= 1
@@ -228,8 +230,9 @@ class CanonicalSplitter:
     """The hot path of request framing, in C: hiredis parses the complete requests at the start
     of a packet, and each one is accepted only if its bytes are the canonical encoding of what
     was parsed (``*<argc>`` then ``$<len>`` for every argument, lengths without leading zeros,
-    which hiredis enforces as the engine does): a ``$`` at every argument header position
-    proves it, so the engine reads the forwarded bytes exactly as they were read here. The first
+    which hiredis enforces as the engine does, each argument followed by CRLF): a ``$`` at
+    every argument header position and a CRLF after every argument prove it, so the engine
+    reads the forwarded bytes exactly as they were read here. The first
     request that is not complete or not canonical, and everything after it, is left to
     :class:`RequestFramer`, which gives the engine's verdict on it. Stateless between packets:
     it is used only when the framer holds nothing."""
@@ -262,6 +265,8 @@ class CanonicalSplitter:
                         break
                     size = len(a)
                     p += size + (6 if size < 10 else 7 if size < 100 else 5 + len(str(size)))
+                    if data[p - 1] != 0x0A or data[p - 2] != 0x0D:  # hiredis does not look
+                        break
                 else:
                     out.append((args, data[pos:p] if pos or p != n else data))
                     pos = p

@@ -119,6 +119,14 @@ def test_empty_multibulk_is_skipped() -> None:
         pytest.param(b"*3000000000\r\n", "invalid multibulk length", id="multibulk-over-int"),
         pytest.param(b"*x\r\n", "invalid multibulk length", id="multibulk-not-a-number"),
         pytest.param(b"*1\r\n:1\r\n", "expected '$', got ':'", id="not-a-bulk"),
+        # Valkey 8 checks the two bytes after an argument; forwarded, such a request would
+        # make the node close the shared connection it came on
+        pytest.param(b"*1\r\n$4\r\nPINGxx", "invalid CRLF in request", id="bulk-no-crlf"),
+        pytest.param(
+            b"*2\r\n$4\r\nECHO\r\n$1\r\naXY*1\r\n$4\r\nPING\r\n",
+            "invalid CRLF in request",
+            id="bulk-length-lies",
+        ),
         pytest.param(b'GET "unbalanced\r\n', "unbalanced quotes in request", id="bad-quotes"),
         pytest.param(b"x" * 70000, "too big inline request", id="inline-too-big"),
         pytest.param(b"*1\r\n$" + b"1" * 70000, "too big bulk count string", id="bulk-header"),
@@ -210,6 +218,8 @@ RESP_PIECES = st.one_of(
             b"*2\r\n+abc\r\n$1\r\na\r\n",  # a simple string where a bulk belongs
             b"*2\r\n=7\r\ntxt:abc\r\n+ab\r\n",  # lengths that could add up to canonical
             b"*2\r\n(123\r\n$1\r\na\r\n",
+            b"*2\r\n$4\r\nECHO\r\n$1\r\naXY",  # no CRLF after an argument
+            b"*1\r\n$4\r\nPING\n\r",
             b"*1\r\n$03\r\nabc\r\n",
             b"*01\r\n$3\r\nabc\r\n",
             b"*1\r\n*1\r\n$1\r\na\r\n",
