@@ -171,6 +171,7 @@ class Memcached:
     growth_factor: float = 1.25
     cas: bool = True
     evictions: bool = True
+    copies: int = 1  # the proxy writes each key to this many nodes and reads the next on a miss
 
 
 @dataclass(frozen=True)
@@ -373,7 +374,7 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
         memcached = _memcached_parameters(root, nodes, NODE_TYPES[node_type])
         shards, replicas = nodes, 0
     else:
-        for field_name in ("nodes", "parameters"):
+        for field_name in ("nodes", "parameters", "memcached"):
             if root.has(field_name):
                 raise root.fail(field_name, "is only for engine: memcached")
         shards = root.integer("shards", 3, 1, MAX_SHARDS)
@@ -552,6 +553,13 @@ def _memcached_parameters(root: Section, nodes: int, maxmemory: int) -> Memcache
             raise params.fail(str(key), f"{raw} is out of range {lo:g}..{hi:g}")
         values[key] = value
     params.done()
+    pool = root.section("memcached")
+    values["copies"] = pool.integer("copies", 1, 1, 3)
+    if values["copies"] > nodes:
+        raise pool.fail(
+            "copies", f"{values['copies']} copies need at least as many nodes ({nodes})"
+        )
+    pool.done()
     settings = Memcached(nodes=nodes, **values)
     if settings.max_item_size > maxmemory // 2:
         raise params.fail(

@@ -24,6 +24,7 @@ import structlog
 from cachefleet import discovery
 from cachefleet.layout import Layout
 from cachefleet.memcache import parse_stats
+from router.memcache import copies as replicated
 from router.memcache.protocol import (
     ERROR,
     QUIET_DROPS,
@@ -232,10 +233,13 @@ class Proxy:
         max_value: int,
         max_clients: int,
         worker: int = 0,
+        copies: int = 1,
     ) -> None:
         self.cluster = cluster
         self.version = version
         self.max_value = max_value
+        self.copies = copies  # nodes that hold each key (memcached.copies)
+        self.max_merged = MAX_MERGED_REPLY
         self.max_clients = max_clients
         self.worker = worker
         self.log = structlog.get_logger("router").bind(cluster=cluster, worker=worker)
@@ -306,14 +310,14 @@ class Proxy:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.1)
 
-    def _send(self, name: str, payload: bytes, shape: Reply, waiter: Waiter) -> None:
+    def send_to(self, name: str, payload: bytes, shape: Reply, waiter: Waiter) -> None:
         conn = self.conn(name)
         if conn is None:
             waiter(None)
         else:
             conn.send(payload, shape, waiter)
 
-    def _down(self, name: str) -> bytes:
+    def down(self, name: str) -> bytes:
         host, port = self.addresses.get(name, ("?", 0))
         return node_down(name, f"{host}:{port}")
 
@@ -360,26 +364,34 @@ class Proxy:
         if self._no_nodes(client, req):
             return
         assert self.ring is not None
+        if self.copies > 1:
+            replicated.keyed(self, client, req)
+            return
         name = self.ring.node(req.hash_key)
         if req.noreply:
-            self._send(name, req.forward(), req.reply_shape, _discard)
+            self.send_to(name, req.forward(), req.reply_shape, _discard)
             return
         slot = client.slot()
         drops = QUIET_DROPS.get(req.command, frozenset()) if req.quiet else frozenset()
 
         def done(reply: bytes | None) -> None:
             if reply is None:
-                client.fill(slot, self._down(name))
+                client.fill(slot, self.down(name))
             elif drops and status_word(reply) in drops:
                 client.fill(slot, b"")
             else:
                 client.fill(slot, reply)
 
-        self._send(name, req.forward(), req.reply_shape, done)
+        self.send_to(name, req.forward(), req.reply_shape, done)
 
     def _get(self, client: Client, req: Request) -> None:
         keys = req.keys
-        if len(keys) == 1 and self.ring is not None and keys[0] != discovery.MAGIC_KEY:
+        if (
+            len(keys) == 1
+            and self.copies == 1
+            and self.ring is not None
+            and keys[0] != discovery.MAGIC_KEY
+        ):
             self._single(client, req, self.ring.node(keys[0]))  # the common case
             return
         local: dict[bytes, bytes] = {}
@@ -392,6 +404,9 @@ class Proxy:
         if self._no_nodes(client, req):
             return
         assert self.ring is not None
+        if self.copies > 1:
+            replicated.get(self, client, req, keys, local)
+            return
         head = req.tokens[:2] if req.command in (b"gat", b"gats") else req.tokens[:1]
         groups: dict[str, dict[bytes, None]] = {}  # each node's keys, once each, in order
         for key in keys:
@@ -410,7 +425,7 @@ class Proxy:
                     return
                 for node, got in parts.items():
                     if got is None:
-                        client.fill(slot, self._down(node))
+                        client.fill(slot, self.down(node))
                         return
                     if is_error(got):
                         client.fill(slot, got)
@@ -425,16 +440,16 @@ class Proxy:
             return done
 
         for name, group in groups.items():
-            self._send(name, b" ".join([*head, *group]) + b"\r\n", Reply.VALUES, part(name))
+            self.send_to(name, b" ".join([*head, *group]) + b"\r\n", Reply.VALUES, part(name))
 
     def _single(self, client: Client, req: Request, name: str) -> None:
         """A get whose keys are all on one node: forwarded as it came, answered as it is."""
         slot = client.slot()
 
         def done(reply: bytes | None) -> None:
-            client.fill(slot, reply if reply is not None else self._down(name))
+            client.fill(slot, reply if reply is not None else self.down(name))
 
-        self._send(name, req.forward(), Reply.VALUES, done)
+        self.send_to(name, req.forward(), Reply.VALUES, done)
 
     def _fanout(
         self, payload: bytes, shape: Reply, then: Callable[[dict[str, bytes | None]], None]
@@ -451,7 +466,7 @@ class Proxy:
             return done
 
         for name in names:
-            self._send(name, payload, shape, part(name))
+            self.send_to(name, payload, shape, part(name))
 
     def _flush(self, client: Client, req: Request) -> None:
         if self._no_nodes(client, req):
@@ -463,7 +478,7 @@ class Proxy:
                 return
             for name, reply in got.items():
                 if reply is None:
-                    client.fill(slot, self._down(name))
+                    client.fill(slot, self.down(name))
                     return
                 if reply != b"OK\r\n":
                     client.fill(slot, reply)

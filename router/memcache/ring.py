@@ -42,3 +42,17 @@ class Ring:
         """The node holding `key` (the ring must not be empty)."""
         i = bisect.bisect_left(self.points, key_hash(key))
         return self.owners[i if i < len(self.points) else 0]
+
+    def nodes(self, key: bytes, n: int) -> list[str]:
+        """The first `n` distinct nodes clockwise from `key`: where its copies live (the
+        first is :meth:`node`)."""
+        start = bisect.bisect_left(self.points, key_hash(key))
+        out: list[str] = []
+        total = len(self.points)
+        for i in range(total):
+            owner = self.owners[(start + i) % total]
+            if owner not in out:
+                out.append(owner)
+                if len(out) == n:
+                    break
+        return out

@@ -43,6 +43,7 @@ class Router:
             max_value=topo.memcached.max_item_size,
             max_clients=topo.router.max_clients,
             worker=worker,
+            copies=topo.memcached.copies,
         )
         self.layouts_refused = 0
 

@@ -295,6 +295,45 @@ def test_a_killed_node_comes_back_empty_at_its_address_and_the_version_moves(
     assert bumps[-1]["version"] == version + 1 and bumps[-1]["node"] == node["name"]
 
 
+def test_with_two_copies_no_key_is_lost_when_a_node_is_replaced_empty(tmp_path: Path) -> None:
+    name = f"c{os.getpid() % 100000}"
+    topo = {
+        "name": name,
+        "engine": "memcached",
+        "zones": ZONES[:2],
+        "nodes": 2,
+        "node_type": "cache.micro",
+        "parameters": {"threads": 1},
+        "memcached": {"copies": 2},
+        "ports": {"base": "auto"},
+        "router": {"port": "auto", "workers": 1},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(topo))
+    out = cli("up", str(path), "--detach", "--state-dir", str(tmp_path / "state"))
+    cluster = RunningCluster(name, tmp_path / "state", path, out.stdout)
+    cluster.remember_pids()
+    try:
+        version, nodes = discovery(cluster.router)
+        client = Client(cluster.router, timeout=5)
+        data = {f"copy:{i}": str(i) for i in range(100)}
+        assert client.set_many(data, noreply=False) == []
+        for _, ip, port in nodes:  # every key on both nodes
+            direct = Client((ip, port), timeout=3)
+            assert len(direct.get_many(list(data))) == 100
+            direct.close()
+        pid = read_pid(cluster.cdir.pid_file(f"node.{name}-0001"))
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: discovery(cluster.router)[0] > version, 15, "the replacement")
+        got = client.get_many(list(data))  # the empty replacement's keys come from the copy
+        assert {k: v.decode() for k, v in got.items()} == data
+        client.close()
+    finally:
+        cluster.down()
+        assert_all_gone(cluster.seen_pids)
+
+
 def test_memcached_topology_errors_name_the_field(tmp_path: Path) -> None:
     bad = {"name": "bad", "engine": "memcached", "zones": ZONES, "nodes": 3, "shards": 2}
     path = tmp_path / "bad.yaml"

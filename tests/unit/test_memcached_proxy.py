@@ -46,8 +46,10 @@ class FakeTransport:
 class FakeProxy(Proxy):
     """Node connections attach to in-memory transports instead of connecting."""
 
-    def __init__(self) -> None:
-        super().__init__(cluster="c", version="1.6.18", max_value=1024, max_clients=10)
+    def __init__(self, copies: int = 1) -> None:
+        super().__init__(
+            cluster="c", version="1.6.18", max_value=1024, max_clients=10, copies=copies
+        )
         self.node_transports: dict[str, FakeTransport] = {}
 
     async def _connect(self, conn: NodeConn, addr: tuple[str, int]) -> None:
@@ -72,9 +74,11 @@ def layout(epoch: int = 3) -> Layout:
     return Layout(cluster="c", epoch=epoch, shards=shards)
 
 
-def run(test: Callable[[FakeProxy, Client, FakeTransport], Awaitable[None]]) -> None:
+def run(
+    test: Callable[[FakeProxy, Client, FakeTransport], Awaitable[None]], copies: int = 1
+) -> None:
     async def main() -> None:
-        proxy = FakeProxy()
+        proxy = FakeProxy(copies)
         proxy.apply_layout(layout())
         client = Client(proxy)
         transport = FakeTransport()
@@ -252,3 +256,80 @@ def test_a_key_asked_many_times_goes_to_its_node_once() -> None:
         assert out.take().count(b"VALUE") == 5000
 
     run(test)
+
+
+# -- replicated pools (memcached.copies: 2) ---------------------------------------------------
+
+
+def test_with_two_copies_a_write_goes_to_both_and_the_first_reply_is_answered() -> None:
+    async def test(proxy: FakeProxy, client: Client, out: FakeTransport) -> None:
+        (key,) = keys_on_distinct_nodes(proxy, 1)
+        first, second = proxy.ring.nodes(key, 2)  # type: ignore[union-attr]
+        client.data_received(b"set %s 0 0 1\r\nv\r\n" % key)
+        await turn()
+        for name in (first, second):
+            assert proxy.node_transports[name].take() == b"set %s 0 0 1\r\nv\r\n" % key
+        proxy.conns[first].connection_lost(None)  # the first copy died before answering
+        proxy.conns[second].data_received(b"STORED\r\n")
+        await turn()
+        assert out.take() == b"STORED\r\n"
+
+    run(test, copies=2)
+
+
+def test_with_two_copies_a_read_falls_back_on_a_miss_and_on_a_dead_node() -> None:
+    async def test(proxy: FakeProxy, client: Client, out: FakeTransport) -> None:
+        a, b = keys_on_distinct_nodes(proxy)
+        chain_a = proxy.ring.nodes(a, 2)  # type: ignore[union-attr]
+        chain_b = proxy.ring.nodes(b, 2)  # type: ignore[union-attr]
+        client.data_received(b"get %s %s\r\n" % (a, b))
+        await turn()
+        assert proxy.node_transports[chain_a[0]].take() == b"get %s\r\n" % a
+        proxy.conns[chain_a[0]].data_received(b"END\r\n")  # a: a miss on its first copy
+        proxy.conns[chain_b[0]].connection_lost(None)  # b: its first copy is dead
+        await turn()
+        second_round = {chain_a[1]: a, chain_b[1]: b}
+        for name, key in second_round.items():
+            assert key in proxy.node_transports[name].take()
+        if chain_a[1] == chain_b[1]:
+            proxy.conns[chain_a[1]].data_received(
+                b"VALUE %s 0 1\r\nA\r\nVALUE %s 0 1\r\nB\r\nEND\r\n" % (a, b)
+            )
+        else:
+            proxy.conns[chain_a[1]].data_received(b"VALUE %s 0 1\r\nA\r\nEND\r\n" % a)
+            proxy.conns[chain_b[1]].data_received(b"VALUE %s 0 1\r\nB\r\nEND\r\n" % b)
+        await turn()
+        assert out.take() == b"VALUE %s 0 1\r\nA\r\nVALUE %s 0 1\r\nB\r\nEND\r\n" % (a, b)
+
+    run(test, copies=2)
+
+
+def test_with_two_copies_a_key_whose_copies_are_all_down_is_a_server_error() -> None:
+    async def test(proxy: FakeProxy, client: Client, out: FakeTransport) -> None:
+        (key,) = keys_on_distinct_nodes(proxy, 1)
+        first, second = proxy.ring.nodes(key, 2)  # type: ignore[union-attr]
+        client.data_received(b"mg %s v\r\n" % key)
+        await turn()
+        proxy.conns[first].connection_lost(None)
+        await turn()
+        proxy.conns[second].connection_lost(None)
+        await turn()
+        assert out.take().startswith(b"SERVER_ERROR node %s " % first.encode())
+
+    run(test, copies=2)
+
+
+def test_with_two_copies_cas_goes_to_the_first_and_the_stored_value_is_copied() -> None:
+    async def test(proxy: FakeProxy, client: Client, out: FakeTransport) -> None:
+        (key,) = keys_on_distinct_nodes(proxy, 1)
+        first, second = proxy.ring.nodes(key, 2)  # type: ignore[union-attr]
+        client.data_received(b"cas %s 3 0 1 77\r\nv\r\n" % key)
+        await turn()
+        assert proxy.node_transports[first].take() == b"cas %s 3 0 1 77\r\nv\r\n" % key
+        assert second not in proxy.node_transports
+        proxy.conns[first].data_received(b"STORED\r\n")
+        await turn()
+        assert out.take() == b"STORED\r\n"
+        assert proxy.node_transports[second].take() == b"set %s 3 0 1\r\nv\r\n" % key
+
+    run(test, copies=2)
