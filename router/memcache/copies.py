@@ -14,19 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from router.memcache.protocol import (
-    CRLF,
-    QUIET_DROPS,
-    Reply,
-    Request,
-    is_error,
-    merge_values,
-    status_word,
-    value_blocks,
-)
+from router.memcache.protocol import CRLF, QUIET_DROPS, Reply, Request
+from router.memcache.replies import is_error, merge_values, status_word, value_blocks
 
 if TYPE_CHECKING:
-    from router.memcache.proxy import Client, Proxy
+    from router.memcache.conns import Client
+    from router.memcache.proxy import Proxy
 
 Replies = dict[str, bytes | None]
 

@@ -15,7 +15,8 @@ from cachefleet import bus
 from cachefleet.errors import CachefleetError
 from cachefleet.layout import Layout, LayoutError
 from cachefleet.plan import Plan
-from router.memcache.proxy import Client, Proxy
+from router.memcache.conns import Client
+from router.memcache.proxy import Proxy
 from router.server import listen_socket, raise_nofile_limit
 
 

@@ -6,15 +6,8 @@ import time
 
 import pytest
 
-from router.memcache.protocol import (
-    Framer,
-    Kind,
-    Reply,
-    ReplyFramer,
-    aggregate_stats,
-    merge_values,
-    value_blocks,
-)
+from router.memcache.protocol import Framer, Kind, Reply
+from router.memcache.replies import ReplyFramer, aggregate_stats, merge_values, value_blocks
 
 
 def feed_all(data: bytes, *, chunk: int | None = None, **kw: int) -> tuple[Framer, list]:

@@ -7,8 +7,9 @@ from collections.abc import Awaitable, Callable
 
 from cachefleet import discovery
 from cachefleet.layout import Layout, LayoutNode, LayoutShard
-from router.memcache import proxy as proxy_mod
-from router.memcache.proxy import Client, NodeConn, Proxy
+from router.memcache import conns
+from router.memcache.conns import Client, NodeConn
+from router.memcache.proxy import Proxy
 
 NODES = ("c-0001", "c-0002", "c-0003")
 
@@ -234,12 +235,12 @@ def test_a_client_owed_too_many_replies_is_not_read_until_it_catches_up() -> Non
     async def test(proxy: FakeProxy, client: Client, out: FakeTransport) -> None:
         (key,) = keys_on_distinct_nodes(proxy, 1)
         node = proxy.ring.node(key)  # type: ignore[union-attr]
-        client.data_received(b"get %s\r\n" % key * proxy_mod.MAX_PENDING)
+        client.data_received(b"get %s\r\n" % key * conns.MAX_PENDING)
         await turn()
         assert out.paused
-        proxy.conns[node].data_received(b"END\r\n" * proxy_mod.MAX_PENDING)
+        proxy.conns[node].data_received(b"END\r\n" * conns.MAX_PENDING)
         await turn()
-        assert not out.paused and out.take() == b"END\r\n" * proxy_mod.MAX_PENDING
+        assert not out.paused and out.take() == b"END\r\n" * conns.MAX_PENDING
 
     run(test)
 
