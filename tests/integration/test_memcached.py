@@ -148,6 +148,15 @@ def test_a_hash_client_fed_from_discovery_reaches_every_node(mc: RunningCluster)
             direct.close()
 
 
+def test_an_existing_auto_discovery_library_reads_the_node_list(mc: RunningCluster) -> None:
+    """elasticache-auto-discovery (PyPI), unchanged: it splits the reply on \\n and reads the
+    node line, so it depends on the exact layout of the bytes."""
+    ead = pytest.importorskip("elasticache_auto_discovery")
+    found = ead.discover(f"{mc.router[0]}:{mc.router[1]}", time_to_timeout=5)
+    _, nodes = discovery(mc.router)
+    assert [(h.decode(), ip.decode(), int(p)) for h, ip, p in found] == nodes
+
+
 def test_the_proxy_serves_a_plain_client(mc: RunningCluster) -> None:
     client = Client(mc.router, timeout=5, connect_timeout=5)
     try:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cachefleet.errors import TopologyError
+from cachefleet.engine import resolve_engine_binary
+from cachefleet.errors import EngineNotFound, TopologyError
+from cachefleet.plan import build_plan
 from cachefleet.topology import Memcached, parse_topology
+from shard.config import memcached_argv
 
 BASE: dict[str, Any] = {
     "name": "sessions",
@@ -68,3 +73,30 @@ def test_memcached_fields_are_refused_for_other_engines(field: str) -> None:
 def test_copies_and_the_router_port_next_to_the_nodes() -> None:
     topo = parse_topology({**BASE, "memcached": {"copies": 2}, "router": {"port": 21301}})
     assert topo.memcached is not None and topo.memcached.copies == 2
+
+
+def test_a_missing_memcached_binary_names_the_debian_package(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    with pytest.raises(EngineNotFound, match="Debian package `memcached`"):
+        resolve_engine_binary("memcached")
+
+
+def test_parameters_become_memcached_options() -> None:
+    raw = {
+        **BASE,
+        "parameters": {"threads": 2, "max_item_size": "2m", "cas": False, "evictions": False},
+    }
+    plan = build_plan(
+        parse_topology(raw), raw, engine_binary="/usr/bin/memcached", node_ports=None,
+        bus=("127.0.0.1", 1883), router_port=11300,
+    )  # fmt: skip
+    node = plan.nodes[1]
+    argv = memcached_argv(plan, node, Path("/s/c/nodes/x/memcached.pid"), as_root=True)
+    opts = dict(zip(argv[1::2], argv[2::2], strict=False))
+    assert argv[0] == "/usr/bin/memcached"
+    assert opts["-l"] == "127.0.2.1" and opts["-p"] == "11302" and opts["-U"] == "0"
+    assert opts["-m"] == "64" and opts["-t"] == "2" and opts["-I"] == str(2 * 1024**2)
+    assert opts["-P"] == "/s/c/nodes/x/memcached.pid"  # the state dir in argv: ours to stop
+    assert "-C" in argv and "-M" in argv and argv[-2:] == ["-u", "root"]
