@@ -31,6 +31,7 @@ from cachefleet.chaos.faults import (
     partition_support,
     signal_pid,
 )
+from cachefleet.chaos.memcached import MemcachedChaosRun
 from cachefleet.chaos.scenario import Scenario, load_scenario
 from cachefleet.chaos.targets import Placement, moves_back, placement
 from cachefleet.chaos.workload import Trial, WorkloadRun, chaos_keys, shard_of_keys
@@ -377,10 +378,16 @@ async def run_scenario(
     could not run here (e.g. partitions without root) unless `allow_skip`. `progress` gets the
     live lines (faults, failovers, one summary per trial); by default they are logged."""
     scenario = load_scenario(path)
-    runner = ChaosRun(
-        scenario, state_dir=state_dir, trials=trials, out=out, progress=progress,
-        allow_skip=allow_skip,
-    )  # fmt: skip
+    runner: ChaosRun | MemcachedChaosRun
+    if load_topology(scenario.topology).is_memcached:
+        runner = MemcachedChaosRun(
+            scenario, state_dir=state_dir, trials=trials, out=out, progress=progress
+        )
+    else:
+        runner = ChaosRun(
+            scenario, state_dir=state_dir, trials=trials, out=out, progress=progress,
+            allow_skip=allow_skip,
+        )  # fmt: skip
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     assert main is not None

@@ -5,6 +5,7 @@ One cluster for the module (3 nodes over 3 zones); the test that kills a node ru
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -344,6 +345,41 @@ def test_with_two_copies_no_key_is_lost_when_a_node_is_replaced_empty(tmp_path: 
     finally:
         cluster.down()
         assert_all_gone(cluster.seen_pids)
+
+
+def test_a_chaos_run_kills_a_node_under_proxy_and_discovery_clients(tmp_path: Path) -> None:
+    name = f"k{os.getpid() % 100000}"
+    topo = {
+        "name": name,
+        "engine": "memcached",
+        "zones": ZONES[:2],
+        "nodes": 2,
+        "node_type": "cache.micro",
+        "parameters": {"threads": 1},
+        "ports": {"base": "auto"},
+        "router": {"port": "auto", "workers": 1},
+    }
+    (tmp_path / "topo.yaml").write_text(yaml.safe_dump(topo))
+    scenario = {
+        "name": "mc-kill",
+        "topology": "topo.yaml",
+        "trials": 1,
+        "duration_s": 3,
+        "workload": {"writers": 1, "keys": 50},
+        "faults": [{"at_s": 1, "kind": "kill", "target": f"node:{name}-0002"}],
+        "expect": {"max_unavailable_s": 10},
+    }
+    (tmp_path / "mc-kill.yaml").write_text(yaml.safe_dump(scenario))
+    state = tmp_path / "state"
+    out = cli("chaos", str(tmp_path / "mc-kill.yaml"), "--state-dir", str(state), timeout=120)
+    assert "chaos mc-kill: passed" in out.stdout
+    (run_dir,) = (state / name / "chaos").iterdir()
+    result = json.loads((run_dir / "result.json").read_text())
+    (trial,) = result["trials"]
+    assert trial["faults"][0]["node"] == f"{name}-0002"
+    assert trial["version_after"] == trial["version_before"] + 1
+    assert trial["proxy"]["ops"] > 0 and trial["discovery"]["ops"] > 0
+    cli("down", name, "--purge", "--state-dir", str(state))
 
 
 def test_memcached_topology_errors_name_the_field(tmp_path: Path) -> None:
