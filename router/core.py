@@ -126,6 +126,10 @@ class Core:
         groups: dict[BackendConn, list[Item]] = {}
         order: list[tuple[BackendConn, int]] = []  # each request of the run: its group, index
         targets: dict[int, BackendConn | None] = {}  # route (id, read-only) -> connection
+        last_route: routes.ShardRoute | None = None
+        last_ro = False
+        last_target: BackendConn | None = None
+        last_group: list[Item] | None = None
         # A client's state changes only through ``dispatch``: read it again after each call.
         plain = client.held is None and client.tx is None and client.pubsub is None
         for args, raw in requests:
@@ -145,21 +149,29 @@ class Core:
                 route = table[slot]
                 if route is not None:
                     ro = entry[1]
-                    rkey = id(route) * 2 + ro
-                    if rkey in targets:
-                        target = targets[rkey]
+                    if route is last_route and ro == last_ro:  # the common case: same shard
+                        target, group = last_target, last_group
                     else:
-                        target = targets[rkey] = self.batch_target(client, route, ro)
-                    if target is not None:
-                        group = groups.get(target)
-                        if group is None:
-                            group = groups[target] = []
+                        rkey = id(route) * 2 + ro
+                        if rkey in targets:
+                            target = targets[rkey]
+                        else:
+                            target = targets[rkey] = self.batch_target(client, route, ro)
+                        if target is None:
+                            group = None
+                        else:
+                            group = groups.get(target)
+                            if group is None:
+                                group = groups[target] = []
+                        last_route, last_ro, last_target, last_group = route, ro, target, group
+                    if target is not None and group is not None:
                         order.append((target, len(group)))
                         group.append((args, raw, slot, ro, entry[2]))
                         continue
             if order:
                 self._send_run(client, groups, order)
                 groups, order, targets = {}, [], {}
+            last_route = None
             self.dispatch(client, args, raw)
             if client.closing:
                 return
