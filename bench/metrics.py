@@ -1,5 +1,6 @@
 """What the metrics endpoint costs: the cluster supervisor's CPU while it collects and serves
-(one collection pass every 2 s, scraped every `--interval` s), and `/metrics` latency.
+(a collection pass every 2 s, rendered when a scrape asks for it, every `--interval` s), and
+`/metrics` latency.
 
 Starts a cluster of `--shards` x (1 + `--replicas`) nodes (default 10 x 3 = 30 nodes), lets it
 settle, then for `--seconds` scrapes every `--interval` s and reads the supervisor's CPU time
@@ -27,6 +28,7 @@ import psutil
 import yaml
 
 from cachefleet.ops.metrics_server import Collector
+from cachefleet.proc import live_processes
 from cachefleet.state import ClusterDir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,17 +58,21 @@ def cpu_seconds(pid: int) -> float:
     return float(t.user + t.system)
 
 
-async def _time_passes(collector: Collector, n: int) -> tuple[float, float]:
-    """Median CPU and wall time of one collection pass (after a first one that connects)."""
+async def _time_passes(collector: Collector, n: int) -> tuple[float, float, float]:
+    """Median CPU and wall time of one collection pass (after a first one that connects),
+    and the CPU of rendering one pass as text (done once per pass that is scraped)."""
     await collector.collect()
-    cpu, wall = [], []
+    cpu, wall, render = [], [], []
     for _ in range(n):
         c0, w0 = time.process_time(), time.perf_counter()
         await collector.collect()
         cpu.append(time.process_time() - c0)
         wall.append(time.perf_counter() - w0)
+        c0 = time.process_time()
+        collector.text()
+        render.append(time.process_time() - c0)
     await collector.close()
-    return statistics.median(cpu), statistics.median(wall)
+    return statistics.median(cpu), statistics.median(wall), statistics.median(render)
 
 
 def main() -> None:
@@ -122,6 +128,12 @@ def main() -> None:
                 plan=ClusterDir(state, name).load_plan(), cdir=ClusterDir(state, name)
             )
             passes = asyncio.run(_time_passes(collector, 10))
+            # What the supervisor's own tick (every 0.2 s) spends finding live processes.
+            cdir = ClusterDir(state, name)
+            c0 = time.process_time()
+            for _ in range(20):
+                live = live_processes(cdir)
+            tick = (time.process_time() - c0) / 20
 
             c0 = cpu_seconds(sup)
             latencies, size = [], 0
@@ -141,6 +153,9 @@ def main() -> None:
             print(f"supervisor CPU per scrape (back to back):  {1000 * per_scrape:5.2f} ms")
             print(f"one collection pass (in this process):     {1000 * passes[0]:5.1f} ms CPU, "
                   f"{1000 * passes[1]:.1f} ms wall (median of 10)")  # fmt: skip
+            print(f"rendering one pass for a scrape:           {1000 * passes[2]:5.1f} ms CPU")
+            print(f"supervision: live_processes() over {len(live)} pid files: {1000 * tick:.1f} ms "
+                  f"CPU per tick, {100 * tick / 0.2:.1f} % of one core at 5 ticks/s")  # fmt: skip
             print(f"/metrics: {size} bytes, p50 {1000 * p50:.2f} ms, p99 {1000 * p99:.2f} ms "
                   f"over {args.requests} requests")  # fmt: skip
         finally:

@@ -3,9 +3,9 @@
 Every ``COLLECT_S`` the collector reads every node (``INFO`` and ``INFO commandstats`` of
 Valkey/Redis, ``stats`` of memcached), the layout's config epoch, the events appended since the
 last pass and the sentinels' and routers' retained bus state, turns them into samples
-(:mod:`cachefleet.metrics`, pure) and renders the Prometheus text once; ``GET /metrics``
-answers with those bytes, so a scrape costs no engine round trip and values are at most
-``COLLECT_S`` plus one pass old. The address is ``metrics.port`` of the topology, or a port
+(:mod:`cachefleet.metrics`, pure); ``GET /metrics`` renders the last pass (once per pass,
+on the first scrape that asks), so a scrape costs no engine round trip and values are at
+most ``COLLECT_S`` plus one pass old. The address is ``metrics.port`` of the topology, or a port
 chosen once and kept in ``<cluster>/metrics.json`` (``status`` reads it from there).
 """
 
@@ -92,8 +92,8 @@ class Collector:
         self.sdown: dict[str, frozenset[str]] = {}
         self.routers: dict[str, tuple[int, float]] = {}
         self.known = messages.Known.from_plan(plan)
-        self.text = metrics.render([])
-        self.samples: list[Sample] = []  # of the last pass (what `top` shows)
+        self.samples: list[Sample] = []  # of the last pass (what `top` and a scrape show)
+        self._text: tuple[int, bytes] | None = None  # (pass, its exposition text)
         self.collected_at = 0.0  # time.time() of the last pass
         self.passes = 0
 
@@ -122,12 +122,11 @@ class Collector:
             table = await try_call(node.client, "COMMAND")
             if isinstance(table, dict):
                 node.classes = CommandClasses.from_command_table(table)
-        state = await info(node.client, *ENGINE_SECTIONS)
-        stats = await info(node.client, "commandstats")
+        state = await info(node.client, *ENGINE_SECTIONS, "commandstats")  # one round trip
         if state is None:
             return None
         return NodeReading.from_info(
-            state, stats or {}, node.classes or CommandClasses(), time.monotonic()
+            state, state, node.classes or CommandClasses(), time.monotonic()
         )
 
     def _engine_samples(self, readings: list[NodeReading | None]) -> list[Sample]:
@@ -198,9 +197,15 @@ class Collector:
             routers=self.routers,
         )
         self.samples = samples
-        self.text = metrics.render(samples)
         self.collected_at = time.time()
         self.passes += 1
+
+    def text(self) -> bytes:
+        """The last pass as Prometheus text, rendered on the first scrape that wants it (a pass
+        every 2 s, a scrape every 10 s or so: most passes are never rendered)."""
+        if self._text is None or self._text[0] != self.passes:
+            self._text = (self.passes, metrics.render(self.samples))
+        return self._text[1]
 
     async def close(self) -> None:
         for node in self.nodes:
@@ -262,7 +267,9 @@ class MetricsServer:
         self._runner: web.AppRunner | None = None
 
     async def handle_metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.collector.text, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=self.collector.text(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     async def _serve(self) -> None:
         app = web.Application()
