@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -41,7 +40,14 @@ class BackendHooks(Protocol):
 
 
 class Waiter(Protocol):
+    #: Replies this waiter still takes (a batch takes several, one after the other).
+    left: int
+
     def on_reply(self, frame: bytes) -> None: ...
+
+    def on_replies(self, frames: list[bytes]) -> None:
+        """Several consecutive replies at once (only when ``left`` > 1)."""
+        ...
 
     def on_lost(self, written: bool, addr: Addr) -> None: ...
 
@@ -49,7 +55,12 @@ class Waiter(Protocol):
 class _Discard:
     """Waiter for a reply nobody reads (connection handshake, ASKING)."""
 
+    left = 1
+
     def on_reply(self, frame: bytes) -> None:
+        pass
+
+    def on_replies(self, frames: list[bytes]) -> None:
         pass
 
     def on_lost(self, written: bool, addr: Addr) -> None:
@@ -68,9 +79,13 @@ class BackendLost(Exception):
 
 class FutureWaiter:
     __slots__ = ("fut",)
+    left = 1
 
     def __init__(self, fut: asyncio.Future[bytes]) -> None:
         self.fut = fut
+
+    def on_replies(self, frames: list[bytes]) -> None:
+        self.on_reply(frames[0])
 
     def on_reply(self, frame: bytes) -> None:
         if not self.fut.done():
@@ -138,14 +153,15 @@ class BackendConn(asyncio.Protocol):
             self.flush_scheduled = True
             self.hooks.loop.call_soon(self.flush)
 
-    def send_many(self, waiter: Waiter, data: bytes, count: int) -> None:
-        """`count` requests in one payload: `waiter` gets each of their replies, in order."""
+    def send_many(self, waiter: Waiter, data: bytes) -> None:
+        """Several requests in one payload: `waiter` (one entry of the FIFO) takes their
+        ``waiter.left`` replies, in order."""
         if self.closed:
             waiter.on_lost(False, self.addr)
             return
-        self.waiters.extend(itertools.repeat(waiter, count))
+        self.waiters.append(waiter)
         self.out.append(data)
-        self.unflushed += count
+        self.unflushed += 1
         if self.transport is not None and not self.flush_scheduled:
             self.flush_scheduled = True
             self.hooks.loop.call_soon(self.flush)
@@ -190,16 +206,33 @@ class BackendConn(asyncio.Protocol):
             self.close()
             return
         waiters = self.waiters
-        self.replies += len(frames)
-        for frame in frames:
-            if self.on_push is not None and (not waiters or frame[0] == 0x3E):  # '>'
-                self.on_push(frame)
-            elif waiters:
-                waiter = waiters.popleft()
-                try:
+        on_push = self.on_push
+        n = len(frames)
+        self.replies += n
+        i = 0
+        while i < n:
+            frame = frames[i]
+            if on_push is not None and (not waiters or frame[0] == 0x3E):  # '>'
+                on_push(frame)
+                i += 1
+                continue
+            if not waiters:
+                break
+            waiter = waiters[0]
+            left = waiter.left
+            try:
+                if left == 1:
+                    waiters.popleft()
+                    i += 1
                     waiter.on_reply(frame)
-                except Exception as exc:  # one reply never tears down a shared connection
-                    self.hooks.backend_protocol_error(self, f"reply handling failed: {exc!r}")
+                else:  # a batch: as many of its replies as there are, in one call
+                    k = n - i if n - i < left else left
+                    if k == left:
+                        waiters.popleft()
+                    i += k
+                    waiter.on_replies(frames[i - k : i] if k != n else frames)
+            except Exception as exc:  # one reply never tears down a shared connection
+                self.hooks.backend_protocol_error(self, f"reply handling failed: {exc!r}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail()

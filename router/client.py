@@ -146,6 +146,11 @@ class Call:
             self.raw = encode_command(self.args)
         return self.raw
 
+    left = 1  # replies it takes from its connection (a batch takes several)
+
+    def on_replies(self, frames: list[bytes]) -> None:
+        self.on_reply(frames[0])
+
     def on_reply(self, frame: bytes) -> None:
         if frame[0] == 0x2D and self.client.hooks.on_error_reply(self, frame):  # '-'
             return
@@ -222,18 +227,19 @@ class Batch(Call):
     connection puts one call per request in its place, each then followed, retried or
     answered as any call is."""
 
-    __slots__ = ("frames", "items", "lost", "subcalls")
+    __slots__ = ("frames", "items", "left", "lost", "subcalls")
 
     def __init__(self, client: ClientConn, items: list[Item]) -> None:
         super().__init__(client, [], b"".join([item[1] for item in items]))
         self.items = items
+        self.left = len(items)
         self.frames: list[bytes] = []
         self.subcalls: list[Call] = []
         self.lost = False
         client.parts += len(items) - 1  # each request counts against the in-flight limit
 
     def send_to(self, conn: BackendConn) -> None:
-        conn.send_many(self, self.payload, len(self.items))
+        conn.send_many(self, self.payload)
 
     def frame(self, i: int) -> bytes:
         if self.subcalls:
@@ -241,15 +247,19 @@ class Batch(Call):
         return self.frames[i]
 
     def on_reply(self, frame: bytes) -> None:
-        frames = self.frames
-        frames.append(frame)
-        if len(frames) == len(self.items):
-            for f in frames:
+        self.on_replies([frame])
+
+    def on_replies(self, frames: list[bytes]) -> None:
+        got = self.frames
+        got.extend(frames)
+        self.left -= len(frames)
+        if self.left == 0:
+            for f in got:
                 if f[0] == 0x2D:  # '-'
                     self.unbatch(None)
                     return
-            self.client.parts -= len(frames) - 1
-            self.finish(b"".join(frames))
+            self.client.parts -= len(got) - 1
+            self.finish(b"".join(got))
 
     def on_lost(self, written: bool, addr: Addr) -> None:
         if not self.lost:  # once per batch, though each of its requests was a waiter

@@ -176,7 +176,7 @@ async def test_a_pipeline_across_shards_is_answered_in_request_order() -> None:
     assert n1.requests() == [[b"GET", K1[0]], [b"GET", K1[1]]]
     assert n2.requests() == [[b"GET", K2[0]], [b"GET", K2[1]]]
     # one write per node; the run's replies go back together, in request order
-    assert len(n1.conns[0][0].waiters) == 2 and len(c.queue) == 1
+    assert [w.left for w in n1.conns[0][0].waiters] == [2] and len(c.queue) == 1
     n1.answer(b"$2\r\nb0\r\n$2\r\nb1\r\n")  # shard 1 answers first ...
     await settle()
     assert t.written == b""  # ... but its replies wait for the first request's
@@ -566,7 +566,7 @@ async def test_a_pipeline_for_one_node_is_one_write_and_one_reply_entry() -> Non
     await settle()
     node = h.node(P1)
     conn, _, _ = node.conns[0]
-    assert len(conn.waiters) == 4 and len(c.queue) == 1  # one batch, four replies expected
+    assert [w.left for w in conn.waiters] == [4] and len(c.queue) == 1  # one batch of four
     assert node.requests() == [*([b"SET", k, b"v"] for k in K1), [b"GET", K1[0]]]
     node.answer(b"+OK\r\n+OK\r\n")
     await settle()
@@ -716,7 +716,7 @@ async def test_mget_over_many_slots_is_one_write_per_node_merged_in_order() -> N
     n1, n2 = h.node(P1), h.node(P2)
     assert n1.requests() == [[b"MGET", K1[0]], [b"MGET", K1[1]], [b"MGET", K1[2]]]
     assert n2.requests() == [[b"MGET", K2[0]], [b"MGET", K2[1]]]
-    assert len(n1.conns[0][0].waiters) == 3 and len(c.queue) == 1
+    assert [w.left for w in n1.conns[0][0].waiters] == [3] and len(c.queue) == 1
     n1.answer(b"*1\r\n$2\r\nb0\r\n*1\r\n$2\r\nb1\r\n*1\r\n$-1\r\n")
     n2.answer(b"*1\r\n$2\r\na0\r\n*1\r\n$2\r\na1\r\n")
     await settle()
