@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from router.memcache.protocol import Framer, Kind, Reply
 from router.memcache.replies import ReplyFramer, aggregate_stats, merge_values, value_blocks
@@ -208,3 +210,48 @@ def test_a_merged_reply_over_the_limit_is_refused_before_it_is_built() -> None:
     assert merge_values([b"a"] * 3, [part], {}, limit=100).count(b"VALUE") == 3
     with pytest.raises(ValueError):
         merge_values([b"a"] * 10, [part], {}, limit=100)
+
+
+@given(
+    chunks=st.lists(
+        st.one_of(
+            st.binary(max_size=40),
+            st.sampled_from(
+                [
+                    b"get a b\r\n",
+                    b"set k 0 0 3\r\n",
+                    b"abc\r\n",
+                    b"mg k v q\r\n",
+                    b"\r\n",
+                    b"cas k 1 2 3 4 noreply\r\n",
+                    b"ms k 2 b\r\n",
+                    b"gat -1 k\r\n",
+                    b"\n",
+                ]
+            ),
+        ),
+        max_size=30,
+    )
+)
+def test_any_bytes_end_in_requests_or_one_client_error(chunks: list[bytes]) -> None:  # fmt: skip
+    framer = Framer(max_line=256, max_value=64)
+    for chunk in chunks:
+        for req in framer.feed(chunk):
+            assert req.kind in Kind
+            assert req.forward().endswith(b"\r\n") or req.kind is Kind.TOO_LARGE
+    assert framer.error is None or framer.error.reply.startswith(b"CLIENT_ERROR ")
+    assert len(framer.buf) <= 256 + 64 + 2 + 40
+
+
+@given(st.lists(st.binary(max_size=60), max_size=20), st.lists(st.sampled_from(list(Reply))))
+def test_any_node_bytes_are_framed_or_refused_with_value_error(
+    chunks: list[bytes], shapes: list[Reply]
+) -> None:
+    framer = ReplyFramer(max_reply=1000)
+    for shape in shapes:
+        framer.expect(shape)
+    try:
+        for chunk in chunks:
+            framer.feed(chunk)
+    except ValueError:
+        pass
