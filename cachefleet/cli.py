@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from cachefleet import __version__
+from cachefleet.api import command as api_command
 from cachefleet.chaos.runner import run_scenario
 from cachefleet.errors import CachefleetError, ScenarioError, TopologyError
 from cachefleet.events import EventFilter, follow_events
@@ -112,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--state-dir", default=None)
 
+    api_command.add_parser(sub)
+
     p = sub.add_parser("validate", help="check a topology file; print a one-line summary")
     p.add_argument("topology")
     return parser
@@ -207,6 +210,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "top": _top,
     "chaos": _chaos,
     "validate": _validate,
+    "serve": lambda args: api_command.run(args, _out),
 }
 
 

@@ -1,9 +1,9 @@
 """The layers of DESIGN.md, checked on the source: imports run one way.
 
-L0 (the model: cachefleet/ outside ops/ and chaos/ and cli.py) imports nothing of ours above
+L0 (the model: cachefleet/ outside ops/, chaos/, api/ and cli.py) imports nothing of ours above
 it; L1 daemons (shard/, sentinel/, router/) import L0 and themselves only; L2 (cachefleet.ops,
-cachefleet.chaos, cachefleet.cli, python -m cachefleet) imports L0, never a daemon (it starts
-them as processes).
+cachefleet.chaos, cachefleet.api, cachefleet.cli, python -m cachefleet) imports L0, never a
+daemon (it starts them as processes).
 """
 
 from __future__ import annotations
@@ -15,7 +15,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DAEMONS = ("shard", "sentinel", "router")
-L2 = ("cachefleet.ops", "cachefleet.chaos", "cachefleet.cli", "cachefleet.__main__")
+L2 = (
+    "cachefleet.ops",
+    "cachefleet.chaos",
+    "cachefleet.api",
+    "cachefleet.cli",
+    "cachefleet.__main__",
+)
 
 
 def module_name(path: Path) -> str:

@@ -1,0 +1,464 @@
+"""`cachefleet serve`: the Query API over aiohttp, for every cluster in one state dir.
+
+Each action calls the same operation as the CLI (``lifecycle.up``/``down``,
+``graceful_failover``, the event log); long ones run as tasks of this process while the
+Describe calls show their progress (``creating`` -> ``available``, ``deleting`` -> gone).
+The clusters themselves run under their own supervisors: stopping ``serve`` stops none of
+them, and a restarted ``serve`` finds them in the state dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from cachefleet.api import shapes, wire
+from cachefleet.api.names import Account, group_id, node_group_id, shard_of
+from cachefleet.api.store import Store, load_record, save_record
+from cachefleet.api.wire import ApiError, Params, XmlList
+from cachefleet.engine import resolve_engine_binary
+from cachefleet.errors import CachefleetError
+from cachefleet.events import read_events
+from cachefleet.ops import lifecycle
+from cachefleet.ops.failover import graceful_failover
+from cachefleet.proc import reap_children
+from cachefleet.state import ClusterDir
+
+log = logging.getLogger("cachefleet.api")
+Handler = Callable[[Params], Awaitable[dict[str, Any] | None]]
+Out = Callable[[str], None]
+
+#: Actions of the service that wait for a capability cachefleet does not have yet.
+PENDING = {
+    "ModifyReplicationGroup": "online modification (scaling)",
+    "ModifyReplicationGroupShardConfiguration": "online resharding (scaling)",
+    "IncreaseReplicaCount": "online replica scaling",
+    "DecreaseReplicaCount": "online replica scaling",
+    "CreateCacheCluster": "memcached clusters through the API",
+    "ModifyCacheCluster": "memcached clusters through the API",
+    "DeleteCacheCluster": "memcached clusters through the API",
+    "CreateSnapshot": "snapshots",
+    "DescribeSnapshots": "snapshots",
+    "CopySnapshot": "snapshots",
+    "DeleteSnapshot": "snapshots",
+}
+MAX_TAGS = 50
+EVENT_WINDOW_S = 3600.0  # DescribeEvents without a time range: the last hour
+EVENT_HISTORY_S = 14 * 86400.0
+
+
+def engine_versions() -> dict[str, str]:
+    """engine -> version of each server binary found here (asked once, at start)."""
+    found: dict[str, str] = {}
+    for engine in ("valkey", "redis", "memcached"):
+        try:
+            binary = resolve_engine_binary(engine)
+            text = subprocess.run(
+                [binary, "--version"], capture_output=True, text=True, timeout=5, check=False
+            ).stdout
+        except (CachefleetError, OSError, subprocess.SubprocessError):
+            continue
+        version = shapes.engine_version(text)
+        if version:
+            found[engine] = version
+    return found
+
+
+class Api:
+    def __init__(self, home: Path, account: Account, out: Out) -> None:
+        self.home = home
+        self.account = account
+        self.out = out
+        self.store = Store(home)
+        self.operations: dict[str, str] = {}  # cluster -> creating / deleting / modifying
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.versions: dict[str, str] = {}
+        self.actions: dict[str, Handler] = {
+            "CreateReplicationGroup": self.create_replication_group,
+            "DescribeReplicationGroups": self.describe_replication_groups,
+            "DeleteReplicationGroup": self.delete_replication_group,
+            "TestFailover": self.test_failover,
+            "DescribeCacheClusters": self.describe_cache_clusters,
+            "DescribeEvents": self.describe_events,
+            "DescribeCacheEngineVersions": self.describe_cache_engine_versions,
+            "AddTagsToResource": self.add_tags,
+            "ListTagsForResource": self.list_tags,
+            "RemoveTagsFromResource": self.remove_tags,
+        }
+
+    # -- the HTTP edge ---------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.Response:
+        request_id = str(uuid.uuid4())
+        fields: dict[str, str] = dict(request.query)
+        action = "?"
+        try:
+            if request.method == "POST":
+                body = await request.post()
+                fields.update({k: v for k, v in body.items() if isinstance(v, str)})
+            params = Params(fields)
+            action = fields.get("Action") or ""
+            if not action:
+                raise ApiError("MissingAction", "The request must contain the parameter Action")
+            version = fields.get("Version")
+            if version is not None and version != wire.API_VERSION:
+                raise ApiError(
+                    "InvalidParameterValue",
+                    f"Version {version!r} is not supported; this endpoint speaks "
+                    f"{wire.API_VERSION}",
+                )
+            result = await self.dispatch(action, params)
+            body_text = wire.render_response(action, result, request_id)
+            status = 200
+        except ApiError as exc:
+            body_text, status = wire.render_error(exc, request_id), exc.status
+        except Exception:
+            log.exception("action %s failed", action)
+            error = ApiError("InternalFailure", "The request processing has failed")
+            body_text, status = wire.render_error(error, request_id), error.status
+        return web.Response(
+            text=body_text,
+            status=status,
+            content_type="text/xml",
+            headers={"x-amzn-RequestId": request_id},
+        )
+
+    async def dispatch(self, action: str, params: Params) -> dict[str, Any] | None:
+        handler = self.actions.get(action)
+        if handler is not None:
+            return await handler(params)
+        if action in PENDING:
+            raise ApiError(
+                "InvalidAction",
+                f"The action {action} is not supported yet: it needs {PENDING[action]}",
+            )
+        raise ApiError("InvalidAction", f"The action {action} is not valid for this web service.")
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def view(self, name: str) -> shapes.ClusterView:
+        return self.store.view(name, self.operations.get(name), self.versions)
+
+    def groups(self) -> list[shapes.ClusterView]:
+        names = sorted(set(self.store.names()) | set(self.operations))
+        views = [self.view(n) for n in names]
+        return [v for v in views if v.plan is None or not v.plan.topology.is_memcached]
+
+    def existing(self, name: str) -> shapes.ClusterView:
+        if name in self.operations or name in self.store.names():
+            view = self.view(name)
+            if view.plan is None or not view.plan.topology.is_memcached:
+                return view
+        raise ApiError("ReplicationGroupNotFoundFault", f"Replication group {name} not found.")
+
+    def run(self, name: str, operation: str, work: Awaitable[None]) -> None:
+        self.operations[name] = operation
+
+        async def body() -> None:
+            try:
+                await work
+            except Exception as exc:
+                log.exception("%s of %s failed", operation, name)
+                self.out(f"{operation} {name} failed: {exc}")
+            finally:
+                self.operations.pop(name, None)
+
+        task = asyncio.create_task(body(), name=f"api.{operation}.{name}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # -- replication groups --------------------------------------------------------------------
+
+    async def create_replication_group(self, params: Params) -> dict[str, Any]:
+        req = shapes.create_request(params, self.account)
+        cdir = ClusterDir(self.home, req.name)
+        if req.name in self.operations or cdir.exists() or cdir.root.exists():
+            raise ApiError(
+                "ReplicationGroupAlreadyExists", f"Replication group {req.name} already exists."
+            )
+        if len(req.tags) > MAX_TAGS:
+            raise ApiError("TagQuotaPerResourceExceeded", f"At most {MAX_TAGS} tags per resource")
+        cdir.root.mkdir(parents=True)
+        topology_path = cdir.root / "topology.yaml"
+        topology_path.write_text(yaml.safe_dump(req.topology, sort_keys=False))
+        arn = self.account.arn("replicationgroup", req.name)
+        record = shapes.Record(
+            description=req.description,
+            node_type=req.node_type,
+            created=time.time(),
+            cluster_enabled=req.cluster_enabled,
+            automatic_failover=req.automatic_failover,
+            multi_az=req.multi_az,
+            tags={arn: req.tags} if req.tags else {},
+        )
+        save_record(cdir, record)
+        self.run(req.name, "creating", self._up(cdir, topology_path))
+        return {"ReplicationGroup": shapes.replication_group(self.view(req.name), self.account)}
+
+    async def _up(self, cdir: ClusterDir, topology_path: Path) -> None:
+        try:
+            await lifecycle.up(
+                str(topology_path), state_dir=str(self.home), detach=True, out=self.out
+            )
+        except Exception as exc:
+            save_record(cdir, replace(load_record(cdir), failure=str(exc)))
+            raise
+
+    async def describe_replication_groups(self, params: Params) -> dict[str, Any]:
+        raw = params.string("ReplicationGroupId")
+        max_records = params.integer("MaxRecords")
+        marker = params.string("Marker")
+        views = [self.existing(group_id(raw))] if raw else self.groups()
+        items, next_marker = wire.page(views, marker, max_records)
+        return {
+            "Marker": next_marker,
+            "ReplicationGroups": XmlList(
+                "ReplicationGroup", [shapes.replication_group(v, self.account) for v in items]
+            ),
+        }
+
+    async def delete_replication_group(self, params: Params) -> dict[str, Any]:
+        name = group_id(params.required("ReplicationGroupId"))
+        if params.string("FinalSnapshotIdentifier"):
+            raise ApiError(
+                "InvalidParameterValue",
+                "FinalSnapshotIdentifier is not supported yet: it needs snapshots",
+            )
+        if params.boolean("RetainPrimaryCluster"):
+            raise ApiError("InvalidParameterValue", "RetainPrimaryCluster is not supported")
+        view = self.existing(name)
+        if view.status in ("creating", "deleting", "modifying"):
+            raise ApiError(
+                "InvalidReplicationGroupState",
+                f"Replication group {name} is {view.status}; it can be deleted once it is not.",
+            )
+        self.run(name, "deleting", self._down(name))
+        return {"ReplicationGroup": shapes.replication_group(self.view(name), self.account)}
+
+    async def _down(self, name: str) -> None:
+        await lifecycle.down(name, state_dir=str(self.home), purge=True, out=self.out)
+
+    async def test_failover(self, params: Params) -> dict[str, Any]:
+        name = group_id(params.required("ReplicationGroupId"))
+        shard = shard_of(params.required("NodeGroupId"))
+        view = self.existing(name)
+        layout = view.layout
+        if layout is None or shard not in [s.id for s in layout.shards]:
+            raise ApiError(
+                "NodeGroupNotFoundFault",
+                f"Node group {node_group_id(shard)} not found in replication group {name}.",
+            )
+        if view.status != "available":
+            raise ApiError(
+                "InvalidReplicationGroupState",
+                f"Replication group {name} is {view.status}, not available.",
+            )
+        if not layout.shard(shard).replicas:
+            raise ApiError(
+                "InvalidParameterCombination",
+                f"Node group {node_group_id(shard)} has no replica to fail over to.",
+            )
+        self.run(name, "modifying", self._failover(name, shard))
+        return {"ReplicationGroup": shapes.replication_group(self.view(name), self.account)}
+
+    async def _failover(self, name: str, shard: int) -> None:
+        done = await graceful_failover(name, shard_id=shard, to=None, state_dir=str(self.home))
+        self.out(f"{name}: {done}")
+
+    # -- cache clusters, events, engines ---------------------------------------------------------
+
+    async def describe_cache_clusters(self, params: Params) -> dict[str, Any]:
+        wanted = params.string("CacheClusterId")
+        show = params.boolean("ShowCacheNodeInfo") or False
+        params.boolean("ShowCacheClustersNotInReplicationGroups")
+        max_records = params.integer("MaxRecords")
+        marker = params.string("Marker")
+        names = sorted(set(self.store.names()) | set(self.operations))
+        clusters = [
+            c
+            for n in names
+            for c in shapes.cache_clusters(self.view(n), self.account, show_nodes=show)
+        ]
+        if wanted is not None:
+            clusters = [c for c in clusters if c["CacheClusterId"] == wanted.lower()]
+            if not clusters:
+                raise ApiError("CacheClusterNotFound", f"CacheCluster not found: {wanted}")
+        items, next_marker = wire.page(clusters, marker, max_records)
+        return {"Marker": next_marker, "CacheClusters": XmlList("CacheCluster", items)}
+
+    async def describe_events(self, params: Params) -> dict[str, Any]:
+        source_id = params.string("SourceIdentifier")
+        source_type = params.string("SourceType")
+        start, end = params.time("StartTime"), params.time("EndTime")
+        duration = params.integer("Duration", lo=0, hi=20160)
+        max_records = params.integer("MaxRecords")
+        marker = params.string("Marker")
+        if source_type is not None and source_type not in shapes.SOURCE_TYPES:
+            raise ApiError(
+                "InvalidParameterValue",
+                f"SourceType: {source_type!r} is not one of {', '.join(shapes.SOURCE_TYPES)}",
+            )
+        if source_id is not None and source_type is None:
+            raise ApiError(
+                "InvalidParameterCombination", "SourceIdentifier needs a SourceType as well"
+            )
+        if duration is not None and start is not None and end is not None:
+            raise ApiError(
+                "InvalidParameterCombination", "Give Duration or StartTime and EndTime, not all"
+            )
+        now = time.time()
+        if duration is not None:
+            end = end if end is not None else (start + duration * 60 if start else now)
+            start = start if start is not None else end - duration * 60
+        end = end if end is not None else now
+        start = start if start is not None else end - EVENT_WINDOW_S
+        start = max(start, now - EVENT_HISTORY_S)
+        records = []
+        for name in self.store.names():
+            for event in read_events(ClusterDir(self.home, name).events_path):
+                rec = shapes.event_record(name, event)
+                if not start <= rec[0] <= end:
+                    continue
+                if source_type is not None and rec[1] != source_type:
+                    continue
+                if source_id is not None and rec[2] != source_id.lower():
+                    continue
+                records.append(rec)
+        records.sort(key=lambda r: r[0], reverse=True)
+        items, next_marker = wire.page(records, marker, max_records)
+        return {
+            "Marker": next_marker,
+            "Events": XmlList("Event", [shapes.event_xml(r) for r in items]),
+        }
+
+    async def describe_cache_engine_versions(self, params: Params) -> dict[str, Any]:
+        engine = params.string("Engine")
+        version = params.string("EngineVersion")
+        family = params.string("CacheParameterGroupFamily")
+        params.boolean("DefaultOnly")
+        max_records = params.integer("MaxRecords")
+        marker = params.string("Marker")
+        records = [
+            shapes.engine_version_record(e, v)
+            for e, v in sorted(self.versions.items())
+            if engine in (None, e) and version in (None, v)
+        ]
+        records = [r for r in records if family in (None, r["CacheParameterGroupFamily"])]
+        items, next_marker = wire.page(records, marker, max_records)
+        return {
+            "Marker": next_marker,
+            "CacheEngineVersions": XmlList("CacheEngineVersion", items),
+        }
+
+    # -- tags ------------------------------------------------------------------------------
+
+    def resource(self, arn: str) -> ClusterDir:
+        """The cluster that owns the resource an ARN names."""
+        kind, name = self.account.parse_arn(arn)
+        if kind == "replicationgroup":
+            self.existing(name)
+            return ClusterDir(self.home, name)
+        if kind == "cluster":
+            for cluster in self.store.names():
+                view = self.view(cluster)
+                ids = [
+                    c["CacheClusterId"]
+                    for c in shapes.cache_clusters(view, self.account, show_nodes=False)
+                ]
+                if name in ids:
+                    return ClusterDir(self.home, cluster)
+            raise ApiError("CacheClusterNotFound", f"CacheCluster not found: {name}")
+        if kind == "snapshot":
+            raise ApiError("SnapshotNotFoundFault", f"Snapshot {name} not found.")
+        raise ApiError("InvalidARN", f"{arn!r}: tags are kept for replication groups and clusters")
+
+    def _tag_list(self, tags: dict[str, str]) -> dict[str, Any]:
+        return {"TagList": XmlList("Tag", [{"Key": k, "Value": v} for k, v in tags.items()])}
+
+    async def add_tags(self, params: Params) -> dict[str, Any]:
+        arn = params.required("ResourceName")
+        new = shapes.tags_of(params)
+        if not new:
+            raise ApiError("MissingParameter", "The request must contain the parameter Tags")
+        cdir = self.resource(arn)
+        record = load_record(cdir)
+        tags = {**record.tags.get(arn, {}), **new}
+        if len(tags) > MAX_TAGS:
+            raise ApiError("TagQuotaPerResourceExceeded", f"At most {MAX_TAGS} tags per resource")
+        save_record(cdir, replace(record, tags={**record.tags, arn: tags}))
+        return self._tag_list(tags)
+
+    async def list_tags(self, params: Params) -> dict[str, Any]:
+        arn = params.required("ResourceName")
+        return self._tag_list(load_record(self.resource(arn)).tags.get(arn, {}))
+
+    async def remove_tags(self, params: Params) -> dict[str, Any]:
+        arn = params.required("ResourceName")
+        keys = params.strings("TagKeys")
+        cdir = self.resource(arn)
+        record = load_record(cdir)
+        tags = dict(record.tags.get(arn, {}))
+        missing = [k for k in keys if k not in tags]
+        if missing:
+            raise ApiError("TagNotFound", f"Tag {missing[0]!r} not found on {arn}")
+        for k in keys:
+            del tags[k]
+        save_record(cdir, replace(record, tags={**record.tags, arn: tags}))
+        return self._tag_list(tags)
+
+
+def make_app(api: Api) -> web.Application:
+    app = web.Application(client_max_size=1024**2)
+    app.router.add_route("GET", "/", api.handle)
+    app.router.add_route("POST", "/", api.handle)
+    return app
+
+
+async def _reaper(stop: asyncio.Event) -> None:
+    """Clusters this process started are its children: collect the ones that exit."""
+    while not stop.is_set():
+        reap_children()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+
+
+async def serve(*, host: str, port: int, home: Path, account: Account, out: Out) -> int:
+    api = Api(home, account, out)
+    api.versions = await asyncio.to_thread(engine_versions)
+    home.mkdir(parents=True, exist_ok=True)
+    runner = web.AppRunner(make_app(api), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    clusters = api.store.names()
+    out(
+        f"serving the ElastiCache API on http://{host}:{port}/ for {len(clusters)} cluster(s) "
+        f"in {home} (region {account.region}, account {account.account})"
+    )
+    out("no credentials.yaml: every request is accepted unsigned or with any signature")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    reaper = asyncio.create_task(_reaper(stop), name="api.reaper")
+    try:
+        await stop.wait()
+    finally:
+        out("stopping the API; clusters keep running under their supervisors")
+        for task in list(api.tasks):
+            task.cancel()
+        await asyncio.gather(*api.tasks, reaper, return_exceptions=True)
+        await runner.cleanup()
+    return 0

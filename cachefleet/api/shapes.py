@@ -1,0 +1,511 @@
+"""Requests into topologies and clusters into the service's records, pure.
+
+:func:`create_request` applies the service's validation to a CreateReplicationGroup request
+and returns the topology it becomes; :func:`replication_group`, :func:`cache_clusters` and
+:func:`event_records` render a :class:`ClusterView` (what the state dir says about one
+cluster, read by the server) as the service's structures.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from cachefleet.api.names import Account, group_id, node_group_id, node_size
+from cachefleet.api.wire import ApiError, Params, XmlList, timestamp
+from cachefleet.layout import Layout
+from cachefleet.plan import Plan
+from cachefleet.topology import MAX_REPLICAS, MAX_SHARDS, MAX_ZONES
+
+#: Parameters accepted and recorded but without effect here (networking and maintenance
+#: settings of the real service's hosts).
+IGNORED = (
+    "CacheSubnetGroupName",
+    "PreferredMaintenanceWindow",
+    "AutoMinorVersionUpgrade",
+    "NetworkType",
+    "IpDiscovery",
+    "CacheParameterGroupName",
+    "EngineVersion",
+)
+#: Parameters that need a capability cachefleet does not have yet: refused, naming it.
+NEEDS = {
+    "AuthToken": "AUTH tokens (security)",
+    "TransitEncryptionEnabled": "TLS (security)",
+    "TransitEncryptionMode": "TLS (security)",
+    "AtRestEncryptionEnabled": "encryption at rest",
+    "KmsKeyId": "encryption at rest",
+    "UserGroupIds": "user groups (security)",
+    "SnapshotArns": "snapshots",
+    "SnapshotName": "snapshots",
+    "SnapshotRetentionLimit": "snapshots",
+    "SnapshotWindow": "snapshots",
+    "ServerlessCacheSnapshotName": "snapshots",
+    "GlobalReplicationGroupId": "global datastores",
+    "PrimaryClusterId": "adopting existing cache clusters",
+    "DataTieringEnabled": "data tiering",
+    "NotificationTopicArn": "notifications",
+    "LogDeliveryConfigurations": "log delivery",
+}
+_AZ = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    """A validated CreateReplicationGroup: the topology to bring up and what only the API
+    records (description, the node type as asked, flags, tags)."""
+
+    name: str
+    description: str
+    topology: dict[str, Any]
+    node_type: str
+    cluster_enabled: bool
+    automatic_failover: bool
+    multi_az: bool
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def tags_of(params: Params) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for tag in params.structs("Tags", "Tag"):
+        key = tag.fields.get("Key")
+        if not key:
+            raise ApiError("InvalidParameterValue", "Tags: every tag needs a Key")
+        tags[key] = tag.fields.get("Value", "")
+    return tags
+
+
+def _combination(message: str) -> ApiError:
+    return ApiError("InvalidParameterCombination", message)
+
+
+def create_request(params: Params, account: Account) -> CreateRequest:
+    name = group_id(params.required("ReplicationGroupId"))
+    description = params.required("ReplicationGroupDescription")
+    engine = (params.string("Engine") or "redis").lower()
+    if engine not in ("redis", "valkey"):
+        raise ApiError(
+            "InvalidParameterValue",
+            f"Engine: {engine!r} is not a replication group engine (redis, valkey); "
+            "memcached clusters are made with CreateCacheCluster",
+        )
+    node_type = params.string("CacheNodeType") or "cache.t4g.micro"
+    size = node_size(node_type)
+    for key, capability in NEEDS.items():
+        present = key in params.fields or any(k.startswith(key + ".") for k in params.fields)
+        if present and params.fields.get(key, "").lower() not in ("false", "0"):
+            raise ApiError(
+                "InvalidParameterValue",
+                f"{key} is not supported yet: it needs {capability}, which cachefleet does not "
+                "offer yet",
+            )
+        params.read.add(key)
+    for key in IGNORED:
+        params.string(key)
+    params.strings("SecurityGroupIds", "SecurityGroupId")
+    params.strings("CacheSecurityGroupNames", "CacheSecurityGroupName")
+
+    num_groups = params.integer("NumNodeGroups", lo=1, hi=MAX_SHARDS)
+    replicas = params.integer("ReplicasPerNodeGroup", lo=0, hi=MAX_REPLICAS)
+    num_clusters = params.integer("NumCacheClusters", lo=1, hi=1 + MAX_REPLICAS)
+    failover = params.boolean("AutomaticFailoverEnabled") or False
+    multi_az = params.boolean("MultiAZEnabled") or False
+    mode = params.string("ClusterMode")
+    if mode is not None and mode not in ("enabled", "disabled", "compatible"):
+        raise ApiError(
+            "InvalidParameterValue",
+            f"ClusterMode: {mode!r} is not one of enabled, disabled, compatible",
+        )
+    azs = params.strings("PreferredCacheClusterAZs", "AvailabilityZone")
+    groups = params.structs("NodeGroupConfiguration", "NodeGroupConfiguration")
+    port = params.integer("Port", lo=1024, hi=65535)
+    tags = tags_of(params)
+    unread = params.unread()
+    if unread:
+        raise ApiError(
+            "InvalidParameterValue", f"{unread[0]} is not a CreateReplicationGroup parameter"
+        )
+
+    if num_clusters is not None and (num_groups not in (None, 1) or replicas is not None):
+        raise _combination(
+            "NumCacheClusters is for a single node group; use NumNodeGroups and "
+            "ReplicasPerNodeGroup for several"
+        )
+    if groups and num_groups is not None and len(groups) != num_groups:
+        raise ApiError(
+            "InvalidParameterValue",
+            f"NodeGroupConfiguration has {len(groups)} entries but NumNodeGroups is {num_groups}",
+        )
+    shards = num_groups or len(groups) or 1
+    cluster_enabled = mode == "enabled" or shards > 1 or num_groups is not None
+    if cluster_enabled and mode == "disabled":
+        raise _combination("ClusterMode disabled allows one node group only")
+    zones: list[str] = []
+    group_replicas: set[int] = set()
+    for i, g in enumerate(groups, 1):
+        if g.fields.get("Slots"):
+            raise ApiError(
+                "InvalidParameterValue",
+                f"NodeGroupConfiguration {i}: Slots are not supported yet; slots are split "
+                "evenly over the node groups",
+            )
+        count = g.integer("ReplicaCount", lo=0, hi=MAX_REPLICAS)
+        replica_azs = g.strings("ReplicaAvailabilityZones", "AvailabilityZone")
+        if count is None and replica_azs:
+            count = len(replica_azs)
+        if count is not None:
+            group_replicas.add(count)
+        zones += [z for z in (g.string("PrimaryAvailabilityZone"), *replica_azs) if z]
+    if len(group_replicas) > 1:
+        raise ApiError(
+            "InvalidParameterValue",
+            "NodeGroupConfiguration: every node group must have the same ReplicaCount here",
+        )
+    if num_clusters is not None:
+        per_shard = num_clusters - 1
+    elif group_replicas:
+        per_shard = group_replicas.pop()
+        if replicas is not None and replicas != per_shard:
+            raise _combination(
+                f"ReplicasPerNodeGroup {replicas} differs from NodeGroupConfiguration's "
+                f"ReplicaCount {per_shard}"
+            )
+    else:
+        per_shard = replicas or 0
+    if azs:
+        if num_clusters is not None and len(azs) != num_clusters:
+            raise ApiError(
+                "InvalidParameterValue",
+                f"PreferredCacheClusterAZs names {len(azs)} zones for {num_clusters} cache "
+                "clusters: give one per cluster",
+            )
+        zones += azs
+    if cluster_enabled and not failover:
+        raise _combination("Cluster mode enabled replication groups need AutomaticFailoverEnabled")
+    if failover and not cluster_enabled and per_shard < 1:
+        raise _combination(
+            "AutomaticFailoverEnabled needs at least one read replica (NumCacheClusters >= 2)"
+        )
+    if multi_az and not failover:
+        raise _combination("MultiAZEnabled needs AutomaticFailoverEnabled")
+
+    distinct = list(dict.fromkeys(zones))
+    for z in distinct:
+        if not _AZ.fullmatch(z):
+            raise ApiError("InvalidParameterValue", f"AvailabilityZone {z!r} is not a zone name")
+    if not distinct:
+        distinct = [f"{account.region}{c}" for c in "abc"[: min(3, 1 + per_shard)]]
+    if len(distinct) > MAX_ZONES:
+        raise ApiError(
+            "InvalidParameterValue",
+            f"{len(distinct)} zones named; at most {MAX_ZONES} are supported",
+        )
+    topology: dict[str, Any] = {
+        "name": name,
+        "engine": engine,
+        "zones": distinct,
+        "shards": shards,
+        "replicas_per_shard": per_shard,
+        "node_type": size,
+        "ports": {"base": "auto"},
+        "router": {"port": port if port is not None else "auto"},
+        "bus": {"url": "embedded"},
+    }
+    return CreateRequest(
+        name=name,
+        description=description,
+        topology=topology,
+        node_type=node_type,
+        cluster_enabled=cluster_enabled,
+        automatic_failover=failover,
+        multi_az=multi_az,
+        tags=tags,
+    )
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the API keeps about a cluster beside its plan (``api.json``): absent for a
+    cluster made with the CLI, whose values then come from its topology."""
+
+    description: str = ""
+    node_type: str | None = None
+    created: float | None = None
+    cluster_enabled: bool = True
+    automatic_failover: bool | None = None
+    multi_az: bool = False
+    failure: str | None = None  # why creation failed
+    tags: dict[str, dict[str, str]] = field(default_factory=dict)  # ARN -> tags
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "description": self.description,
+            "node_type": self.node_type,
+            "created": self.created,
+            "cluster_enabled": self.cluster_enabled,
+            "automatic_failover": self.automatic_failover,
+            "multi_az": self.multi_az,
+            "failure": self.failure,
+            "tags": self.tags,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Record:
+        if not isinstance(data, dict):
+            return cls()
+        tags = data.get("tags")
+        return cls(
+            description=str(data.get("description") or ""),
+            node_type=data.get("node_type") if isinstance(data.get("node_type"), str) else None,
+            created=float(data["created"])
+            if isinstance(data.get("created"), int | float)
+            else None,
+            cluster_enabled=bool(data.get("cluster_enabled", True)),
+            automatic_failover=data.get("automatic_failover")
+            if isinstance(data.get("automatic_failover"), bool)
+            else None,
+            multi_az=bool(data.get("multi_az", False)),
+            failure=data.get("failure") if isinstance(data.get("failure"), str) else None,
+            tags={
+                str(k): {str(a): str(b) for a, b in v.items()}
+                for k, v in (tags.items() if isinstance(tags, dict) else [])
+                if isinstance(v, dict)
+            },
+        )
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """One cluster as the server read it: its plan (None while a create has not written it),
+    last layout, the service status and the API's record."""
+
+    name: str
+    plan: Plan | None
+    layout: Layout | None
+    status: str
+    record: Record
+    created: float
+    engine_version: str = ""
+
+    @property
+    def engine(self) -> str:
+        return self.plan.topology.engine if self.plan else "valkey"
+
+    @property
+    def node_type(self) -> str:
+        if self.record.node_type:
+            return self.record.node_type
+        return self.plan.topology.node_type if self.plan else "cache.t4g.micro"
+
+    @property
+    def automatic_failover(self) -> bool:
+        if self.record.automatic_failover is not None:
+            return self.record.automatic_failover
+        t = self.plan.topology if self.plan else None
+        return bool(t and t.sentinels.count and t.replicas_per_shard)
+
+
+def _endpoint(host: str, port: int) -> dict[str, Any]:
+    return {"Address": host, "Port": port}
+
+
+def _members(view: ClusterView) -> list[tuple[int, str, str, str, int, str]]:
+    """(shard, name, zone, host, port, role) of every node: the layout's roles when there is
+    one, else the plan's (member 0 primary)."""
+    if view.layout is not None:
+        return [
+            (n.shard, n.name, n.zone, n.host, n.port, n.role)
+            for s in view.layout.shards
+            for n in s.nodes
+        ]
+    if view.plan is None:
+        return []
+    return [
+        (n.shard, n.name, n.zone, n.host, n.port, "primary" if n.member == 0 else "replica")
+        for n in view.plan.nodes
+    ]
+
+
+def node_status(view: ClusterView) -> str:
+    return {"create-failed": "incompatible-parameters", "stopped": "stopped"}.get(
+        view.status, view.status
+    )
+
+
+def replication_group(view: ClusterView, account: Account) -> dict[str, Any]:
+    members = _members(view)
+    groups = []
+    shards = sorted({m[0] for m in members})
+    for shard in shards:
+        nodes = [m for m in members if m[0] == shard]
+        primary = next((m for m in nodes if m[5] == "primary"), None)
+        slots = ""
+        if view.layout is not None:
+            slots = ",".join(f"{a}-{b}" for a, b in view.layout.shard(shard).slots)
+        elif view.plan is not None:
+            a, b = view.plan.slot_ranges[shard - 1]
+            slots = f"{a}-{b}"
+        groups.append(
+            {
+                "NodeGroupId": node_group_id(shard),
+                "Status": view.status if view.status != "create-failed" else "creating",
+                "PrimaryEndpoint": _endpoint(primary[3], primary[4]) if primary else None,
+                "Slots": slots,
+                "NodeGroupMembers": XmlList(
+                    "NodeGroupMember",
+                    [
+                        {
+                            "CacheClusterId": name,
+                            "CacheNodeId": "0001",
+                            "ReadEndpoint": _endpoint(host, port),
+                            "PreferredAvailabilityZone": zone,
+                            "CurrentRole": role,
+                        }
+                        for _, name, zone, host, port, role in nodes
+                    ],
+                ),
+            }
+        )
+    plan = view.plan
+    return {
+        "ReplicationGroupId": view.name,
+        "Description": view.record.description,
+        "Status": view.status,
+        "PendingModifiedValues": {},
+        "MemberClusters": XmlList("ClusterId", [m[1] for m in members]),
+        "NodeGroups": XmlList("NodeGroup", groups),
+        "AutomaticFailover": "enabled" if view.automatic_failover else "disabled",
+        "MultiAZ": "enabled" if view.record.multi_az else "disabled",
+        "ConfigurationEndpoint": _endpoint(plan.router_host, plan.router_port) if plan else None,
+        "ClusterEnabled": view.record.cluster_enabled,
+        "CacheNodeType": view.node_type,
+        "AuthTokenEnabled": False,
+        "TransitEncryptionEnabled": False,
+        "AtRestEncryptionEnabled": False,
+        "ARN": account.arn("replicationgroup", view.name),
+        "ReplicationGroupCreateTime": timestamp(view.created),
+        "ClusterMode": "enabled" if view.record.cluster_enabled else "disabled",
+        "Engine": view.engine,
+    }
+
+
+def cache_clusters(
+    view: ClusterView, account: Account, *, show_nodes: bool
+) -> list[dict[str, Any]]:
+    """The service's cache clusters of one cluster: each member node of a replication group
+    (a one-node cache cluster), or a memcached cluster as one cache cluster of N nodes."""
+    created = timestamp(view.created)
+    status = node_status(view)
+    base = {
+        "CacheNodeType": view.node_type,
+        "Engine": view.engine,
+        "EngineVersion": view.engine_version,
+        "CacheClusterStatus": status,
+    }
+    plan = view.plan
+    if plan is not None and plan.topology.is_memcached:
+        nodes = [
+            {
+                "CacheNodeId": n.node_id,
+                "CacheNodeStatus": status,
+                "CacheNodeCreateTime": created,
+                "Endpoint": _endpoint(n.host, n.port),
+                "CustomerAvailabilityZone": n.zone,
+            }
+            for n in plan.nodes
+        ]
+        return [
+            {
+                "CacheClusterId": view.name,
+                "ConfigurationEndpoint": _endpoint(plan.router_host, plan.router_port),
+                **base,
+                "NumCacheNodes": len(plan.nodes),
+                "PreferredAvailabilityZone": "Multiple"
+                if len(plan.topology.zones) > 1
+                else plan.topology.zones[0],
+                "CacheClusterCreateTime": created,
+                "CacheNodes": XmlList("CacheNode", nodes) if show_nodes else None,
+                "ARN": account.arn("cluster", view.name),
+            }
+        ]
+    out = []
+    for _, name, zone, host, port, _role in _members(view):
+        node = {
+            "CacheNodeId": "0001",
+            "CacheNodeStatus": status,
+            "CacheNodeCreateTime": created,
+            "Endpoint": _endpoint(host, port),
+            "CustomerAvailabilityZone": zone,
+        }
+        out.append(
+            {
+                "CacheClusterId": name,
+                **base,
+                "NumCacheNodes": 1,
+                "PreferredAvailabilityZone": zone,
+                "CacheClusterCreateTime": created,
+                "CacheNodes": XmlList("CacheNode", [node]) if show_nodes else None,
+                "ReplicationGroupId": view.name,
+                "ARN": account.arn("cluster", name),
+            }
+        )
+    return out
+
+
+SOURCE_TYPES = (
+    "cache-cluster",
+    "cache-parameter-group",
+    "cache-security-group",
+    "cache-subnet-group",
+    "replication-group",
+    "serverless-cache",
+    "serverless-cache-snapshot",
+    "user",
+    "user-group",
+)
+_HIDDEN = ("v", "ts", "type", "cluster")
+
+
+def event_record(cluster: str, event: dict[str, Any]) -> tuple[float, str, str, str]:
+    """(time, source type, source id, message) of one logged event: events about one node
+    are the node's cache cluster's, the rest the replication group's."""
+    ts = event.get("ts")
+    when = float(ts) if isinstance(ts, int | float) and not isinstance(ts, bool) else 0.0
+    node = event.get("node")
+    rest = " ".join(f"{k}={v}" for k, v in event.items() if k not in _HIDDEN)
+    message = f"{event.get('type', 'event')}" + (f": {rest}" if rest else "")
+    if isinstance(node, str) and node:
+        return when, "cache-cluster", node, message
+    return when, "replication-group", cluster, message
+
+
+def event_xml(record: tuple[float, str, str, str]) -> dict[str, Any]:
+    when, kind, source, message = record
+    return {
+        "SourceIdentifier": source,
+        "SourceType": kind,
+        "Message": message,
+        "Date": timestamp(when),
+    }
+
+
+def engine_version(text: str) -> str | None:
+    """The version in a server's ``--version`` line (``… v=8.1.1 …``)."""
+    m = re.search(r"\bv=(\d+\.\d+\.\d+)", text) or re.search(r"\b(\d+\.\d+\.\d+)\b", text)
+    return m.group(1) if m else None
+
+
+def engine_version_record(engine: str, version: str) -> dict[str, Any]:
+    major = version.split(".")[0]
+    return {
+        "Engine": engine,
+        "EngineVersion": version,
+        "CacheParameterGroupFamily": f"{engine}{major}",
+        "CacheEngineDescription": {
+            "valkey": "Valkey",
+            "redis": "Redis",
+            "memcached": "Memcached",
+        }.get(engine, engine),
+        "CacheEngineVersionDescription": f"{engine} {version} (the installed server)",
+    }
