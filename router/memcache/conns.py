@@ -152,6 +152,7 @@ class Client(asyncio.Protocol):
 
     def fill(self, slot: Slot, data: bytes) -> None:
         slot.data = data
+        self.proxy.hold(len(data))  # counted until written to the client's socket
         if self.slots and self.slots[0] is slot:
             self.flush()
 
@@ -169,7 +170,9 @@ class Client(asyncio.Protocol):
     def _write(self) -> None:
         if self.out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(self.out))
+        written = sum(len(d) for d in self.out)
         self.out = []
+        self.proxy.release(written)
         if self.closing and not self.slots and self.transport is not None:
             self.transport.close()
 
@@ -178,12 +181,20 @@ class Client(asyncio.Protocol):
         self.flush()
         asyncio.get_running_loop().call_soon(self._write)  # closes once the replies are out
 
+    def check_reading(self) -> None:
+        self._reading()
+
     def _reading(self) -> None:
         """Back-pressure: stop reading a client that is owed too many replies or does not
-        read what it is sent."""
+        read what it is sent, and every client while the router holds more reply bytes than
+        its budget."""
         if self.transport is None or self.transport.is_closing():
             return
-        want = not self.write_paused and len(self.slots) < MAX_PENDING
+        want = (
+            not self.write_paused
+            and len(self.slots) < MAX_PENDING
+            and self.proxy.held <= self.proxy.budget
+        )
         if want != self.reading:
             self.reading = want
             if want:

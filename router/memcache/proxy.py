@@ -30,6 +30,7 @@ from router.memcache.ring import Ring
 CONNECT_TIMEOUT_S = 1.0
 DOWN_HOLD_S = 1.0
 MAX_MERGED_REPLY = 64 * 1024 * 1024  # bytes of one multi-get reply merged from several nodes
+HELD_BUDGET = 256 * 1024 * 1024  # reply bytes all clients may be owed before reading pauses
 
 
 def node_down(name: str, address: str) -> bytes:
@@ -52,6 +53,8 @@ class Proxy:
         self.max_value = max_value
         self.copies = copies  # nodes that hold each key (memcached.copies)
         self.max_merged = MAX_MERGED_REPLY
+        self.budget = HELD_BUDGET
+        self.held = 0  # reply bytes received for clients and not yet written to them
         self.max_clients = max_clients
         self.worker = worker
         self.log = structlog.get_logger("router").bind(cluster=cluster, worker=worker)
@@ -67,6 +70,20 @@ class Proxy:
         self.started = time.time()
         self.discovery_reply = b"SERVER_ERROR no node list yet\r\n"
         self.discovery_value: bytes | None = None
+
+    # -- the router-wide byte budget ----------------------------------------------------------
+
+    def hold(self, n: int) -> None:
+        self.held += n
+
+    def release(self, n: int) -> None:
+        """Bytes written to a client: when that brings the router back under its budget,
+        every client paused for it is read again."""
+        over = self.held > self.budget
+        self.held -= n
+        if over and self.held <= self.budget:
+            for client in list(self.clients):
+                client.check_reading()
 
     # -- the node list ---------------------------------------------------------------------
 

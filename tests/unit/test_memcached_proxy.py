@@ -334,3 +334,25 @@ def test_with_two_copies_cas_goes_to_the_first_and_the_stored_value_is_copied() 
         assert proxy.node_transports[second].take() == b"set %s 3 0 1\r\nv\r\n" % key
 
     run(test, copies=2)
+
+
+def test_reply_bytes_over_the_router_budget_pause_every_client_until_written() -> None:
+    async def test(proxy: FakeProxy, client: Client, out: FakeTransport) -> None:
+        other = Client(proxy)
+        other_out = FakeTransport()
+        other.connection_made(other_out)  # type: ignore[arg-type]
+        proxy.budget = 100
+        (key,) = keys_on_distinct_nodes(proxy, 1)
+        node = proxy.ring.node(key)  # type: ignore[union-attr]
+        client.data_received(b"get %s\r\n" % key)
+        await turn()
+        big = b"VALUE %s 0 200\r\n%s\r\nEND\r\n" % (key, b"x" * 200)
+        proxy.conns[node].data_received(big)
+        assert proxy.held > proxy.budget
+        other.data_received(b"version\r\n")  # any client's next read pauses it
+        assert other_out.paused
+        await turn()  # the replies are written: the budget is free again
+        assert out.take() == big and proxy.held == 0
+        assert not out.paused and not other_out.paused
+
+    run(test)
