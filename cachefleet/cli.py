@@ -17,10 +17,12 @@ from cachefleet.chaos.runner import run_scenario
 from cachefleet.errors import CachefleetError, ScenarioError, TopologyError
 from cachefleet.events import EventFilter, follow_events
 from cachefleet.ops import lifecycle
+from cachefleet.ops import snapshot as snapshot_ops
 from cachefleet.ops.failover import graceful_failover
 from cachefleet.ops.logs import show_logs
 from cachefleet.ops.status import exit_code, format_status, status
 from cachefleet.ops.top import top
+from cachefleet.snapshots import Manifest
 from cachefleet.topology import load_topology
 
 
@@ -71,6 +73,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--shard", type=int, required=True, help="shard id (1-based)")
     p.add_argument("--to", default=None, help="replica to promote (node name or engine id)")
+    p.add_argument("--state-dir", default=None)
+
+    p = sub.add_parser("snapshot", help="create, list or delete snapshots (backups)")
+    snap = p.add_subparsers(dest="snapshot_command", required=True)
+    q = snap.add_parser("create", help="snapshot a running cluster, shard by shard")
+    q.add_argument("name")
+    q.add_argument("--id", default=None, help="snapshot id (default NAME-<UTC time>)")
+    q.add_argument("--state-dir", default=None)
+    q = snap.add_parser("list", help="the snapshots in the state dir")
+    q.add_argument("--cluster", default=None, help="only this cluster's")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.add_argument("--state-dir", default=None)
+    q = snap.add_parser("delete", help="delete a snapshot")
+    q.add_argument("id")
+    q.add_argument("--state-dir", default=None)
+
+    p = sub.add_parser("restore", help="a new cluster seeded from a snapshot (any shard count)")
+    p.add_argument("snapshot", help="snapshot id")
+    p.add_argument("topology", help="topology YAML of the new cluster")
     p.add_argument("--state-dir", default=None)
 
     p = sub.add_parser("events", help="print a cluster's events")
@@ -187,6 +208,54 @@ def _chaos(args: argparse.Namespace) -> int:
     return code
 
 
+def _snapshot(args: argparse.Namespace) -> int:
+    match args.snapshot_command:
+        case "create":
+            asyncio.run(
+                snapshot_ops.create(
+                    args.name, snapshot_id=args.id, state_dir=args.state_dir, out=_out
+                )
+            )
+        case "list":
+            found = snapshot_ops.list_snapshots(args.state_dir, args.cluster)
+            if args.json:
+                _out(json.dumps([_snapshot_row(m) for m in found], indent=1))
+            else:
+                head = f"{'id':<32} {'cluster':<20} {'created':<26} shards"
+                _out(f"{head} {'keys':>10} {'bytes':>12} kind")
+                for m in found:
+                    r = _snapshot_row(m)
+                    _out(
+                        f"{r['id']:<32} {r['cluster']:<20} {r['created']:<26} {r['shards']:>6} "
+                        f"{r['keys']:>10} {r['bytes']:>12} {r['kind']}"
+                    )
+        case "delete":
+            snapshot_ops.delete(args.id, state_dir=args.state_dir)
+            _out(f"snapshot {args.id} deleted")
+    return 0
+
+
+def _snapshot_row(m: Manifest) -> dict[str, object]:
+    return {
+        "id": m.id,
+        "cluster": m.cluster,
+        "created": m.created,
+        "shards": len(m.shards),
+        "keys": m.keys,
+        "bytes": m.bytes,
+        "kind": m.kind,
+        "status": "available",
+        "engine": m.engine,
+        "engine_version": m.engine_version,
+    }
+
+
+def _restore(args: argparse.Namespace) -> int:
+    return asyncio.run(
+        snapshot_ops.restore(args.snapshot, args.topology, state_dir=args.state_dir, out=_out)
+    )
+
+
 def _validate(args: argparse.Namespace) -> int:
     topo = load_topology(args.topology)
     shape = (
@@ -209,6 +278,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "logs": _logs,
     "top": _top,
     "chaos": _chaos,
+    "snapshot": _snapshot,
+    "restore": _restore,
     "validate": _validate,
     "serve": lambda args: api_command.run(args, _out),
 }

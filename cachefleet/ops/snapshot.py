@@ -1,0 +1,335 @@
+"""Snapshots of a running cluster, and restore into a new cluster of any shard count.
+
+**Create**: per shard, in parallel, from a healthy linked replica when there is one (so the
+primary does not fork), else from the primary: ``BGSAVE`` with the control-plane user, wait
+for it, copy the engine's RDB file into the snapshot with its SHA-256. Each shard's file is
+a point-in-time image of that shard; the shards are taken at nearly the same moment, not at
+one global instant (as the managed service's snapshots are).
+
+**Restore**: every file's size and SHA-256 are checked before anything starts; then the new
+cluster is brought up as ``up`` does, each shard's RDB is opened by a private engine process
+on loopback (the engine reads its own format, every data type included), and its keys are
+copied with ``DUMP``/``PTTL`` and pipelined ``RESTORE`` to the primary that owns each key's
+slot in the new layout, TTLs kept. The shard count may differ from the snapshot's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aredis
+from redis.exceptions import RedisError
+
+from cachefleet import ports, snapshots
+from cachefleet.credentials import Credentials
+from cachefleet.errors import CachefleetError
+from cachefleet.layout import Layout, LayoutNode, LayoutShard
+from cachefleet.nodes import Role, connect, info, replication
+from cachefleet.ops import lifecycle
+from cachefleet.ops.status import read_bus
+from cachefleet.slots import key_slot
+from cachefleet.snapshots import Manifest, ShardSnapshot, SnapshotError
+from cachefleet.state import ClusterDir, state_home
+from cachefleet.topology import load_topology
+
+Out = Callable[[str], None]
+
+BGSAVE_TIMEOUT_S = 600.0
+SCAN_COUNT = 1000  # keys per SCAN step, and per pipelined DUMP/RESTORE round
+
+
+def _now_id(cluster: str) -> str:
+    return f"{cluster}-{dt.datetime.now(dt.UTC).strftime('%Y%m%d-%H%M%S')}"
+
+
+async def _source(shard: LayoutShard, auth: Credentials) -> LayoutNode:
+    """A linked replica, most caught up first; else the primary."""
+    best: tuple[int, LayoutNode] | None = None
+    for node in shard.replicas:
+        client = connect(node.host, node.port, timeout=1.0, auth=auth)
+        try:
+            rep = await replication(client)
+        finally:
+            await client.aclose()
+        usable = rep is not None and rep.role is Role.REPLICA and rep.link_up and not rep.syncing
+        if usable and rep is not None and (best is None or rep.offset > best[0]):
+            best = (rep.offset, node)
+    if best is not None:
+        return best[1]
+    if shard.primary is None:
+        raise CachefleetError(f"shard {shard.id} has no primary and no linked replica")
+    return shard.primary
+
+
+async def _persistence(client: aredis.Redis) -> dict[str, Any]:
+    fields = await info(client, "persistence")
+    if fields is None:
+        raise CachefleetError("no INFO persistence reply")
+    return dict(fields)
+
+
+async def _bgsave(client: aredis.Redis, where: str) -> None:
+    """BGSAVE, and wait until this save (not an earlier one) has finished well."""
+    deadline = time.monotonic() + BGSAVE_TIMEOUT_S
+    while (await _persistence(client)).get("rdb_bgsave_in_progress"):
+        if time.monotonic() > deadline:
+            raise CachefleetError(f"{where}: a background save never finished")
+        await asyncio.sleep(0.05)
+    before = await _persistence(client)
+    await client.bgsave()
+    while True:
+        now = await _persistence(client)
+        done = not now.get("rdb_bgsave_in_progress")
+        if "rdb_saves" in now:
+            done = done and now["rdb_saves"] > before.get("rdb_saves", 0)
+        else:  # engines without the counter: the save time moves
+            done = done and now.get("rdb_last_save_time") != before.get("rdb_last_save_time")
+        if done:
+            if now.get("rdb_last_bgsave_status") != "ok":
+                raise CachefleetError(f"{where}: the background save failed")
+            return
+        if time.monotonic() > deadline:
+            raise CachefleetError(f"{where}: the background save did not finish in time")
+        await asyncio.sleep(0.05)
+
+
+async def _snapshot_shard(
+    shard: LayoutShard, auth: Credentials, target: Path, out: Out
+) -> tuple[ShardSnapshot, str]:
+    node = await _source(shard, auth)
+    where = f"shard {shard.id} ({node.name})"
+    client = connect(node.host, node.port, timeout=10.0, auth=auth)
+    try:
+        keys = int(await client.dbsize())
+        rep = await replication(client)
+        await _bgsave(client, where)
+        directory = str((await client.config_get("dir"))["dir"])
+        dbfilename = str((await client.config_get("dbfilename"))["dbfilename"])
+        server = await info(client, "server") or {}
+    finally:
+        await client.aclose()
+    name = f"shard-{shard.id:04d}.rdb"
+    dest = target / name
+    await asyncio.to_thread(shutil.copyfile, Path(directory) / dbfilename, dest)
+    sha = await asyncio.to_thread(snapshots.sha256_file, dest)
+    out(f"shard {shard.id}: {keys} keys, {dest.stat().st_size} bytes from {node.name}")
+    version = str(server.get("valkey_version") or server.get("redis_version") or "")
+    return (
+        ShardSnapshot(
+            shard=shard.id,
+            slots=tuple(shard.slots),
+            file=name,
+            keys=keys,
+            bytes=dest.stat().st_size,
+            sha256=sha,
+            source=node.name,
+            offset=rep.offset if rep is not None else 0,
+        ),
+        version,
+    )
+
+
+async def create(
+    name: str,
+    *,
+    snapshot_id: str | None,
+    state_dir: str | None,
+    out: Out,
+    kind: str = "manual",
+) -> Manifest:
+    cdir = ClusterDir(state_home(state_dir), name)
+    plan = cdir.load_plan()
+    if plan.topology.is_memcached:
+        raise SnapshotError(f"cluster {name!r} is a memcached cluster: it has no snapshots")
+    snapshot_id = snapshots.check_id(snapshot_id or _now_id(name))
+    final = snapshots.directory(cdir.home, snapshot_id)
+    if final.exists():
+        raise SnapshotError(f"a snapshot named {snapshot_id!r} already exists")
+    layout = (await read_bus(plan, cdir)).layout or cdir.load_layout()
+    if layout is None:
+        raise CachefleetError(f"cluster {name!r} has no layout (is it running?)")
+    partial = final.with_name(final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    snapshots.root(cdir.home).mkdir(parents=True, exist_ok=True, mode=0o700)
+    partial.mkdir(mode=0o700)
+    auth = cdir.admin()
+    created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    try:
+        taken = await asyncio.gather(
+            *(_snapshot_shard(shard, auth, partial, out) for shard in layout.shards)
+        )
+        manifest = Manifest(
+            id=snapshot_id,
+            cluster=name,
+            engine=plan.topology.engine,
+            engine_version=next((v for _, v in taken if v), ""),
+            created=created,
+            kind=kind,
+            config_epoch=layout.epoch,
+            shards=tuple(s for s, _ in taken),
+        )
+        (partial / snapshots.MANIFEST).write_text(manifest.to_json())
+        partial.rename(final)  # complete: every file and the manifest are in place
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    out(
+        f"snapshot {snapshot_id}: {len(manifest.shards)} shards, {manifest.keys} keys, "
+        f"{manifest.bytes} bytes"
+    )
+    return manifest
+
+
+def list_snapshots(state_dir: str | None, cluster: str | None = None) -> list[Manifest]:
+    found = snapshots.list_all(state_home(state_dir))
+    return [m for m in found if cluster is None or m.cluster == cluster]
+
+
+def delete(snapshot_id: str, *, state_dir: str | None) -> None:
+    home = state_home(state_dir)
+    snapshots.load(home, snapshot_id)  # it exists and is one of ours
+    shutil.rmtree(snapshots.directory(home, snapshot_id))
+
+
+# -- restore --------------------------------------------------------------------------------
+
+
+async def _reader(binary: str, rdb: Path, work: Path) -> tuple[asyncio.subprocess.Process, int]:
+    """A private engine on loopback that has loaded `rdb` (not a cluster node)."""
+    port = ports.allocate_one()
+    shutil.copyfile(rdb, work / "dump.rdb")
+    proc = await asyncio.create_subprocess_exec(
+        binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(work),
+        "--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no",
+        "--logfile", str(work / "reader.log"),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    client = aredis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+    try:
+        while True:
+            if proc.returncode is not None:
+                raise SnapshotError(f"{rdb}: the engine could not load it (see {work})")
+            with contextlib.suppress(RedisError, OSError):
+                loaded = await client.info("persistence")
+                if not loaded.get("loading"):
+                    return proc, port
+            if time.monotonic() > deadline:
+                raise SnapshotError(f"{rdb}: the engine did not finish loading it")
+            await asyncio.sleep(0.05)
+    except BaseException:
+        await _stop(proc)
+        raise
+    finally:
+        await client.aclose()
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def _copy_keys(source_port: int, layout: Layout, auth: Credentials) -> int:
+    """Every key of the source engine to the primary owning its slot: DUMP + PTTL, then
+    pipelined RESTORE, SCAN_COUNT keys a round."""
+    owner: dict[int, tuple[str, int]] = {}
+    for shard in layout.shards:
+        if shard.primary is None:
+            raise CachefleetError(f"the new cluster's shard {shard.id} has no primary")
+        for a, b in shard.slots:
+            for slot in range(a, b + 1):
+                owner[slot] = (shard.primary.host, shard.primary.port)
+    targets = {
+        addr: aredis.Redis(
+            host=addr[0], port=addr[1], username=auth.user, password=auth.password,
+            socket_timeout=30,
+        )
+        for addr in set(owner.values())
+    }  # fmt: skip
+    source = aredis.Redis(host="127.0.0.1", port=source_port, socket_timeout=30)
+    copied = 0
+    try:
+        cursor = 0
+        while True:
+            cursor, keys = await source.scan(cursor=cursor, count=SCAN_COUNT)
+            if keys:
+                pipe = source.pipeline(transaction=False)
+                for key in keys:
+                    pipe.dump(key)
+                    pipe.pttl(key)
+                values = await pipe.execute()
+                by_node: dict[tuple[str, int], Any] = {}
+                for i, key in enumerate(keys):
+                    payload, ttl = values[2 * i], values[2 * i + 1]
+                    if payload is None or ttl == -2:  # gone (expired) meanwhile
+                        continue
+                    addr = owner[key_slot(key)]
+                    if addr not in by_node:
+                        by_node[addr] = targets[addr].pipeline(transaction=False)
+                    by_node[addr].restore(key, max(ttl, 0), payload, replace=True)
+                    copied += 1
+                await asyncio.gather(*(p.execute() for p in by_node.values()))
+            if cursor == 0:
+                return copied
+    finally:
+        await source.aclose()
+        for t in targets.values():
+            await t.aclose()
+
+
+async def restore(snapshot_id: str, topology_path: str, *, state_dir: str | None, out: Out) -> int:
+    home = state_home(state_dir)
+    manifest = snapshots.load(home, snapshot_id)
+    topo = load_topology(topology_path)
+    if topo.is_memcached or topo.engine != manifest.engine:
+        raise SnapshotError(
+            f"snapshot {snapshot_id} is of a {manifest.engine} cluster; {topology_path} "
+            f"declares engine {topo.engine}"
+        )
+    if ClusterDir(home, topo.name).exists():
+        raise SnapshotError(
+            f"cluster {topo.name!r} already exists: restore creates a new cluster "
+            f"(another name, or `cachefleet down {topo.name} --purge` first)"
+        )
+    out(f"checking snapshot {snapshot_id} ({len(manifest.shards)} files)")
+    await asyncio.to_thread(snapshots.verify, home, manifest)
+    t0 = time.monotonic()
+    code = await lifecycle.up(topology_path, state_dir=state_dir, detach=True, out=out)
+    if code != 0:
+        return code
+    cdir = ClusterDir(home, topo.name)
+    plan = cdir.load_plan()
+    layout = cdir.load_layout()
+    if layout is None:
+        raise CachefleetError(f"cluster {topo.name!r} came up without a layout")
+    auth = cdir.admin()
+    base = snapshots.directory(home, snapshot_id)
+    copied = 0
+    for shard in manifest.shards:
+        with tempfile.TemporaryDirectory(prefix="cachefleet-restore-") as work:
+            proc, port = await _reader(plan.engine_binary, base / shard.file, Path(work))
+            try:
+                n = await _copy_keys(port, layout, auth)
+            finally:
+                await _stop(proc)
+        copied += n
+        out(f"shard {shard.shard}: {n} keys restored")
+    elapsed = time.monotonic() - t0
+    out(
+        f"cluster {topo.name} restored from {snapshot_id}: {copied} keys into "
+        f"{len(layout.shards)} shards in {elapsed:.1f} s"
+    )
+    return 0
