@@ -205,11 +205,13 @@ class Params:
 
     def strings(self, name: str, member: str = "member") -> list[str]:
         """``Name.member.1``, ``Name.member.2`` … (the member element's name varies)."""
+        self.read.add(name)  # an empty list is sent as the bare name
         prefix = f"{name}.{member}"
         return [self.fields[f"{prefix}.{i}"] for i in self._indexed(prefix)]
 
     def structs(self, name: str, member: str) -> list[Params]:
         """A list of structures: ``Name.Member.N.Field`` -> one Params per N."""
+        self.read.add(name)
         prefix = f"{name}.{member}"
         out = []
         for i in self._indexed(prefix):

@@ -1,0 +1,406 @@
+"""The management API driven by the real clients: boto3 (with its waiters) and the aws CLI
+against `cachefleet serve` on a free port, creating real clusters.
+
+One two-shard cluster made through the API is shared by the tests that only read it or fail
+it over (in file order: describe, cache clusters, failover, events, tags, a restarted serve,
+delete); each test says what a user would see.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError, WaiterError
+from helpers import ROOT, assert_all_gone, cli, node_client, wait_for
+from redis.cluster import RedisCluster
+
+from cachefleet import ports
+from cachefleet.plan import build_plan
+from cachefleet.proc import live_processes
+from cachefleet.state import ClusterDir
+from cachefleet.topology import parse_topology
+
+NAME = "shop"
+AWS = str(Path(sys.executable).parent / "aws")
+
+
+@dataclass
+class Serve:
+    state_dir: Path
+    port: int
+    proc: subprocess.Popen[str] | None = None
+    seen_pids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = open(self.state_dir.parent / "serve.log", "a")  # noqa: SIM115 - the child's
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cachefleet", "serve", "--port", str(self.port),
+             "--state-dir", str(self.state_dir)],
+            stdout=log, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        )  # fmt: skip
+        log.close()
+        wait_for(lambda: not ports.port_free("127.0.0.1", self.port), 20, "serve to listen")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(15)
+        self.proc = None
+
+    def client(self) -> Any:
+        return boto3.client(
+            "elasticache",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id="AKIDEXAMPLE",
+            aws_secret_access_key="secret",
+        )
+
+    def remember(self) -> None:
+        for cdir in self.clusters():
+            self.seen_pids.update({f"{cdir.name}.{k}": v for k, v in live_processes(cdir).items()})
+
+    def clusters(self) -> list[ClusterDir]:
+        if not self.state_dir.is_dir():
+            return []
+        return [ClusterDir(self.state_dir, p.name) for p in self.state_dir.iterdir() if p.is_dir()]
+
+
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
+    root = tmp_path_factory.mktemp("api")
+    s = Serve(state_dir=root / "state", port=ports.allocate_one())
+    s.start()
+    try:
+        yield s
+    finally:
+        s.remember()
+        s.stop()
+        for cdir in s.clusters():
+            cli("down", cdir.name, "--purge", "--state-dir", str(s.state_dir), check=False)
+        assert_all_gone(s.seen_pids)
+
+
+@pytest.fixture(scope="module")
+def shop(serve: Serve) -> dict[str, Any]:
+    """A cluster-mode group of 2 shards x 1 replica in two zones, made with boto3; the create
+    response, as the tests that follow share it."""
+    ec = serve.client()
+    created = ec.create_replication_group(
+        ReplicationGroupId=NAME,
+        ReplicationGroupDescription="the shop's cache",
+        Engine="valkey",
+        CacheNodeType="cache.t4g.micro",
+        NumNodeGroups=2,
+        ReplicasPerNodeGroup=1,
+        AutomaticFailoverEnabled=True,
+        NodeGroupConfiguration=[
+            {"NodeGroupId": "0001", "PrimaryAvailabilityZone": "us-east-1a",
+             "ReplicaAvailabilityZones": ["us-east-1b"]},
+            {"NodeGroupId": "0002", "PrimaryAvailabilityZone": "us-east-1b",
+             "ReplicaAvailabilityZones": ["us-east-1a"]},
+        ],
+        Tags=[{"Key": "team", "Value": "checkout"}],
+    )  # fmt: skip
+    ec.get_waiter("replication_group_available").wait(
+        ReplicationGroupId=NAME, WaiterConfig={"Delay": 1, "MaxAttempts": 90}
+    )
+    serve.remember()
+    return dict(created["ReplicationGroup"])
+
+
+def aws(serve: Serve, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The aws CLI against serve, with throwaway credentials and no user config."""
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(serve.state_dir.parent / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(serve.state_dir.parent / "no-aws-credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    cmd = [AWS, "elasticache", *args, "--endpoint-url", serve.url, "--output", "json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    if check and out.returncode != 0:
+        raise AssertionError(f"aws {' '.join(args)} exited {out.returncode}: {out.stderr}")
+    return out
+
+
+def group(serve: Serve) -> dict[str, Any]:
+    groups = serve.client().describe_replication_groups(ReplicationGroupId=NAME)
+    return dict(groups["ReplicationGroups"][0])
+
+
+def primary_of(g: dict[str, Any], node_group: str) -> dict[str, Any]:
+    ng = next(n for n in g["NodeGroups"] if n["NodeGroupId"] == node_group)
+    return dict(next(m for m in ng["NodeGroupMembers"] if m["CurrentRole"] == "primary"))
+
+
+def test_create_answers_creating_and_the_waiter_sees_available(
+    serve: Serve, shop: dict[str, Any]
+) -> None:
+    assert shop["Status"] == "creating"
+    assert shop["ARN"] == f"arn:aws:elasticache:us-east-1:000000000000:replicationgroup:{NAME}"
+    g = group(serve)
+    assert g["Status"] == "available"
+    assert [n["NodeGroupId"] for n in g["NodeGroups"]] == ["0001", "0002"]
+    assert len(g["MemberClusters"]) == 4 and g["ClusterEnabled"] is True
+    assert g["CacheNodeType"] == "cache.t4g.micro" and g["Description"] == "the shop's cache"
+    zones = {m["PreferredAvailabilityZone"] for n in g["NodeGroups"] for m in n["NodeGroupMembers"]}
+    assert zones == {"us-east-1a", "us-east-1b"}
+
+
+def test_the_configuration_endpoint_is_the_router_and_serves_a_cluster_client(
+    serve: Serve, shop: dict[str, Any]
+) -> None:
+    endpoint = group(serve)["ConfigurationEndpoint"]
+    plan = ClusterDir(serve.state_dir, NAME).load_plan()
+    assert (endpoint["Address"], endpoint["Port"]) == (plan.router_host, plan.router_port)
+    client = RedisCluster(host=endpoint["Address"], port=endpoint["Port"], decode_responses=True)
+    try:
+        for i in range(20):
+            client.set(f"k{i}", str(i))
+        assert [client.get(f"k{i}") for i in range(20)] == [str(i) for i in range(20)]
+    finally:
+        client.close()
+
+
+def test_a_cluster_made_through_the_api_is_an_ordinary_cluster_for_the_cli(
+    serve: Serve, shop: dict[str, Any]
+) -> None:
+    out = cli("status", NAME, "--json", "--state-dir", str(serve.state_dir))
+    st = json.loads(out.stdout)
+    assert st["state"] == "available" and len(st["shards"]) == 2
+
+
+def test_member_nodes_are_cache_clusters_with_node_info(serve: Serve, shop: dict[str, Any]) -> None:
+    ec = serve.client()
+    clusters = ec.describe_cache_clusters(ShowCacheNodeInfo=True)["CacheClusters"]
+    assert sorted(c["CacheClusterId"] for c in clusters) == sorted(group(serve)["MemberClusters"])
+    first = clusters[0]
+    assert first["ReplicationGroupId"] == NAME and first["Engine"] == "valkey"
+    endpoint = first["CacheNodes"][0]["Endpoint"]
+    assert node_client(f"{endpoint['Address']}:{endpoint['Port']}").ping()
+    one = ec.describe_cache_clusters(CacheClusterId=first["CacheClusterId"])["CacheClusters"]
+    assert len(one) == 1 and "CacheNodes" not in one[0]
+
+
+def test_test_failover_moves_the_primary_on_the_engines(serve: Serve, shop: dict[str, Any]) -> None:
+    before = primary_of(group(serve), "0002")
+    out = aws(serve, "test-failover", "--replication-group-id", NAME, "--node-group-id", "0002")
+    assert json.loads(out.stdout)["ReplicationGroup"]["ReplicationGroupId"] == NAME
+
+    def moved() -> dict[str, Any] | None:
+        g = group(serve)
+        now = primary_of(g, "0002")
+        return now if g["Status"] == "available" and now != before else None
+
+    after = wait_for(moved, 30, "node group 0002's primary to change")
+    old = before["ReadEndpoint"]
+    new = after["ReadEndpoint"]
+    assert node_client(f"{new['Address']}:{new['Port']}").info("replication")["role"] == "master"
+    old_info = node_client(f"{old['Address']}:{old['Port']}").info("replication")
+    assert old_info["role"] == "slave"
+    assert (old_info["master_host"], old_info["master_port"]) == (new["Address"], new["Port"])
+
+
+def test_events_show_the_failover_and_filter_by_source_and_time(
+    serve: Serve, shop: dict[str, Any]
+) -> None:
+    out = aws(serve, "describe-events", "--duration", "60")
+    events = json.loads(out.stdout)["Events"]
+    assert any("graceful_failover" in e["Message"] and "shard=2" in e["Message"] for e in events)
+    assert any(e["Message"].startswith("cluster_created") for e in events)
+    ec = serve.client()
+    mine = ec.describe_events(SourceType="replication-group", SourceIdentifier=NAME)["Events"]
+    assert mine and all(e["SourceIdentifier"] == NAME for e in mine)
+    assert not ec.describe_events(SourceType="replication-group", SourceIdentifier="other")[
+        "Events"
+    ]
+    future = time.time() + 3600
+    assert not ec.describe_events(StartTime=future, EndTime=future + 60)["Events"]
+    with pytest.raises(ClientError) as err:
+        ec.describe_events(SourceType="no-such-type")
+    assert err.value.response["Error"]["Code"] == "InvalidParameterValue"
+
+
+def test_tags_are_added_listed_removed_and_kept_in_the_state_dir(
+    serve: Serve, shop: dict[str, Any]
+) -> None:
+    ec = serve.client()
+    arn = shop["ARN"]
+    assert ec.list_tags_for_resource(ResourceName=arn)["TagList"] == [
+        {"Key": "team", "Value": "checkout"}
+    ]
+    ec.add_tags_to_resource(ResourceName=arn, Tags=[{"Key": "env", "Value": "dev"}])
+    ec.remove_tags_from_resource(ResourceName=arn, TagKeys=["team"])
+    assert ec.list_tags_for_resource(ResourceName=arn)["TagList"] == [
+        {"Key": "env", "Value": "dev"}
+    ]
+    kept = json.loads((serve.state_dir / NAME / "api.json").read_text())["tags"]
+    assert kept == {arn: {"env": "dev"}}
+    node_arn = arn.replace(f"replicationgroup:{NAME}", f"cluster:{NAME}-0001-001")
+    ec.add_tags_to_resource(ResourceName=node_arn, Tags=[{"Key": "role", "Value": "x"}])
+    assert ec.list_tags_for_resource(ResourceName=node_arn)["TagList"] == [
+        {"Key": "role", "Value": "x"}
+    ]
+    for bad_arn, code in [
+        (arn.replace(NAME, "nope"), "ReplicationGroupNotFoundFault"),
+        (node_arn.replace("0001-001", "0009-001"), "CacheClusterNotFound"),
+        ("not-an-arn", "InvalidARN"),
+    ]:
+        with pytest.raises(ClientError) as err:
+            ec.list_tags_for_resource(ResourceName=bad_arn)
+        assert err.value.response["Error"]["Code"] == code
+    with pytest.raises(ClientError) as err:
+        ec.remove_tags_from_resource(ResourceName=arn, TagKeys=["absent"])
+    assert err.value.response["Error"]["Code"] == "TagNotFound"
+
+
+@pytest.mark.parametrize(
+    ("call", "code", "status"),
+    [
+        (lambda ec: ec.describe_replication_groups(ReplicationGroupId="nope"),
+         "ReplicationGroupNotFoundFault", 404),
+        (lambda ec: ec.create_replication_group(
+            ReplicationGroupId=NAME, ReplicationGroupDescription="again", NumCacheClusters=1),
+         "ReplicationGroupAlreadyExists", 400),
+        (lambda ec: ec.create_replication_group(
+            ReplicationGroupId="other", ReplicationGroupDescription="x", NumNodeGroups=2),
+         "InvalidParameterCombination", 400),
+        (lambda ec: ec.test_failover(ReplicationGroupId=NAME, NodeGroupId="0007"),
+         "NodeGroupNotFoundFault", 404),
+        (lambda ec: ec.describe_cache_clusters(CacheClusterId="nope-0001-001"),
+         "CacheClusterNotFound", 404),
+        (lambda ec: ec.delete_replication_group(
+            ReplicationGroupId=NAME, FinalSnapshotIdentifier="last"),
+         "InvalidParameterValue", 400),
+        (lambda ec: ec.create_snapshot(ReplicationGroupId=NAME, SnapshotName="s"),
+         "InvalidAction", 400),
+        (lambda ec: ec.describe_snapshots(), "InvalidAction", 400),
+        (lambda ec: ec.modify_replication_group(
+            ReplicationGroupId=NAME, ApplyImmediately=True, CacheNodeType="cache.t4g.small"),
+         "InvalidAction", 400),
+    ],
+)  # fmt: skip
+def test_errors_are_the_services_codes_and_statuses(
+    serve: Serve, shop: dict[str, Any], call: Any, code: str, status: int
+) -> None:
+    with pytest.raises(ClientError) as err:
+        call(serve.client())
+    assert err.value.response["Error"]["Code"] == code
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
+    assert err.value.response["ResponseMetadata"]["RequestId"]
+    assert not (serve.state_dir / "other").exists()  # a refused create leaves nothing
+
+
+def test_the_aws_cli_reports_the_error_code_and_fails(serve: Serve) -> None:
+    out = aws(
+        serve, "create-replication-group", "--replication-group-id", "bad",
+        "--replication-group-description", "x", "--num-node-groups", "2", check=False,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "InvalidParameterCombination" in out.stderr
+
+
+def test_an_unknown_action_over_plain_get_is_invalid_action(serve: Serve) -> None:
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"{serve.url}/?Action=LaunchRockets&Version=2015-02-02", timeout=10)
+    assert err.value.code == 400
+    body = err.value.read().decode()
+    assert "<Code>InvalidAction</Code>" in body and "<RequestId>" in body
+    ok = urllib.request.urlopen(
+        f"{serve.url}/?Action=DescribeCacheEngineVersions&Version=2015-02-02", timeout=10
+    )
+    assert b"<CacheEngineVersion>" in ok.read()
+
+
+def register_stopped_clusters(state_dir: Path, count: int) -> list[str]:
+    """Clusters left stopped in the state dir (plan.json, no process), as `down` leaves them."""
+    names = []
+    for i in range(count):
+        name = f"idle{i:02d}"
+        raw = {"name": name, "zones": ["az-a"], "shards": 1, "replicas_per_shard": 0,
+               "ports": {"base": 40000 + 2 * i}, "router": {"port": 45000 + i}}  # fmt: skip
+        plan = build_plan(
+            parse_topology(raw), raw, engine_binary="/bin/false", node_ports=None,
+            bus=("127.0.0.1", 46000 + i), router_port=45000 + i,
+        )  # fmt: skip
+        cdir = ClusterDir(state_dir, name)
+        cdir.make()
+        cdir.plan_path.write_text(plan.to_json())
+        names.append(name)
+    return names
+
+
+def test_describe_pages_through_many_groups_and_shows_stopped_ones(
+    serve: Serve, shop: dict[str, Any]
+) -> None:
+    idle = register_stopped_clusters(serve.state_dir, 21)
+    try:
+        ec = serve.client()
+        first = ec.describe_replication_groups(MaxRecords=20)
+        assert len(first["ReplicationGroups"]) == 20 and first["Marker"]
+        pages = list(
+            ec.get_paginator("describe_replication_groups").paginate(
+                PaginationConfig={"PageSize": 20}
+            )
+        )
+        assert len(pages) == 2
+        groups = [g for p in pages for g in p["ReplicationGroups"]]
+        assert sorted(g["ReplicationGroupId"] for g in groups) == sorted([*idle, NAME])
+        assert {g["Status"] for g in groups if g["ReplicationGroupId"] in idle} == {"stopped"}
+        out = aws(serve, "describe-replication-groups", "--max-items", "5")
+        data = json.loads(out.stdout)
+        assert len(data["ReplicationGroups"]) == 5 and data["NextToken"]
+    finally:
+        for name in idle:
+            ClusterDir(serve.state_dir, name).purge()
+
+
+def test_a_restarted_serve_picks_up_the_cluster_that_kept_running(
+    serve: Serve, shop: dict[str, Any]
+) -> None:
+    serve.stop()
+    out = cli("status", NAME, "--json", "--state-dir", str(serve.state_dir))
+    assert json.loads(out.stdout)["state"] == "available"  # serve is not needed to keep it
+    serve.start()
+    assert group(serve)["Status"] == "available"
+
+
+def test_delete_goes_through_deleting_to_gone(serve: Serve, shop: dict[str, Any]) -> None:
+    ec = serve.client()
+    serve.remember()
+    pids = {k: v for k, v in serve.seen_pids.items() if k.startswith(f"{NAME}.")}
+    deleted = ec.delete_replication_group(ReplicationGroupId=NAME)["ReplicationGroup"]
+    assert deleted["Status"] == "deleting"
+    with pytest.raises(ClientError) as err:
+        ec.test_failover(ReplicationGroupId=NAME, NodeGroupId="0001")
+    assert err.value.response["Error"]["Code"] == "InvalidReplicationGroupState"
+    ec.get_waiter("replication_group_deleted").wait(
+        ReplicationGroupId=NAME, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+    )
+    assert not (serve.state_dir / NAME).exists()
+    assert_all_gone(pids)
+    with pytest.raises(WaiterError):  # nothing left to become available
+        ec.get_waiter("replication_group_available").wait(
+            ReplicationGroupId=NAME, WaiterConfig={"Delay": 1, "MaxAttempts": 1}
+        )
