@@ -4,7 +4,8 @@ Each client request becomes one reply slot, filled when its node(s) answer and w
 request order. A key goes to the node the ring picks; a multi-key get is split by node and
 merged back in key order; flush_all and stats go to every node. A node that refuses, drops
 the connection or does not answer within BACKEND_TIMEOUT_S gets its requests the engine's
-``SERVER_ERROR`` text, never a hang; for DOWN_HOLD_S after a timeout its keys fail at once.
+``SERVER_ERROR`` text, never a hang; for DOWN_HOLD_S after a timeout (REFUSED_HOLD_S after a
+refused connect) its keys fail at once.
 Malformed client input gets ``CLIENT_ERROR`` and closes only that client's connection.
 """
 
@@ -28,7 +29,8 @@ from router.memcache.replies import aggregate_stats, is_error, merge_values, sta
 from router.memcache.ring import Ring
 
 CONNECT_TIMEOUT_S = 1.0
-DOWN_HOLD_S = 1.0
+DOWN_HOLD_S = 1.0  # after a request timed out: the node is paused or overloaded
+REFUSED_HOLD_S = 0.05  # after a refused connect: one attempt per 50 ms, not one per request
 MAX_MERGED_REPLY = 64 * 1024 * 1024  # bytes of one multi-get reply merged from several nodes
 HELD_BUDGET = 256 * 1024 * 1024  # reply bytes all clients may be owed before reading pauses
 
@@ -124,6 +126,7 @@ class Proxy:
                 loop.create_connection(lambda: conn, addr[0], addr[1]), CONNECT_TIMEOUT_S
             )
         except (OSError, TimeoutError):
+            self.down_until[conn.name] = time.monotonic() + REFUSED_HOLD_S
             conn.fail()
 
     def _timed_out(self, name: str) -> None:
