@@ -135,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default=None)
 
     api_command.add_parser(sub)
+    api_command.add_audit_parser(sub)
 
     p = sub.add_parser("validate", help="check a topology file; print a one-line summary")
     p.add_argument("topology")
@@ -282,6 +283,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "restore": _restore,
     "validate": _validate,
     "serve": lambda args: api_command.run(args, _out),
+    "audit": lambda args: api_command.run_audit(args, _out),
 }
 
 

@@ -20,11 +20,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import yaml
 from aiohttp import web
 
-from cachefleet.api import shapes, wire
+from cachefleet.api import auth, shapes, wire
+from cachefleet.api.access import Access, resource_of
 from cachefleet.api.names import Account, group_id, node_group_id, shard_of
 from cachefleet.api.store import Store, load_record, save_record
 from cachefleet.api.wire import ApiError, Params, XmlList
@@ -82,6 +84,7 @@ class Api:
         self.account = account
         self.out = out
         self.store = Store(home)
+        self.access = Access(home)
         self.operations: dict[str, str] = {}  # cluster -> creating / deleting / modifying
         self.tasks: set[asyncio.Task[None]] = set()
         self.versions: dict[str, str] = {}
@@ -102,16 +105,28 @@ class Api:
 
     async def handle(self, request: web.Request) -> web.Response:
         request_id = str(uuid.uuid4())
-        fields: dict[str, str] = dict(request.query)
-        action = "?"
+        started = time.time()
+        query = list(parse_qsl(request.query_string, keep_blank_values=True))
+        body = await request.read() if request.method == "POST" else b""
+        fields = dict(query)
+        fields.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        action = fields.get("Action", "")
+        key_id: str | None = None
+        error: ApiError | None = None
         try:
-            if request.method == "POST":
-                body = await request.post()
-                fields.update({k: v for k, v in body.items() if isinstance(v, str)})
-            params = Params(fields)
-            action = fields.get("Action") or ""
             if not action:
                 raise ApiError("MissingAction", "The request must contain the parameter Action")
+            signed = auth.SignedRequest(
+                method=request.method,
+                path=request.raw_path.split("?", 1)[0],
+                query=query,
+                headers={k.lower(): v for k, v in request.headers.items()},
+                body=body,
+            )
+            key_id = auth.claimed_key(signed.headers.get("authorization", ""))
+            key_id = self.access.check(
+                signed, action, resource_of(action, fields, self.account), started
+            )
             version = fields.get("Version")
             if version is not None and version != wire.API_VERSION:
                 raise ApiError(
@@ -119,17 +134,30 @@ class Api:
                     f"Version {version!r} is not supported; this endpoint speaks "
                     f"{wire.API_VERSION}",
                 )
-            result = await self.dispatch(action, params)
-            body_text = wire.render_response(action, result, request_id)
-            status = 200
+            result = await self.dispatch(action, Params(fields))
+            text, status = wire.render_response(action, result, request_id), 200
         except ApiError as exc:
-            body_text, status = wire.render_error(exc, request_id), exc.status
+            error = exc
         except Exception:
             log.exception("action %s failed", action)
             error = ApiError("InternalFailure", "The request processing has failed")
-            body_text, status = wire.render_error(error, request_id), error.status
+        if error is not None:
+            text, status = wire.render_error(error, request_id), error.status
+        self.access.audit(
+            {
+                "ts": started,
+                "request_id": request_id,
+                "action": action,
+                "params": auth.redact({k: v for k, v in fields.items() if k != "Action"}),
+                "access_key_id": key_id,
+                "source": request.remote,
+                "outcome": "error" if error else "success",
+                "error_code": error.code if error else None,
+                "status": status,
+            }
+        )
         return web.Response(
-            text=body_text,
+            text=text,
             status=status,
             content_type="text/xml",
             headers={"x-amzn-RequestId": request_id},
@@ -436,8 +464,9 @@ async def _reaper(stop: asyncio.Event) -> None:
 
 async def serve(*, host: str, port: int, home: Path, account: Account, out: Out) -> int:
     api = Api(home, account, out)
-    api.versions = await asyncio.to_thread(engine_versions)
     home.mkdir(parents=True, exist_ok=True)
+    keys = api.access.keys()  # a broken credentials.yaml stops serve here, with its message
+    api.versions = await asyncio.to_thread(engine_versions)
     runner = web.AppRunner(make_app(api), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -447,7 +476,11 @@ async def serve(*, host: str, port: int, home: Path, account: Account, out: Out)
         f"serving the ElastiCache API on http://{host}:{port}/ for {len(clusters)} cluster(s) "
         f"in {home} (region {account.region}, account {account.account})"
     )
-    out("no credentials.yaml: every request is accepted unsigned or with any signature")
+    if keys is None:
+        out(f"no {api.access.path}: every request is accepted, signed or not (local development)")
+    else:
+        out(f"requests are SigV4-verified against {len(keys)} key(s) in {api.access.path}")
+    out(f"audit log: {api.access.audit_path}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

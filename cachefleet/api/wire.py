@@ -45,6 +45,8 @@ STATUS: dict[str, int] = {
     "InvalidClientTokenId": 403,
     "SignatureDoesNotMatch": 403,
     "IncompleteSignature": 400,
+    "MissingAuthenticationToken": 403,
+    "RequestExpired": 400,
     "InternalFailure": 500,
 }
 

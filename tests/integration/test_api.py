@@ -23,6 +23,7 @@ from typing import Any
 
 import boto3
 import pytest
+import yaml
 from botocore.exceptions import ClientError, WaiterError
 from helpers import ROOT, assert_all_gone, cli, node_client, wait_for
 from redis.cluster import RedisCluster
@@ -404,3 +405,112 @@ def test_delete_goes_through_deleting_to_gone(serve: Serve, shop: dict[str, Any]
         ec.get_waiter("replication_group_available").wait(
             ReplicationGroupId=NAME, WaiterConfig={"Delay": 1, "MaxAttempts": 1}
         )
+
+
+CREDENTIALS = {
+    "keys": {
+        "AKIDREADER": {
+            "secret": "reader-secret",
+            "policy": {
+                "Statement": [
+                    {"Effect": "Allow", "Action": "elasticache:Describe*", "Resource": "*"}
+                ]
+            },
+        },
+        "AKIDOPS": {
+            "secret": "ops-secret",
+            "policy": {
+                "Statement": [
+                    {"Effect": "Allow", "Action": "elasticache:*", "Resource": "*"},
+                    {
+                        "Effect": "Deny",
+                        "Action": "elasticache:DeleteReplicationGroup",
+                        "Resource": "arn:aws:elasticache:*:*:replicationgroup:prod-*",
+                    },
+                ]
+            },
+        },
+    }
+}
+
+
+@pytest.fixture
+def guarded(tmp_path: Path) -> Iterator[Serve]:
+    """A serve whose state dir has a credentials.yaml (no cluster is needed to check access)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "credentials.yaml").write_text(yaml.safe_dump(CREDENTIALS))
+    s = Serve(state_dir=state, port=ports.allocate_one())
+    s.start()
+    yield s
+    s.stop()
+
+
+def client_as(s: Serve, key: str, secret: str) -> Any:
+    return boto3.client(
+        "elasticache", endpoint_url=s.url, region_name="us-east-1",
+        aws_access_key_id=key, aws_secret_access_key=secret,
+    )  # fmt: skip
+
+
+def code_of(call: Any) -> str:
+    with pytest.raises(ClientError) as err:
+        call()
+    return str(err.value.response["Error"]["Code"])
+
+
+def test_signatures_and_policies_decide_who_may_do_what(guarded: Serve) -> None:
+    reader = client_as(guarded, "AKIDREADER", "reader-secret")
+    ops = client_as(guarded, "AKIDOPS", "ops-secret")
+    assert reader.describe_replication_groups()["ReplicationGroups"] == []
+    assert code_of(lambda: reader.list_tags_for_resource(ResourceName="x")) == "AccessDenied"
+    assert (
+        code_of(lambda: reader.delete_replication_group(ReplicationGroupId="dev")) == "AccessDenied"
+    )
+    # allowed by the policy, so the request reaches the action, which finds no such group
+    assert (
+        code_of(lambda: ops.delete_replication_group(ReplicationGroupId="dev"))
+        == "ReplicationGroupNotFoundFault"
+    )
+    assert (
+        code_of(lambda: ops.delete_replication_group(ReplicationGroupId="prod-eu"))
+        == "AccessDenied"
+    )
+    wrong = client_as(guarded, "AKIDOPS", "not-the-secret")
+    assert code_of(lambda: wrong.describe_replication_groups()) == "SignatureDoesNotMatch"
+    stranger = client_as(guarded, "AKIDSTRANGER", "x")
+    assert code_of(lambda: stranger.describe_replication_groups()) == "InvalidClientTokenId"
+    with pytest.raises(urllib.error.HTTPError) as err:  # unsigned
+        urllib.request.urlopen(f"{guarded.url}/?Action=DescribeEvents", timeout=10)
+    assert err.value.code == 403
+
+
+def test_every_call_is_audited_with_secrets_redacted(guarded: Serve) -> None:
+    ops = client_as(guarded, "AKIDOPS", "ops-secret")
+    ops.describe_cache_engine_versions()
+    token = "a-very-secret-auth-token-0123456789"
+    refused = lambda: ops.create_replication_group(  # noqa: E731
+        ReplicationGroupId="tok", ReplicationGroupDescription="d", AuthToken=token
+    )
+    assert code_of(refused) == "InvalidParameterValue"
+    reader = client_as(guarded, "AKIDREADER", "reader-secret")
+    assert code_of(lambda: reader.test_failover(ReplicationGroupId="a", NodeGroupId="1")) == (
+        "AccessDenied"
+    )
+    text = (guarded.state_dir / "audit.jsonl").read_text()
+    assert token not in text
+    records = [json.loads(line) for line in text.splitlines()]
+    by_action = {r["action"]: r for r in records}
+    ok = by_action["DescribeCacheEngineVersions"]
+    assert (ok["outcome"], ok["access_key_id"], ok["error_code"]) == ("success", "AKIDOPS", None)
+    assert ok["source"] == "127.0.0.1" and ok["request_id"]
+    create = by_action["CreateReplicationGroup"]
+    assert create["params"]["AuthToken"] == "*** redacted ***"
+    assert (create["outcome"], create["error_code"]) == ("error", "InvalidParameterValue")
+    denied = by_action["TestFailover"]
+    assert (denied["access_key_id"], denied["error_code"]) == ("AKIDREADER", "AccessDenied")
+    out = cli("audit", "--json", "--state-dir", str(guarded.state_dir))
+    printed = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["request_id"] for r in printed] == [r["request_id"] for r in records]
+    plain = cli("audit", "--state-dir", str(guarded.state_dir)).stdout
+    assert "TestFailover" in plain and "AccessDenied" in plain and token not in plain
