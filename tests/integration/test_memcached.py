@@ -250,6 +250,36 @@ def _get_or_none(c: RunningCluster, key: str) -> bytes | None:
         client.close()
 
 
+def test_a_pymemcache_based_auto_discovery_client_follows_scaling(mc: RunningCluster) -> None:
+    """django-elastipymemcache's AWSElastiCacheClient (a pymemcache HashClient that polls
+    `config get cluster`, from PyPI, unchanged; skipped when it is not installed) sees the
+    nodes, then the node `up` adds and, once it is removed again, the three."""
+    aws = pytest.importorskip("django_elastipymemcache.client")
+    client = aws.AWSElastiCacheClient(
+        f"{mc.router[0]}:{mc.router[1]}", discovery_interval=0.2, timeout=5, connect_timeout=5
+    )
+    try:
+        _, before = discovery(mc.router)
+        assert sorted(client.clients) == sorted(f"{ip}:{port}" for _, ip, port in before)
+        assert client.set("aws:k", "v") and client.get("aws:k") == b"v"
+        topo = yaml.safe_load(mc.topology_path.read_text())
+        scaled = mc.topology_path.with_name("scaled-aws.yaml")
+        scaled.write_text(yaml.safe_dump({**topo, "nodes": 4}))
+        cli("up", str(scaled), "--detach", "--state-dir", str(mc.state_dir))
+
+        def sees(n: int) -> bool:
+            time.sleep(0.25)  # past the client's discovery interval
+            client.get("aws:poll")  # discovery runs before an operation
+            return len(client.clients) == n
+
+        wait_for(lambda: sees(4), 10, "the client discovering the fourth node")
+        cli("up", str(mc.topology_path), "--detach", "--state-dir", str(mc.state_dir))
+        wait_for(lambda: sees(3), 10, "the client dropping the fourth node")
+    finally:
+        client.close()
+        mc.remember_pids()
+
+
 def test_up_with_more_nodes_adds_one_and_with_fewer_removes_it(mc: RunningCluster) -> None:
     version, before = discovery(mc.router)
     topo = yaml.safe_load(mc.topology_path.read_text())
