@@ -107,3 +107,13 @@ def test_a_scaled_plan_keeps_the_nodes_both_have_and_places_new_ones_round_robin
     ]
     raw2 = {**old.raw_topology, "nodes": 2}
     assert scaled_plan(grown, parse_topology(raw2), raw2).nodes == grown.nodes[:2]
+
+
+def test_the_version_is_read_back_from_a_config_reply() -> None:
+    from cachefleet.ops.memcached import discovery_version
+
+    nodes = [discovery.Entry("sessions-0001", "127.0.1.1", 11301)]
+    assert discovery_version(discovery.config_reply(42, nodes)) == 42
+    assert discovery_version(b"SERVER_ERROR no node list yet\r\n") is None
+    assert discovery_version(None) is None
+    assert discovery_version(b"CONFIG cluster 0 3\r\nx\n\r\nEND\r\n") is None
