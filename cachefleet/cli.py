@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("down", help="stop every process of a cluster")
     p.add_argument("name")
     p.add_argument("--purge", action="store_true", help="also delete the cluster's state dir")
+    p.add_argument(
+        "--final-snapshot", default=None, metavar="ID", help="snapshot the cluster first"
+    )
     p.add_argument("--state-dir", default=None)
 
     p = sub.add_parser("failover", help="graceful failover of one shard (plain CLUSTER FAILOVER)")
@@ -155,6 +158,12 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
+    if args.final_snapshot:  # like DeleteReplicationGroup's FinalSnapshotIdentifier
+        asyncio.run(
+            snapshot_ops.create(
+                args.name, snapshot_id=args.final_snapshot, state_dir=args.state_dir, out=_out
+            )
+        )
     return asyncio.run(
         lifecycle.down(args.name, state_dir=args.state_dir, purge=args.purge, out=_out)
     )

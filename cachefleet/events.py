@@ -41,6 +41,11 @@ EVENT_TYPES = frozenset(
         "node_added",
         "node_removed",
         "discovery_version",
+        # snapshots (backups)
+        "snapshot_started",
+        "snapshot_completed",
+        "snapshot_failed",
+        "snapshot_deleted",
     }
 )
 

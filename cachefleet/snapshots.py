@@ -8,6 +8,7 @@ file is in place: a snapshot directory with a manifest is complete.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import re
@@ -17,6 +18,7 @@ from typing import Any
 
 from cachefleet.errors import CachefleetError
 from cachefleet.slots import SLOTS
+from cachefleet.topology import Backup
 
 KINDS = ("manual", "automatic")
 #: The managed service's rule: a letter first, then letters, digits and single hyphens, at
@@ -194,3 +196,53 @@ def verify(home: Path, manifest: Manifest) -> None:
             raise SnapshotError(
                 f"snapshot {manifest.id}: {path} does not match its SHA-256 (corrupt)"
             )
+
+
+# -- automatic snapshots (decisions, pure) -----------------------------------------------------
+
+
+def automatic_id(cluster: str, now: dt.datetime) -> str:
+    """``auto-<cluster>-<UTC time>``, made a valid id whatever the cluster's name."""
+    name = re.sub(r"-+", "-", re.sub(r"[^A-Za-z0-9-]", "-", cluster)).strip("-")
+    return check_id(f"auto-{name}-{now.strftime('%Y%m%d-%H%M%S')}"[:255].rstrip("-"))
+
+
+def window_start(window: tuple[int, int], now: dt.datetime) -> dt.datetime | None:
+    """The start of the window `now` is in (UTC minutes of the day; it may wrap midnight),
+    or None when `now` is outside it."""
+    start, end = window
+    minute = now.hour * 60 + now.minute
+    today = now.replace(hour=start // 60, minute=start % 60, second=0, microsecond=0)
+    if start < end:
+        return today if start <= minute < end else None
+    if minute >= start:
+        return today
+    if minute < end:
+        return today - dt.timedelta(days=1)
+    return None
+
+
+def automatic_due(backup: Backup, now: dt.datetime, last: dt.datetime | None) -> bool:
+    """Whether an automatic snapshot is due, given when the last one was taken."""
+    if not backup.automatic:
+        return False
+    if backup.interval_s is not None:
+        return last is None or (now - last).total_seconds() >= backup.interval_s
+    if backup.window is None:
+        return False
+    began = window_start(backup.window, now)
+    return began is not None and (last is None or last < began)
+
+
+def to_expire(found: list[Manifest], cluster: str, retention: int) -> list[str]:
+    """The automatic snapshots of `cluster` beyond the newest `retention`, oldest first
+    (manual snapshots are the user's: never expired)."""
+    auto = sorted(
+        (m for m in found if m.cluster == cluster and m.kind == "automatic"),
+        key=lambda m: (m.created, m.id),
+    )
+    return [m.id for m in auto[: max(0, len(auto) - retention)]]
+
+
+def created_at(manifest: Manifest) -> dt.datetime:
+    return dt.datetime.fromisoformat(manifest.created)

@@ -137,6 +137,22 @@ class Metrics:
 @dataclass(frozen=True)
 class Persistence:
     appendonly: bool = False
+    appendfsync: str = "everysec"  # always | everysec | no
+
+
+@dataclass(frozen=True)
+class Backup:
+    """Automatic snapshots: the newest `retention` are kept (0: off), taken daily in a UTC
+    `window` (minutes of the day, start and end) or every `interval_s` seconds."""
+
+    retention: int = 0
+    window: tuple[int, int] | None = None
+    interval_s: int | None = None
+    source: str = "replica"  # replica (no fork on the primary) | primary
+
+    @property
+    def automatic(self) -> bool:
+        return self.retention > 0
 
 
 @dataclass(frozen=True)
@@ -186,6 +202,7 @@ class Topology:
     router: Router
     bus: Bus
     persistence: Persistence = field(default_factory=Persistence)
+    backup: Backup = field(default_factory=Backup)
     durability: Durability = field(default_factory=Durability)
     metrics: Metrics = field(default_factory=Metrics)
     ports_base: int | None = None  # None: allocate free ports at `up`
@@ -465,10 +482,14 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
     sent.done()
 
     pers = root.section("persistence")
-    persistence = Persistence(appendonly=pers.boolean("appendonly", False))
+    persistence = Persistence(
+        appendonly=pers.boolean("appendonly", False),
+        appendfsync=pers.choice("appendfsync", "everysec", ("always", "everysec", "no")),
+    )
     if memcached and persistence.appendonly:
         raise pers.fail("appendonly", "memcached keeps no data on disk")
     pers.done()
+    backup = _backup(root.section("backup"), memcached is not None)
 
     dur = root.section("durability")
     min_rw = dur.integer("min_replicas_to_write", 0, 0, MAX_REPLICAS)
@@ -505,6 +526,7 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
         router=router,
         bus=Bus(url),
         persistence=persistence,
+        backup=backup,
         durability=Durability(min_rw, max_lag),
         metrics=metrics,
         ports_base=base,
@@ -514,6 +536,35 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
         source=source,
         memcached=memcached,
     )
+
+
+_WINDOW = re.compile(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)")
+
+
+def _backup(bk: Section, memcached: bool) -> Backup:
+    retention = bk.integer("retention", 0, 0, 35)  # the managed service keeps up to 35
+    window_text = bk.raw("window", None)
+    interval = bk.raw("interval_s", None)
+    source = bk.choice("source", "replica", ("replica", "primary"))
+    window: tuple[int, int] | None = None
+    if window_text is not None:
+        match = _WINDOW.fullmatch(window_text) if isinstance(window_text, str) else None
+        if match is None:
+            raise bk.fail("window", f"must be 'HH:MM-HH:MM' (UTC), got {window_text!r}")
+        h1, m1, h2, m2 = (int(g) for g in match.groups())
+        window = (h1 * 60 + m1, h2 * 60 + m2)
+        if window[0] == window[1]:
+            raise bk.fail("window", "is empty")
+    if interval is not None:
+        interval = bk.integer("interval_s", None, 1, 7 * 86400)
+        if window is not None:
+            raise bk.fail("interval_s", "give either window or interval_s, not both")
+    if retention and window is None and interval is None:
+        window = (3 * 60, 4 * 60)  # the service's default style: a nightly hour
+    if memcached and retention:
+        raise bk.fail("retention", "memcached clusters have no snapshots")
+    bk.done()
+    return Backup(retention=retention, window=window, interval_s=interval, source=source)
 
 
 def _size(section: Section, key: str, value: Any) -> int:

@@ -94,6 +94,7 @@ def render_engine_config(
         f"maxmemory {topo.maxmemory}",
         f"maxmemory-policy {topo.maxmemory_policy}",
         f"appendonly {'yes' if topo.persistence.appendonly else 'no'}",
+        f"appendfsync {topo.persistence.appendfsync}",
         'save ""',
         "repl-diskless-sync yes",
         "repl-diskless-sync-delay 0",

@@ -50,23 +50,24 @@ def _now_id(cluster: str) -> str:
     return f"{cluster}-{dt.datetime.now(dt.UTC).strftime('%Y%m%d-%H%M%S')}"
 
 
-async def _source(shard: LayoutShard, auth: Credentials) -> LayoutNode:
-    """A linked replica, most caught up first; else the primary."""
-    best: tuple[int, LayoutNode] | None = None
+async def _sources(shard: LayoutShard, auth: Credentials, prefer: str) -> list[LayoutNode]:
+    """Where to take the shard's snapshot, best first: linked replicas, most caught up
+    first, then the primary (`prefer` "primary": the primary first)."""
+    linked: list[tuple[int, LayoutNode]] = []
     for node in shard.replicas:
         client = connect(node.host, node.port, timeout=1.0, auth=auth)
         try:
             rep = await replication(client)
         finally:
             await client.aclose()
-        usable = rep is not None and rep.role is Role.REPLICA and rep.link_up and not rep.syncing
-        if usable and rep is not None and (best is None or rep.offset > best[0]):
-            best = (rep.offset, node)
-    if best is not None:
-        return best[1]
-    if shard.primary is None:
+        if rep is not None and rep.role is Role.REPLICA and rep.link_up and not rep.syncing:
+            linked.append((rep.offset, node))
+    replicas = [node for _, node in sorted(linked, key=lambda x: (-x[0], x[1].name))]
+    primary = [shard.primary] if shard.primary is not None else []
+    found = primary + replicas if prefer == "primary" else replicas + primary
+    if not found:
         raise CachefleetError(f"shard {shard.id} has no primary and no linked replica")
-    return shard.primary
+    return found
 
 
 async def _persistence(client: aredis.Redis) -> dict[str, Any]:
@@ -102,9 +103,23 @@ async def _bgsave(client: aredis.Redis, where: str) -> None:
 
 
 async def _snapshot_shard(
-    shard: LayoutShard, auth: Credentials, target: Path, out: Out
+    shard: LayoutShard, auth: Credentials, target: Path, prefer: str, out: Out
 ) -> tuple[ShardSnapshot, str]:
-    node = await _source(shard, auth)
+    """From the best source; a source that fails (a replica that dies meanwhile) passes the
+    shard to the next one, and only when every one failed does the snapshot fail."""
+    errors: list[str] = []
+    for node in await _sources(shard, auth, prefer):
+        try:
+            return await _snapshot_from(shard, node, auth, target, out)
+        except (CachefleetError, RedisError, OSError) as exc:
+            errors.append(f"{node.name}: {exc}")
+            out(f"shard {shard.id}: snapshot from {node.name} failed ({exc}); trying another node")
+    raise CachefleetError(f"shard {shard.id}: no node could be snapshotted ({'; '.join(errors)})")
+
+
+async def _snapshot_from(
+    shard: LayoutShard, node: LayoutNode, auth: Credentials, target: Path, out: Out
+) -> tuple[ShardSnapshot, str]:
     where = f"shard {shard.id} ({node.name})"
     client = connect(node.host, node.port, timeout=10.0, auth=auth)
     try:
@@ -149,7 +164,10 @@ async def create(
     plan = cdir.load_plan()
     if plan.topology.is_memcached:
         raise SnapshotError(f"cluster {name!r} is a memcached cluster: it has no snapshots")
-    snapshot_id = snapshots.check_id(snapshot_id or _now_id(name))
+    now = dt.datetime.now(dt.UTC)
+    snapshot_id = snapshots.check_id(
+        snapshot_id or (snapshots.automatic_id(name, now) if kind == "automatic" else _now_id(name))
+    )
     final = snapshots.directory(cdir.home, snapshot_id)
     if final.exists():
         raise SnapshotError(f"a snapshot named {snapshot_id!r} already exists")
@@ -161,10 +179,11 @@ async def create(
     snapshots.root(cdir.home).mkdir(parents=True, exist_ok=True, mode=0o700)
     partial.mkdir(mode=0o700)
     auth = cdir.admin()
-    created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    created = now.isoformat(timespec="milliseconds")
     try:
+        prefer = plan.topology.backup.source
         taken = await asyncio.gather(
-            *(_snapshot_shard(shard, auth, partial, out) for shard in layout.shards)
+            *(_snapshot_shard(shard, auth, partial, prefer, out) for shard in layout.shards)
         )
         manifest = Manifest(
             id=snapshot_id,

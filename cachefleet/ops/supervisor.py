@@ -4,7 +4,8 @@
 left running by ``up --detach``. Every tick it compares the processes the cluster should have
 (broker, zone agents, sentinels, router workers) with those that run, and restarts the missing
 ones with per-process back-off; each restart is a ``process_restarted`` event. It also serves
-the cluster's Prometheus metrics (:mod:`cachefleet.ops.metrics_server`). After a restart
+the cluster's Prometheus metrics (:mod:`cachefleet.ops.metrics_server`) and takes the
+automatic snapshots the topology asks for, with their retention. After a restart
 of the embedded broker, which keeps nothing, it publishes the last layout again. The zone agents
 restart the supervisor in turn (an exclusive lock on ``supervisor.lock`` keeps it to one).
 ``down`` first sets the ``stopping`` marker: the supervisor then exits by itself, and nothing
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import enum
 import os
 import signal
@@ -26,11 +28,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import structlog
+from redis.exceptions import RedisError
 
-from cachefleet import bus
+from cachefleet import bus, snapshots
 from cachefleet.announce import emit_event, publish_layout
+from cachefleet.errors import CachefleetError
 from cachefleet.layout import Layout, LayoutError
 from cachefleet.log import configure
+from cachefleet.ops import snapshot as snapshot_ops
 from cachefleet.ops.lifecycle import control_processes
 from cachefleet.ops.metrics_server import MetricsServer
 from cachefleet.plan import Plan
@@ -183,6 +188,71 @@ class Supervisor:
                 self.log.info("process_held", process=name, reason=why.value)
         self.held = dict(decision.held)
 
+    async def backups(self) -> None:
+        """Automatic snapshots (the topology's ``backup``), then retention: the newest
+        ``retention`` automatic snapshots of this cluster are kept."""
+        backup = self.plan.topology.backup
+        home = self.cdir.home
+        started = dt.datetime.now(dt.UTC)
+        retry_at = 0.0
+        while not self.stop.is_set() and not self.cdir.stopping():
+            mine = [
+                m
+                for m in snapshots.list_all(home)
+                if m.cluster == self.plan.name and m.kind == "automatic"
+            ]
+            # the first interval counts from the supervisor's start, not from the epoch
+            last = max((snapshots.created_at(m) for m in mine), default=None)
+            if last is None and backup.interval_s is not None:
+                last = started
+            now = dt.datetime.now(dt.UTC)
+            ready = self.cdir.load_layout() is not None and time.monotonic() >= retry_at
+            if ready and snapshots.automatic_due(backup, now, last):
+                try:
+                    ok = await self.take_snapshot()
+                except Exception:  # never the end of automatic snapshots, nor of the supervisor
+                    self.log.exception("snapshot_crashed")
+                    ok = False
+                if not ok:
+                    retry_at = time.monotonic() + min(60.0, float(backup.interval_s or 60))
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), 1.0)
+
+    async def take_snapshot(self) -> bool:
+        emit_event(self.bus, self.cdir, "snapshot_started", snapshot_kind="automatic")
+        t0 = time.monotonic()
+        try:
+            m = await snapshot_ops.create(
+                self.plan.name,
+                snapshot_id=None,
+                state_dir=str(self.cdir.home),
+                kind="automatic",
+                out=lambda msg: self.log.info("snapshot_progress", detail=msg),
+            )
+        except (CachefleetError, RedisError, OSError) as exc:
+            self.log.warning("snapshot_failed", error=str(exc))
+            emit_event(
+                self.bus, self.cdir, "snapshot_failed", snapshot_kind="automatic", error=str(exc)
+            )
+            return False
+        emit_event(
+            self.bus,
+            self.cdir,
+            "snapshot_completed",
+            snapshot=m.id,
+            snapshot_kind="automatic",
+            keys=m.keys,
+            bytes=m.bytes,
+            seconds=round(time.monotonic() - t0, 3),
+        )
+        retention = self.plan.topology.backup.retention
+        found = snapshots.list_all(self.cdir.home)
+        for old in snapshots.to_expire(found, self.plan.name, retention):
+            snapshot_ops.delete(old, state_dir=str(self.cdir.home))
+            emit_event(self.bus, self.cdir, "snapshot_deleted", snapshot=old, reason="retention")
+        return True
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -190,6 +260,9 @@ class Supervisor:
         self.log.info("supervisor_started", processes=sorted(self.procs))
         bus_stop = asyncio.Event()
         pump = asyncio.create_task(self.bus.run(bus_stop), name="supervisor.bus")
+        backups = None
+        if self.plan.topology.backup.automatic:
+            backups = asyncio.create_task(self.backups(), name="supervisor.backups")
         try:
             async with MetricsServer(plan=self.plan, cdir=self.cdir, log=self.log):
                 while not self.stop.is_set() and not self.cdir.stopping():
@@ -201,6 +274,8 @@ class Supervisor:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(pump), 2.0)
             pump.cancel()
+            if backups is not None:
+                backups.cancel()
             if self._republish is not None:
                 self._republish.cancel()
             self.log.info("supervisor_stopped")

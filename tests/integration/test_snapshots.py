@@ -5,14 +5,19 @@ before anything starts."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from helpers import RunningCluster, assert_all_gone, base_topology, cli, start_cluster
+from helpers import RunningCluster, assert_all_gone, base_topology, cli, start_cluster, wait_for
 from redis.cluster import RedisCluster
+
+from cachefleet.events import read_events
+from cachefleet.proc import read_pid
 
 pytestmark = pytest.mark.integration
 
@@ -153,3 +158,88 @@ def test_a_damaged_snapshot_is_refused_before_anything_starts(
     assert out.returncode == 1 and "truncated" in out.stderr
     assert not (c.state_dir / name).exists()
     cli("snapshot", "delete", "damaged", "--state-dir", str(c.state_dir))
+
+
+def test_automatic_snapshots_keep_the_newest_and_down_takes_a_final_one(tmp_path: Path) -> None:
+    c = start_cluster(
+        tmp_path,
+        shards=1,
+        replicas_per_shard=1,
+        zones=["az-a", "az-b"],
+        backup={"retention": 2, "interval_s": 1},
+    )
+    try:
+        rc = cluster_client(c)
+        try:
+            rc.set("k", "v")
+        finally:
+            rc.close()
+
+        def kinds() -> list[str]:
+            return [e["type"] for e in read_events(c.cdir.events_path)]
+
+        wait_for(
+            lambda: kinds().count("snapshot_completed") >= 3 and "snapshot_deleted" in kinds(),
+            60,
+            "three automatic snapshots and a retention deletion",
+        )
+        listed = json.loads(
+            cli(
+                "snapshot", "list", "--cluster", c.name, "--json", "--state-dir", str(c.state_dir)
+            ).stdout
+        )
+        auto = [r for r in listed if r["kind"] == "automatic"]
+        assert 2 <= len(auto) <= 3  # one more may have completed since the last deletion
+        assert all(r["keys"] == 1 for r in auto)
+        cli(
+            "down", c.name, "--purge", "--final-snapshot", "last-1", "--state-dir", str(c.state_dir)
+        )
+        assert not c.cdir.root.exists()
+        listed = json.loads(
+            cli("snapshot", "list", "--json", "--state-dir", str(c.state_dir)).stdout
+        )
+        (final,) = [r for r in listed if r["id"] == "last-1"]
+        assert final["kind"] == "manual" and final["keys"] == 1  # it outlives the purge
+    finally:
+        c.remember_pids()
+        if c.cdir.root.exists():
+            c.down()
+        assert_all_gone(c.seen_pids)
+
+
+def test_a_node_restarted_with_aof_comes_back_with_its_data(tmp_path: Path) -> None:
+    c = start_cluster(
+        tmp_path,
+        shards=1,
+        replicas_per_shard=0,
+        zones=["az-a"],
+        sentinels={"count": 1, "quorum": 1},
+        persistence={"appendonly": True, "appendfsync": "always"},
+    )
+    try:
+        rc = cluster_client(c)
+        try:
+            for i in range(200):
+                rc.set(f"aof:{i}", str(i))
+        finally:
+            rc.close()
+        (shard,) = c.status()["shards"]
+        name = shard["primary"]["name"]
+        pid = read_pid(c.cdir.pid_file(f"node.{name}"))
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+
+        def restarted() -> bool:
+            now = read_pid(c.cdir.pid_file(f"node.{name}"))
+            return now is not None and now != pid and c.status()["state"] == "available"
+
+        wait_for(restarted, 60, "the agent to restart the node")
+        rc = cluster_client(c)
+        try:
+            assert [rc.get(f"aof:{i}") for i in range(200)] == [str(i) for i in range(200)]
+        finally:
+            rc.close()
+    finally:
+        c.remember_pids()
+        c.down()
+        assert_all_gone(c.seen_pids)

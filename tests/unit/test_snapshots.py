@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 
 from cachefleet import snapshots
 from cachefleet.snapshots import Manifest, ShardSnapshot, SnapshotError
+from cachefleet.topology import Backup
 
 
 @pytest.mark.parametrize("good", ["a", "nightly-1", "Shop-2026-11-29", "x" * 255])
@@ -116,3 +118,66 @@ def test_a_damaged_manifest_is_skipped_by_list(tmp_path: Path) -> None:
     assert [m.id for m in snapshots.list_all(tmp_path)] == ["s1"]
     with pytest.raises(SnapshotError, match="unreadable"):
         snapshots.load(tmp_path, "s2")
+
+
+# --- automatic snapshots: when, and which are kept ------------------------------------------
+
+UTC = dt.UTC
+
+
+def at(h: int, m: int, day: int = 29) -> dt.datetime:
+    return dt.datetime(2026, 11, day, h, m, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("window", "now", "start"),
+    [
+        ((180, 240), at(3, 30), at(3, 0)),
+        ((180, 240), at(4, 0), None),
+        ((180, 240), at(2, 59), None),
+        ((23 * 60, 60), at(23, 30), at(23, 0)),  # wraps midnight
+        ((23 * 60, 60), at(0, 30), at(23, 0, day=28)),
+        ((23 * 60, 60), at(12, 0), None),
+    ],
+)
+def test_window_start(window: tuple[int, int], now: dt.datetime, start: dt.datetime | None) -> None:
+    assert snapshots.window_start(window, now) == start
+
+
+def test_a_window_takes_one_snapshot_a_day() -> None:
+    b = Backup(retention=3, window=(180, 240))
+    assert snapshots.automatic_due(b, at(3, 10), None)
+    assert snapshots.automatic_due(b, at(3, 10), at(3, 5, day=28))  # yesterday's
+    assert not snapshots.automatic_due(b, at(3, 10), at(3, 1))  # today's is taken
+    assert not snapshots.automatic_due(b, at(5, 0), None)  # outside the window
+    assert not snapshots.automatic_due(Backup(retention=0, window=(180, 240)), at(3, 10), None)
+
+
+def test_an_interval_counts_from_the_last_snapshot() -> None:
+    b = Backup(retention=2, interval_s=60)
+    assert snapshots.automatic_due(b, at(3, 10), None)
+    assert not snapshots.automatic_due(b, at(3, 10), at(3, 9) + dt.timedelta(seconds=30))
+    assert snapshots.automatic_due(b, at(3, 10), at(3, 9))
+
+
+def manifest(sid: str, cluster: str, kind: str, created: str) -> Manifest:
+    shard = ShardSnapshot(1, ((0, 16383),), "shard-0001.rdb", 0, 0, "0" * 64, "n", 0)
+    return Manifest(sid, cluster, "valkey", "8", created, kind, 1, (shard,))
+
+
+def test_retention_expires_the_oldest_automatic_snapshots_of_that_cluster_only() -> None:
+    found = [
+        manifest("a1", "c", "automatic", "2026-11-29T01:00:00"),
+        manifest("m1", "c", "manual", "2026-11-29T00:00:00"),
+        manifest("a3", "c", "automatic", "2026-11-29T03:00:00"),
+        manifest("a2", "c", "automatic", "2026-11-29T02:00:00"),
+        manifest("o1", "other", "automatic", "2026-11-28T00:00:00"),
+    ]
+    assert snapshots.to_expire(found, "c", 2) == ["a1"]
+    assert snapshots.to_expire(found, "c", 5) == []
+    assert snapshots.to_expire(found, "c", 0) == ["a1", "a2", "a3"]
+
+
+def test_automatic_ids_are_valid_whatever_the_cluster_name() -> None:
+    assert snapshots.automatic_id("shop", at(3, 4)) == "auto-shop-20261129-030400"
+    assert snapshots.automatic_id("my_shop--1", at(3, 4)) == "auto-my-shop-1-20261129-030400"

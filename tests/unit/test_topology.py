@@ -106,6 +106,22 @@ INVALID = [
         "true or false",
         id="appendonly-str",
     ),
+    pytest.param(
+        doc(persistence__appendfsync="sometimes"),
+        "persistence.appendfsync",
+        "is not one of always, everysec, no",
+        id="appendfsync",
+    ),
+    pytest.param(doc(backup__retention=36), "backup.retention", "out of range", id="retention"),
+    pytest.param(doc(backup__window="3am"), "backup.window", "HH:MM-HH:MM", id="window"),
+    pytest.param(
+        doc(backup__window="03:00-04:00", backup__interval_s=60),
+        "backup.interval_s",
+        "not both",
+        id="window-and-interval",
+    ),
+    pytest.param(doc(backup__source="disk"), "backup.source", "not one of", id="source"),
+    pytest.param(doc(backup__keep=1), "backup.keep", "unknown field", id="backup-unknown"),
     pytest.param(doc(engine_binary=5), "engine_binary", "must be a path", id="binary-int"),
     # required
     pytest.param(doc(name=DELETE), "name", "is required", id="name-missing"),
@@ -492,3 +508,12 @@ def test_topology_is_frozen() -> None:
     topo = parse(doc())
     with pytest.raises(AttributeError):
         topo.shards = 4  # type: ignore[misc]
+
+
+def test_backup_defaults_and_a_nightly_window() -> None:
+    assert parse(doc()).backup.automatic is False
+    nightly = parse(doc(backup__retention=7)).backup
+    assert nightly.automatic and nightly.window == (180, 240) and nightly.interval_s is None
+    fast = parse(doc(backup__retention=2, backup__interval_s=5, backup__source="primary")).backup
+    assert (fast.window, fast.interval_s, fast.source) == (None, 5, "primary")
+    assert parse(doc(persistence__appendfsync="always")).persistence.appendfsync == "always"
