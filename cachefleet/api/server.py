@@ -28,12 +28,14 @@ from aiohttp import web
 from cachefleet.api import auth, shapes, wire
 from cachefleet.api.access import Access, resource_of
 from cachefleet.api.names import Account, group_id, node_group_id, shard_of
+from cachefleet.api.snapshot_actions import SnapshotActions
 from cachefleet.api.store import Store, load_record, save_record
 from cachefleet.api.wire import ApiError, Params, XmlList
 from cachefleet.engine import resolve_engine_binary
 from cachefleet.errors import CachefleetError
 from cachefleet.events import read_events
 from cachefleet.ops import lifecycle
+from cachefleet.ops import snapshot as snapshot_ops
 from cachefleet.ops.failover import graceful_failover
 from cachefleet.proc import reap_children
 from cachefleet.state import ClusterDir
@@ -51,10 +53,7 @@ PENDING = {
     "CreateCacheCluster": "memcached clusters through the API",
     "ModifyCacheCluster": "memcached clusters through the API",
     "DeleteCacheCluster": "memcached clusters through the API",
-    "CreateSnapshot": "snapshots",
-    "DescribeSnapshots": "snapshots",
-    "CopySnapshot": "snapshots",
-    "DeleteSnapshot": "snapshots",
+    "CopySnapshot": "copies and exports of snapshots",
 }
 MAX_TAGS = 50
 EVENT_WINDOW_S = 3600.0  # DescribeEvents without a time range: the last hour
@@ -100,6 +99,7 @@ class Api:
             "ListTagsForResource": self.list_tags,
             "RemoveTagsFromResource": self.remove_tags,
         }
+        self.snapshots = SnapshotActions(self)
 
     # -- the HTTP edge ---------------------------------------------------------------------
 
@@ -218,6 +218,14 @@ class Api:
             )
         if len(req.tags) > MAX_TAGS:
             raise ApiError("TagQuotaPerResourceExceeded", f"At most {MAX_TAGS} tags per resource")
+        if req.snapshot is not None:
+            manifest = self.snapshots.manifest(req.snapshot)
+            if manifest.engine != req.topology["engine"]:
+                raise ApiError(
+                    "InvalidParameterCombination",
+                    f"Snapshot {req.snapshot} is of a {manifest.engine} group; Engine is "
+                    f"{req.topology['engine']}",
+                )
         cdir.root.mkdir(parents=True)
         topology_path = cdir.root / "topology.yaml"
         topology_path.write_text(yaml.safe_dump(req.topology, sort_keys=False))
@@ -232,14 +240,23 @@ class Api:
             tags={arn: req.tags} if req.tags else {},
         )
         save_record(cdir, record)
-        self.run(req.name, "creating", self._up(cdir, topology_path))
+        self.run(req.name, "creating", self._up(cdir, topology_path, req.snapshot))
         return {"ReplicationGroup": shapes.replication_group(self.view(req.name), self.account)}
 
-    async def _up(self, cdir: ClusterDir, topology_path: Path) -> None:
+    async def _up(self, cdir: ClusterDir, topology_path: Path, snapshot: str | None) -> None:
+        """`up --detach`, or `restore SNAPSHOT` (which brings the cluster up the same way,
+        then loads the snapshot's keys)."""
         try:
-            await lifecycle.up(
-                str(topology_path), state_dir=str(self.home), detach=True, out=self.out
-            )
+            if snapshot is None:
+                code = await lifecycle.up(
+                    str(topology_path), state_dir=str(self.home), detach=True, out=self.out
+                )
+            else:
+                code = await snapshot_ops.restore(
+                    snapshot, str(topology_path), state_dir=str(self.home), out=self.out
+                )
+            if code != 0:
+                raise CachefleetError(f"bringing up {cdir.name} exited {code}")
         except Exception as exc:
             save_record(cdir, replace(load_record(cdir), failure=str(exc)))
             raise
@@ -259,23 +276,32 @@ class Api:
 
     async def delete_replication_group(self, params: Params) -> dict[str, Any]:
         name = group_id(params.required("ReplicationGroupId"))
-        if params.string("FinalSnapshotIdentifier"):
-            raise ApiError(
-                "InvalidParameterValue",
-                "FinalSnapshotIdentifier is not supported yet: it needs snapshots",
-            )
+        final = params.string("FinalSnapshotIdentifier")
         if params.boolean("RetainPrimaryCluster"):
             raise ApiError("InvalidParameterValue", "RetainPrimaryCluster is not supported")
         view = self.existing(name)
-        if view.status in ("creating", "deleting", "modifying"):
+        if view.status in ("creating", "deleting", "modifying", "snapshotting"):
             raise ApiError(
                 "InvalidReplicationGroupState",
                 f"Replication group {name} is {view.status}; it can be deleted once it is not.",
             )
-        self.run(name, "deleting", self._down(name))
+        if final is not None:
+            final = self.snapshots.check_name(final, "FinalSnapshotIdentifier")
+            if view.status != "available":
+                raise ApiError(
+                    "InvalidReplicationGroupState",
+                    f"Replication group {name} is {view.status}: a final snapshot needs it "
+                    "available",
+                )
+            self.snapshots.pending[final] = (name, "creating")
+        self.run(name, "deleting", self._down(name, final))
         return {"ReplicationGroup": shapes.replication_group(self.view(name), self.account)}
 
-    async def _down(self, name: str) -> None:
+    async def _down(self, name: str, final: str | None) -> None:
+        """`down --purge`, after the final snapshot when one was asked for (a snapshot that
+        fails leaves the group running: nothing is deleted without its final snapshot)."""
+        if final is not None:
+            await self.snapshots.take(name, final)
         await lifecycle.down(name, state_dir=str(self.home), purge=True, out=self.out)
 
     async def test_failover(self, params: Params) -> dict[str, Any]:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from cachefleet.api.names import Account, group_id, node_group_id, node_size
 from cachefleet.api.wire import ApiError, Params, XmlList, timestamp
 from cachefleet.layout import Layout
 from cachefleet.plan import Plan
+from cachefleet.snapshots import Manifest
 from cachefleet.topology import MAX_REPLICAS, MAX_SHARDS, MAX_ZONES
 
 #: Parameters accepted and recorded but without effect here (networking and maintenance
@@ -37,10 +39,9 @@ NEEDS = {
     "AtRestEncryptionEnabled": "encryption at rest",
     "KmsKeyId": "encryption at rest",
     "UserGroupIds": "user groups (security)",
-    "SnapshotArns": "snapshots",
-    "SnapshotName": "snapshots",
-    "SnapshotRetentionLimit": "snapshots",
-    "SnapshotWindow": "snapshots",
+    "SnapshotArns": "snapshots in S3",
+    "SnapshotRetentionLimit": "automatic snapshots",
+    "SnapshotWindow": "automatic snapshots",
     "ServerlessCacheSnapshotName": "snapshots",
     "GlobalReplicationGroupId": "global datastores",
     "PrimaryClusterId": "adopting existing cache clusters",
@@ -64,6 +65,7 @@ class CreateRequest:
     automatic_failover: bool
     multi_az: bool
     tags: dict[str, str] = field(default_factory=dict)
+    snapshot: str | None = None  # seed the new group from this snapshot (restore)
 
 
 def tags_of(params: Params) -> dict[str, str]:
@@ -120,6 +122,7 @@ def create_request(params: Params, account: Account) -> CreateRequest:
     azs = params.strings("PreferredCacheClusterAZs", "AvailabilityZone")
     groups = params.structs("NodeGroupConfiguration", "NodeGroupConfiguration")
     port = params.integer("Port", lo=1024, hi=65535)
+    snapshot = params.string("SnapshotName")
     tags = tags_of(params)
     unread = params.unread()
     if unread:
@@ -221,6 +224,7 @@ def create_request(params: Params, account: Account) -> CreateRequest:
         automatic_failover=failover,
         multi_az=multi_az,
         tags=tags,
+        snapshot=snapshot,
     )
 
 
@@ -508,4 +512,53 @@ def engine_version_record(engine: str, version: str) -> dict[str, Any]:
             "memcached": "Memcached",
         }.get(engine, engine),
         "CacheEngineVersionDescription": f"{engine} {version} (the installed server)",
+    }
+
+
+def snapshot_record(
+    manifest: Manifest, status: str, account: Account, *, node_type: str, description: str
+) -> dict[str, Any]:
+    """A snapshot as the service describes one: one NodeSnapshot per node group."""
+    try:
+        created = timestamp(datetime.fromisoformat(manifest.created).timestamp())
+    except ValueError:
+        created = None
+    return {
+        "SnapshotName": manifest.id,
+        "ReplicationGroupId": manifest.cluster,
+        "ReplicationGroupDescription": description,
+        "SnapshotStatus": status,
+        "SnapshotSource": "automated" if manifest.kind == "automated" else "manual",
+        "CacheNodeType": node_type,
+        "Engine": manifest.engine,
+        "EngineVersion": manifest.engine_version,
+        "NumNodeGroups": len(manifest.shards),
+        "NodeSnapshots": XmlList(
+            "NodeSnapshot",
+            [
+                {
+                    "CacheClusterId": s.source,
+                    "NodeGroupId": node_group_id(s.shard),
+                    "CacheNodeId": "0001",
+                    "CacheSize": f"{s.bytes} bytes",
+                    "SnapshotCreateTime": created,
+                }
+                for s in manifest.shards
+            ],
+        ),
+        "ARN": account.arn("snapshot", manifest.id),
+    }
+
+
+def pending_snapshot(
+    snapshot_id: str, cluster: str, status: str, account: Account, *, node_type: str
+) -> dict[str, Any]:
+    """A snapshot still being taken: no manifest yet, only what the request said."""
+    return {
+        "SnapshotName": snapshot_id,
+        "ReplicationGroupId": cluster,
+        "SnapshotStatus": status,
+        "SnapshotSource": "manual",
+        "CacheNodeType": node_type,
+        "ARN": account.arn("snapshot", snapshot_id),
     }

@@ -20,7 +20,6 @@ from xml.sax.saxutils import escape
 
 API_VERSION = "2015-02-02"
 NAMESPACE = f"http://elasticache.amazonaws.com/doc/{API_VERSION}/"
-DEFAULT_MAX_RECORDS = 100
 MIN_MAX_RECORDS, MAX_MAX_RECORDS = 20, 100
 
 #: Error code -> HTTP status, as the service answers them.
@@ -31,6 +30,8 @@ STATUS: dict[str, int] = {
     "CacheClusterNotFound": 404,
     "NodeGroupNotFoundFault": 404,
     "SnapshotNotFoundFault": 404,
+    "SnapshotAlreadyExistsFault": 400,
+    "InvalidSnapshotState": 400,
     "TestFailoverNotAvailableFault": 400,
     "InvalidParameterValue": 400,
     "InvalidParameterCombination": 400,
@@ -231,16 +232,19 @@ class Params:
 
 
 def page(
-    items: Sequence[Any], marker: str | None, max_records: int | None
+    items: Sequence[Any],
+    marker: str | None,
+    max_records: int | None,
+    most: int = MAX_MAX_RECORDS,
 ) -> tuple[list[Any], str | None]:
     """One page of `items` from `marker` (an opaque token this function made) and the marker
-    of the next page, or None on the last. MaxRecords is 20..100 (default 100), as the
-    service allows."""
-    size = DEFAULT_MAX_RECORDS if max_records is None else max_records
-    if not MIN_MAX_RECORDS <= size <= MAX_MAX_RECORDS:
+    of the next page, or None on the last. MaxRecords is 20..`most` (default `most`: 100,
+    50 for snapshots), as the service allows."""
+    size = most if max_records is None else max_records
+    if not MIN_MAX_RECORDS <= size <= most:
         raise ApiError(
             "InvalidParameterValue",
-            f"MaxRecords: {size} is out of the allowed range {MIN_MAX_RECORDS}..{MAX_MAX_RECORDS}",
+            f"MaxRecords: {size} is out of the allowed range {MIN_MAX_RECORDS}..{most}",
         )
     start = decode_marker(marker) if marker else 0
     end = start + size

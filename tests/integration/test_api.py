@@ -292,11 +292,15 @@ def test_tags_are_added_listed_removed_and_kept_in_the_state_dir(
         (lambda ec: ec.describe_cache_clusters(CacheClusterId="nope-0001-001"),
          "CacheClusterNotFound", 404),
         (lambda ec: ec.delete_replication_group(
-            ReplicationGroupId=NAME, FinalSnapshotIdentifier="last"),
+            ReplicationGroupId=NAME, FinalSnapshotIdentifier="not a name!"),
          "InvalidParameterValue", 400),
-        (lambda ec: ec.create_snapshot(ReplicationGroupId=NAME, SnapshotName="s"),
+        (lambda ec: ec.describe_snapshots(SnapshotName="nope"), "SnapshotNotFoundFault", 404),
+        (lambda ec: ec.delete_snapshot(SnapshotName="nope"), "SnapshotNotFoundFault", 404),
+        (lambda ec: ec.create_replication_group(
+            ReplicationGroupId="other", ReplicationGroupDescription="x", SnapshotName="nope"),
+         "SnapshotNotFoundFault", 404),
+        (lambda ec: ec.copy_snapshot(SourceSnapshotName="a", TargetSnapshotName="b"),
          "InvalidAction", 400),
-        (lambda ec: ec.describe_snapshots(), "InvalidAction", 400),
         (lambda ec: ec.modify_replication_group(
             ReplicationGroupId=NAME, ApplyImmediately=True, CacheNodeType="cache.t4g.small"),
          "InvalidAction", 400),
@@ -332,6 +336,55 @@ def test_an_unknown_action_over_plain_get_is_invalid_action(serve: Serve) -> Non
         f"{serve.url}/?Action=DescribeCacheEngineVersions&Version=2015-02-02", timeout=10
     )
     assert b"<CacheEngineVersion>" in ok.read()
+
+
+def snapshot_status(ec: Any, name: str) -> str | None:
+    try:
+        found = ec.describe_snapshots(SnapshotName=name)["Snapshots"]
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "SnapshotNotFoundFault":
+            return None
+        raise
+    return str(found[0]["SnapshotStatus"])
+
+
+def test_a_snapshot_seeds_a_new_group_whose_final_snapshot_outlives_it(
+    serve: Serve, shop: dict[str, Any]
+) -> None:
+    ec = serve.client()
+    taken = ec.create_snapshot(ReplicationGroupId=NAME, SnapshotName="shop-copy")["Snapshot"]
+    assert taken["SnapshotStatus"] == "creating"
+    wait_for(lambda: snapshot_status(ec, "shop-copy") == "available", 60, "the snapshot")
+    snap = ec.describe_snapshots(ReplicationGroupId=NAME)["Snapshots"][0]
+    assert [n["NodeGroupId"] for n in snap["NodeSnapshots"]] == ["0001", "0002"]
+    assert snap["Engine"] == "valkey" and snap["NumNodeGroups"] == 2
+
+    ec.create_replication_group(
+        ReplicationGroupId="copy", ReplicationGroupDescription="restored",
+        Engine="valkey", NumNodeGroups=1, ReplicasPerNodeGroup=0,
+        AutomaticFailoverEnabled=True, SnapshotName="shop-copy",
+    )  # fmt: skip
+    ec.get_waiter("replication_group_available").wait(
+        ReplicationGroupId="copy", WaiterConfig={"Delay": 1, "MaxAttempts": 90}
+    )
+    serve.remember()
+    endpoint = ec.describe_replication_groups(ReplicationGroupId="copy")["ReplicationGroups"][0][
+        "ConfigurationEndpoint"
+    ]
+    client = RedisCluster(host=endpoint["Address"], port=endpoint["Port"], decode_responses=True)
+    try:  # the keys the configuration-endpoint test wrote into shop
+        assert [client.get(f"k{i}") for i in range(20)] == [str(i) for i in range(20)]
+    finally:
+        client.close()
+
+    ec.delete_replication_group(ReplicationGroupId="copy", FinalSnapshotIdentifier="copy-final")
+    ec.get_waiter("replication_group_deleted").wait(
+        ReplicationGroupId="copy", WaiterConfig={"Delay": 1, "MaxAttempts": 90}
+    )
+    assert snapshot_status(ec, "copy-final") == "available"
+    for name in ("shop-copy", "copy-final"):
+        assert ec.delete_snapshot(SnapshotName=name)["Snapshot"]["SnapshotStatus"] == "deleting"
+        assert snapshot_status(ec, name) is None
 
 
 def register_stopped_clusters(state_dir: Path, count: int) -> list[str]:

@@ -97,7 +97,7 @@ def test_node_group_configuration_maps_onto_zones() -> None:
         ({"CacheNodeType": "cache.q9.tiny"}, "InvalidParameterValue", "CacheNodeType"),
         ({"NumNodeGroups": "0"}, "InvalidParameterValue", "NumNodeGroups"),
         ({"AuthToken": "secret-token-123456"}, "InvalidParameterValue", "AuthToken"),
-        ({"SnapshotName": "s1"}, "InvalidParameterValue", "snapshots"),
+        ({"SnapshotArns.SnapshotArn.1": "arn:s3"}, "InvalidParameterValue", "S3"),
         ({"Bogus": "1"}, "InvalidParameterValue", "Bogus"),
         ({"ReplicationGroupId": "9lives"}, "InvalidParameterValue", "ReplicationGroupId"),
     ],
@@ -112,6 +112,11 @@ def test_the_services_validation(fields: dict[str, str], code: str, words: str) 
 
 def test_an_explicit_false_for_an_unsupported_feature_is_fine() -> None:
     assert create(TransitEncryptionEnabled="false").name == "shop"
+
+
+def test_a_snapshot_name_seeds_the_new_group() -> None:
+    assert create(SnapshotName="nightly-1").snapshot == "nightly-1"
+    assert create().snapshot is None
 
 
 def view(status: str = "available", failed_over: bool = False) -> shapes.ClusterView:
