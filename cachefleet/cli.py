@@ -91,10 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     q = snap.add_parser("delete", help="delete a snapshot")
     q.add_argument("id")
     q.add_argument("--state-dir", default=None)
+    q = snap.add_parser("export", help="copy a snapshot to DIR/ID (manifest + RDB files)")
+    q.add_argument("id")
+    q.add_argument("directory")
+    q.add_argument("--state-dir", default=None)
+    q = snap.add_parser("import", help="make an exported snapshot known again")
+    q.add_argument("path", help="the exported snapshot's directory")
+    q.add_argument("--state-dir", default=None)
 
     p = sub.add_parser("restore", help="a new cluster seeded from a snapshot (any shard count)")
     p.add_argument("snapshot", help="snapshot id")
     p.add_argument("topology", help="topology YAML of the new cluster")
+    p.add_argument("--key-file", default=None, help="key of an encrypted snapshot")
     p.add_argument("--state-dir", default=None)
 
     p = sub.add_parser("events", help="print a cluster's events")
@@ -242,6 +250,12 @@ def _snapshot(args: argparse.Namespace) -> int:
         case "delete":
             snapshot_ops.delete(args.id, state_dir=args.state_dir)
             _out(f"snapshot {args.id} deleted")
+        case "export":
+            target = snapshot_ops.export(args.id, args.directory, state_dir=args.state_dir)
+            _out(f"snapshot {args.id} exported to {target}")
+        case "import":
+            manifest = snapshot_ops.import_(args.path, state_dir=args.state_dir)
+            _out(f"snapshot {manifest.id} imported ({len(manifest.shards)} shards)")
     return 0
 
 
@@ -255,6 +269,7 @@ def _snapshot_row(m: Manifest) -> dict[str, object]:
         "bytes": m.bytes,
         "kind": m.kind,
         "status": "available",
+        "encrypted": m.key_id is not None,
         "engine": m.engine,
         "engine_version": m.engine_version,
     }
@@ -262,7 +277,13 @@ def _snapshot_row(m: Manifest) -> dict[str, object]:
 
 def _restore(args: argparse.Namespace) -> int:
     return asyncio.run(
-        snapshot_ops.restore(args.snapshot, args.topology, state_dir=args.state_dir, out=_out)
+        snapshot_ops.restore(
+            args.snapshot,
+            args.topology,
+            state_dir=args.state_dir,
+            out=_out,
+            key_file=args.key_file,
+        )
     )
 
 

@@ -62,6 +62,7 @@ class Manifest:
     kind: str
     config_epoch: int
     shards: tuple[ShardSnapshot, ...]
+    key_id: str | None = None  # encrypted at rest with this key (cachefleet.sealing)
 
     @property
     def keys(self) -> int:
@@ -90,6 +91,7 @@ class Manifest:
                 kind=_str(data["kind"]),
                 config_epoch=_int(data["config_epoch"]),
                 shards=shards,
+                key_id=_key_id(data.get("key_id")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SnapshotError(f"{where}: not a valid snapshot manifest ({exc})") from exc
@@ -109,6 +111,14 @@ def _str(value: Any) -> str:
 def _int(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{value!r} is not an integer")
+    return value
+
+
+def _key_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{16}", value):
+        raise ValueError("key_id is not 16 hex digits")
     return value
 
 
@@ -145,11 +155,18 @@ def directory(home: Path, snapshot_id: str) -> Path:
 
 
 def load(home: Path, snapshot_id: str) -> Manifest:
-    path = directory(home, snapshot_id) / MANIFEST
+    return load_dir(
+        directory(home, snapshot_id), f"no snapshot named {snapshot_id!r} under {root(home)}"
+    )
+
+
+def load_dir(base: Path, missing: str | None = None) -> Manifest:
+    """The manifest of the snapshot directory `base` (exported or in the state dir)."""
+    path = base / MANIFEST
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise SnapshotError(f"no snapshot named {snapshot_id!r} under {root(home)}") from None
+        raise SnapshotError(missing or f"{base} is not a snapshot (no {MANIFEST})") from None
     except (OSError, ValueError) as exc:
         raise SnapshotError(f"{path}: unreadable ({exc})") from exc
     return Manifest.from_dict(data, str(path))
@@ -181,7 +198,10 @@ def sha256_file(path: Path) -> str:
 
 def verify(home: Path, manifest: Manifest) -> None:
     """Every file present, of its size and SHA-256; else the error names the file."""
-    base = directory(home, manifest.id)
+    verify_dir(directory(home, manifest.id), manifest)
+
+
+def verify_dir(base: Path, manifest: Manifest) -> None:
     for shard in manifest.shards:
         path = base / shard.file
         if not path.is_file():

@@ -149,6 +149,7 @@ class Backup:
     window: tuple[int, int] | None = None
     interval_s: int | None = None
     source: str = "replica"  # replica (no fork on the primary) | primary
+    encryption_key_file: str | None = None  # AES-256-GCM for snapshot files
 
     @property
     def automatic(self) -> bool:
@@ -546,6 +547,11 @@ def _backup(bk: Section, memcached: bool) -> Backup:
     window_text = bk.raw("window", None)
     interval = bk.raw("interval_s", None)
     source = bk.choice("source", "replica", ("replica", "primary"))
+    key_file = bk.raw("encryption_key_file", None)
+    if key_file is not None and (not isinstance(key_file, str) or not key_file):
+        raise bk.fail("encryption_key_file", "must be a path to a key file")
+    if key_file is not None and not Path(key_file).is_absolute() and not bk.source.startswith("<"):
+        key_file = str(Path(bk.source).parent / key_file)  # relative to the topology file
     window: tuple[int, int] | None = None
     if window_text is not None:
         match = _WINDOW.fullmatch(window_text) if isinstance(window_text, str) else None
@@ -564,7 +570,13 @@ def _backup(bk: Section, memcached: bool) -> Backup:
     if memcached and retention:
         raise bk.fail("retention", "memcached clusters have no snapshots")
     bk.done()
-    return Backup(retention=retention, window=window, interval_s=interval, source=source)
+    return Backup(
+        retention=retention,
+        window=window,
+        interval_s=interval,
+        source=source,
+        encryption_key_file=key_file,
+    )
 
 
 def _size(section: Section, key: str, value: Any) -> int:

@@ -35,6 +35,7 @@ from cachefleet.layout import Layout, LayoutNode, LayoutShard
 from cachefleet.nodes import Role, connect, info, replication
 from cachefleet.ops import lifecycle
 from cachefleet.ops.status import read_bus
+from cachefleet.sealing import Key
 from cachefleet.slots import key_slot
 from cachefleet.snapshots import Manifest, ShardSnapshot, SnapshotError
 from cachefleet.state import ClusterDir, state_home
@@ -103,14 +104,14 @@ async def _bgsave(client: aredis.Redis, where: str) -> None:
 
 
 async def _snapshot_shard(
-    shard: LayoutShard, auth: Credentials, target: Path, prefer: str, out: Out
+    shard: LayoutShard, auth: Credentials, target: Path, prefer: str, key: Key | None, out: Out
 ) -> tuple[ShardSnapshot, str]:
     """From the best source; a source that fails (a replica that dies meanwhile) passes the
     shard to the next one, and only when every one failed does the snapshot fail."""
     errors: list[str] = []
     for node in await _sources(shard, auth, prefer):
         try:
-            return await _snapshot_from(shard, node, auth, target, out)
+            return await _snapshot_from(shard, node, auth, target, key, out)
         except (CachefleetError, RedisError, OSError) as exc:
             errors.append(f"{node.name}: {exc}")
             out(f"shard {shard.id}: snapshot from {node.name} failed ({exc}); trying another node")
@@ -118,7 +119,12 @@ async def _snapshot_shard(
 
 
 async def _snapshot_from(
-    shard: LayoutShard, node: LayoutNode, auth: Credentials, target: Path, out: Out
+    shard: LayoutShard,
+    node: LayoutNode,
+    auth: Credentials,
+    target: Path,
+    key: Key | None,
+    out: Out,
 ) -> tuple[ShardSnapshot, str]:
     where = f"shard {shard.id} ({node.name})"
     client = connect(node.host, node.port, timeout=10.0, auth=auth)
@@ -131,9 +137,12 @@ async def _snapshot_from(
         server = await info(client, "server") or {}
     finally:
         await client.aclose()
-    name = f"shard-{shard.id:04d}.rdb"
+    name = f"shard-{shard.id:04d}.rdb" + (".enc" if key is not None else "")
     dest = target / name
-    await asyncio.to_thread(shutil.copyfile, Path(directory) / dbfilename, dest)
+    if key is None:
+        await asyncio.to_thread(shutil.copyfile, Path(directory) / dbfilename, dest)
+    else:  # sealed from the node's file: no plaintext copy is written
+        await asyncio.to_thread(key.seal, Path(directory) / dbfilename, dest)
     sha = await asyncio.to_thread(snapshots.sha256_file, dest)
     out(f"shard {shard.id}: {keys} keys, {dest.stat().st_size} bytes from {node.name}")
     version = str(server.get("valkey_version") or server.get("redis_version") or "")
@@ -174,6 +183,8 @@ async def create(
     layout = (await read_bus(plan, cdir)).layout or cdir.load_layout()
     if layout is None:
         raise CachefleetError(f"cluster {name!r} has no layout (is it running?)")
+    key_file = plan.topology.backup.encryption_key_file
+    key = Key.from_file(key_file) if key_file else None  # refused before any BGSAVE
     partial = final.with_name(final.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     snapshots.root(cdir.home).mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -183,7 +194,7 @@ async def create(
     try:
         prefer = plan.topology.backup.source
         taken = await asyncio.gather(
-            *(_snapshot_shard(shard, auth, partial, prefer, out) for shard in layout.shards)
+            *(_snapshot_shard(shard, auth, partial, prefer, key, out) for shard in layout.shards)
         )
         manifest = Manifest(
             id=snapshot_id,
@@ -194,6 +205,7 @@ async def create(
             kind=kind,
             config_epoch=layout.epoch,
             shards=tuple(s for s, _ in taken),
+            key_id=key.id if key is not None else None,
         )
         (partial / snapshots.MANIFEST).write_text(manifest.to_json())
         partial.rename(final)  # complete: every file and the manifest are in place
@@ -218,13 +230,47 @@ def delete(snapshot_id: str, *, state_dir: str | None) -> None:
     shutil.rmtree(snapshots.directory(home, snapshot_id))
 
 
+def export(snapshot_id: str, destination: str, *, state_dir: str | None) -> Path:
+    """A self-contained copy (manifest + one RDB per shard) under `destination`."""
+    home = state_home(state_dir)
+    manifest = snapshots.load(home, snapshot_id)
+    snapshots.verify(home, manifest)
+    target = Path(destination) / snapshot_id
+    if target.exists():
+        raise SnapshotError(f"{target} already exists")
+    shutil.copytree(snapshots.directory(home, snapshot_id), target)
+    return target
+
+
+def import_(path: str, *, state_dir: str | None) -> Manifest:
+    """Make an exported snapshot known again: its manifest and every file are checked."""
+    source = Path(path)
+    manifest = snapshots.load_dir(source)
+    snapshots.verify_dir(source, manifest)
+    home = state_home(state_dir)
+    target = snapshots.directory(home, manifest.id)
+    if target.exists():
+        raise SnapshotError(f"a snapshot named {manifest.id!r} already exists")
+    snapshots.root(home).mkdir(parents=True, exist_ok=True, mode=0o700)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial)
+    partial.rename(target)
+    return manifest
+
+
 # -- restore --------------------------------------------------------------------------------
 
 
-async def _reader(binary: str, rdb: Path, work: Path) -> tuple[asyncio.subprocess.Process, int]:
+async def _reader(
+    binary: str, rdb: Path, work: Path, key: Key | None
+) -> tuple[asyncio.subprocess.Process, int]:
     """A private engine on loopback that has loaded `rdb` (not a cluster node)."""
     port = ports.allocate_one()
-    shutil.copyfile(rdb, work / "dump.rdb")
+    if key is None:
+        shutil.copyfile(rdb, work / "dump.rdb")
+    else:
+        await asyncio.to_thread(key.open, rdb, work / "dump.rdb")
     proc = await asyncio.create_subprocess_exec(
         binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(work),
         "--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no",
@@ -309,10 +355,31 @@ async def _copy_keys(source_port: int, layout: Layout, auth: Credentials) -> int
             await t.aclose()
 
 
-async def restore(snapshot_id: str, topology_path: str, *, state_dir: str | None, out: Out) -> int:
+async def restore(
+    snapshot_id: str,
+    topology_path: str,
+    *,
+    state_dir: str | None,
+    out: Out,
+    key_file: str | None = None,
+) -> int:
     home = state_home(state_dir)
     manifest = snapshots.load(home, snapshot_id)
     topo = load_topology(topology_path)
+    key: Key | None = None
+    if manifest.key_id is not None:
+        key_file = key_file or topo.backup.encryption_key_file
+        if key_file is None:
+            raise SnapshotError(
+                f"snapshot {snapshot_id} is encrypted (key {manifest.key_id}): give --key-file "
+                "or backup.encryption_key_file"
+            )
+        key = Key.from_file(key_file)
+        if key.id != manifest.key_id:
+            raise SnapshotError(
+                f"snapshot {snapshot_id} ({manifest.shards[0].file} ...) is encrypted with key "
+                f"{manifest.key_id}, not with {key_file} (key {key.id})"
+            )
     if topo.is_memcached or topo.engine != manifest.engine:
         raise SnapshotError(
             f"snapshot {snapshot_id} is of a {manifest.engine} cluster; {topology_path} "
@@ -339,7 +406,7 @@ async def restore(snapshot_id: str, topology_path: str, *, state_dir: str | None
     copied = 0
     for shard in manifest.shards:
         with tempfile.TemporaryDirectory(prefix="cachefleet-restore-") as work:
-            proc, port = await _reader(plan.engine_binary, base / shard.file, Path(work))
+            proc, port = await _reader(plan.engine_binary, base / shard.file, Path(work), key)
             try:
                 n = await _copy_keys(port, layout, auth)
             finally:

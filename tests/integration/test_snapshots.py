@@ -243,3 +243,66 @@ def test_a_node_restarted_with_aof_comes_back_with_its_data(tmp_path: Path) -> N
         c.remember_pids()
         c.down()
         assert_all_gone(c.seen_pids)
+
+
+def test_encrypted_snapshots_export_import_and_restore_only_with_their_key(tmp_path: Path) -> None:
+    key = tmp_path / "snap.key"
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o600)
+    other = tmp_path / "other.key"
+    other.write_bytes(os.urandom(32))
+    other.chmod(0o600)
+    c = start_cluster(
+        tmp_path,
+        shards=1,
+        replicas_per_shard=0,
+        zones=["az-a"],
+        sentinels={"count": 1, "quorum": 1},
+        backup={"encryption_key_file": str(key)},
+    )
+    state = str(c.state_dir)
+    try:
+        rc = cluster_client(c)
+        try:
+            fill(rc)
+            want = contents(rc)
+        finally:
+            rc.close()
+        cli("snapshot", "create", c.name, "--id", "sealed", "--state-dir", state)
+        stored = c.state_dir / "snapshots" / "sealed" / "shard-0001.rdb.enc"
+        assert not stored.read_bytes().startswith(b"REDIS")  # no plaintext at rest
+        assert b"v1v1" not in stored.read_bytes()
+        exported = tmp_path / "backups"
+        exported.mkdir()
+        cli("snapshot", "export", "sealed", str(exported), "--state-dir", state)
+        cli("snapshot", "delete", "sealed", "--state-dir", state)
+        cli("snapshot", "import", str(exported / "sealed"), "--state-dir", state)
+        (row,) = json.loads(cli("snapshot", "list", "--json", "--state-dir", state).stdout)
+        assert row["id"] == "sealed" and row["encrypted"] is True
+
+        name = f"{c.name}-wrong"
+        out = cli(
+            "restore", "sealed", str(topology_file(c, name, 2)), "--key-file", str(other),
+            "--state-dir", state, check=False,
+        )  # fmt: skip
+        assert out.returncode == 1 and "is encrypted with key" in out.stderr, out.stderr
+        assert not (c.state_dir / name).exists()
+
+        restored_name = f"{c.name}-dec"
+        path = topology_file(c, restored_name, 2)
+        out = cli("restore", "sealed", str(path), "--key-file", str(key), "--state-dir", state)
+        restored = RunningCluster(restored_name, c.state_dir, path, out.stdout)
+        restored.remember_pids()
+        try:
+            rc = cluster_client(restored)
+            try:
+                assert contents(rc) == want
+            finally:
+                rc.close()
+        finally:
+            restored.down()
+            assert_all_gone(restored.seen_pids)
+    finally:
+        c.remember_pids()
+        c.down()
+        assert_all_gone(c.seen_pids)
