@@ -1,8 +1,10 @@
 """The management API: the ElastiCache Query API (version 2015-02-02) over HTTP.
 
-``wire`` is the pure wire format (form parameters in, XML out, errors, pagination),
-``names`` the service's identifiers (ARNs, node group ids, node types), ``shapes`` turns
-requests into topologies and clusters into the service's records, ``store`` keeps what only
-the API knows (descriptions, tags) in the state dir, ``server`` is the aiohttp front end that
-calls the same operations as the CLI.
+Pure parts: ``wire`` (form parameters in, XML out, errors, pagination), ``names`` (ARNs,
+node group ids, node types), ``creation`` (the service's validation of the create calls,
+into topologies), ``shapes`` (clusters and snapshots into the service's records), ``auth``
+(SigV4 and IAM-style policies). Around them: ``store`` (the clusters in the state dir and
+``api.json``), ``access`` (credentials.yaml, the audit log), and the aiohttp front end
+``server`` with ``snapshot_actions`` and ``cache_cluster_actions``, which call the same
+operations as the CLI.
 """

@@ -25,8 +25,9 @@ from urllib.parse import parse_qsl
 import yaml
 from aiohttp import web
 
-from cachefleet.api import auth, shapes, wire
+from cachefleet.api import auth, creation, shapes, wire
 from cachefleet.api.access import Access, resource_of
+from cachefleet.api.cache_cluster_actions import CacheClusterActions
 from cachefleet.api.names import Account, group_id, node_group_id, shard_of
 from cachefleet.api.snapshot_actions import SnapshotActions
 from cachefleet.api.store import Store, load_record, save_record
@@ -50,9 +51,6 @@ PENDING = {
     "ModifyReplicationGroupShardConfiguration": "online resharding (scaling)",
     "IncreaseReplicaCount": "online replica scaling",
     "DecreaseReplicaCount": "online replica scaling",
-    "CreateCacheCluster": "memcached clusters through the API",
-    "ModifyCacheCluster": "memcached clusters through the API",
-    "DeleteCacheCluster": "memcached clusters through the API",
     "CopySnapshot": "copies and exports of snapshots",
 }
 MAX_TAGS = 50
@@ -100,6 +98,7 @@ class Api:
             "RemoveTagsFromResource": self.remove_tags,
         }
         self.snapshots = SnapshotActions(self)
+        self.cache_clusters = CacheClusterActions(self)
 
     # -- the HTTP edge ---------------------------------------------------------------------
 
@@ -182,12 +181,12 @@ class Api:
     def groups(self) -> list[shapes.ClusterView]:
         names = sorted(set(self.store.names()) | set(self.operations))
         views = [self.view(n) for n in names]
-        return [v for v in views if v.plan is None or not v.plan.topology.is_memcached]
+        return [v for v in views if not v.is_memcached]
 
     def existing(self, name: str) -> shapes.ClusterView:
         if name in self.operations or name in self.store.names():
             view = self.view(name)
-            if view.plan is None or not view.plan.topology.is_memcached:
+            if not view.is_memcached:
                 return view
         raise ApiError("ReplicationGroupNotFoundFault", f"Replication group {name} not found.")
 
@@ -210,7 +209,7 @@ class Api:
     # -- replication groups --------------------------------------------------------------------
 
     async def create_replication_group(self, params: Params) -> dict[str, Any]:
-        req = shapes.create_request(params, self.account)
+        req = creation.create_request(params, self.account)
         cdir = ClusterDir(self.home, req.name)
         if req.name in self.operations or cdir.exists() or cdir.root.exists():
             raise ApiError(
@@ -237,26 +236,31 @@ class Api:
             cluster_enabled=req.cluster_enabled,
             automatic_failover=req.automatic_failover,
             multi_az=req.multi_az,
+            engine=req.topology["engine"],
             tags={arn: req.tags} if req.tags else {},
         )
         save_record(cdir, record)
-        self.run(req.name, "creating", self._up(cdir, topology_path, req.snapshot))
+        self.run(req.name, "creating", self.created(cdir, self._up(topology_path, req.snapshot)))
         return {"ReplicationGroup": shapes.replication_group(self.view(req.name), self.account)}
 
-    async def _up(self, cdir: ClusterDir, topology_path: Path, snapshot: str | None) -> None:
+    async def _up(self, topology_path: Path, snapshot: str | None) -> None:
         """`up --detach`, or `restore SNAPSHOT` (which brings the cluster up the same way,
         then loads the snapshot's keys)."""
+        if snapshot is None:
+            code = await lifecycle.up(
+                str(topology_path), state_dir=str(self.home), detach=True, out=self.out
+            )
+        else:
+            code = await snapshot_ops.restore(
+                snapshot, str(topology_path), state_dir=str(self.home), out=self.out
+            )
+        if code != 0:
+            raise CachefleetError(f"bringing up {topology_path} exited {code}")
+
+    async def created(self, cdir: ClusterDir, work: Awaitable[None]) -> None:
+        """A creation; when it fails, the reason is kept and the cluster is create-failed."""
         try:
-            if snapshot is None:
-                code = await lifecycle.up(
-                    str(topology_path), state_dir=str(self.home), detach=True, out=self.out
-                )
-            else:
-                code = await snapshot_ops.restore(
-                    snapshot, str(topology_path), state_dir=str(self.home), out=self.out
-                )
-            if code != 0:
-                raise CachefleetError(f"bringing up {cdir.name} exited {code}")
+            await work
         except Exception as exc:
             save_record(cdir, replace(load_record(cdir), failure=str(exc)))
             raise
@@ -336,7 +340,7 @@ class Api:
     async def describe_cache_clusters(self, params: Params) -> dict[str, Any]:
         wanted = params.string("CacheClusterId")
         show = params.boolean("ShowCacheNodeInfo") or False
-        params.boolean("ShowCacheClustersNotInReplicationGroups")
+        lone = params.boolean("ShowCacheClustersNotInReplicationGroups") or False
         max_records = params.integer("MaxRecords")
         marker = params.string("Marker")
         names = sorted(set(self.store.names()) | set(self.operations))
@@ -345,6 +349,8 @@ class Api:
             for n in names
             for c in shapes.cache_clusters(self.view(n), self.account, show_nodes=show)
         ]
+        if lone:
+            clusters = [c for c in clusters if "ReplicationGroupId" not in c]
         if wanted is not None:
             clusters = [c for c in clusters if c["CacheClusterId"] == wanted.lower()]
             if not clusters:
@@ -443,7 +449,7 @@ class Api:
 
     async def add_tags(self, params: Params) -> dict[str, Any]:
         arn = params.required("ResourceName")
-        new = shapes.tags_of(params)
+        new = creation.tags_of(params)
         if not new:
             raise ApiError("MissingParameter", "The request must contain the parameter Tags")
         cdir = self.resource(arn)

@@ -1,9 +1,8 @@
-"""Requests into topologies and clusters into the service's records, pure.
+"""Clusters into the service's records, pure.
 
-:func:`create_request` applies the service's validation to a CreateReplicationGroup request
-and returns the topology it becomes; :func:`replication_group`, :func:`cache_clusters` and
-:func:`event_records` render a :class:`ClusterView` (what the state dir says about one
-cluster, read by the server) as the service's structures.
+:func:`replication_group`, :func:`cache_clusters`, :func:`event_record` and
+:func:`snapshot_record` render a :class:`ClusterView` (what the state dir says about one
+cluster, read by the server) or a snapshot's manifest as the service's structures.
 """
 
 from __future__ import annotations
@@ -13,219 +12,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cachefleet.api.names import Account, group_id, node_group_id, node_size
-from cachefleet.api.wire import ApiError, Params, XmlList, timestamp
+from cachefleet.api.names import Account, node_group_id
+from cachefleet.api.wire import XmlList, timestamp
 from cachefleet.layout import Layout
 from cachefleet.plan import Plan
 from cachefleet.snapshots import Manifest
-from cachefleet.topology import MAX_REPLICAS, MAX_SHARDS, MAX_ZONES
-
-#: Parameters accepted and recorded but without effect here (networking and maintenance
-#: settings of the real service's hosts).
-IGNORED = (
-    "CacheSubnetGroupName",
-    "PreferredMaintenanceWindow",
-    "AutoMinorVersionUpgrade",
-    "NetworkType",
-    "IpDiscovery",
-    "CacheParameterGroupName",
-    "EngineVersion",
-)
-#: Parameters that need a capability cachefleet does not have yet: refused, naming it.
-NEEDS = {
-    "AuthToken": "AUTH tokens (security)",
-    "TransitEncryptionEnabled": "TLS (security)",
-    "TransitEncryptionMode": "TLS (security)",
-    "AtRestEncryptionEnabled": "encryption at rest",
-    "KmsKeyId": "encryption at rest",
-    "UserGroupIds": "user groups (security)",
-    "SnapshotArns": "snapshots in S3",
-    "SnapshotRetentionLimit": "automatic snapshots",
-    "SnapshotWindow": "automatic snapshots",
-    "ServerlessCacheSnapshotName": "snapshots",
-    "GlobalReplicationGroupId": "global datastores",
-    "PrimaryClusterId": "adopting existing cache clusters",
-    "DataTieringEnabled": "data tiering",
-    "NotificationTopicArn": "notifications",
-    "LogDeliveryConfigurations": "log delivery",
-}
-_AZ = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
-
-
-@dataclass(frozen=True)
-class CreateRequest:
-    """A validated CreateReplicationGroup: the topology to bring up and what only the API
-    records (description, the node type as asked, flags, tags)."""
-
-    name: str
-    description: str
-    topology: dict[str, Any]
-    node_type: str
-    cluster_enabled: bool
-    automatic_failover: bool
-    multi_az: bool
-    tags: dict[str, str] = field(default_factory=dict)
-    snapshot: str | None = None  # seed the new group from this snapshot (restore)
-
-
-def tags_of(params: Params) -> dict[str, str]:
-    tags: dict[str, str] = {}
-    for tag in params.structs("Tags", "Tag"):
-        key = tag.fields.get("Key")
-        if not key:
-            raise ApiError("InvalidParameterValue", "Tags: every tag needs a Key")
-        tags[key] = tag.fields.get("Value", "")
-    return tags
-
-
-def _combination(message: str) -> ApiError:
-    return ApiError("InvalidParameterCombination", message)
-
-
-def create_request(params: Params, account: Account) -> CreateRequest:
-    name = group_id(params.required("ReplicationGroupId"))
-    description = params.required("ReplicationGroupDescription")
-    engine = (params.string("Engine") or "redis").lower()
-    if engine not in ("redis", "valkey"):
-        raise ApiError(
-            "InvalidParameterValue",
-            f"Engine: {engine!r} is not a replication group engine (redis, valkey); "
-            "memcached clusters are made with CreateCacheCluster",
-        )
-    node_type = params.string("CacheNodeType") or "cache.t4g.micro"
-    size = node_size(node_type)
-    for key, capability in NEEDS.items():
-        present = key in params.fields or any(k.startswith(key + ".") for k in params.fields)
-        if present and params.fields.get(key, "").lower() not in ("false", "0"):
-            raise ApiError(
-                "InvalidParameterValue",
-                f"{key} is not supported yet: it needs {capability}, which cachefleet does not "
-                "offer yet",
-            )
-        params.read.add(key)
-    for key in IGNORED:
-        params.string(key)
-    params.strings("SecurityGroupIds", "SecurityGroupId")
-    params.strings("CacheSecurityGroupNames", "CacheSecurityGroupName")
-
-    num_groups = params.integer("NumNodeGroups", lo=1, hi=MAX_SHARDS)
-    replicas = params.integer("ReplicasPerNodeGroup", lo=0, hi=MAX_REPLICAS)
-    num_clusters = params.integer("NumCacheClusters", lo=1, hi=1 + MAX_REPLICAS)
-    failover = params.boolean("AutomaticFailoverEnabled") or False
-    multi_az = params.boolean("MultiAZEnabled") or False
-    mode = params.string("ClusterMode")
-    if mode is not None and mode not in ("enabled", "disabled", "compatible"):
-        raise ApiError(
-            "InvalidParameterValue",
-            f"ClusterMode: {mode!r} is not one of enabled, disabled, compatible",
-        )
-    azs = params.strings("PreferredCacheClusterAZs", "AvailabilityZone")
-    groups = params.structs("NodeGroupConfiguration", "NodeGroupConfiguration")
-    port = params.integer("Port", lo=1024, hi=65535)
-    snapshot = params.string("SnapshotName")
-    tags = tags_of(params)
-    unread = params.unread()
-    if unread:
-        raise ApiError(
-            "InvalidParameterValue", f"{unread[0]} is not a CreateReplicationGroup parameter"
-        )
-
-    if num_clusters is not None and (num_groups not in (None, 1) or replicas is not None):
-        raise _combination(
-            "NumCacheClusters is for a single node group; use NumNodeGroups and "
-            "ReplicasPerNodeGroup for several"
-        )
-    if groups and num_groups is not None and len(groups) != num_groups:
-        raise ApiError(
-            "InvalidParameterValue",
-            f"NodeGroupConfiguration has {len(groups)} entries but NumNodeGroups is {num_groups}",
-        )
-    shards = num_groups or len(groups) or 1
-    cluster_enabled = mode == "enabled" or shards > 1 or num_groups is not None
-    if cluster_enabled and mode == "disabled":
-        raise _combination("ClusterMode disabled allows one node group only")
-    zones: list[str] = []
-    group_replicas: set[int] = set()
-    for i, g in enumerate(groups, 1):
-        if g.fields.get("Slots"):
-            raise ApiError(
-                "InvalidParameterValue",
-                f"NodeGroupConfiguration {i}: Slots are not supported yet; slots are split "
-                "evenly over the node groups",
-            )
-        count = g.integer("ReplicaCount", lo=0, hi=MAX_REPLICAS)
-        replica_azs = g.strings("ReplicaAvailabilityZones", "AvailabilityZone")
-        if count is None and replica_azs:
-            count = len(replica_azs)
-        if count is not None:
-            group_replicas.add(count)
-        zones += [z for z in (g.string("PrimaryAvailabilityZone"), *replica_azs) if z]
-    if len(group_replicas) > 1:
-        raise ApiError(
-            "InvalidParameterValue",
-            "NodeGroupConfiguration: every node group must have the same ReplicaCount here",
-        )
-    if num_clusters is not None:
-        per_shard = num_clusters - 1
-    elif group_replicas:
-        per_shard = group_replicas.pop()
-        if replicas is not None and replicas != per_shard:
-            raise _combination(
-                f"ReplicasPerNodeGroup {replicas} differs from NodeGroupConfiguration's "
-                f"ReplicaCount {per_shard}"
-            )
-    else:
-        per_shard = replicas or 0
-    if azs:
-        if num_clusters is not None and len(azs) != num_clusters:
-            raise ApiError(
-                "InvalidParameterValue",
-                f"PreferredCacheClusterAZs names {len(azs)} zones for {num_clusters} cache "
-                "clusters: give one per cluster",
-            )
-        zones += azs
-    if cluster_enabled and not failover:
-        raise _combination("Cluster mode enabled replication groups need AutomaticFailoverEnabled")
-    if failover and not cluster_enabled and per_shard < 1:
-        raise _combination(
-            "AutomaticFailoverEnabled needs at least one read replica (NumCacheClusters >= 2)"
-        )
-    if multi_az and not failover:
-        raise _combination("MultiAZEnabled needs AutomaticFailoverEnabled")
-
-    distinct = list(dict.fromkeys(zones))
-    for z in distinct:
-        if not _AZ.fullmatch(z):
-            raise ApiError("InvalidParameterValue", f"AvailabilityZone {z!r} is not a zone name")
-    if not distinct:
-        distinct = [f"{account.region}{c}" for c in "abc"[: min(3, 1 + per_shard)]]
-    if len(distinct) > MAX_ZONES:
-        raise ApiError(
-            "InvalidParameterValue",
-            f"{len(distinct)} zones named; at most {MAX_ZONES} are supported",
-        )
-    topology: dict[str, Any] = {
-        "name": name,
-        "engine": engine,
-        "zones": distinct,
-        "shards": shards,
-        "replicas_per_shard": per_shard,
-        "node_type": size,
-        "ports": {"base": "auto"},
-        "router": {"port": port if port is not None else "auto"},
-        "bus": {"url": "embedded"},
-    }
-    return CreateRequest(
-        name=name,
-        description=description,
-        topology=topology,
-        node_type=node_type,
-        cluster_enabled=cluster_enabled,
-        automatic_failover=failover,
-        multi_az=multi_az,
-        tags=tags,
-        snapshot=snapshot,
-    )
 
 
 @dataclass(frozen=True)
@@ -240,6 +31,7 @@ class Record:
     automatic_failover: bool | None = None
     multi_az: bool = False
     failure: str | None = None  # why creation failed
+    engine: str | None = None  # as asked, until the plan says
     tags: dict[str, dict[str, str]] = field(default_factory=dict)  # ARN -> tags
 
     def to_dict(self) -> dict[str, Any]:
@@ -251,6 +43,7 @@ class Record:
             "automatic_failover": self.automatic_failover,
             "multi_az": self.multi_az,
             "failure": self.failure,
+            "engine": self.engine,
             "tags": self.tags,
         }
 
@@ -271,6 +64,7 @@ class Record:
             else None,
             multi_az=bool(data.get("multi_az", False)),
             failure=data.get("failure") if isinstance(data.get("failure"), str) else None,
+            engine=data.get("engine") if isinstance(data.get("engine"), str) else None,
             tags={
                 str(k): {str(a): str(b) for a, b in v.items()}
                 for k, v in (tags.items() if isinstance(tags, dict) else [])
@@ -294,7 +88,11 @@ class ClusterView:
 
     @property
     def engine(self) -> str:
-        return self.plan.topology.engine if self.plan else "valkey"
+        return self.plan.topology.engine if self.plan else (self.record.engine or "valkey")
+
+    @property
+    def is_memcached(self) -> bool:
+        return self.engine == "memcached"
 
     @property
     def node_type(self) -> str:
@@ -408,6 +206,16 @@ def cache_clusters(
         "CacheClusterStatus": status,
     }
     plan = view.plan
+    if plan is None and view.is_memcached:  # being created: no nodes yet
+        return [
+            {
+                "CacheClusterId": view.name,
+                **base,
+                "NumCacheNodes": 0,
+                "CacheClusterCreateTime": created,
+                "ARN": account.arn("cluster", view.name),
+            }
+        ]
     if plan is not None and plan.topology.is_memcached:
         nodes = [
             {

@@ -8,7 +8,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from cachefleet import snapshots
-from cachefleet.api import shapes, wire
+from cachefleet.api import creation, shapes, wire
 from cachefleet.api.names import group_id
 from cachefleet.api.wire import ApiError, Params, XmlList
 from cachefleet.ops import snapshot as snapshot_ops
@@ -88,7 +88,7 @@ class SnapshotActions:
             raise ApiError("MissingParameter", "The request must contain ReplicationGroupId")
         if params.string("KmsKeyId"):
             raise ApiError("InvalidParameterValue", "KmsKeyId needs encryption at rest")
-        shapes.tags_of(params)
+        creation.tags_of(params)
         name = self.check_name(params.required("SnapshotName"), "SnapshotName")
         cluster = group_id(raw_group)
         view = self.api.existing(cluster)

@@ -28,6 +28,8 @@ STATUS: dict[str, int] = {
     "ReplicationGroupAlreadyExists": 400,
     "InvalidReplicationGroupState": 400,
     "CacheClusterNotFound": 404,
+    "CacheClusterAlreadyExists": 400,
+    "InvalidCacheClusterState": 400,
     "NodeGroupNotFoundFault": 404,
     "SnapshotNotFoundFault": 404,
     "SnapshotAlreadyExistsFault": 400,

@@ -26,6 +26,7 @@ import pytest
 import yaml
 from botocore.exceptions import ClientError, WaiterError
 from helpers import ROOT, assert_all_gone, cli, node_client, wait_for
+from pymemcache.client.base import Client as MemcacheClient
 from redis.cluster import RedisCluster
 
 from cachefleet import ports
@@ -301,6 +302,11 @@ def test_tags_are_added_listed_removed_and_kept_in_the_state_dir(
          "SnapshotNotFoundFault", 404),
         (lambda ec: ec.copy_snapshot(SourceSnapshotName="a", TargetSnapshotName="b"),
          "InvalidAction", 400),
+        (lambda ec: ec.create_cache_cluster(CacheClusterId="solo", Engine="redis"),
+         "InvalidParameterValue", 400),
+        (lambda ec: ec.create_cache_cluster(
+            CacheClusterId="solo", Engine="memcached", NumCacheNodes=1, AZMode="cross-az"),
+         "InvalidParameterCombination", 400),
         (lambda ec: ec.modify_replication_group(
             ReplicationGroupId=NAME, ApplyImmediately=True, CacheNodeType="cache.t4g.small"),
          "InvalidAction", 400),
@@ -385,6 +391,62 @@ def test_a_snapshot_seeds_a_new_group_whose_final_snapshot_outlives_it(
     for name in ("shop-copy", "copy-final"):
         assert ec.delete_snapshot(SnapshotName=name)["Snapshot"]["SnapshotStatus"] == "deleting"
         assert snapshot_status(ec, name) is None
+
+
+def test_a_memcached_cache_cluster_is_created_scaled_and_deleted(serve: Serve) -> None:
+    ec = serve.client()
+    made = ec.create_cache_cluster(
+        CacheClusterId="sessions", Engine="memcached", CacheNodeType="cache.t4g.micro",
+        NumCacheNodes=2, AZMode="cross-az",
+    )["CacheCluster"]  # fmt: skip
+    assert made["CacheClusterStatus"] == "creating"
+    ec.get_waiter("cache_cluster_available").wait(
+        CacheClusterId="sessions", WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+    )
+    serve.remember()
+
+    def nodes() -> list[dict[str, Any]]:
+        found = ec.describe_cache_clusters(CacheClusterId="sessions", ShowCacheNodeInfo=True)
+        return list(found["CacheClusters"][0]["CacheNodes"])
+
+    first = nodes()
+    assert [n["CacheNodeId"] for n in first] == ["0001", "0002"]
+    assert {n["CustomerAvailabilityZone"] for n in first} == {"us-east-1a", "us-east-1b"}
+    endpoint = first[1]["Endpoint"]
+    mc = MemcacheClient((endpoint["Address"], endpoint["Port"]), timeout=5)
+    try:
+        mc.set("greeting", "hello")
+        assert mc.get("greeting") == b"hello"
+    finally:
+        mc.close()
+    lone = ec.describe_cache_clusters(ShowCacheClustersNotInReplicationGroups=True)
+    assert [c["CacheClusterId"] for c in lone["CacheClusters"]] == ["sessions"]
+
+    ec.modify_cache_cluster(CacheClusterId="sessions", NumCacheNodes=3, ApplyImmediately=True)
+    wait_for(lambda: len(nodes()) == 3, 60, "a third node")
+    ec.get_waiter("cache_cluster_available").wait(
+        CacheClusterId="sessions", WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+    )
+    serve.remember()
+    with pytest.raises(ClientError) as err:  # nodes leave from the end
+        ec.modify_cache_cluster(
+            CacheClusterId="sessions", NumCacheNodes=2, CacheNodeIdsToRemove=["0001"]
+        )
+    assert err.value.response["Error"]["Code"] == "InvalidParameterValue"
+    with pytest.raises(ClientError) as err:  # a member of a replication group
+        ec.delete_cache_cluster(CacheClusterId=f"{NAME}-0001-001")
+    assert err.value.response["Error"]["Code"] == "InvalidCacheClusterState"
+
+    pids = {k: v for k, v in serve.seen_pids.items() if k.startswith("sessions.")}
+    assert (
+        ec.delete_cache_cluster(CacheClusterId="sessions")["CacheCluster"]["CacheClusterStatus"]
+        == "deleting"
+    )
+    ec.get_waiter("cache_cluster_deleted").wait(
+        CacheClusterId="sessions", WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+    )
+    assert not (serve.state_dir / "sessions").exists()
+    assert_all_gone(pids)
 
 
 def register_stopped_clusters(state_dir: Path, count: int) -> list[str]:

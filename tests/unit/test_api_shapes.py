@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from cachefleet.api import shapes
+from cachefleet.api import creation, shapes
 from cachefleet.api.names import Account
 from cachefleet.api.wire import ApiError, Params, XmlList
 from cachefleet.layout import Layout, LayoutNode, LayoutShard
@@ -16,9 +16,9 @@ from cachefleet.topology import parse_topology
 ACCOUNT = Account(region="us-west-2", account="111122223333")
 
 
-def create(**fields: str) -> shapes.CreateRequest:
+def create(**fields: str) -> creation.CreateRequest:
     base = {"ReplicationGroupId": "Shop", "ReplicationGroupDescription": "d"}
-    return shapes.create_request(Params({**base, **fields}), ACCOUNT)
+    return creation.create_request(Params({**base, **fields}), ACCOUNT)
 
 
 def test_cluster_mode_shape_becomes_a_topology_that_validates() -> None:
