@@ -69,6 +69,20 @@ def tags_of(params: Params) -> dict[str, str]:
     return tags
 
 
+def refuse_missing_capabilities(params: Params) -> None:
+    """A parameter that needs a capability cachefleet lacks is refused by name (an explicit
+    false is fine); never silently ignored."""
+    for key, capability in NEEDS.items():
+        present = key in params.fields or any(k.startswith(key + ".") for k in params.fields)
+        if present and params.fields.get(key, "").lower() not in ("false", "0"):
+            raise ApiError(
+                "InvalidParameterValue",
+                f"{key} is not supported yet: it needs {capability}, which cachefleet does not "
+                "offer yet",
+            )
+        params.read.add(key)
+
+
 def _combination(message: str) -> ApiError:
     return ApiError("InvalidParameterCombination", message)
 
@@ -85,15 +99,7 @@ def create_request(params: Params, account: Account) -> CreateRequest:
         )
     node_type = params.string("CacheNodeType") or "cache.t4g.micro"
     size = node_size(node_type)
-    for key, capability in NEEDS.items():
-        present = key in params.fields or any(k.startswith(key + ".") for k in params.fields)
-        if present and params.fields.get(key, "").lower() not in ("false", "0"):
-            raise ApiError(
-                "InvalidParameterValue",
-                f"{key} is not supported yet: it needs {capability}, which cachefleet does not "
-                "offer yet",
-            )
-        params.read.add(key)
+    refuse_missing_capabilities(params)
     for key in IGNORED:
         params.string(key)
     params.strings("SecurityGroupIds", "SecurityGroupId")
@@ -257,14 +263,7 @@ def cache_cluster_request(params: Params, account: Account) -> CacheClusterReque
         raise ApiError("InvalidParameterValue", f"AZMode: {mode!r} is not single-az or cross-az")
     one = params.string("PreferredAvailabilityZone")
     many = params.strings("PreferredAvailabilityZones", "PreferredAvailabilityZone")
-    for key, capability in NEEDS.items():
-        if key in params.fields and params.fields[key].lower() not in ("false", "0"):
-            raise ApiError(
-                "InvalidParameterValue",
-                f"{key} is not supported yet: it needs {capability}, which cachefleet does not "
-                "offer yet",
-            )
-        params.read.add(key)
+    refuse_missing_capabilities(params)
     for key in (*IGNORED, "OutpostMode", "PreferredOutpostArn"):
         params.string(key)
     params.strings("SecurityGroupIds", "SecurityGroupId")

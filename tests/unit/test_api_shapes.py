@@ -222,3 +222,57 @@ def test_a_record_survives_its_json() -> None:
     rec = shapes.Record(description="d", created=5.0, tags={"arn:x": {"a": "b"}}, failure="no")
     assert shapes.Record.from_dict(rec.to_dict()) == rec
     assert shapes.Record.from_dict("garbage") == shapes.Record()
+
+
+def cache_cluster(**fields: str) -> creation.CacheClusterRequest:
+    return creation.cache_cluster_request(
+        Params({"CacheClusterId": "Sessions", "Engine": "memcached", **fields}), ACCOUNT
+    )
+
+
+def test_a_memcached_cache_cluster_becomes_a_memcached_topology() -> None:
+    req = cache_cluster(NumCacheNodes="4", AZMode="cross-az", CacheNodeType="cache.t4g.small")
+    t = req.topology
+    assert (req.name, t["engine"], t["nodes"], t["node_type"]) == (
+        "sessions",
+        "memcached",
+        4,
+        "cache.small",
+    )
+    assert t["zones"] == ["us-west-2a", "us-west-2b", "us-west-2c"]
+    assert parse_topology(t).memcached is not None  # what `up` will accept
+    one = cache_cluster(
+        NumCacheNodes="2",
+        **{
+            "PreferredAvailabilityZones.PreferredAvailabilityZone.1": "z9",
+            "PreferredAvailabilityZones.PreferredAvailabilityZone.2": "z9",
+        },
+    )
+    assert one.topology["zones"] == ["z9"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"Engine": "redis"}, "InvalidParameterValue"),
+        ({"NumCacheNodes": "41"}, "InvalidParameterValue"),
+        ({"AZMode": "cross-az"}, "InvalidParameterCombination"),  # one node
+        (
+            {"NumCacheNodes": "2", "AZMode": "single-az",
+             "PreferredAvailabilityZones.PreferredAvailabilityZone.1": "a",
+             "PreferredAvailabilityZones.PreferredAvailabilityZone.2": "b"},
+            "InvalidParameterCombination",
+        ),
+        (
+            {"NumCacheNodes": "3", "PreferredAvailabilityZones.PreferredAvailabilityZone.1": "a"},
+            "InvalidParameterValue",
+        ),
+        ({"ReplicationGroupId": "shop"}, "InvalidParameterValue"),
+        ({"SnapshotArns.SnapshotArn.1": "arn:s3"}, "InvalidParameterValue"),
+    ],
+)  # fmt: skip
+def test_cache_cluster_validation(fields: dict[str, str], code: str) -> None:
+    with pytest.raises(ApiError) as err:
+        cache_cluster(**fields)
+    assert err.value.code == code
+    assert "is not a CreateCacheCluster parameter" not in err.value.message
