@@ -13,6 +13,7 @@ import yaml
 
 from cachefleet.api import creation, shapes
 from cachefleet.api.store import save_record
+from cachefleet.api.tag_actions import MAX_TAGS
 from cachefleet.api.wire import ApiError, Params
 from cachefleet.errors import CachefleetError
 from cachefleet.ops import lifecycle
@@ -71,6 +72,8 @@ class CacheClusterActions:
         cdir = ClusterDir(self.api.home, req.name)
         if req.name in self.api.operations or cdir.root.exists():
             raise ApiError("CacheClusterAlreadyExists", f"Cache cluster {req.name} already exists.")
+        if len(req.tags) > MAX_TAGS:
+            raise ApiError("TagQuotaPerResourceExceeded", f"At most {MAX_TAGS} tags per resource")
         cdir.root.mkdir(parents=True)
         arn = self.api.account.arn("cluster", req.name)
         save_record(

@@ -22,22 +22,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-import yaml
 from aiohttp import web
 
-from cachefleet.api import auth, creation, shapes, wire
+from cachefleet.api import auth, shapes, wire
 from cachefleet.api.access import Access, resource_of
 from cachefleet.api.cache_cluster_actions import CacheClusterActions
-from cachefleet.api.names import Account, group_id, node_group_id, shard_of
+from cachefleet.api.group_actions import ReplicationGroupActions
+from cachefleet.api.names import Account
 from cachefleet.api.snapshot_actions import SnapshotActions
 from cachefleet.api.store import Store, load_record, save_record
+from cachefleet.api.tag_actions import TagActions
 from cachefleet.api.wire import ApiError, Params, XmlList
 from cachefleet.engine import resolve_engine_binary
 from cachefleet.errors import CachefleetError
 from cachefleet.events import read_events
-from cachefleet.ops import lifecycle
-from cachefleet.ops import snapshot as snapshot_ops
-from cachefleet.ops.failover import graceful_failover
 from cachefleet.proc import reap_children
 from cachefleet.state import ClusterDir
 
@@ -53,7 +51,6 @@ PENDING = {
     "DecreaseReplicaCount": "online replica scaling",
     "CopySnapshot": "copies and exports of snapshots",
 }
-MAX_TAGS = 50
 EVENT_WINDOW_S = 3600.0  # DescribeEvents without a time range: the last hour
 EVENT_HISTORY_S = 14 * 86400.0
 
@@ -86,17 +83,12 @@ class Api:
         self.tasks: set[asyncio.Task[None]] = set()
         self.versions: dict[str, str] = {}
         self.actions: dict[str, Handler] = {
-            "CreateReplicationGroup": self.create_replication_group,
-            "DescribeReplicationGroups": self.describe_replication_groups,
-            "DeleteReplicationGroup": self.delete_replication_group,
-            "TestFailover": self.test_failover,
             "DescribeCacheClusters": self.describe_cache_clusters,
             "DescribeEvents": self.describe_events,
             "DescribeCacheEngineVersions": self.describe_cache_engine_versions,
-            "AddTagsToResource": self.add_tags,
-            "ListTagsForResource": self.list_tags,
-            "RemoveTagsFromResource": self.remove_tags,
         }
+        self.groups_actions = ReplicationGroupActions(self)
+        self.tags = TagActions(self)
         self.snapshots = SnapshotActions(self)
         self.cache_clusters = CacheClusterActions(self)
 
@@ -208,55 +200,6 @@ class Api:
 
     # -- replication groups --------------------------------------------------------------------
 
-    async def create_replication_group(self, params: Params) -> dict[str, Any]:
-        req = creation.create_request(params, self.account)
-        cdir = ClusterDir(self.home, req.name)
-        if req.name in self.operations or cdir.exists() or cdir.root.exists():
-            raise ApiError(
-                "ReplicationGroupAlreadyExists", f"Replication group {req.name} already exists."
-            )
-        if len(req.tags) > MAX_TAGS:
-            raise ApiError("TagQuotaPerResourceExceeded", f"At most {MAX_TAGS} tags per resource")
-        if req.snapshot is not None:
-            manifest = self.snapshots.manifest(req.snapshot)
-            if manifest.engine != req.topology["engine"]:
-                raise ApiError(
-                    "InvalidParameterCombination",
-                    f"Snapshot {req.snapshot} is of a {manifest.engine} group; Engine is "
-                    f"{req.topology['engine']}",
-                )
-        cdir.root.mkdir(parents=True)
-        topology_path = cdir.root / "topology.yaml"
-        topology_path.write_text(yaml.safe_dump(req.topology, sort_keys=False))
-        arn = self.account.arn("replicationgroup", req.name)
-        record = shapes.Record(
-            description=req.description,
-            node_type=req.node_type,
-            created=time.time(),
-            cluster_enabled=req.cluster_enabled,
-            automatic_failover=req.automatic_failover,
-            multi_az=req.multi_az,
-            engine=req.topology["engine"],
-            tags={arn: req.tags} if req.tags else {},
-        )
-        save_record(cdir, record)
-        self.run(req.name, "creating", self.created(cdir, self._up(topology_path, req.snapshot)))
-        return {"ReplicationGroup": shapes.replication_group(self.view(req.name), self.account)}
-
-    async def _up(self, topology_path: Path, snapshot: str | None) -> None:
-        """`up --detach`, or `restore SNAPSHOT` (which brings the cluster up the same way,
-        then loads the snapshot's keys)."""
-        if snapshot is None:
-            code = await lifecycle.up(
-                str(topology_path), state_dir=str(self.home), detach=True, out=self.out
-            )
-        else:
-            code = await snapshot_ops.restore(
-                snapshot, str(topology_path), state_dir=str(self.home), out=self.out
-            )
-        if code != 0:
-            raise CachefleetError(f"bringing up {topology_path} exited {code}")
-
     async def created(self, cdir: ClusterDir, work: Awaitable[None]) -> None:
         """A creation; when it fails, the reason is kept and the cluster is create-failed."""
         try:
@@ -264,76 +207,6 @@ class Api:
         except Exception as exc:
             save_record(cdir, replace(load_record(cdir), failure=str(exc)))
             raise
-
-    async def describe_replication_groups(self, params: Params) -> dict[str, Any]:
-        raw = params.string("ReplicationGroupId")
-        max_records = params.integer("MaxRecords")
-        marker = params.string("Marker")
-        views = [self.existing(group_id(raw))] if raw else self.groups()
-        items, next_marker = wire.page(views, marker, max_records)
-        return {
-            "Marker": next_marker,
-            "ReplicationGroups": XmlList(
-                "ReplicationGroup", [shapes.replication_group(v, self.account) for v in items]
-            ),
-        }
-
-    async def delete_replication_group(self, params: Params) -> dict[str, Any]:
-        name = group_id(params.required("ReplicationGroupId"))
-        final = params.string("FinalSnapshotIdentifier")
-        if params.boolean("RetainPrimaryCluster"):
-            raise ApiError("InvalidParameterValue", "RetainPrimaryCluster is not supported")
-        view = self.existing(name)
-        if view.status in ("creating", "deleting", "modifying", "snapshotting"):
-            raise ApiError(
-                "InvalidReplicationGroupState",
-                f"Replication group {name} is {view.status}; it can be deleted once it is not.",
-            )
-        if final is not None:
-            final = self.snapshots.check_name(final, "FinalSnapshotIdentifier")
-            if view.status != "available":
-                raise ApiError(
-                    "InvalidReplicationGroupState",
-                    f"Replication group {name} is {view.status}: a final snapshot needs it "
-                    "available",
-                )
-            self.snapshots.pending[final] = (name, "creating")
-        self.run(name, "deleting", self._down(name, final))
-        return {"ReplicationGroup": shapes.replication_group(self.view(name), self.account)}
-
-    async def _down(self, name: str, final: str | None) -> None:
-        """`down --purge`, after the final snapshot when one was asked for (a snapshot that
-        fails leaves the group running: nothing is deleted without its final snapshot)."""
-        if final is not None:
-            await self.snapshots.take(name, final)
-        await lifecycle.down(name, state_dir=str(self.home), purge=True, out=self.out)
-
-    async def test_failover(self, params: Params) -> dict[str, Any]:
-        name = group_id(params.required("ReplicationGroupId"))
-        shard = shard_of(params.required("NodeGroupId"))
-        view = self.existing(name)
-        layout = view.layout
-        if layout is None or shard not in [s.id for s in layout.shards]:
-            raise ApiError(
-                "NodeGroupNotFoundFault",
-                f"Node group {node_group_id(shard)} not found in replication group {name}.",
-            )
-        if view.status != "available":
-            raise ApiError(
-                "InvalidReplicationGroupState",
-                f"Replication group {name} is {view.status}, not available.",
-            )
-        if not layout.shard(shard).replicas:
-            raise ApiError(
-                "InvalidParameterCombination",
-                f"Node group {node_group_id(shard)} has no replica to fail over to.",
-            )
-        self.run(name, "modifying", self._failover(name, shard))
-        return {"ReplicationGroup": shapes.replication_group(self.view(name), self.account)}
-
-    async def _failover(self, name: str, shard: int) -> None:
-        done = await graceful_failover(name, shard_id=shard, to=None, state_dir=str(self.home))
-        self.out(f"{name}: {done}")
 
     # -- cache clusters, events, engines ---------------------------------------------------------
 
@@ -421,62 +294,6 @@ class Api:
             "Marker": next_marker,
             "CacheEngineVersions": XmlList("CacheEngineVersion", items),
         }
-
-    # -- tags ------------------------------------------------------------------------------
-
-    def resource(self, arn: str) -> ClusterDir:
-        """The cluster that owns the resource an ARN names."""
-        kind, name = self.account.parse_arn(arn)
-        if kind == "replicationgroup":
-            self.existing(name)
-            return ClusterDir(self.home, name)
-        if kind == "cluster":
-            for cluster in self.store.names():
-                view = self.view(cluster)
-                ids = [
-                    c["CacheClusterId"]
-                    for c in shapes.cache_clusters(view, self.account, show_nodes=False)
-                ]
-                if name in ids:
-                    return ClusterDir(self.home, cluster)
-            raise ApiError("CacheClusterNotFound", f"CacheCluster not found: {name}")
-        if kind == "snapshot":
-            raise ApiError("SnapshotNotFoundFault", f"Snapshot {name} not found.")
-        raise ApiError("InvalidARN", f"{arn!r}: tags are kept for replication groups and clusters")
-
-    def _tag_list(self, tags: dict[str, str]) -> dict[str, Any]:
-        return {"TagList": XmlList("Tag", [{"Key": k, "Value": v} for k, v in tags.items()])}
-
-    async def add_tags(self, params: Params) -> dict[str, Any]:
-        arn = params.required("ResourceName")
-        new = creation.tags_of(params)
-        if not new:
-            raise ApiError("MissingParameter", "The request must contain the parameter Tags")
-        cdir = self.resource(arn)
-        record = load_record(cdir)
-        tags = {**record.tags.get(arn, {}), **new}
-        if len(tags) > MAX_TAGS:
-            raise ApiError("TagQuotaPerResourceExceeded", f"At most {MAX_TAGS} tags per resource")
-        save_record(cdir, replace(record, tags={**record.tags, arn: tags}))
-        return self._tag_list(tags)
-
-    async def list_tags(self, params: Params) -> dict[str, Any]:
-        arn = params.required("ResourceName")
-        return self._tag_list(load_record(self.resource(arn)).tags.get(arn, {}))
-
-    async def remove_tags(self, params: Params) -> dict[str, Any]:
-        arn = params.required("ResourceName")
-        keys = params.strings("TagKeys")
-        cdir = self.resource(arn)
-        record = load_record(cdir)
-        tags = dict(record.tags.get(arn, {}))
-        missing = [k for k in keys if k not in tags]
-        if missing:
-            raise ApiError("TagNotFound", f"Tag {missing[0]!r} not found on {arn}")
-        for k in keys:
-            del tags[k]
-        save_record(cdir, replace(record, tags={**record.tags, arn: tags}))
-        return self._tag_list(tags)
 
 
 def make_app(api: Api) -> web.Application:
