@@ -323,6 +323,34 @@ def test_errors_are_the_services_codes_and_statuses(
     assert not (serve.state_dir / "other").exists()  # a refused create leaves nothing
 
 
+def test_a_create_that_fails_is_create_failed_and_can_be_deleted(serve: Serve) -> None:
+    ec = serve.client()
+    # serve's own port for the configuration endpoint: `up` refuses before starting anything
+    ec.create_replication_group(
+        ReplicationGroupId="clash", ReplicationGroupDescription="x", Port=serve.port
+    )
+    failed = wait_for(
+        lambda: (
+            ec.describe_replication_groups(ReplicationGroupId="clash")["ReplicationGroups"][0][
+                "Status"
+            ]
+            == "create-failed"
+        ),
+        30,
+        "create-failed",
+    )
+    assert failed
+    with pytest.raises(WaiterError):
+        ec.get_waiter("replication_group_available").wait(
+            ReplicationGroupId="clash", WaiterConfig={"Delay": 1, "MaxAttempts": 2}
+        )
+    ec.delete_replication_group(ReplicationGroupId="clash")
+    ec.get_waiter("replication_group_deleted").wait(
+        ReplicationGroupId="clash", WaiterConfig={"Delay": 1, "MaxAttempts": 30}
+    )
+    assert not (serve.state_dir / "clash").exists()
+
+
 def test_the_aws_cli_reports_the_error_code_and_fails(serve: Serve) -> None:
     out = aws(
         serve, "create-replication-group", "--replication-group-id", "bad",
