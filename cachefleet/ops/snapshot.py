@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import hiredis
 import redis.asyncio as aredis
 from redis.exceptions import RedisError
 
@@ -35,8 +36,9 @@ from cachefleet.layout import Layout, LayoutNode, LayoutShard
 from cachefleet.nodes import Role, connect, info, replication
 from cachefleet.ops import lifecycle
 from cachefleet.ops.status import read_bus
+from cachefleet.resp import encode_command
 from cachefleet.sealing import Key
-from cachefleet.slots import key_slot
+from cachefleet.slots import SLOTS, key_slot
 from cachefleet.snapshots import Manifest, ShardSnapshot, SnapshotError
 from cachefleet.state import ClusterDir, state_home
 from cachefleet.topology import load_topology
@@ -84,7 +86,7 @@ async def _bgsave(client: aredis.Redis, where: str) -> None:
     while (await _persistence(client)).get("rdb_bgsave_in_progress"):
         if time.monotonic() > deadline:
             raise CachefleetError(f"{where}: a background save never finished")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.02)
     before = await _persistence(client)
     await client.bgsave()
     while True:
@@ -100,7 +102,7 @@ async def _bgsave(client: aredis.Redis, where: str) -> None:
             return
         if time.monotonic() > deadline:
             raise CachefleetError(f"{where}: the background save did not finish in time")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.01)
 
 
 async def _snapshot_shard(
@@ -180,7 +182,9 @@ async def create(
     final = snapshots.directory(cdir.home, snapshot_id)
     if final.exists():
         raise SnapshotError(f"a snapshot named {snapshot_id!r} already exists")
-    layout = (await read_bus(plan, cdir)).layout or cdir.load_layout()
+    # Every layout change is saved in the state dir as it is published (announce), so the
+    # file is current; the bus is asked only when there is none.
+    layout = cdir.load_layout() or (await read_bus(plan, cdir)).layout
     if layout is None:
         raise CachefleetError(f"cluster {name!r} has no layout (is it running?)")
     key_file = plan.topology.backup.encryption_key_file
@@ -307,52 +311,95 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
             await proc.wait()
 
 
+class _Link:
+    """A raw pipelined connection (the copy moves millions of commands: redis-py's per-command
+    objects would be most of its cost)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.parser = hiredis.Reader()
+
+    @classmethod
+    async def open(cls, host: str, port: int, auth: Credentials | None = None) -> _Link:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+        link = cls(reader, writer)
+        if auth is not None:
+            await link.call(
+                encode_command([b"AUTH", auth.user.encode(), auth.password.encode()]), 1
+            )
+        return link
+
+    async def call(self, payload: bytes, count: int) -> list[Any]:
+        """Send `payload` (`count` requests) and read their replies; an error reply raises."""
+        self.writer.write(payload)
+        replies: list[Any] = []
+        while len(replies) < count:
+            while len(replies) < count and (item := self.parser.gets()) is not False:
+                if isinstance(item, hiredis.ReplyError):
+                    raise CachefleetError(f"the engine refused a restore step: {item}")
+                replies.append(item)
+            if len(replies) < count:
+                data = await asyncio.wait_for(self.reader.read(1 << 20), 60)
+                if not data:
+                    raise CachefleetError("an engine closed the connection during the restore")
+                self.parser.feed(data)
+        return replies
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
 async def _copy_keys(source_port: int, layout: Layout, auth: Credentials) -> int:
-    """Every key of the source engine to the primary owning its slot: DUMP + PTTL, then
-    pipelined RESTORE, SCAN_COUNT keys a round."""
-    owner: dict[int, tuple[str, int]] = {}
+    """Every key of the source engine to the primary owning its slot: SCAN, DUMP + PTTL,
+    then RESTORE, SCAN_COUNT keys a round, each step one pipelined write per connection."""
+    owner: list[tuple[str, int] | None] = [None] * SLOTS
     for shard in layout.shards:
         if shard.primary is None:
             raise CachefleetError(f"the new cluster's shard {shard.id} has no primary")
         for a, b in shard.slots:
             for slot in range(a, b + 1):
                 owner[slot] = (shard.primary.host, shard.primary.port)
-    targets = {
-        addr: aredis.Redis(
-            host=addr[0], port=addr[1], username=auth.user, password=auth.password,
-            socket_timeout=30,
-        )
-        for addr in set(owner.values())
-    }  # fmt: skip
-    source = aredis.Redis(host="127.0.0.1", port=source_port, socket_timeout=30)
+    source = await _Link.open("127.0.0.1", source_port)
+    targets: dict[tuple[str, int], _Link] = {}
     copied = 0
     try:
-        cursor = 0
+        for addr in {a for a in owner if a is not None}:
+            targets[addr] = await _Link.open(addr[0], addr[1], auth)
+        cursor = b"0"
+        count = str(SCAN_COUNT).encode()
         while True:
-            cursor, keys = await source.scan(cursor=cursor, count=SCAN_COUNT)
+            ((cursor, keys),) = await source.call(
+                encode_command([b"SCAN", cursor, b"COUNT", count]), 1
+            )
             if keys:
-                pipe = source.pipeline(transaction=False)
-                for key in keys:
-                    pipe.dump(key)
-                    pipe.pttl(key)
-                values = await pipe.execute()
-                by_node: dict[tuple[str, int], Any] = {}
+                ask = b"".join(
+                    encode_command([b"DUMP", k]) + encode_command([b"PTTL", k]) for k in keys
+                )
+                values = await source.call(ask, 2 * len(keys))
+                by_node: dict[tuple[str, int], list[bytes]] = {}
                 for i, key in enumerate(keys):
                     payload, ttl = values[2 * i], values[2 * i + 1]
                     if payload is None or ttl == -2:  # gone (expired) meanwhile
                         continue
-                    addr = owner[key_slot(key)]
-                    if addr not in by_node:
-                        by_node[addr] = targets[addr].pipeline(transaction=False)
-                    by_node[addr].restore(key, max(ttl, 0), payload, replace=True)
-                    copied += 1
-                await asyncio.gather(*(p.execute() for p in by_node.values()))
-            if cursor == 0:
+                    where = owner[key_slot(key)]
+                    assert where is not None
+                    ttl_arg = str(max(ttl, 0)).encode()
+                    by_node.setdefault(where, []).append(
+                        encode_command([b"RESTORE", key, ttl_arg, payload, b"REPLACE"])
+                    )
+                await asyncio.gather(
+                    *(targets[a].call(b"".join(cmds), len(cmds)) for a, cmds in by_node.items())
+                )
+                copied += sum(len(cmds) for cmds in by_node.values())
+            if cursor == b"0":
                 return copied
     finally:
-        await source.aclose()
-        for t in targets.values():
-            await t.aclose()
+        await source.close()
+        for link in targets.values():
+            await link.close()
 
 
 async def restore(
@@ -403,16 +450,19 @@ async def restore(
         raise CachefleetError(f"cluster {topo.name!r} came up without a layout")
     auth = cdir.admin()
     base = snapshots.directory(home, snapshot_id)
-    copied = 0
-    for shard in manifest.shards:
+
+    async def one(shard: ShardSnapshot) -> int:
         with tempfile.TemporaryDirectory(prefix="cachefleet-restore-") as work:
             proc, port = await _reader(plan.engine_binary, base / shard.file, Path(work), key)
             try:
                 n = await _copy_keys(port, layout, auth)
             finally:
                 await _stop(proc)
-        copied += n
         out(f"shard {shard.shard}: {n} keys restored")
+        return n
+
+    # the shards of the snapshot in parallel: each has its own reading engine
+    copied = sum(await asyncio.gather(*(one(shard) for shard in manifest.shards)))
     elapsed = time.monotonic() - t0
     out(
         f"cluster {topo.name} restored from {snapshot_id}: {copied} keys into "
