@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _up(args: argparse.Namespace) -> int:
+    if api_command.is_template_file(args.topology):  # a CloudFormation template
+        return api_command.up_template(args, _out)
     return asyncio.run(
         lifecycle.up(args.topology, state_dir=args.state_dir, detach=args.detach, out=_out)
     )

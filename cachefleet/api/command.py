@@ -1,15 +1,24 @@
-"""The `serve` subcommand: its arguments and its entry point (registered by cachefleet.cli)."""
+"""The `serve` and `audit` subcommands and `up` of a CloudFormation template (registered by
+cachefleet.cli)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 from collections.abc import Callable
 
+import yaml
+
+from cachefleet.api import cloudformation
 from cachefleet.api.access import AUDIT_FILE, follow_audit
 from cachefleet.api.names import Account
 from cachefleet.api.server import serve
-from cachefleet.state import state_home
+from cachefleet.api.shapes import Record
+from cachefleet.api.store import record_path, save_record
+from cachefleet.errors import CachefleetError
+from cachefleet.ops import lifecycle
+from cachefleet.state import ClusterDir, state_home
 
 DEFAULT_PORT = 9470
 
@@ -41,3 +50,62 @@ def add_audit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def run_audit(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     path = state_home(args.state_dir) / AUDIT_FILE
     return follow_audit(path, follow=args.follow, as_json=args.json, out=out)
+
+
+def is_template_file(path: str) -> bool:
+    """True for a CloudFormation template with ElastiCache resources (anything else, a
+    topology or an unreadable file, is left to `up`'s own checks)."""
+    try:
+        return cloudformation.is_template(cloudformation.load_template(path))
+    except (OSError, CachefleetError):
+        return False
+
+
+def up_template(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    """`up TEMPLATE`: each ElastiCache resource becomes a cluster, brought up as `up
+    --detach` does (and recorded as the API records what it creates)."""
+    return asyncio.run(_up_template(args.topology, args.state_dir, args.detach, out))
+
+
+async def _up_template(
+    path: str, state_dir: str | None, detach: bool, out: Callable[[str], None]
+) -> int:
+    account = Account()
+    data = cloudformation.load_template(path)
+    found = cloudformation.clusters(path, data, account)
+    skipped = [
+        f"{name} ({res.get('Type')})"
+        for name, res in data["Resources"].items()
+        if isinstance(res, dict)
+        and res.get("Type") not in (cloudformation.REPLICATION_GROUP, cloudformation.CACHE_CLUSTER)
+    ]
+    if skipped:
+        out(f"{path}: no effect here, skipped: {', '.join(skipped)}")
+    if not detach:
+        out("clusters from a template run detached; `cachefleet down NAME` stops each")
+    home = state_home(state_dir)
+    for c in found:
+        name = c.topology["name"]
+        cdir = ClusterDir(home, name)
+        cdir.root.mkdir(parents=True, exist_ok=True)
+        topology_path = cdir.root / "topology.yaml"
+        topology_path.write_text(yaml.safe_dump(c.topology, sort_keys=False))
+        if not record_path(cdir).exists():
+            kind = "replicationgroup" if c.kind == "replication-group" else "cluster"
+            save_record(
+                cdir,
+                Record(
+                    description=c.description,
+                    node_type=c.node_type,
+                    created=time.time(),
+                    cluster_enabled=c.cluster_enabled,
+                    automatic_failover=c.automatic_failover,
+                    engine=c.topology["engine"],
+                    tags={account.arn(kind, name): c.tags} if c.tags else {},
+                ),
+            )
+        out(f"{c.logical_id} ({c.kind}): cluster {name}")
+        code = await lifecycle.up(str(topology_path), state_dir=str(home), detach=True, out=out)
+        if code != 0:
+            return code
+    return 0

@@ -477,6 +477,53 @@ def test_a_memcached_cache_cluster_is_created_scaled_and_deleted(serve: Serve) -
     assert_all_gone(pids)
 
 
+TEMPLATE = """
+AWSTemplateFormatVersion: "2010-09-09"
+Parameters:
+  NodeType: {Type: String, Default: cache.t4g.micro}
+Resources:
+  Subnets:
+    Type: AWS::ElastiCache::SubnetGroup
+    Properties: {Description: subnets, SubnetIds: [subnet-1]}
+  Catalog:
+    Type: AWS::ElastiCache::ReplicationGroup
+    Properties:
+      ReplicationGroupId: catalog
+      ReplicationGroupDescription: product catalog
+      Engine: valkey
+      CacheNodeType: !Ref NodeType
+      NumCacheClusters: 1
+      CacheSubnetGroupName: !Ref Subnets
+      Tags: [{Key: source, Value: cloudformation}]
+"""
+
+
+def test_a_cloudformation_template_comes_up_as_an_api_visible_group(serve: Serve) -> None:
+    template = serve.state_dir.parent / "stack.yaml"
+    template.write_text(TEMPLATE)
+    out = cli("up", str(template), "--detach", "--state-dir", str(serve.state_dir))
+    assert "Subnets (AWS::ElastiCache::SubnetGroup)" in out.stdout  # skipped, and said so
+    serve.remember()
+    ec = serve.client()
+    g = ec.describe_replication_groups(ReplicationGroupId="catalog")["ReplicationGroups"][0]
+    assert (g["Status"], g["Description"], g["CacheNodeType"]) == (
+        "available", "product catalog", "cache.t4g.micro"
+    )  # fmt: skip
+    assert ec.list_tags_for_resource(ResourceName=g["ARN"])["TagList"] == [
+        {"Key": "source", "Value": "cloudformation"}
+    ]
+    again = cli("up", str(template), "--detach", "--state-dir", str(serve.state_dir))
+    assert "already running" in again.stdout  # like `up` of a running topology
+    bad = template.with_name("bad.yaml")
+    bad.write_text(TEMPLATE.replace("NumCacheClusters: 1", "NumCacheClusters: 1\n      Shards: 2"))
+    refused = cli("up", str(bad), "--detach", "--state-dir", str(serve.state_dir), check=False)
+    assert refused.returncode == 2 and "Resources.Catalog.Properties.Shards" in refused.stderr
+    ec.delete_replication_group(ReplicationGroupId="catalog")
+    ec.get_waiter("replication_group_deleted").wait(
+        ReplicationGroupId="catalog", WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+    )
+
+
 def register_stopped_clusters(state_dir: Path, count: int) -> list[str]:
     """Clusters left stopped in the state dir (plan.json, no process), as `down` leaves them."""
     names = []
