@@ -9,7 +9,14 @@ from typing import Any
 
 from cachefleet.api.names import Account, group_id, node_size
 from cachefleet.api.wire import ApiError, Params
-from cachefleet.topology import MAX_MEMCACHED_NODES, MAX_REPLICAS, MAX_SHARDS, MAX_ZONES
+from cachefleet.errors import TopologyError
+from cachefleet.topology import (
+    MAX_MEMCACHED_NODES,
+    MAX_REPLICAS,
+    MAX_SHARDS,
+    MAX_ZONES,
+    parse_topology,
+)
 
 #: Parameters accepted and recorded but without effect here (networking and maintenance
 #: settings of the real service's hosts).
@@ -31,8 +38,6 @@ NEEDS = {
     "KmsKeyId": "encryption at rest",
     "UserGroupIds": "user groups (security)",
     "SnapshotArns": "snapshots in S3",
-    "SnapshotRetentionLimit": "automatic snapshots",
-    "SnapshotWindow": "automatic snapshots",
     "ServerlessCacheSnapshotName": "snapshots",
     "GlobalReplicationGroupId": "global datastores",
     "PrimaryClusterId": "adopting existing cache clusters",
@@ -83,6 +88,17 @@ def refuse_missing_capabilities(params: Params) -> None:
         params.read.add(key)
 
 
+def checked(topology: dict[str, Any]) -> None:
+    """The topology `up` will get must validate now: a request is refused before anything
+    is created, with the topology's own message."""
+    try:
+        parse_topology(topology, "request")
+    except TopologyError as exc:
+        field = {"backup.window": "SnapshotWindow", "backup.retention": "SnapshotRetentionLimit"}
+        name = field.get(exc.field, exc.field)
+        raise ApiError("InvalidParameterValue", f"{name}: {exc.message}") from None
+
+
 def _combination(message: str) -> ApiError:
     return ApiError("InvalidParameterCombination", message)
 
@@ -120,6 +136,8 @@ def create_request(params: Params, account: Account) -> CreateRequest:
     groups = params.structs("NodeGroupConfiguration", "NodeGroupConfiguration")
     port = params.integer("Port", lo=1024, hi=65535)
     snapshot = params.string("SnapshotName")
+    retention = params.integer("SnapshotRetentionLimit", lo=0, hi=35)
+    window = params.string("SnapshotWindow")
     tags = tags_of(params)
     unread = params.unread()
     if unread:
@@ -212,6 +230,11 @@ def create_request(params: Params, account: Account) -> CreateRequest:
         "router": {"port": port if port is not None else "auto"},
         "bus": {"url": "embedded"},
     }
+    if retention or window:
+        topology["backup"] = {"retention": retention or 0}
+        if window:
+            topology["backup"]["window"] = window
+    checked(topology)
     return CreateRequest(
         name=name,
         description=description,
@@ -309,4 +332,5 @@ def cache_cluster_request(params: Params, account: Account) -> CacheClusterReque
         "router": {"port": port if port is not None else "auto"},
         "bus": {"url": "embedded"},
     }
+    checked(topology)
     return CacheClusterRequest(name=name, topology=topology, node_type=node_type, tags=tags)

@@ -135,6 +135,18 @@ def node_status(view: ClusterView) -> str:
     )
 
 
+def _backup(plan: Plan | None) -> dict[str, Any]:
+    """Automatic snapshots: the topology's backup retention and daily window (UTC)."""
+    if plan is None:
+        return {}
+    backup = plan.topology.backup
+    out: dict[str, Any] = {"SnapshotRetentionLimit": backup.retention}
+    if backup.window is not None:
+        a, b = backup.window
+        out["SnapshotWindow"] = f"{a // 60:02d}:{a % 60:02d}-{b // 60:02d}:{b % 60:02d}"
+    return out
+
+
 def replication_group(view: ClusterView, account: Account) -> dict[str, Any]:
     members = _members(view)
     groups = []
@@ -180,6 +192,7 @@ def replication_group(view: ClusterView, account: Account) -> dict[str, Any]:
         "AutomaticFailover": "enabled" if view.automatic_failover else "disabled",
         "MultiAZ": "enabled" if view.record.multi_az else "disabled",
         "ConfigurationEndpoint": _endpoint(plan.router_host, plan.router_port) if plan else None,
+        **_backup(plan),
         "ClusterEnabled": view.record.cluster_enabled,
         "CacheNodeType": view.node_type,
         "AuthTokenEnabled": False,

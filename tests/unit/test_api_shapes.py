@@ -276,3 +276,39 @@ def test_cache_cluster_validation(fields: dict[str, str], code: str) -> None:
         cache_cluster(**fields)
     assert err.value.code == code
     assert "is not a CreateCacheCluster parameter" not in err.value.message
+
+
+def test_automatic_snapshots_map_onto_the_topologys_backup() -> None:
+    req = create(SnapshotRetentionLimit="7", SnapshotWindow="05:00-06:00")
+    assert req.topology["backup"] == {"retention": 7, "window": "05:00-06:00"}
+    topo = parse_topology(req.topology)
+    assert (topo.backup.retention, topo.backup.window) == (7, (300, 360))
+    assert "backup" not in create().topology
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"SnapshotRetentionLimit": "36"}, "SnapshotRetentionLimit"),
+        ({"SnapshotRetentionLimit": "1", "SnapshotWindow": "5am"}, "SnapshotWindow"),
+    ],
+)
+def test_a_request_whose_topology_would_not_validate_is_refused_at_once(
+    fields: dict[str, str], words: str
+) -> None:
+    with pytest.raises(ApiError) as err:
+        create(**fields)
+    assert err.value.code == "InvalidParameterValue" and words in err.value.message
+
+
+def test_describe_shows_the_snapshot_retention_and_window() -> None:
+    raw = {"name": "shop", "zones": ["a"], "shards": 1, "replicas_per_shard": 0,
+           "backup": {"retention": 3, "window": "01:30-02:00"},
+           "ports": {"base": 7101}, "router": {"port": 7100}}  # fmt: skip
+    plan = build_plan(
+        parse_topology(raw), raw, engine_binary="/bin/true", node_ports=None,
+        bus=("127.0.0.1", 1883), router_port=7100,
+    )  # fmt: skip
+    v = shapes.ClusterView("shop", plan, None, "stopped", shapes.Record(), 0.0)
+    rg = shapes.replication_group(v, ACCOUNT)
+    assert (rg["SnapshotRetentionLimit"], rg["SnapshotWindow"]) == (3, "01:30-02:00")
