@@ -329,6 +329,8 @@ async def serve(*, host: str, port: int, home: Path, account: Account, out: Out)
         out(f"no {api.access.path}: every request is accepted, signed or not (local development)")
     else:
         out(f"requests are SigV4-verified against {len(keys)} key(s) in {api.access.path}")
+        if api.access.path.stat().st_mode & 0o077:
+            out(f"warning: {api.access.path} holds secrets and is readable by others: chmod 600")
     out(f"audit log: {api.access.audit_path}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
