@@ -160,6 +160,7 @@ def test_create_answers_creating_and_the_waiter_sees_available(
     serve: Serve, shop: dict[str, Any]
 ) -> None:
     assert shop["Status"] == "creating"
+    aws(serve, "wait", "replication-group-available", "--replication-group-id", NAME)
     assert shop["ARN"] == f"arn:aws:elasticache:us-east-1:000000000000:replicationgroup:{NAME}"
     g = group(serve)
     assert g["Status"] == "available"
