@@ -1,4 +1,7 @@
-"""The `cachefleet` command line: parse, call one operation, print, exit with its code."""
+"""The `cachefleet` command line: parse, call one operation, print, exit with its code.
+
+Each command imports its operation when it runs: the CLI starts in a fraction of the time it
+would take to load every operation's dependencies (chaos, metrics, HTTP)."""
 
 from __future__ import annotations
 
@@ -13,15 +16,10 @@ from collections.abc import Callable
 
 from cachefleet import __version__
 from cachefleet.api import command as api_command
-from cachefleet.chaos.runner import run_scenario
 from cachefleet.errors import CachefleetError, ScenarioError, TopologyError
 from cachefleet.events import EventFilter, follow_events
 from cachefleet.ops import lifecycle
-from cachefleet.ops import snapshot as snapshot_ops
-from cachefleet.ops.failover import graceful_failover
-from cachefleet.ops.logs import show_logs
 from cachefleet.ops.status import exit_code, format_status, status
-from cachefleet.ops.top import top
 from cachefleet.snapshots import Manifest
 from cachefleet.topology import load_topology
 
@@ -168,7 +166,10 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    if args.final_snapshot:  # like DeleteReplicationGroup's FinalSnapshotIdentifier
+    if args.final_snapshot:
+        from cachefleet.ops import snapshot as snapshot_ops
+
+        # like DeleteReplicationGroup's FinalSnapshotIdentifier
         asyncio.run(
             snapshot_ops.create(
                 args.name, snapshot_id=args.final_snapshot, state_dir=args.state_dir, out=_out
@@ -180,6 +181,8 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _failover(args: argparse.Namespace) -> int:
+    from cachefleet.ops.failover import graceful_failover
+
     done = graceful_failover(args.name, shard_id=args.shard, to=args.to, state_dir=args.state_dir)
     _out(asyncio.run(done))
     return 0
@@ -200,6 +203,8 @@ def _events(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
+    from cachefleet.ops.logs import show_logs
+
     return show_logs(
         args.name,
         state_dir=args.state_dir,
@@ -211,10 +216,14 @@ def _logs(args: argparse.Namespace) -> int:
 
 
 def _top(args: argparse.Namespace) -> int:
+    from cachefleet.ops.top import top
+
     return top(args.name, state_dir=args.state_dir, out=_out, iterations=args.iterations)
 
 
 def _chaos(args: argparse.Namespace) -> int:
+    from cachefleet.chaos.runner import run_scenario
+
     code, _ = asyncio.run(
         run_scenario(
             args.scenario,
@@ -229,6 +238,8 @@ def _chaos(args: argparse.Namespace) -> int:
 
 
 def _snapshot(args: argparse.Namespace) -> int:
+    from cachefleet.ops import snapshot as snapshot_ops
+
     match args.snapshot_command:
         case "create":
             asyncio.run(
@@ -278,6 +289,8 @@ def _snapshot_row(m: Manifest) -> dict[str, object]:
 
 
 def _restore(args: argparse.Namespace) -> int:
+    from cachefleet.ops import snapshot as snapshot_ops
+
     return asyncio.run(
         snapshot_ops.restore(
             args.snapshot,

@@ -50,6 +50,7 @@ def spawn(cdir: ClusterDir, process: str, argv: Sequence[str], *, record_pid: bo
         )
     finally:
         log.close()
+    _SPAWNED.add(child.pid)
     if record_pid:
         write_pid(cdir.pid_file(process), child.pid)
     return child.pid
@@ -204,15 +205,21 @@ def signal_pids(pids: Iterable[int], sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
+#: Children started by spawn() in this process, until collected.
+_SPAWNED: set[int] = set()
+
+
 def reap_children() -> None:
-    """Collect exited children of this process so they do not linger as zombies."""
-    while True:
+    """Collect the exited children this process started with spawn(), so they do not linger
+    as zombies. Only those: waiting on any child would also take the exit status of children
+    that someone else waits for (an asyncio subprocess, a Popen)."""
+    for pid in list(_SPAWNED):
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # collected elsewhere (Popen's own cleanup)
+            done = pid
+        if done:
+            _SPAWNED.discard(pid)
 
 
 def wait_gone(pids: dict[str, int], marker: str, timeout: float) -> dict[str, int]:

@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import redis.asyncio as aredis
@@ -30,6 +27,7 @@ from cachefleet.errors import InvalidInput
 from cachefleet.events import EventTail
 from cachefleet.metrics import CommandClasses, EventCounts, NodeReading, Sample
 from cachefleet.nodes import connect, info, try_call
+from cachefleet.ops.metrics_file import address_path, metrics_address, save_address
 from cachefleet.plan import NodeSpec, Plan
 from cachefleet.state import ClusterDir
 
@@ -38,26 +36,6 @@ NODE_TIMEOUT_S = 1.0
 HOST = "127.0.0.1"
 T = TypeVar("T")
 ENGINE_SECTIONS = ("server", "memory", "stats", "replication", "cpu", "clients", "keyspace")
-
-
-def address_path(cdir: ClusterDir) -> Path:
-    return cdir.root / "metrics.json"
-
-
-def metrics_address(cdir: ClusterDir) -> str | None:
-    """``host:port`` of the cluster's metrics endpoint, once its supervisor has chosen it."""
-    try:
-        data = json.loads(address_path(cdir).read_text())
-        return f"{data['host']}:{int(data['port'])}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _save_address(cdir: ClusterDir, host: str, port: int) -> None:
-    path = address_path(cdir)
-    tmp = path.with_name(f".metrics.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"host": host, "port": port}))
-    tmp.replace(path)
 
 
 def _candidate_port(plan: Plan, cdir: ClusterDir) -> int:
@@ -290,7 +268,7 @@ class MetricsServer:
                     await asyncio.wait_for(self._stop.wait(), delay)
                 delay = min(10.0, delay * 2)
                 continue
-            _save_address(self.cdir, HOST, port)
+            save_address(self.cdir, HOST, port)
             self.address = f"{HOST}:{port}"
             self.log.info("metrics_serving", address=self.address)
             return

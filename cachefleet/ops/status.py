@@ -13,7 +13,7 @@ from cachefleet.events import read_events
 from cachefleet.layout import Layout
 from cachefleet.nodes import connect, myself, replication
 from cachefleet.ops import memcached
-from cachefleet.ops.metrics_server import metrics_address
+from cachefleet.ops.metrics_file import metrics_address
 from cachefleet.plan import Plan
 from cachefleet.proc import live_processes
 from cachefleet.state import ClusterDir, state_home
