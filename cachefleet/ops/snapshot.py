@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import os
 import shutil
 import tempfile
 import time
@@ -142,7 +143,7 @@ async def _snapshot_from(
     name = f"shard-{shard.id:04d}.rdb" + (".enc" if key is not None else "")
     dest = target / name
     if key is None:
-        await asyncio.to_thread(shutil.copyfile, Path(directory) / dbfilename, dest)
+        await asyncio.to_thread(_link_or_copy, Path(directory) / dbfilename, dest)
     else:  # sealed from the node's file: no plaintext copy is written
         await asyncio.to_thread(key.seal, Path(directory) / dbfilename, dest)
     sha = await asyncio.to_thread(snapshots.sha256_file, dest)
@@ -161,6 +162,16 @@ async def _snapshot_from(
         ),
         version,
     )
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    """A hard link where the node's data dir and the snapshots share a file system (the
+    engine replaces its RDB by renaming a new file over it, so the linked file never
+    changes), else a copy."""
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copyfile(source, dest)
 
 
 async def create(

@@ -181,3 +181,45 @@ def test_retention_expires_the_oldest_automatic_snapshots_of_that_cluster_only()
 def test_automatic_ids_are_valid_whatever_the_cluster_name() -> None:
     assert snapshots.automatic_id("shop", at(3, 4)) == "auto-shop-20261129-030400"
     assert snapshots.automatic_id("my_shop--1", at(3, 4)) == "auto-my-shop-1-20261129-030400"
+
+
+async def test_a_shard_whose_source_fails_is_taken_from_the_next_node(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A replica that dies during its snapshot passes the shard on; only when every node
+    failed does the snapshot fail (with each node's reason)."""
+    from cachefleet.errors import CachefleetError
+    from cachefleet.layout import LayoutNode, LayoutShard
+    from cachefleet.ops import snapshot as ops
+
+    nodes = [
+        LayoutNode(f"n{i}", "x" * 40, 1, "az-a", "127.0.0.1", 7000 + i, 0, "replica")
+        for i in range(3)
+    ]
+    shard = LayoutShard(1, ((0, 16383),), tuple(nodes))
+    tried: list[str] = []
+
+    async def sources(*_: Any) -> list[LayoutNode]:
+        return nodes
+
+    async def take(shard_: Any, node: LayoutNode, *_: Any) -> Any:
+        tried.append(node.name)
+        if node.name != "n2":
+            raise CachefleetError("Connection reset by peer")
+        return ("taken from " + node.name, "8.1")
+
+    monkeypatch.setattr(ops, "_sources", sources)
+    monkeypatch.setattr(ops, "_snapshot_from", take)
+    lines: list[str] = []
+    got = await ops._snapshot_shard(shard, None, tmp_path, "replica", None, lines.append)  # type: ignore[arg-type]
+    assert got == ("taken from n2", "8.1") and tried == ["n0", "n1", "n2"]
+    assert sum("trying another node" in line for line in lines) == 2
+
+    async def fail(shard_: Any, node: LayoutNode, *_: Any) -> Any:
+        raise CachefleetError(f"{node.name} is gone")
+
+    monkeypatch.setattr(ops, "_snapshot_from", fail)
+    with pytest.raises(
+        CachefleetError, match=r"no node could be snapshotted.*n0 is gone.*n2 is gone"
+    ):
+        await ops._snapshot_shard(shard, None, tmp_path, "replica", None, lines.append)  # type: ignore[arg-type]
