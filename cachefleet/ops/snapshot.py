@@ -74,24 +74,28 @@ async def _sources(shard: LayoutShard, auth: Credentials, prefer: str) -> list[L
     return found
 
 
-async def _persistence(client: aredis.Redis) -> dict[str, Any]:
-    fields = await info(client, "persistence")
+async def _persistence(client: aredis.Redis, run_id: str | None = None) -> dict[str, Any]:
+    """INFO persistence (and server); with `run_id`, a node that restarted meanwhile (the
+    client reconnects by itself) is an error, not a node whose counters started afresh."""
+    fields = await info(client, "persistence", "server")
     if fields is None:
         raise CachefleetError("no INFO persistence reply")
+    if run_id is not None and fields.get("run_id") != run_id:
+        raise CachefleetError("the node restarted during its snapshot")
     return dict(fields)
 
 
 async def _bgsave(client: aredis.Redis, where: str) -> None:
     """BGSAVE, and wait until this save (not an earlier one) has finished well."""
     deadline = time.monotonic() + BGSAVE_TIMEOUT_S
-    while (await _persistence(client)).get("rdb_bgsave_in_progress"):
+    while (before := await _persistence(client)).get("rdb_bgsave_in_progress"):
         if time.monotonic() > deadline:
             raise CachefleetError(f"{where}: a background save never finished")
         await asyncio.sleep(0.02)
-    before = await _persistence(client)
+    run_id = str(before.get("run_id"))
     await client.bgsave()
     while True:
-        now = await _persistence(client)
+        now = await _persistence(client, run_id)
         done = not now.get("rdb_bgsave_in_progress")
         if "rdb_saves" in now:
             done = done and now["rdb_saves"] > before.get("rdb_saves", 0)

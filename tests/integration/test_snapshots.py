@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -302,6 +304,54 @@ def test_encrypted_snapshots_export_import_and_restore_only_with_their_key(tmp_p
         finally:
             restored.down()
             assert_all_gone(restored.seen_pids)
+    finally:
+        c.remember_pids()
+        c.down()
+        assert_all_gone(c.seen_pids)
+
+
+def test_a_replica_killed_during_its_snapshot_passes_the_shard_to_another_node(
+    tmp_path: Path,
+) -> None:
+    c = start_cluster(tmp_path, shards=1, replicas_per_shard=1, zones=["az-a", "az-b"])
+    try:
+        (shard,) = c.status()["shards"]
+        replica = shard["replicas"][0]
+        primary = shard["primary"]
+        admin = c.admin(primary["address"])
+        pipe = admin.pipeline(transaction=False)
+        for i in range(20_000):
+            pipe.set(f"{{t}}:{i}", i)
+        pipe.execute()
+        wait_for(lambda: c.admin(replica["address"]).dbsize() == 20_000, 30, "the replica")
+        watcher = c.admin(replica["address"])
+        # the engine's own test knob: each key takes 100 us to save, so the replica's
+        # BGSAVE lasts about 2 s and can be caught in progress
+        watcher.config_set("rdb-key-save-delay", 100)
+        pid = read_pid(c.cdir.pid_file(f"node.{replica['name']}"))
+        assert pid is not None
+        snap = subprocess.Popen(
+            [sys.executable, "-m", "cachefleet", "snapshot", "create", c.name, "--id", "k1",
+             "--state-dir", str(c.state_dir)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            wait_for(
+                lambda: watcher.info("persistence")["rdb_bgsave_in_progress"] == 1,
+                20,
+                "the replica's snapshot to start",
+            )
+            os.kill(pid, signal.SIGKILL)
+            out, err = snap.communicate(timeout=120)
+        finally:
+            if snap.poll() is None:
+                snap.kill()
+                snap.wait()
+        assert snap.returncode == 0, err
+        assert "trying another node" in out
+        manifest = json.loads((c.state_dir / "snapshots" / "k1" / "manifest.json").read_text())
+        assert manifest["shards"][0]["source"] == primary["name"]
+        assert manifest["shards"][0]["keys"] == 20_000
     finally:
         c.remember_pids()
         c.down()
