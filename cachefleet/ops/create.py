@@ -24,6 +24,20 @@ Progress = Callable[[str], None]
 FULL_MESH_LIMIT = 64
 
 
+def missing_ranges(start: int, end: int, held: set[int]) -> list[tuple[int, int]]:
+    """The contiguous runs of start..end (inclusive) that are not in `held`."""
+    out: list[tuple[int, int]] = []
+    run: int | None = None
+    for slot in range(start, end + 2):
+        free = slot <= end and slot not in held
+        if free and run is None:
+            run = slot
+        elif not free and run is not None:
+            out.append((run, slot - 1))
+            run = None
+    return out
+
+
 async def _until(
     step: str, timeout: float, check: Callable[[], Awaitable[str | None]], interval: float = 0.05
 ) -> None:
@@ -116,17 +130,21 @@ class Creator:
         await asyncio.gather(*calls)
 
     async def _assign_slots(self) -> None:
+        """Each primary gets the slots of its range that no node it knows holds yet (a node
+        restarted mid-creation, or started from a snapshot's RDB, holds some already: it
+        claims the slots it has keys for)."""
         plan = self.plan
-        view = await self._nodes_view(plan.nodes[0].name) or []
-        assigned = {slot for line in view for a, b in line.slots for slot in range(a, b + 1)}
         calls = []
         for shard_index, (start, end) in enumerate(plan.slot_ranges):
             primary = next(n for n in plan.shard_nodes(shard_index + 1) if n.member == 0)
-            if any(s in assigned for s in range(start, end + 1)):
-                continue
-            calls.append(
-                try_call(self.clients[primary.name], "CLUSTER", "ADDSLOTSRANGE", start, end)
-            )
+            view = await self._nodes_view(primary.name) or []
+            held = {slot for line in view for a, b in line.slots for slot in range(a, b + 1)}
+            missing = missing_ranges(start, end, held)
+            if missing:  # one command for every run (a seeded node may leave thousands)
+                bounds = [x for run in missing for x in run]
+                calls.append(
+                    try_call(self.clients[primary.name], "CLUSTER", "ADDSLOTSRANGE", *bounds)
+                )
         await asyncio.gather(*calls)
 
     async def _check_all_known(self) -> str | None:

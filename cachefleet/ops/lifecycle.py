@@ -80,7 +80,19 @@ def _check_ports_free(plan: Plan) -> None:
             raise CachefleetError(f"port {host}:{port} for the {what} is already in use")
 
 
-async def up(topology_path: str, *, state_dir: str | None, detach: bool, out: Out) -> int:
+#: Called for a new cluster once its plan and directories exist and before any node starts
+#: (restore's fast path puts each primary's RDB file in place).
+Seed = Callable[[Plan, ClusterDir], None]
+
+
+async def up(
+    topology_path: str,
+    *,
+    state_dir: str | None,
+    detach: bool,
+    out: Out,
+    seed: Seed | None = None,
+) -> int:
     t0 = time.monotonic()
 
     def step(msg: str) -> None:
@@ -126,6 +138,8 @@ async def up(topology_path: str, *, state_dir: str | None, detach: bool, out: Ou
         cdir.make()
         cdir.plan_path.write_text(plan.to_json())
         step(f"cluster {topo.name}: {len(plan.nodes)} nodes in {len(topo.zones)} zones, {binary}")
+        if seed is not None:
+            seed(plan, cdir)
 
     if topo.is_memcached:
         return await _up_memcached(plan, cdir, detach=detach, step=step, out=out)

@@ -37,9 +37,10 @@ from cachefleet.layout import Layout, LayoutNode, LayoutShard
 from cachefleet.nodes import Role, connect, info, replication
 from cachefleet.ops import lifecycle
 from cachefleet.ops.status import read_bus
+from cachefleet.plan import Plan
 from cachefleet.resp import encode_command
 from cachefleet.sealing import Key
-from cachefleet.slots import SLOTS, key_slot
+from cachefleet.slots import SLOTS, key_slot, split_slots
 from cachefleet.snapshots import Manifest, ShardSnapshot, SnapshotError
 from cachefleet.state import ClusterDir, state_home
 from cachefleet.topology import load_topology
@@ -417,6 +418,21 @@ async def _copy_keys(source_port: int, layout: Layout, auth: Credentials) -> int
             await link.close()
 
 
+async def _count_keys(cdir: ClusterDir) -> int:
+    layout = cdir.load_layout()
+    auth = cdir.admin()
+    total = 0
+    for shard in layout.shards if layout is not None else ():
+        if shard.primary is None:
+            continue
+        client = connect(shard.primary.host, shard.primary.port, timeout=5.0, auth=auth)
+        try:
+            total += int(await client.dbsize())
+        finally:
+            await client.aclose()
+    return total
+
+
 async def restore(
     snapshot_id: str,
     topology_path: str,
@@ -455,16 +471,47 @@ async def restore(
     out(f"checking snapshot {snapshot_id} ({len(manifest.shards)} files)")
     await asyncio.to_thread(snapshots.verify, home, manifest)
     t0 = time.monotonic()
-    code = await lifecycle.up(topology_path, state_dir=state_dir, detach=True, out=out)
+    base = snapshots.directory(home, snapshot_id)
+    ranges = tuple(tuple(s.slots) for s in manifest.shards)
+    fast = (
+        not topo.persistence.appendonly  # with AOF on, an engine starts from its AOF
+        and topo.shards == len(manifest.shards)
+        and ranges == tuple(((a, b),) for a, b in split_slots(topo.shards))
+    )
+
+    def seed(plan: Plan, cdir: ClusterDir) -> None:
+        """Same shards and slot ranges: each primary starts from its shard's RDB file and
+        claims the slots it holds keys for; replicas sync from it."""
+        for shard in manifest.shards:
+            primary = next(n for n in plan.shard_nodes(shard.shard) if n.member == 0)
+            data = cdir.node_dir(primary.name) / "data"
+            data.mkdir(parents=True, exist_ok=True)
+            if key is None:
+                _link_or_copy(base / shard.file, data / "dump.rdb")
+            else:
+                key.open(base / shard.file, data / "dump.rdb")
+
+    if fast:
+        out("same shards and slot ranges: the nodes start from the snapshot's files")
+    code = await lifecycle.up(
+        topology_path, state_dir=state_dir, detach=True, out=out, seed=seed if fast else None
+    )
     if code != 0:
         return code
+    if fast:
+        cdir = ClusterDir(home, topo.name)
+        keys = await _count_keys(cdir)
+        out(
+            f"cluster {topo.name} restored from {snapshot_id}: {keys} keys in "
+            f"{len(manifest.shards)} shards in {time.monotonic() - t0:.1f} s"
+        )
+        return 0
     cdir = ClusterDir(home, topo.name)
     plan = cdir.load_plan()
     layout = cdir.load_layout()
     if layout is None:
         raise CachefleetError(f"cluster {topo.name!r} came up without a layout")
     auth = cdir.admin()
-    base = snapshots.directory(home, snapshot_id)
 
     async def one(shard: ShardSnapshot) -> int:
         with tempfile.TemporaryDirectory(prefix="cachefleet-restore-") as work:
