@@ -44,6 +44,10 @@ bench: $(STAMP)
 	$(PY) bench/up_time.py
 	$(PY) bench/failover.py
 	$(PY) bench/router.py
+	$(PY) bench/snapshot.py
+	$(PY) bench/memcached.py
+	$(PY) bench/metrics.py
+	$(PY) bench/api_describe.py
 
 ## Every shipped chaos scenario at its full trial count (minutes; partition-zone needs root).
 chaos: $(STAMP)
