@@ -18,7 +18,6 @@ from cachefleet import __version__
 from cachefleet.api import command as api_command
 from cachefleet.errors import CachefleetError, ScenarioError, TopologyError
 from cachefleet.events import EventFilter, follow_events
-from cachefleet.ops import lifecycle
 from cachefleet.ops.status import exit_code, format_status, status
 from cachefleet.snapshots import Manifest
 from cachefleet.topology import load_topology
@@ -152,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _up(args: argparse.Namespace) -> int:
+    from cachefleet.ops import lifecycle
+
     if api_command.is_template_file(args.topology):  # a CloudFormation template
         return api_command.up_template(args, _out)
     return asyncio.run(
@@ -166,6 +167,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
+    from cachefleet.ops import lifecycle
+
     if args.final_snapshot:
         from cachefleet.ops import snapshot as snapshot_ops
 

@@ -82,8 +82,11 @@ class ClusterDir:
         return self.plan_path.exists()
 
     def make(self) -> None:
+        """The cluster's directories, readable by their owner only (0700): they hold the
+        engines' data and the control plane's secret."""
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         for d in (self.root, self.pids, self.logs, self.root / "nodes"):
-            d.mkdir(parents=True, exist_ok=True)
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def load_plan(self) -> Plan:
         if not self.plan_path.exists():

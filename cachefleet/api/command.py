@@ -1,5 +1,6 @@
 """The `serve` and `audit` subcommands and `up` of a CloudFormation template (registered by
-cachefleet.cli)."""
+cachefleet.cli). Imported by every command to build the parser, so it imports the API's
+modules only when one of its commands runs."""
 
 from __future__ import annotations
 
@@ -10,13 +11,8 @@ from collections.abc import Callable
 
 import yaml
 
-from cachefleet.api import cloudformation
-from cachefleet.api.access import AUDIT_FILE, follow_audit
 from cachefleet.api.names import Account
-from cachefleet.api.shapes import Record
-from cachefleet.api.store import record_path, save_record
 from cachefleet.errors import CachefleetError
-from cachefleet.ops import lifecycle
 from cachefleet.state import ClusterDir, state_home
 
 DEFAULT_PORT = 9470
@@ -51,6 +47,8 @@ def add_audit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def run_audit(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    from cachefleet.api.access import AUDIT_FILE, follow_audit
+
     path = state_home(args.state_dir) / AUDIT_FILE
     return follow_audit(path, follow=args.follow, as_json=args.json, out=out)
 
@@ -58,6 +56,10 @@ def run_audit(args: argparse.Namespace, out: Callable[[str], None]) -> int:
 def is_template_file(path: str) -> bool:
     """True for a CloudFormation template with ElastiCache resources (anything else, a
     topology or an unreadable file, is left to `up`'s own checks)."""
+    if not path.endswith((".yaml", ".yml", ".json", ".template")):
+        return False
+    from cachefleet.api import cloudformation
+
     try:
         return cloudformation.is_template(cloudformation.load_template(path))
     except (OSError, CachefleetError):
@@ -73,6 +75,11 @@ def up_template(args: argparse.Namespace, out: Callable[[str], None]) -> int:
 async def _up_template(
     path: str, state_dir: str | None, detach: bool, out: Callable[[str], None]
 ) -> int:
+    from cachefleet.api import cloudformation
+    from cachefleet.api.shapes import Record
+    from cachefleet.api.store import record_path, save_record
+    from cachefleet.ops import lifecycle
+
     account = Account()
     data = cloudformation.load_template(path)
     found = cloudformation.clusters(path, data, account)

@@ -1,8 +1,10 @@
 """Snapshots of a running cluster, and restore into a new cluster of any shard count.
 
 **Create**: per shard, in parallel, from a healthy linked replica when there is one (so the
-primary does not fork), else from the primary: ``BGSAVE`` with the control-plane user, wait
-for it, copy the engine's RDB file into the snapshot with its SHA-256. Each shard's file is
+primary does not fork), else from the primary: the data set streamed as ``redis-cli --rdb``
+asks for it (``REPLCONF rdb-only`` + ``SYNC``) and hashed on the way, or, where the engine
+refuses that and for encrypted snapshots, ``BGSAVE`` and the engine's RDB file linked (or
+sealed) into the snapshot with its SHA-256. Each shard's file is
 a point-in-time image of that shard; the shards are taken at nearly the same moment, not at
 one global instant (as the managed service's snapshots are).
 
@@ -18,13 +20,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
+import io
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 import redis.asyncio as aredis
@@ -35,8 +40,6 @@ from cachefleet.credentials import Credentials
 from cachefleet.errors import CachefleetError
 from cachefleet.layout import Layout, LayoutNode, LayoutShard
 from cachefleet.nodes import Role, connect, info, replication
-from cachefleet.ops import lifecycle
-from cachefleet.ops.status import read_bus
 from cachefleet.plan import Plan
 from cachefleet.resp import encode_command
 from cachefleet.sealing import Key
@@ -135,23 +138,32 @@ async def _snapshot_from(
     out: Out,
 ) -> tuple[ShardSnapshot, str]:
     where = f"shard {shard.id} ({node.name})"
+    name = f"shard-{shard.id:04d}.rdb" + (".enc" if key is not None else "")
+    dest = target / name
     client = connect(node.host, node.port, timeout=10.0, auth=auth)
     try:
         keys = int(await client.dbsize())
         rep = await replication(client)
-        await _bgsave(client, where)
-        directory = str((await client.config_get("dir"))["dir"])
-        dbfilename = str((await client.config_get("dbfilename"))["dbfilename"])
         server = await info(client, "server") or {}
+        sha = None
+        if key is None:  # streamed as a replica would get it, hashed on the way
+            try:
+                sha = await _stream_rdb(node, auth, dest)
+            except StreamRefused as exc:  # an engine without rdb-only transfers
+                out(f"{where}: {exc}; saving the RDB instead")
+                dest.unlink(missing_ok=True)
+        if sha is None:
+            await _bgsave(client, where)
+            directory = str((await client.config_get("dir"))["dir"])
+            dbfilename = str((await client.config_get("dbfilename"))["dbfilename"])
     finally:
         await client.aclose()
-    name = f"shard-{shard.id:04d}.rdb" + (".enc" if key is not None else "")
-    dest = target / name
-    if key is None:
-        await asyncio.to_thread(_link_or_copy, Path(directory) / dbfilename, dest)
-    else:  # sealed from the node's file: no plaintext copy is written
-        await asyncio.to_thread(key.seal, Path(directory) / dbfilename, dest)
-    sha = await asyncio.to_thread(snapshots.sha256_file, dest)
+    if sha is None:
+        if key is None:
+            await asyncio.to_thread(_link_or_copy, Path(directory) / dbfilename, dest)
+        else:  # sealed from the node's file: no plaintext copy is written
+            await asyncio.to_thread(key.seal, Path(directory) / dbfilename, dest)
+        sha = await asyncio.to_thread(snapshots.sha256_file, dest)
     out(f"shard {shard.id}: {keys} keys, {dest.stat().st_size} bytes from {node.name}")
     version = str(server.get("valkey_version") or server.get("redis_version") or "")
     return (
@@ -167,6 +179,66 @@ async def _snapshot_from(
         ),
         version,
     )
+
+
+class StreamRefused(CachefleetError):
+    """The node does not stream an RDB to us (the save-to-disk path is used instead); any
+    other failure of the stream (the node died) passes the shard to the next node."""
+
+
+async def _stream_rdb(node: LayoutNode, auth: Credentials, dest: Path) -> str:
+    """The node's data set as an RDB stream (``REPLCONF rdb-only`` + ``SYNC``: what
+    ``redis-cli --rdb`` asks for; the node forks and sends it without touching its disk),
+    written to `dest` and hashed on the way, in a thread of its own (hashing and writing
+    release the GIL, so shards stream in parallel); its SHA-256."""
+    return await asyncio.to_thread(_stream_rdb_blocking, node, auth, dest)
+
+
+def _stream_rdb_blocking(node: LayoutNode, auth: Credentials, dest: Path) -> str:
+    digest = hashlib.sha256()
+    with socket.create_connection((node.host, node.port), timeout=60) as sock:
+        sock.sendall(
+            encode_command([b"AUTH", auth.user.encode(), auth.password.encode()])
+            + encode_command([b"REPLCONF", b"rdb-only", b"1"])
+        )
+        rfile = cast(io.BufferedReader, sock.makefile("rb", buffering=1 << 20))
+        for _ in range(2):
+            line = rfile.readline()
+            if line.startswith(b"-"):
+                raise StreamRefused(f"the node refused: {line.strip()[:200]!r}")
+            if not line.startswith(b"+"):
+                raise CachefleetError(f"no reply from the node: {line.strip()[:200]!r}")
+        sock.sendall(encode_command([b"SYNC"]))  # only once nothing else is pending
+        while (line := rfile.readline()) in (b"\n", b"\r\n"):
+            pass  # the node's keepalives while it forks
+        if line.startswith(b"-"):
+            raise StreamRefused(f"the node refused SYNC: {line.strip()[:200]!r}")
+        if not line.startswith(b"$"):
+            raise CachefleetError(f"not an RDB transfer: {line.strip()[:200]!r}")
+        with dest.open("wb") as f:
+            if line.startswith(b"$EOF:"):  # diskless: the payload ends with a 40-byte mark
+                mark = line[5:45]
+                tail = b""
+                while chunk := rfile.read1(1 << 22):
+                    data = tail + chunk if tail else chunk
+                    if data.endswith(mark):
+                        body = data[: -len(mark)]
+                        f.write(body)
+                        digest.update(body)
+                        return digest.hexdigest()
+                    body, tail = data[: -len(mark)], data[-len(mark) :]
+                    f.write(body)
+                    digest.update(body)
+                raise CachefleetError("the RDB stream ended before its end mark")
+            left = int(line[1:].strip())
+            while left > 0:
+                chunk = rfile.read1(min(left, 1 << 22))
+                if not chunk:
+                    raise CachefleetError("the RDB stream ended early")
+                f.write(chunk)
+                digest.update(chunk)
+                left -= len(chunk)
+    return digest.hexdigest()
 
 
 def _link_or_copy(source: Path, dest: Path) -> None:
@@ -200,7 +272,11 @@ async def create(
         raise SnapshotError(f"a snapshot named {snapshot_id!r} already exists")
     # Every layout change is saved in the state dir as it is published (announce), so the
     # file is current; the bus is asked only when there is none.
-    layout = cdir.load_layout() or (await read_bus(plan, cdir)).layout
+    layout = cdir.load_layout()
+    if layout is None:
+        from cachefleet.ops.status import read_bus
+
+        layout = (await read_bus(plan, cdir)).layout
     if layout is None:
         raise CachefleetError(f"cluster {name!r} has no layout (is it running?)")
     key_file = plan.topology.backup.encryption_key_file
@@ -490,6 +566,8 @@ async def restore(
                 _link_or_copy(base / shard.file, data / "dump.rdb")
             else:
                 key.open(base / shard.file, data / "dump.rdb")
+
+    from cachefleet.ops import lifecycle  # only restore starts a cluster
 
     if fast:
         out("same shards and slot ranges: the nodes start from the snapshot's files")

@@ -127,6 +127,8 @@ def test_snapshot_then_restore_into_more_and_the_same_shards(
     listed = json.loads(cli("snapshot", "list", "--json", "--state-dir", str(c.state_dir)).stdout)
     (row,) = [r for r in listed if r["id"] == "nightly-1"]
     assert row["cluster"] == c.name and row["shards"] == 2 and row["keys"] == len(want)
+    for d in (c.state_dir / "snapshots", c.state_dir / "snapshots" / "nightly-1", c.cdir.root):
+        assert d.stat().st_mode & 0o777 == 0o700, d  # owner only
     manifest = json.loads((c.state_dir / "snapshots" / "nightly-1" / "manifest.json").read_text())
     replicas = {n["name"] for s in c.status()["shards"] for n in s["replicas"]}
     assert {s["source"] for s in manifest["shards"]} <= replicas  # taken from replicas
