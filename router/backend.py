@@ -143,19 +143,7 @@ class BackendConn(asyncio.Protocol):
         self.flush()
 
     def send(self, waiter: Waiter, data: bytes) -> None:
-        if self.closed:
-            waiter.on_lost(False, self.addr)
-            return
-        self.waiters.append(waiter)
-        self.out.append(data)
-        self.unflushed += 1
-        if self.transport is not None and not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.hooks.loop.call_soon(self.flush)
-
-    def send_many(self, waiter: Waiter, data: bytes) -> None:
-        """Several requests in one payload: `waiter` (one entry of the FIFO) takes their
-        ``waiter.left`` replies, in order."""
+        """One FIFO entry: `waiter` takes ``waiter.left`` replies (a batch takes several)."""
         if self.closed:
             waiter.on_lost(False, self.addr)
             return

@@ -247,9 +247,6 @@ class Batch(Call):
         self.lost = False
         client.parts += len(items) - 1  # each request counts against the in-flight limit
 
-    def send_to(self, conn: BackendConn) -> None:
-        conn.send_many(self, self.payload)
-
     def frame(self, i: int) -> bytes:
         if self.subcalls:
             return self.subcalls[i].reply or b""

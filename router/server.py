@@ -20,6 +20,7 @@ import resource
 import signal
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from cachefleet import bus
@@ -209,6 +210,23 @@ def raise_nofile_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def state_link(
+    plan: Plan, worker: int, router_id: str, on_message: Callable[[str, bytes], None], log: Any
+) -> tuple[bus.BusLink, str]:
+    """A worker's bus link: layouts in, its state out (``offline`` as its will)."""
+    state_topic = bus.topic(plan.name, "routers", router_id, "state")
+    link = bus.BusLink(
+        host=plan.bus_host,
+        port=plan.bus_port,
+        name=f"router-{worker}",
+        will=(state_topic, b"offline"),
+        subscriptions=(bus.topic(plan.name, "layout"),),
+        on_message=on_message,
+        log=log,
+    )
+    return link, state_topic
+
+
 def listen_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -238,16 +256,7 @@ async def run_router(
     sock = listen_socket(plan.router_host, plan.router_port, reuse_port=reuse_port)
     max_query = plan.topology.router.query_buffer_limit_mb * 1024 * 1024
     server = await loop.create_server(lambda: ClientConn(router, max_query=max_query), sock=sock)
-    state_topic = bus.topic(plan.name, "routers", router.id, "state")
-    link = bus.BusLink(
-        host=plan.bus_host,
-        port=plan.bus_port,
-        name=f"router-{worker}",
-        will=(state_topic, b"offline"),
-        subscriptions=(bus.topic(plan.name, "layout"),),
-        on_message=router.on_bus_message,
-        log=router.log,
-    )
+    link, state_topic = state_link(plan, worker, router.id, router.on_bus_message, router.log)
     router.log.info(
         "router_started",
         address=f"{plan.router_host}:{plan.router_port}",

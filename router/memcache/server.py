@@ -17,7 +17,7 @@ from cachefleet.layout import Layout, LayoutError
 from cachefleet.plan import Plan
 from router.memcache.conns import Client
 from router.memcache.proxy import Proxy
-from router.server import listen_socket, raise_nofile_limit
+from router.server import listen_socket, raise_nofile_limit, state_link
 
 
 def engine_version(binary: str) -> str:
@@ -121,16 +121,7 @@ async def run_memcached_router(
         loop.add_signal_handler(sig, stop.set)
     sock = listen_socket(plan.router_host, plan.router_port, reuse_port=reuse_port)
     server = await loop.create_server(lambda: Client(proxy), sock=sock)
-    state_topic = bus.topic(plan.name, "routers", router.id, "state")
-    link = bus.BusLink(
-        host=plan.bus_host,
-        port=plan.bus_port,
-        name=f"router-{worker}",
-        will=(state_topic, b"offline"),
-        subscriptions=(bus.topic(plan.name, "layout"),),
-        on_message=router.on_bus_message,
-        log=proxy.log,
-    )
+    link, state_topic = state_link(plan, worker, router.id, router.on_bus_message, proxy.log)
     proxy.log.info(
         "router_started",
         address=f"{plan.router_host}:{plan.router_port}",
