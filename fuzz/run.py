@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -263,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         cli("down", "fuzz", *keep, "--state-dir", str(home / "state"))
         if args.keep:
             print(f"fuzz: the cluster's state, logs and events are kept in {home / 'state'}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)  # nothing of the run is left behind
     elapsed = time.monotonic() - t0
     summary: dict[str, Any] = {
         "inputs": fig.inputs,
