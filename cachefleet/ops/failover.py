@@ -58,6 +58,12 @@ async def graceful_failover(
 ) -> str:
     cdir = ClusterDir(state_home(state_dir), name)
     plan = cdir.load_plan()
+    if plan.topology.is_memcached:
+        raise CachefleetError(
+            f"cluster {name!r} is a memcached cluster: its nodes have no replicas to fail over "
+            "to (a failed node is replaced by its zone agent; memcached.copies keeps keys on "
+            "more than one node)"
+        )
     layout = (await read_bus(plan, cdir)).layout or cdir.load_layout()
     if layout is None:
         raise CachefleetError(f"cluster {name!r} has no published layout (is it running?)")

@@ -418,3 +418,9 @@ def test_memcached_topology_errors_name_the_field(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(bad))
     out = cli("validate", str(path), check=False)
     assert out.returncode != 0 and "shards" in out.stderr
+
+
+def test_failover_of_a_memcached_cluster_says_why_it_does_not_apply(mc: RunningCluster) -> None:
+    out = cli("failover", mc.name, "--shard", "1", "--state-dir", str(mc.state_dir), check=False)
+    assert out.returncode == 1
+    assert "is a memcached cluster: its nodes have no replicas" in out.stderr
