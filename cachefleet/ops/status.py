@@ -173,15 +173,7 @@ async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
             for s in plan.sentinels
         ],
         "failing_over": failing_over,
-        "metrics": metrics_status(cdir, live),
-        "bus": {
-            "url": f"mqtt://{plan.bus_host}:{plan.bus_port}",
-            "embedded": plan.topology.bus.embedded,
-            "running": "broker" in live if plan.topology.bus.embedded else None,
-        },
-        "processes": {k: v for k, v in sorted(live.items())},
-        "restarts": restarts(read_events(cdir.events_path)),
-        "state_dir": str(cdir.root),
+        **_processes(plan, cdir, live),
     }
 
 
@@ -241,6 +233,13 @@ async def _memcached_status(
         "nodes": nodes,
         "router": _router(plan, live, view),
         "sentinels": [],
+        **_processes(plan, cdir, live),
+    }
+
+
+def _processes(plan: Plan, cdir: ClusterDir, live: dict[str, int]) -> dict[str, Any]:
+    """What every engine's status ends with: metrics, bus, processes, restarts, state dir."""
+    return {
         "metrics": metrics_status(cdir, live),
         "bus": {
             "url": f"mqtt://{plan.bus_host}:{plan.bus_port}",
