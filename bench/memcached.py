@@ -30,6 +30,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hop import copy_hop  # noqa: E402  (bench/hop.py; bench/ is the script's directory)
+
 from cachefleet import ports  # noqa: E402
 from cachefleet.proc import read_pid  # noqa: E402
 from cachefleet.state import ClusterDir  # noqa: E402
@@ -55,37 +57,6 @@ def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise SystemExit(f"nothing listening on {host}:{port}")
-
-
-def copy_hop(listen_port: int, target_host: str, target_port: int) -> None:
-    """Serve `listen_port`, copying bytes both ways between each client and the target."""
-    import asyncio
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(1 << 16):
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(target_host, target_port)
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    async def serve() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", listen_port)
-        async with server:
-            await server.serve_forever()
-
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve())
-    else:
-        uvloop.run(serve())
 
 
 def percentile_from_log2(buckets: dict[int, int], q: float) -> float:
@@ -150,7 +121,7 @@ def main() -> None:
     parser.add_argument("--copy-hop", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.copy_hop:
-        copy_hop(int(args.copy_hop[0]), args.copy_hop[1], int(args.copy_hop[2]))
+        copy_hop(int(args.copy_hop[0]), int(args.copy_hop[2]), args.copy_hop[1])
         return
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp) / "state"

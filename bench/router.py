@@ -32,6 +32,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hop import copy_hop  # noqa: E402  (bench/hop.py; bench/ is the script's directory)
+
 from cachefleet import ports  # noqa: E402
 from cachefleet.engine import resolve_engine_binary  # noqa: E402
 from cachefleet.proc import process_rss, read_pid  # noqa: E402
@@ -96,37 +98,6 @@ def cli(*args: str) -> None:
     )
     if out.returncode != 0:
         raise SystemExit(f"cachefleet {args[0]} failed: {(out.stdout + out.stderr)[-1500:]}")
-
-
-def copy_hop(listen_port: int, target_port: int) -> None:
-    """Serve `listen_port`, copying bytes both ways between each client and the target."""
-    import asyncio
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(1 << 16):
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    async def serve() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", listen_port)
-        async with server:
-            await server.serve_forever()
-
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve())
-    else:
-        uvloop.run(serve())
 
 
 def main() -> None:
