@@ -292,10 +292,10 @@ def _snapshot_row(m: Manifest) -> dict[str, object]:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from cachefleet.ops import snapshot as snapshot_ops
+    from cachefleet.ops.restore import restore
 
     return asyncio.run(
-        snapshot_ops.restore(
+        restore(
             args.snapshot,
             args.topology,
             state_dir=args.state_dir,

@@ -18,8 +18,8 @@ from cachefleet.api.tag_actions import MAX_TAGS
 from cachefleet.api.wire import ApiError, Params, XmlList
 from cachefleet.errors import CachefleetError
 from cachefleet.ops import lifecycle
-from cachefleet.ops import snapshot as snapshot_ops
 from cachefleet.ops.failover import graceful_failover
+from cachefleet.ops.restore import restore
 from cachefleet.state import ClusterDir
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class ReplicationGroupActions:
                 str(topology_path), state_dir=str(self.api.home), detach=True, out=self.api.out
             )
         else:
-            code = await snapshot_ops.restore(
+            code = await restore(
                 snapshot, str(topology_path), state_dir=str(self.api.home), out=self.api.out
             )
         if code != 0:
