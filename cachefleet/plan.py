@@ -54,7 +54,8 @@ class Plan:
     bus_host: str
     bus_port: int
     router_host: str
-    router_port: int
+    router_port: int  # cluster mode disabled: the primary endpoint
+    reader_port: int | None = None  # cluster mode disabled: the reader endpoint
 
     @property
     def name(self) -> str:
@@ -98,6 +99,7 @@ class Plan:
                 "engine_binary": self.engine_binary,
                 "bus": {"host": self.bus_host, "port": self.bus_port},
                 "router": {"host": self.router_host, "port": self.router_port},
+                **({"reader_port": self.reader_port} if self.reader_port is not None else {}),
             },
             indent=2,
         )
@@ -116,6 +118,7 @@ class Plan:
             bus_port=data["bus"]["port"],
             router_host=data["router"]["host"],
             router_port=data["router"]["port"],
+            reader_port=data.get("reader_port"),
         )
 
     @classmethod
@@ -154,6 +157,7 @@ def build_plan(
     node_ports: list[tuple[int, int]] | None,
     bus: tuple[str, int],
     router_port: int,
+    reader_port: int | None = None,
 ) -> Plan:
     """Combine placement with ports: fixed (ports.base) when node_ports is None.
 
@@ -188,10 +192,12 @@ def build_plan(
         topology=topology,
         raw_topology=raw_topology,
         nodes=tuple(nodes),
-        slot_ranges=tuple(split_slots(topology.shards)),
+        # cluster mode disabled: one shard that owns no slots (the engines run without them)
+        slot_ranges=() if topology.standalone else tuple(split_slots(topology.shards)),
         engine_binary=engine_binary,
         bus_host=bus[0],
         bus_port=bus[1],
         router_host="127.0.0.1",
         router_port=router_port,
+        reader_port=reader_port,
     )

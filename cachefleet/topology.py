@@ -31,6 +31,7 @@ MAXMEMORY_POLICIES = (
     "volatile-ttl",
 )
 READ_FROM = ("primary", "replica", "same-zone")
+CLUSTER_MODES = ("enabled", "disabled")
 
 #: Named node sizes, like a managed service's node types: name -> maxmemory in bytes.
 NODE_TYPES: dict[str, int] = {
@@ -112,6 +113,14 @@ class Router:
     zone: str | None = None  # the router's zone, for read_from: same-zone
     max_clients: int = 10_000  # per worker, like the engine's maxclients
     query_buffer_limit_mb: int = 64  # one client's unparsed request bytes
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """A cluster-mode-disabled group's endpoints (None: a free port, allocated at `up`)."""
+
+    primary_port: int | None = None  # always reaches the current primary
+    reader_port: int | None = None  # spreads connections over the healthy replicas
 
 
 @dataclass(frozen=True)
@@ -212,6 +221,13 @@ class Topology:
     engine_binary: str | None = None
     source: str = "<topology>"
     memcached: Memcached | None = None  # set exactly when engine is memcached
+    cluster_mode: str = "enabled"  # disabled: one primary with read replicas, no slots
+    endpoints: Endpoints | None = None  # set exactly when cluster_mode is disabled
+
+    @property
+    def standalone(self) -> bool:
+        """Cluster mode disabled: engines without cluster mode, one shard (id 1), no slots."""
+        return self.cluster_mode == "disabled"
 
     @property
     def maxmemory(self) -> int:
@@ -395,6 +411,16 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
         for field_name in ("nodes", "parameters", "memcached"):
             if root.has(field_name):
                 raise root.fail(field_name, "is only for engine: memcached")
+    cluster_mode = root.choice("cluster_mode", "enabled", CLUSTER_MODES)
+    if cluster_mode == "disabled":
+        shards, replicas = _standalone_shape(root, engine)
+    elif not memcached:
+        if root.has("replicas"):
+            raise root.fail(
+                "replicas", "is only for cluster_mode: disabled (use replicas_per_shard)"
+            )
+        if root.has("endpoints"):
+            raise root.fail("endpoints", "is only for cluster_mode: disabled")
         shards = root.integer("shards", 3, 1, MAX_SHARDS)
         replicas = root.integer("replicas_per_shard", 1, 0, MAX_REPLICAS)
     policy = root.choice("maxmemory_policy", "volatile-lru", MAXMEMORY_POLICIES)
@@ -419,7 +445,10 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
             f"only {max(room, 0)} fit below {MAX_PORT}",
         )
 
+    endpoints = _endpoints(root, base, nodes_total) if cluster_mode == "disabled" else None
     router_s = root.section("router")
+    if endpoints is not None and router_s.has("port"):
+        raise router_s.fail("port", "a cluster-mode-disabled group has endpoints.primary.port")
     router_zone = router_s.raw("zone", None)
     if router_zone is not None and router_zone not in zones:
         raise router_s.fail("zone", f"{router_zone!r} is not one of the zones ({', '.join(zones)})")
@@ -495,9 +524,10 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
     dur = root.section("durability")
     min_rw = dur.integer("min_replicas_to_write", 0, 0, MAX_REPLICAS)
     if min_rw > replicas:
+        what = "replicas" if cluster_mode == "disabled" else "replicas_per_shard"
         raise dur.fail(
             "min_replicas_to_write",
-            f"{min_rw} is greater than replicas_per_shard ({replicas}): no write would succeed",
+            f"{min_rw} is greater than {what} ({replicas}): no write would succeed",
         )
     max_lag = dur.integer("max_lag_s", 2, 1, 3600)
     fence_bound_ms = down_after + failover_timeout
@@ -536,7 +566,42 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
         engine_binary=engine_binary,
         source=source,
         memcached=memcached,
+        cluster_mode=cluster_mode,
+        endpoints=endpoints,
     )
+
+
+def _standalone_shape(root: Section, engine: str) -> tuple[int, int]:
+    """(shards, replicas) of a cluster-mode-disabled group: one shard, `replicas` 0..5."""
+    if engine == "memcached":
+        raise root.fail("cluster_mode", "memcached clusters have no cluster mode")
+    for field_name in ("shards", "replicas_per_shard"):
+        if root.has(field_name):
+            raise root.fail(
+                field_name, "a cluster-mode-disabled group has one shard: use replicas (0..5)"
+            )
+    return 1, root.integer("replicas", 1, 0, MAX_REPLICAS)
+
+
+def _endpoints(root: Section, base: int | None, nodes_total: int) -> Endpoints:
+    """endpoints.primary.port and endpoints.reader.port: optional, distinct, clear of the
+    node ports of ports.base."""
+    ends = root.section("endpoints")
+    found: dict[str, int | None] = {}
+    for kind in ("primary", "reader"):
+        sec = ends.section(kind)
+        port = sec.int_or_auto("port", "auto", 1, MAX_PORT)
+        if port is not None and base is not None:
+            taken = range(base, base + nodes_total)
+            bus_taken = range(base + CLUSTER_BUS_OFFSET, base + CLUSTER_BUS_OFFSET + nodes_total)
+            if port in taken or port in bus_taken:
+                raise sec.fail("port", f"{port} collides with the node ports of ports.base")
+        sec.done()
+        found[kind] = port
+    ends.done()
+    if found["primary"] is not None and found["primary"] == found["reader"]:
+        raise ends.fail("reader", "the reader endpoint needs a port of its own")
+    return Endpoints(primary_port=found["primary"], reader_port=found["reader"])
 
 
 _WINDOW = re.compile(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)")
