@@ -233,12 +233,15 @@ class ZoneAgent:
         for at most down_after + 2 x failover_timeout.
         """
         topo = self.plan.topology
-        if topo.sentinels.count == 0 or topo.replicas_per_shard == 0 or not rt.engine_id:
+        # The id from nodes.conf when the node never answered CLUSTER MYID (a loaded machine
+        # at start-up): an unknown id must not let a dead primary come straight back.
+        engine_id = rt.engine_id or self._identity(rt.spec)
+        if topo.sentinels.count == 0 or topo.replicas_per_shard == 0 or not engine_id:
             return
         if topo.persistence.appendonly:
             return  # it restarts with its data
         views = [view for view in await self._peer_views(rt) if view]
-        serving = any(line.id == rt.engine_id and line.serving for view in views for line in view)
+        serving = any(line.id == engine_id and line.serving for view in views for line in view)
         if views and not serving:
             return  # the peers that answered know it as no shard's primary
         # It served its shard, or no peer answered (a busy machine, a whole zone coming back):
@@ -252,7 +255,7 @@ class ZoneAgent:
                 for line in view:
                     if (
                         line.serving
-                        and line.id != rt.engine_id
+                        and line.id != engine_id
                         and (line.host, line.port) in shard_addrs
                     ):
                         self.log.info("primary_restart_released", node=rt.spec.name, by=line.id)

@@ -16,8 +16,21 @@ settings.register_profile("cachefleet", deadline=None)
 settings.load_profile("cachefleet")
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Remember each phase's report on the test item, so fixtures can tell a failed test."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+def failed(request: pytest.FixtureRequest) -> bool:
+    report = getattr(request.node, "report_call", None)
+    return report is not None and report.failed
+
+
 @pytest.fixture
-def cluster_factory(tmp_path: Path) -> Iterator[Any]:
+def cluster_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
     started: list[RunningCluster] = []
 
     def make(**overrides: Any) -> RunningCluster:
@@ -27,6 +40,8 @@ def cluster_factory(tmp_path: Path) -> Iterator[Any]:
 
     yield make
     for c in started:
+        if failed(request):
+            print(c.diagnosis())
         c.remember_pids()
         if c.cdir.root.exists():
             cli("down", c.name, "--purge", "--state-dir", str(c.state_dir), check=False)

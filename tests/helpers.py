@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -96,6 +97,18 @@ class RunningCluster:
 
     def remember_pids(self) -> None:
         self.seen_pids.update(live_processes(self.cdir))
+
+    def diagnosis(self, events: int = 60, log_lines: int = 20) -> str:
+        """The last events and the end of every process's log: printed when a test on this
+        cluster fails, so a failure that does not repeat can still be explained."""
+        out = [f"--- cluster {self.name}: last {events} events"]
+        with contextlib.suppress(OSError):
+            out += self.cdir.events_path.read_text().splitlines()[-events:]
+        for log in sorted(self.cdir.logs.glob("*.log")) if self.cdir.logs.exists() else []:
+            with contextlib.suppress(OSError):
+                out.append(f"--- {log.name}: last {log_lines} lines")
+                out += log.read_text(errors="replace").splitlines()[-log_lines:]
+        return "\n".join(out)
 
     def down(self, purge: bool = True) -> subprocess.CompletedProcess[str]:
         self.remember_pids()
