@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 import yaml
 
 from cachefleet.errors import TopologyError
+from cachefleet.security import Security, parse_security
 
 ENGINES = ("valkey", "redis", "memcached")
 ZONE_ADDRESSING = ("per-zone", "shared")
@@ -223,6 +224,7 @@ class Topology:
     memcached: Memcached | None = None  # set exactly when engine is memcached
     cluster_mode: str = "enabled"  # disabled: one primary with read replicas, no slots
     endpoints: Endpoints | None = None  # set exactly when cluster_mode is disabled
+    security: Security = field(default_factory=Security)  # secret files by path only
 
     @property
     def standalone(self) -> bool:
@@ -543,6 +545,7 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
     met = root.section("metrics")
     metrics = Metrics(port=met.int_or_auto("port", "auto", 1, MAX_PORT))
     met.done()
+    security = parse_security(root.section("security"), engine)
 
     root.done()
 
@@ -560,6 +563,7 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
         backup=backup,
         durability=Durability(min_rw, max_lag),
         metrics=metrics,
+        security=security,
         ports_base=base,
         zone_addressing=zone_addressing,
         maxmemory_policy=policy,
