@@ -26,6 +26,7 @@ class NodeSpec:
     host: str
     port: int
     bus_port: int  # 0 for memcached nodes (no cluster bus)
+    runs: str = ""  # what the node was started as: "<node_type> <engine binary>" (stamp())
 
     @property
     def address(self) -> str:
@@ -108,10 +109,11 @@ class Plan:
     def from_json(cls, text: str) -> Plan:
         data = json.loads(text)
         topology = parse_topology(data["topology"], data.get("source", "<plan>"))
+        runs = stamp(topology, data["engine_binary"])  # plans written before stamps existed
         return cls(
             topology=topology,
             raw_topology=data["topology"],
-            nodes=tuple(NodeSpec(**n) for n in data["nodes"]),
+            nodes=tuple(NodeSpec(**{"runs": runs, **n}) for n in data["nodes"]),
             slot_ranges=tuple((a, b) for a, b in data["slot_ranges"]),
             engine_binary=data["engine_binary"],
             bus_host=data["bus"]["host"],
@@ -124,6 +126,12 @@ class Plan:
     @classmethod
     def load(cls, path: Path) -> Plan:
         return cls.from_json(path.read_text())
+
+
+def stamp(topology: Topology, engine_binary: str) -> str:
+    """What a node runs as: a node whose stamp differs from the wanted one is replaced by
+    `apply` (a new node type or engine binary), one shard at a time."""
+    return f"{topology.node_type} {engine_binary}"
 
 
 def node_name(cluster: str, shard: int, member: int) -> str:
@@ -186,6 +194,7 @@ def build_plan(
                 host=topology.zone_address(zone),
                 port=port,
                 bus_port=bus_port,
+                runs=stamp(topology, engine_binary),
             )
         )
     return Plan(
@@ -201,3 +210,35 @@ def build_plan(
         router_port=router_port,
         reader_port=reader_port,
     )
+
+
+class PlanFile:
+    """A daemon's view of plan.json: read again only when the file changed (`apply` rewrites
+    it before it publishes a layout naming new nodes, so a layout that names an unknown node
+    is first checked against the newest plan)."""
+
+    def __init__(self, path: Path, plan: Plan) -> None:
+        self.path = path
+        self.plan = plan
+        self._mtime = _mtime_ns(path)
+
+    def refresh(self) -> bool:
+        """Reload when the file changed since the last read; True when the plan changed."""
+        mtime = _mtime_ns(self.path)
+        if mtime is None or mtime == self._mtime:
+            return False
+        try:
+            plan = Plan.load(self.path)
+        except (OSError, ValueError, KeyError, TypeError):
+            return False  # mid-write or damaged: keep the plan we have, try again next time
+        self._mtime = mtime
+        changed = plan != self.plan
+        self.plan = plan
+        return changed
+
+
+def _mtime_ns(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None

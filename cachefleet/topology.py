@@ -185,6 +185,32 @@ MEMCACHED_PARAMETERS: dict[str, tuple[str, float, float]] = {
 }
 MAX_MEMCACHED_NODES = 100
 
+#: The engine settings a topology may set under ``parameters`` (an allow-list, like a
+#: parameter group): name -> (type, low, high) for "int", or the allowed words. Each can be
+#: changed live (CONFIG SET) by `apply`; none of them touches the cluster's own wiring.
+ENGINE_PARAMETERS: dict[str, tuple[str, ...] | tuple[str, int, int]] = {
+    "maxmemory-samples": ("int", 1, 64),
+    "maxmemory-eviction-tenacity": ("int", 0, 100),
+    "timeout": ("int", 0, 31_536_000),
+    "tcp-keepalive": ("int", 0, 86_400),
+    "hz": ("int", 1, 500),
+    "lfu-log-factor": ("int", 0, 255),
+    "lfu-decay-time": ("int", 0, 1_000_000),
+    "slowlog-log-slower-than": ("int", -1, 1_000_000_000),
+    "slowlog-max-len": ("int", 0, 1_000_000),
+    "latency-monitor-threshold": ("int", 0, 1_000_000),
+    "hash-max-listpack-entries": ("int", 0, 1_000_000),
+    "set-max-intset-entries": ("int", 0, 1_000_000),
+    "zset-max-listpack-entries": ("int", 0, 1_000_000),
+    "list-max-listpack-size": ("int", -5, 1_000_000),
+    "notify-keyspace-events": ("", "AKE", "Ex", "Kx", "KEA", "Egx$", "Kgx$", "AK", "AE"),
+    "lazyfree-lazy-eviction": ("yes", "no"),
+    "lazyfree-lazy-expire": ("yes", "no"),
+    "lazyfree-lazy-user-del": ("yes", "no"),
+    "activedefrag": ("yes", "no"),
+    "cluster-allow-reads-when-down": ("yes", "no"),
+}
+
 
 @dataclass(frozen=True)
 class Memcached:
@@ -225,6 +251,7 @@ class Topology:
     cluster_mode: str = "enabled"  # disabled: one primary with read replicas, no slots
     endpoints: Endpoints | None = None  # set exactly when cluster_mode is disabled
     security: Security = field(default_factory=Security)  # secret files by path only
+    parameters: tuple[tuple[str, str], ...] = ()  # allow-listed engine settings, sorted
 
     @property
     def standalone(self) -> bool:
@@ -410,7 +437,7 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
         memcached = _memcached_parameters(root, nodes, NODE_TYPES[node_type])
         shards, replicas = nodes, 0
     else:
-        for field_name in ("nodes", "parameters", "memcached"):
+        for field_name in ("nodes", "memcached"):
             if root.has(field_name):
                 raise root.fail(field_name, "is only for engine: memcached")
     cluster_mode = root.choice("cluster_mode", "enabled", CLUSTER_MODES)
@@ -426,6 +453,7 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
         shards = root.integer("shards", 3, 1, MAX_SHARDS)
         replicas = root.integer("replicas_per_shard", 1, 0, MAX_REPLICAS)
     policy = root.choice("maxmemory_policy", "volatile-lru", MAXMEMORY_POLICIES)
+    parameters = () if memcached else _engine_parameters(root.section("parameters"))
 
     engine_binary = root.raw("engine_binary", None)
     if engine_binary is not None and not isinstance(engine_binary, str):
@@ -572,6 +600,7 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
         memcached=memcached,
         cluster_mode=cluster_mode,
         endpoints=endpoints,
+        parameters=parameters,
     )
 
 
@@ -657,6 +686,27 @@ def _size(section: Section, key: str, value: Any) -> int:
         if m:
             return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[m.group(2)]
     raise section.fail(key, f"must be a size such as 1048576, 512k or 1m, got {_kind(value)}")
+
+
+def _engine_parameters(params: Section) -> tuple[tuple[str, str], ...]:
+    """The allow-listed engine settings, each checked and rendered as the engine's word."""
+    out = []
+    for key in sorted(params.data, key=str):
+        rule = ENGINE_PARAMETERS.get(key) if isinstance(key, str) else None
+        if rule is None:
+            raise params.fail(str(key), "is not an engine parameter that can be set")
+        value = params.raw(key)
+        if rule[0] == "int":
+            out.append((key, str(params.integer(key, None, int(rule[1]), int(rule[2])))))
+        elif isinstance(value, bool) and rule == ("yes", "no"):
+            out.append((key, "yes" if value else "no"))
+        elif isinstance(value, str) and value in rule:
+            out.append((key, value))
+        else:
+            words = ", ".join(repr(w) for w in rule)
+            raise params.fail(key, f"must be one of {words}, got {value!r}")
+    params.done()
+    return tuple(out)
 
 
 def _memcached_parameters(root: Section, nodes: int, maxmemory: int) -> Memcached:

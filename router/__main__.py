@@ -17,13 +17,18 @@ from cachefleet.plan import Plan
 from cachefleet.state import ClusterDir, state_home
 from router.memcache.server import run_memcached_router
 from router.server import run_router
+from router.standalone import run_standalone_router
 
 
 def _run(plan: Plan, worker: int, reuse_port: bool, zone: str | None, plan_path: Path) -> None:
     if plan.topology.is_memcached:  # the configuration endpoint and proxy speak memcached
         coro = run_memcached_router(plan, worker=worker, reuse_port=reuse_port, plan_path=plan_path)
+    elif plan.topology.standalone:  # cluster mode disabled: primary and reader endpoints
+        coro = run_standalone_router(plan, worker=worker, reuse_port=reuse_port, zone=zone)
     else:
-        coro = run_router(plan, worker=worker, reuse_port=reuse_port, zone=zone)
+        coro = run_router(
+            plan, worker=worker, reuse_port=reuse_port, zone=zone, plan_path=plan_path
+        )
     try:
         import uvloop
     except ImportError:  # pragma: no cover - platforms without uvloop

@@ -21,11 +21,12 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from cachefleet import bus
 from cachefleet.layout import Layout, LayoutError
-from cachefleet.plan import Plan
+from cachefleet.plan import Plan, PlanFile
 from cachefleet.resp import Err, encode, encode_command
 from cachefleet.slots import key_slot
 from router import endpoint, multikey, policy, pubsub, replies, transactions
@@ -37,7 +38,9 @@ from router.core import Core, err
 
 
 class Router(Core):
-    def __init__(self, *, plan: Plan, worker: int = 0, zone: str | None = None) -> None:
+    def __init__(
+        self, *, plan: Plan, worker: int = 0, zone: str | None = None, plan_path: Path | None = None
+    ) -> None:
         settings = plan.topology.router
         super().__init__(
             cluster=plan.name,
@@ -48,6 +51,7 @@ class Router(Core):
             max_clients=settings.max_clients,
         )
         self.plan = plan
+        self.plan_file = PlanFile(plan_path, plan) if plan_path is not None else None
         self.worker = worker
         self.id = f"router-{worker}"
         self.layouts_refused = 0
@@ -59,12 +63,22 @@ class Router(Core):
         try:
             # only this cluster's nodes at their planned addresses: a forged layout cannot
             # send any client's traffic elsewhere
-            layout = Layout.from_dict(data, self.plan)
+            layout = self._validate(data)
         except LayoutError as exc:
             self.layouts_refused += 1
             self.log.warning("layout_refused", error=str(exc), refused=self.layouts_refused)
             return
         self.apply_layout(layout)
+
+    def _validate(self, data: Any) -> Layout:
+        try:
+            return Layout.from_dict(data, self.plan)
+        except LayoutError:
+            # `apply` writes the plan before it publishes a layout with new nodes
+            if self.plan_file is None or not self.plan_file.refresh():
+                raise
+            self.plan = self.plan_file.plan
+            return Layout.from_dict(data, self.plan)
 
     # -- dispatch ------------------------------------------------------------------------------
 
@@ -239,7 +253,12 @@ def listen_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
 
 
 async def run_router(
-    plan: Plan, *, worker: int = 0, reuse_port: bool = False, zone: str | None = None
+    plan: Plan,
+    *,
+    worker: int = 0,
+    reuse_port: bool = False,
+    zone: str | None = None,
+    plan_path: Path | None = None,
 ) -> None:
     raise_nofile_limit()
     # The hot path allocates short-lived containers (batches, tuples, lists) by the million:
@@ -248,7 +267,7 @@ async def run_router(
     # walks, and collections are made rarer (reference counting frees almost everything).
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    router = Router(plan=plan, worker=worker, zone=zone)
+    router = Router(plan=plan, worker=worker, zone=zone, plan_path=plan_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -15,12 +15,14 @@ import subprocess
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from cachefleet import bus
 from cachefleet.announce import emit_event
+from cachefleet.errors import CachefleetError
 from cachefleet.nodes import (
     STATE_SECTIONS,
     NodeLine,
@@ -42,6 +44,7 @@ SUPERVISOR_CHECK_S = 0.25
 RESTART_BACKOFF_MIN_S = 0.05
 RESTART_BACKOFF_MAX_S = 5.0
 STOP_GRACE_S = 5.0
+PLAN_CHECK_S = 0.25
 
 
 @dataclass
@@ -74,6 +77,7 @@ class ZoneAgent:
         for name, child in (prestarted or {}).items():
             self.nodes[name].child = child
         self.stopping = asyncio.Event()
+        self._supervisors: dict[str, asyncio.Task[Any]] = {}  # node name -> its supervise
         self.agent_topic = bus.topic(plan.name, "agents", zone, "state")
         self.bus = bus.BusLink(
             host=plan.bus_host,
@@ -148,6 +152,9 @@ class ZoneAgent:
 
         A node found dead when the agent (re)starts is treated like one that just died: if it
         was its shard's primary it waits for the failover before it comes back."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._supervisors[rt.spec.name] = task  # cancelled when a new plan removes the node
         if not self._adopt(rt):
             rt.engine_id = self._identity(rt.spec)
             if rt.engine_id is not None:
@@ -347,6 +354,64 @@ class ZoneAgent:
             self.cdir.pid_file(f"node.{rt.spec.name}").unlink(missing_ok=True)
             self.log.info("node_stopped", node=rt.spec.name)
 
+    # -- nodes added and removed (`apply` and a memcached scaling `up` rewrite plan.json) ----
+
+    async def follow_plan(self) -> None:
+        """Start supervising the zone's nodes a new plan adds; stop those it removes."""
+        path = self.cdir.plan_path
+        seen = _mtime(path)
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), PLAN_CHECK_S)
+            mtime = _mtime(path)
+            if self.stopping.is_set() or mtime == seen:
+                continue
+            seen = mtime
+            try:
+                plan = Plan.load(path)
+            except (OSError, ValueError, KeyError, TypeError, CachefleetError) as exc:
+                self.log.warning("plan_unreadable", error=repr(exc))
+                continue
+            await self._apply_plan(plan)
+
+    async def _apply_plan(self, plan: Plan) -> None:
+        wanted = {n.name: n for n in plan.zone_nodes(self.zone)}
+        self.plan = plan
+        for name in [n for n in self.nodes if n not in wanted]:
+            rt = self.nodes.pop(name)
+            task = self._supervisors.pop(name, None)
+            if task is not None:
+                task.cancel()
+            await self._stop_one(rt)
+            self.bus.publish(bus.topic(plan.name, "nodes", name, "state"), b"offline", retain=True)
+            self.log.info("node_removed", node=name)
+        for name, spec in wanted.items():
+            if name in self.nodes:
+                continue
+            rt = NodeRuntime(spec)
+            self.nodes[name] = rt
+            asyncio.get_running_loop().create_task(
+                self.supervise(rt), name=f"agent[{self.zone}].supervise[{name}]"
+            )
+            self.log.info("node_added", node=name, address=spec.address)
+
+    async def _stop_one(self, rt: NodeRuntime) -> None:
+        conf = self._conf(rt.spec)
+        if rt.pid is not None and alive_and_ours(rt.pid, conf):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rt.pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE_S
+            while time.monotonic() < deadline and alive_and_ours(rt.pid, conf):
+                if rt.child is not None:
+                    rt.child.poll()
+                await asyncio.sleep(0.05)
+            if alive_and_ours(rt.pid, conf):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(rt.pid, signal.SIGKILL)
+        if rt.child is not None:
+            await asyncio.to_thread(rt.child.wait)
+        self.cdir.pid_file(f"node.{rt.spec.name}").unlink(missing_ok=True)
+
     # -- state publishing ---------------------------------------------------------------------
 
     def _event(self, kind: str, **fields: Any) -> None:
@@ -443,6 +508,7 @@ class ZoneAgent:
                 )
             tg.create_task(self.publish_states(), name=f"agent[{self.zone}].states")
             tg.create_task(self.watch_supervisor(), name=f"agent[{self.zone}].supervisor")
+            tg.create_task(self.follow_plan(), name=f"agent[{self.zone}].plan")
             for name, extra in self.extra_tasks():
                 tg.create_task(extra, name=f"agent[{self.zone}].{name}")
             bus_stop = asyncio.Event()
@@ -459,3 +525,10 @@ class ZoneAgent:
                 await asyncio.wait_for(asyncio.shield(pump), 2.0)
             pump.cancel()
         self.log.info("agent_stopped")
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None

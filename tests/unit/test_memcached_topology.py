@@ -62,12 +62,19 @@ def test_memcached_topology_errors_name_the_field(
     assert words in str(err.value)
 
 
-@pytest.mark.parametrize("field", ["nodes", "parameters", "memcached"])
+@pytest.mark.parametrize("field", ["nodes", "memcached"])
 def test_memcached_fields_are_refused_for_other_engines(field: str) -> None:
     doc = {k: v for k, v in BASE.items() if k != "nodes"}
     with pytest.raises(TopologyError) as err:
         parse_topology({**doc, "engine": "valkey", field: 3 if field == "nodes" else {}})
     assert err.value.field == field
+
+
+def test_memcached_parameters_are_not_engine_parameters() -> None:
+    doc = {k: v for k, v in BASE.items() if k != "nodes"}
+    with pytest.raises(TopologyError) as err:
+        parse_topology({**doc, "engine": "valkey", "parameters": {"threads": 8}})
+    assert err.value.field == "parameters.threads"
 
 
 def test_copies_and_the_router_port_next_to_the_nodes() -> None:
