@@ -19,7 +19,7 @@ from cachefleet.layout import Layout, LayoutNode, LayoutShard
 from cachefleet.messages import Elected, VoteReply, VoteRequest
 from cachefleet.nodes import NodeLink, myself_line
 from cachefleet.plan import Plan
-from sentinel import decide, machine
+from sentinel import decide, machine, standalone
 from sentinel.ballot import Ballot
 from sentinel.decide import SOFT_REFUSALS, SentinelView, Tally, Timings, VoteRefusal
 from sentinel.machine import Action, FailoverState
@@ -181,7 +181,7 @@ class Executor:
                     continue
                 case Action.SEND_TAKEOVER:
                     assert fo.candidate is not None
-                    reply = await h.admin[fo.candidate].call("CLUSTER", "FAILOVER", "TAKEOVER")
+                    reply = await self.promote(fo.candidate)
                     h.log.info(
                         "takeover_sent", node=fo.candidate, reply=str(reply),
                         reason=result.reason.name,
@@ -230,7 +230,16 @@ class Executor:
                 h.event("no_eligible_replica", shard=shard_id, excluded=excluded)
         return fo.state is FailoverState.DONE or published
 
+    async def promote(self, name: str) -> object:
+        """TAKEOVER in cluster mode; REPLICAOF NO ONE with cluster mode disabled."""
+        link = self.host.admin[name]
+        if self.host.plan.topology.standalone:
+            return await standalone.promote(link)
+        return await link.call("CLUSTER", "FAILOVER", "TAKEOVER")
+
     async def check_promoted(self, name: str) -> str | None:
+        if self.host.plan.topology.standalone:
+            return await standalone.promoted_id(self.host.admin[name])
         text = await self.host.admin[name].call("CLUSTER", "NODES")
         if not isinstance(text, bytes | str):
             return None
@@ -249,4 +258,8 @@ class Executor:
         for node in shard.replicas:
             if node.name == new_primary or node.name in sdown:
                 continue  # a down replica is reattached by the engine (or its agent) on return
+            if self.host.plan.topology.standalone:
+                lead = self.host.plan.node(new_primary)
+                await standalone.follow(self.host.admin[node.name], lead.host, lead.port)
+                continue
             await self.host.admin[node.name].call("CLUSTER", "REPLICATE", new_id, timeout=1.0)

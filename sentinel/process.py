@@ -33,7 +33,7 @@ from cachefleet.messages import Elected, MessageError, VoteReply, VoteRequest
 from cachefleet.nodes import NodeLink
 from cachefleet.plan import Plan
 from cachefleet.state import ClusterDir
-from sentinel import decide, machine
+from sentinel import decide, machine, standalone
 from sentinel.ballot import Ballot
 from sentinel.decide import Decision, NoFailover, SentinelView, ShardView, Start, Timings, Voted
 from sentinel.executor import Executor
@@ -86,6 +86,8 @@ class Sentinel:
         self.done_at: dict[int, float] = {}
         self.last_decision: dict[int, tuple[Start, NoFailover | decide.Go]] = {}
         self.promoted_at: dict[str, float] = {}
+        self.astray_since: dict[str, float] = {}  # cluster mode disabled: see realign()
+        self.realigned_at: dict[str, float] = {}
         self.reported: set[tuple[str, str]] = set()
         self.rivals: dict[tuple[int, int], set[str]] = {}  # (shard, epoch) -> candidates
         self.pending: dict[int, tuple[VoteRequest, float]] = {}  # refused before I saw down
@@ -330,6 +332,8 @@ class Sentinel:
                 self.publish_hello()
                 last_hello = now
             self.decide_and_act(now)
+            if self.plan.topology.standalone:
+                self.realign(now)
 
     def observe(self, now: float) -> bool:
         if self._layout is None:
@@ -405,6 +409,58 @@ class Sentinel:
                 )
             case Start.NONE:
                 pass
+
+    def realign(self, now: float) -> None:
+        """Cluster mode disabled: point every node that strays from the layout's primary
+        (a resumed old primary, a replica left on the old one) back at it."""
+        if self._layout is None or not self._layout.shards or self.stop.is_set():
+            return
+        shard = self._layout.shards[0]
+        t = self.timings
+        voted = self.voted.get(shard.id)
+        busy = (
+            bool(self.running)
+            or shard.id in self.candidacy_at
+            or (
+                voted is not None
+                and voted.failover_epoch > self._layout.epoch
+                and now - voted.at < t.failover_timeout_s
+            )
+        )
+        fresh_s = t.probe_timeout_s + t.interval_s
+        seen = {}
+        for node in shard.nodes:
+            ob = self.probes.obs.get(node.name)
+            fresh = ob is not None and ob.last_ok is not None and now - ob.last_ok <= fresh_s
+            reply = ob.reply if ob is not None and fresh else None
+            seen[node.name] = standalone.Seen(reply, node.name in self.sdown)
+            target = shard.primary
+            astray = (
+                reply is not None
+                and target is not None
+                and standalone.is_astray(reply, (target.host, target.port))
+            )
+            if not astray:
+                self.astray_since.pop(node.name, None)
+            else:
+                self.astray_since.setdefault(node.name, now)
+        moves = standalone.misdirected(
+            shard, seen, busy=busy, since=self.astray_since, now=now, settle_s=2 * t.interval_s
+        )
+        for name, (host, port) in moves.items():
+            if now - self.realigned_at.get(name, float("-inf")) < t.down_after_s:
+                continue
+            self.realigned_at[name] = now
+            was = seen[name].reply
+            self.log.info(
+                "realign", node=name, primary=f"{host}:{port}",
+                was=str(was.role) if was else None,
+            )  # fmt: skip
+            if self._tg is not None:
+                self._tg.create_task(
+                    standalone.follow(self.admin[name], host, port),
+                    name=f"sentinel[{self.sid}].realign[{name}]",
+                )
 
     def _wake(self) -> None:
         """A candidacy delay ended: decide now rather than at the next tick."""

@@ -42,7 +42,11 @@ def main() -> None:
         pid = read_pid(cdir.pid_file(f"node.{spec.name}"))
         if pid is not None and alive_and_ours(pid, str(conf)):
             continue  # left running by an earlier agent: adopted below
-        if (data_dir / "nodes.conf").exists() and not args.cluster_start:
+        # (a cluster-mode-disabled node has no nodes.conf: it was a member once there is a layout)
+        member = (data_dir / "nodes.conf").exists() or (
+            plan.topology.standalone and cdir.layout_path.exists()
+        )
+        if member and not args.cluster_start:
             continue
         prestarted[spec.name] = start_engine(plan, cdir, spec)
 
@@ -51,9 +55,12 @@ def main() -> None:
     from cachefleet.log import configure
     from shard.agent import ZoneAgent
     from shard.memcached import MemcachedAgent
+    from shard.standalone import StandaloneAgent
 
     configure("agent", cluster=args.cluster, zone=args.zone)
     agent = MemcachedAgent if plan.topology.is_memcached else ZoneAgent
+    if plan.topology.standalone:
+        agent = StandaloneAgent
     asyncio.run(agent(plan=plan, cdir=cdir, zone=args.zone, prestarted=prestarted).run())
 
 

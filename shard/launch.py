@@ -45,6 +45,28 @@ def start_memcached(plan: Plan, cdir: ClusterDir, spec: NodeSpec) -> subprocess.
     return child
 
 
+def without_cluster_mode(config: str, primary: tuple[str, int] | None) -> str:
+    """A node config for a cluster-mode-disabled group: the cluster-mode config without its
+    ``cluster-*`` lines, plus ``replicaof`` the current primary (None: the node starts as the
+    primary). Replicas sync as the control plane's user (its masteruser/masterauth)."""
+    lines = [line for line in config.splitlines() if not line.startswith("cluster-")]
+    if primary is not None:
+        lines.append(f"replicaof {primary[0]} {primary[1]}")
+    return "\n".join(lines) + "\n"
+
+
+def standalone_primary(plan: Plan, cdir: ClusterDir, spec: NodeSpec) -> tuple[str, int] | None:
+    """Whom a node of a cluster-mode-disabled group replicates when it starts: the last
+    published layout's primary (the plan's first member before there is a layout); None when
+    that is the node itself."""
+    layout = cdir.load_layout()
+    current = layout.shard(1).primary if layout is not None and layout.shards else None
+    if current is not None:
+        return None if current.name == spec.name else (current.host, current.port)
+    first = next(n for n in plan.shard_nodes(spec.shard) if n.member == 0)
+    return None if first.name == spec.name else (first.host, first.port)
+
+
 def start_engine(plan: Plan, cdir: ClusterDir, spec: NodeSpec) -> subprocess.Popen[bytes]:
     if plan.topology.is_memcached:
         return start_memcached(plan, cdir, spec)
@@ -53,6 +75,8 @@ def start_engine(plan: Plan, cdir: ClusterDir, spec: NodeSpec) -> subprocess.Pop
     text = render_engine_config(
         plan, spec, data_dir, cdir.log_file(f"node.{spec.name}"), cdir.admin()
     )
+    if plan.topology.standalone:
+        text = without_cluster_mode(text, standalone_primary(plan, cdir, spec))
     # the file holds the control plane's password: readable by its owner only
     fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

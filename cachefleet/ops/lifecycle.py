@@ -21,7 +21,7 @@ from cachefleet.engine import resolve_engine_binary
 from cachefleet.errors import BusError, CachefleetError, ClusterTimeout, StateError
 from cachefleet.layout import Layout
 from cachefleet.nodes import connect, try_call
-from cachefleet.ops import memcached
+from cachefleet.ops import memcached, standalone
 from cachefleet.ops.create import Creator
 from cachefleet.plan import Plan, build_plan, place
 from cachefleet.proc import (
@@ -59,6 +59,11 @@ def _make_plan(topo: Topology, raw: dict[str, Any], binary: str) -> Plan:
     embedded = topo.bus.embedded
     bus_addr = ("127.0.0.1", ports.allocate_one()) if embedded else topo.bus.host_port
     router_port = topo.router.port if topo.router.port is not None else ports.allocate_one()
+    reader_port: int | None = None
+    if topo.endpoints is not None:  # cluster mode disabled: the router serves both endpoints
+        ends = topo.endpoints
+        router_port = ends.primary_port if ends.primary_port is not None else router_port
+        reader_port = ends.reader_port if ends.reader_port is not None else ports.allocate_one()
     return build_plan(
         topo,
         raw,
@@ -66,6 +71,7 @@ def _make_plan(topo: Topology, raw: dict[str, Any], binary: str) -> Plan:
         node_ports=node_ports,
         bus=bus_addr,
         router_port=router_port,
+        reader_port=reader_port,
     )
 
 
@@ -73,6 +79,8 @@ def _check_ports_free(plan: Plan) -> None:
     wanted = [(n.host, n.port, f"node {n.name}") for n in plan.nodes]
     wanted += [(n.host, n.bus_port, f"cluster bus of {n.name}") for n in plan.nodes if n.bus_port]
     wanted.append((plan.router_host, plan.router_port, "router"))
+    if plan.reader_port is not None:
+        wanted.append((plan.router_host, plan.reader_port, "reader endpoint"))
     if plan.topology.bus.embedded:
         wanted.append((plan.bus_host, plan.bus_port, "embedded bus"))
     for host, port, what in wanted:
@@ -143,6 +151,8 @@ async def up(
 
     if topo.is_memcached:
         return await _up_memcached(plan, cdir, detach=detach, step=step, out=out)
+    if topo.standalone:
+        return await _up_standalone(plan, cdir, detach=detach, step=step, out=out)
     try:
         await _start_processes(plan, cdir, step)
         creator = Creator(plan=plan, auth=cdir.admin(), progress=step)
@@ -195,6 +205,31 @@ async def _up_memcached(plan: Plan, cdir: ClusterDir, *, detach: bool, step: Out
         stop_processes(cdir, STOP_ORDER)
         raise
     step(f"cluster {plan.name} is available (discovery version {layout.epoch})")
+    _print_endpoints(plan, layout, out)
+    if detach:
+        return 0
+    return await _foreground(plan, cdir, out)
+
+
+async def _up_standalone(plan: Plan, cdir: ClusterDir, *, detach: bool, step: Out, out: Out) -> int:
+    """The cluster-mode-disabled half of `up`: one primary and its replicas in sync (their
+    configs name the primary), the layout published, the endpoints reaching the nodes."""
+    try:
+        await _start_processes(plan, cdir, step)
+        layout = await standalone.create(plan, cdir.admin(), cdir.load_layout(), step)
+        await _wait_bus(plan, cdir)
+        outbox = bus.Outbox(plan.bus_host, plan.bus_port)
+        publish_layout(outbox, cdir, layout)
+        emit_event(outbox, cdir, "cluster_created", epoch=layout.epoch, nodes=len(plan.nodes))
+        await outbox.flush()
+        step("waiting for the primary endpoint to reach the primary")
+        await standalone.wait_endpoints(plan, 15.0)
+    except BaseException:
+        out("startup failed; stopping what was started")
+        cdir.stopping_path.touch()
+        stop_processes(cdir, STOP_ORDER)
+        raise
+    step(f"group {plan.name} is available (epoch {layout.epoch})")
     _print_endpoints(plan, layout, out)
     if detach:
         return 0
@@ -371,6 +406,9 @@ async def _wait_router(plan: Plan, epoch: int, timeout: float) -> None:
 def _print_endpoints(plan: Plan, layout: Layout | None, out: Out) -> None:
     if plan.topology.is_memcached:
         memcached.print_endpoints(plan, layout, out)
+        return
+    if plan.topology.standalone:
+        standalone.print_endpoints(plan, layout, out)
         return
     out(f"  configuration endpoint (router): {plan.router_host}:{plan.router_port}")
     out(f"  bus: mqtt://{plan.bus_host}:{plan.bus_port}")

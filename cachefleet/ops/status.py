@@ -12,7 +12,7 @@ from cachefleet.errors import CachefleetError, InvalidInput
 from cachefleet.events import read_events
 from cachefleet.layout import Layout
 from cachefleet.nodes import connect, myself, replication
-from cachefleet.ops import memcached
+from cachefleet.ops import memcached, standalone
 from cachefleet.ops.metrics_file import metrics_address
 from cachefleet.plan import Plan
 from cachefleet.proc import live_processes
@@ -124,8 +124,13 @@ async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
         live_slots = {n["name"]: (by_name[n["name"]] or {}).get("slots") for n in nodes}
         # The primary is the live master holding slots (the layout's choice first, should two
         # claim them); if none answers, the layout's primary, reported unhealthy.
+        # (a cluster-mode-disabled group's primary holds no slots: any live master claims)
         claimants = sorted(
-            (n for n in nodes if n["role"] == "primary" and live_slots[n["name"]]),
+            (
+                n
+                for n in nodes
+                if n["role"] == "primary" and (live_slots[n["name"]] or plan.topology.standalone)
+            ),
             key=lambda n: n["name"] != layout_primary,
         )
         primary: dict[str, Any] | None = None
@@ -159,6 +164,7 @@ async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
         "zones": _zones(plan, live),
         "shards": shards,
         "router": _router(plan, live, view),
+        **(standalone.status_fields(plan) if plan.topology.standalone else {}),
         "sentinels": [
             {
                 "id": s.id,
@@ -277,6 +283,9 @@ def format_status(st: dict[str, Any]) -> str:
         f"{len(r['workers'])} worker(s), {r['connections']} connections, "
         f"{r['ops_per_sec']:.0f} ops/s"
     )
+    if st.get("endpoints"):
+        ends = st["endpoints"]
+        lines[1] = f"  primary endpoint: {ends['primary']}, reader endpoint: {ends['reader']}"
     m = st.get("metrics") or {}
     if m.get("address"):
         serving = "" if m.get("running") else " (not serving: the supervisor is stopped)"

@@ -1,0 +1,320 @@
+"""The endpoints of a cluster-mode-disabled group: a primary endpoint and a reader endpoint.
+
+Each is a byte-for-byte TCP hop, one backend connection per client connection, no request
+parsing: the engine itself speaks to the client (so SELECT, MULTI, Lua, pub/sub and blocking
+commands all work as on a single node). What the hop decides is only where a new connection
+goes, from the layout the router follows on the bus:
+
+* primary endpoint: the layout's primary. When a new layout names another primary, every
+  connection to the old one is closed, so no client keeps writing to a demoted node; a client
+  that connects while no primary is known waits (up to ``router.failover_wait_ms``).
+* reader endpoint: the healthy replicas in turn (those in the router's zone first when it
+  has one), the primary when no replica is healthy. Health is probed here (PING + INFO
+  replication every probe interval): answering, a replica, link to its primary up.
+
+Forwarding is protocol-to-protocol (uvloop when present) with flow control both ways: a side
+that cannot take more pauses reading on the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Sequence
+from typing import Any, cast
+
+import structlog
+
+from cachefleet import bus
+from cachefleet.layout import Layout, LayoutError, LayoutNode
+from cachefleet.nodes import NodeLink, Role
+from cachefleet.plan import Plan
+from router.server import listen_socket, raise_nofile_limit, state_link
+
+Addr = tuple[str, int]
+HEALTH_INTERVAL_S = 0.25
+HEALTH_TIMEOUT_S = 0.5
+CONNECT_TIMEOUT_S = 2.0
+HIGH_WATER = 1 << 20
+
+
+def pick_reader(
+    replicas: Sequence[LayoutNode],
+    healthy: set[str],
+    primary: LayoutNode | None,
+    turn: int,
+    zone: str | None = None,
+) -> LayoutNode | None:
+    """Where the reader endpoint sends connection number `turn`: the healthy replicas in
+    turn (the router's zone first when it has healthy replicas there), else the primary."""
+    up = [r for r in replicas if r.name in healthy]
+    local = [r for r in up if zone is not None and r.zone == zone]
+    pool = local or up
+    if pool:
+        return pool[turn % len(pool)]
+    return primary
+
+
+class _Half(asyncio.Protocol):
+    """One side of a hop: what it receives goes to its peer's transport."""
+
+    def __init__(self, hop: Hop) -> None:
+        self.hop = hop
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Half | None = None
+        self.pending: list[bytes] = []  # received before the peer is connected
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop's transports are not asyncio.Transport subclasses, but have its methods)
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=HIGH_WATER)
+
+    def data_received(self, data: bytes) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            peer.transport.write(data)
+        else:
+            self.pending.append(data)
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.hop.close()
+
+
+class _ClientHalf(_Half):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.hop.start(self)
+
+
+class Hop:
+    """One client connection and its backend connection."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.client: _Half | None = None
+        self.backend: _Half | None = None
+        self.target: str | None = None  # node name
+        self.closed = False
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self, client: _Half) -> None:
+        self.client = client
+        self.endpoint.hops.add(self)
+        self.task = asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        ep = self.endpoint
+        try:
+            node = await ep.choose()
+            if node is None or self.closed:
+                self.close()
+                return
+            self.target = node.name
+            loop = asyncio.get_running_loop()
+            _, backend = await asyncio.wait_for(
+                loop.create_connection(lambda: _Half(self), node.host, node.port),
+                CONNECT_TIMEOUT_S,
+            )
+        except (OSError, TimeoutError):
+            ep.router.note_unreachable(self.target)
+            self.close()
+            return
+        if self.closed or not ep.still_valid(self.target):
+            if backend.transport is not None:
+                backend.transport.close()
+            self.close()
+            return
+        client = self.client
+        assert client is not None and client.transport is not None
+        self.backend = backend
+        backend.peer, client.peer = client, backend
+        assert backend.transport is not None
+        for chunk in client.pending:
+            backend.transport.write(chunk)
+        client.pending.clear()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.endpoint.hops.discard(self)
+        for half in (self.client, self.backend):
+            if half is not None and half.transport is not None:
+                half.transport.close()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
+class Endpoint:
+    """One listening port and its hops: `primary` or `reader`."""
+
+    def __init__(self, router: StandaloneRouter, kind: str) -> None:
+        self.router = router
+        self.kind = kind
+        self.hops: set[Hop] = set()
+        self.turn = 0
+
+    def protocol(self) -> _ClientHalf:
+        return _ClientHalf(Hop(self))
+
+    async def choose(self) -> LayoutNode | None:
+        r = self.router
+        if self.kind == "reader":
+            self.turn += 1
+            return pick_reader(r.replicas, r.healthy, r.primary, self.turn, r.zone)
+        deadline = time.monotonic() + r.failover_wait_s
+        while r.primary is None and time.monotonic() < deadline and not r.stop.is_set():
+            r.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(r.changed.wait(), deadline - time.monotonic())
+        return r.primary
+
+    def still_valid(self, target: str | None) -> bool:
+        """A primary-endpoint hop only while its node is still the primary."""
+        if self.kind != "primary":
+            return True
+        return self.router.primary is not None and self.router.primary.name == target
+
+    def drop(self, keep: str | None) -> int:
+        """Close every hop that does not go to `keep`; how many were closed."""
+        gone = [h for h in self.hops if h.target != keep]
+        for hop in gone:
+            hop.close()
+        return len(gone)
+
+
+class StandaloneRouter:
+    def __init__(self, *, plan: Plan, worker: int = 0, zone: str | None = None) -> None:
+        settings = plan.topology.router
+        self.plan = plan
+        self.worker = worker
+        self.id = f"router-{worker}"
+        self.zone = zone or settings.zone
+        self.failover_wait_s = settings.failover_wait_ms / 1000
+        self.log = structlog.get_logger("router").bind(cluster=plan.name, worker=worker)
+        self.layout: Layout | None = None
+        self.primary: LayoutNode | None = None
+        self.replicas: tuple[LayoutNode, ...] = ()
+        self.healthy: set[str] = set()
+        self.changed = asyncio.Event()
+        self.stop = asyncio.Event()
+        self.writer = Endpoint(self, "primary")
+        self.reader = Endpoint(self, "reader")
+        self.links = {n.name: NodeLink(host=n.host, port=n.port) for n in plan.nodes}
+        self.layouts_refused = 0
+        self.connections_total = 0
+
+    def on_bus_message(self, topic: str, payload: bytes) -> None:
+        data = bus.decode(payload)
+        if data is None or not topic.endswith("/layout"):
+            return
+        try:  # only this group's nodes at their planned addresses
+            layout = Layout.from_dict(data, self.plan)
+        except LayoutError as exc:
+            self.layouts_refused += 1
+            self.log.warning("layout_refused", error=str(exc), refused=self.layouts_refused)
+            return
+        self.apply_layout(layout)
+
+    def apply_layout(self, layout: Layout) -> None:
+        if self.layout is not None and layout.epoch < self.layout.epoch:
+            return
+        self.layout = layout
+        shard = layout.shards[0] if layout.shards else None
+        old = self.primary
+        self.primary = shard.primary if shard else None
+        self.replicas = shard.replicas if shard else ()
+        new_name = self.primary.name if self.primary else None
+        if old is not None and old.name != new_name:
+            # the old primary is demoted (or being): no client may keep writing to it
+            closed = self.writer.drop(new_name)
+            self.log.info("primary_changed", old=old.name, new=new_name, closed=closed)
+        self.log.info("layout_applied", epoch=layout.epoch, primary=new_name)
+        self.changed.set()
+
+    def note_unreachable(self, name: str | None) -> None:
+        if name is not None:
+            self.healthy.discard(name)
+
+    async def health_loop(self) -> None:
+        """Which replicas the reader endpoint may use: answering, a replica, link up."""
+
+        async def check(node: LayoutNode) -> tuple[str, bool]:
+            rep = await self.links[node.name].probe(HEALTH_TIMEOUT_S)
+            ok = rep is not None and rep.role is Role.REPLICA and rep.link_up
+            return node.name, ok
+
+        while not self.stop.is_set():
+            results = await asyncio.gather(*(check(n) for n in self.replicas))
+            self.healthy = {name for name, ok in results if ok}
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), HEALTH_INTERVAL_S)
+
+    def state(self, ops_per_sec: float) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "address": f"{self.plan.router_host}:{self.plan.router_port}",
+            "reader_address": f"{self.plan.router_host}:{self.plan.reader_port}",
+            "pid": os.getpid(),
+            "worker": self.worker,
+            "connections": len(self.writer.hops) + len(self.reader.hops),
+            "ops_per_sec": round(ops_per_sec, 1),
+            "epoch": self.layout.epoch if self.layout else 0,
+            "primary": self.primary.name if self.primary else None,
+            "healthy_replicas": sorted(self.healthy),
+        }
+
+    async def publish_state(self, link: bus.BusLink) -> None:
+        topic = bus.topic(self.plan.name, "routers", self.id, "state")
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), 1.0)
+            # a byte hop does not count requests: connections are what it knows
+            link.publish(topic, bus.encode(self.state(0.0)), retain=True)
+
+
+async def run_standalone_router(
+    plan: Plan, *, worker: int = 0, reuse_port: bool = False, zone: str | None = None
+) -> None:
+    raise_nofile_limit()
+    router = StandaloneRouter(plan=plan, worker=worker, zone=zone)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, router.stop.set)
+    assert plan.reader_port is not None
+    servers = []
+    for endpoint, port in ((router.writer, plan.router_port), (router.reader, plan.reader_port)):
+        sock = listen_socket(plan.router_host, port, reuse_port=reuse_port)
+        servers.append(await loop.create_server(endpoint.protocol, sock=sock))
+    link, state_topic = state_link(plan, worker, router.id, router.on_bus_message, router.log)
+    router.log.info(
+        "router_started",
+        primary_endpoint=f"{plan.router_host}:{plan.router_port}",
+        reader_endpoint=f"{plan.router_host}:{plan.reader_port}",
+        zone=router.zone,
+        worker=worker,
+    )
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(link.run(router.stop, final=[(state_topic, b"offline")]), name="router.bus")
+        tg.create_task(router.health_loop(), name="router.health")
+        tg.create_task(router.publish_state(link), name="router.state")
+        await router.stop.wait()
+        for server in servers:
+            server.close()
+        router.writer.drop(None)
+        router.reader.drop(None)
+        router.changed.set()
+    for node_link in router.links.values():
+        await node_link.close()
+    router.log.info("router_stopped", last_epoch=router.layout.epoch if router.layout else None)
