@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("failover", help="graceful failover of one shard (plain CLUSTER FAILOVER)")
     p.add_argument("name")
-    p.add_argument("--shard", type=int, required=True, help="shard id (1-based)")
+    p.add_argument(
+        "--shard", type=int, default=None, help="shard id (1-based; none for cluster mode disabled)"
+    )
     p.add_argument("--to", default=None, help="replica to promote (node name or engine id)")
     p.add_argument("--state-dir", default=None)
 

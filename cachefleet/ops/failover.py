@@ -54,7 +54,7 @@ def choose_replica(
 
 
 async def graceful_failover(
-    name: str, *, shard_id: int, to: str | None, state_dir: str | None
+    name: str, *, shard_id: int | None, to: str | None, state_dir: str | None
 ) -> str:
     cdir = ClusterDir(state_home(state_dir), name)
     plan = cdir.load_plan()
@@ -67,6 +67,14 @@ async def graceful_failover(
     layout = (await read_bus(plan, cdir)).layout or cdir.load_layout()
     if layout is None:
         raise CachefleetError(f"cluster {name!r} has no published layout (is it running?)")
+    if plan.topology.standalone:  # cluster mode disabled: the group's one shard, no --shard
+        from cachefleet.ops import standalone
+
+        hellos = (await read_bus(plan, cdir)).hellos
+        epoch = max((h.failover_epoch for h in hellos.values()), default=0)
+        return await standalone.graceful_failover(plan, cdir, layout, epoch, to)
+    if shard_id is None:
+        raise CachefleetError(f"cluster {name!r} has shards: give --shard N")
     ids = [s.id for s in layout.shards]
     if shard_id not in ids:
         raise CachefleetError(

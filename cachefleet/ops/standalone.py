@@ -14,11 +14,14 @@ from typing import Any
 
 import redis.asyncio as aredis
 
+from cachefleet import bus
+from cachefleet.announce import emit_event, publish_layout
 from cachefleet.credentials import Credentials
-from cachefleet.errors import ClusterTimeout
+from cachefleet.errors import CachefleetError, ClusterTimeout
 from cachefleet.layout import Layout, LayoutNode, LayoutShard
 from cachefleet.nodes import Replication, Role, connect, info, try_call
 from cachefleet.plan import NodeSpec, Plan
+from cachefleet.state import ClusterDir
 
 Out = Callable[[str], None]
 
@@ -148,3 +151,81 @@ def print_endpoints(plan: Plan, layout: Layout | None, out: Out) -> None:
 
 def status_fields(plan: Plan) -> dict[str, Any]:
     return {"cluster_mode": "disabled", "endpoints": endpoints(plan)}
+
+
+async def graceful_failover(
+    plan: Plan, cdir: ClusterDir, layout: Layout, hellos_epoch: int, to: str | None
+) -> str:
+    """Operator-requested failover of a group: the engine's own ``FAILOVER TO host port``
+    on the primary (it stops writes, waits until the replica has every byte, then swaps
+    roles: nothing acknowledged is lost), the other replicas re-pointed, the layout
+    published at an epoch above every failover epoch the sentinels reached."""
+    from cachefleet.ops.failover import _replica_state, choose_replica
+
+    shard = layout.shards[0]
+    primary = shard.primary
+    if primary is None:
+        raise CachefleetError(f"group {plan.name!r} has no primary in the layout")
+    auth = cdir.admin()
+    pclient = connect(primary.host, primary.port, timeout=2.0, auth=auth)
+    try:
+        state = await _state(pclient)
+        if state[0] is None or state[0].role is not Role.PRIMARY:
+            raise CachefleetError(
+                f"primary {primary.name} is not serving; a graceful failover needs a live "
+                "primary (the sentinels fail over a dead one)"
+            )
+        states = [
+            s for s in await asyncio.gather(*(_replica_state(r, auth) for r in shard.replicas)) if s
+        ]
+        chosen = choose_replica(states, primary, to)
+        if chosen is None:
+            what = f"{to!r} is not a healthy replica" if to else "no healthy replica"
+            raise CachefleetError(f"group {plan.name!r}: {what} of {primary.name}")
+        target = chosen.node
+        timeout_ms = plan.topology.sentinels.failover_timeout_ms
+        t0 = time.monotonic()
+        reply = await try_call(
+            pclient, "FAILOVER", "TO", target.host, target.port, "TIMEOUT", timeout_ms
+        )
+        if reply is None:
+            raise CachefleetError(f"{primary.name} refused FAILOVER TO {target.name}")
+    finally:
+        await pclient.aclose()
+    tclient = connect(target.host, target.port, timeout=2.0, auth=auth)
+    try:
+        deadline = time.monotonic() + 2 * timeout_ms / 1000
+        new_id: str | None = None
+        while time.monotonic() < deadline:
+            rep, run_id = await _state(tclient)
+            if rep is not None and rep.role is Role.PRIMARY:
+                new_id = run_id
+                break
+            await asyncio.sleep(0.02)
+        if new_id is None:
+            raise ClusterTimeout("graceful failover", 2 * timeout_ms / 1000)
+    finally:
+        await tclient.aclose()
+    elapsed = time.monotonic() - t0
+    for other in shard.replicas:
+        if other.name == target.name:
+            continue
+        client = connect(other.host, other.port, timeout=1.0, auth=auth)
+        try:
+            await try_call(client, "REPLICAOF", target.host, target.port)
+        finally:
+            await client.aclose()
+    config_epoch = max(layout.epoch, hellos_epoch) + 1
+    new_layout = layout.with_primary(1, target.name, new_id, config_epoch)
+    outbox = bus.Outbox(plan.bus_host, plan.bus_port)
+    publish_layout(outbox, cdir, new_layout)
+    emit_event(
+        outbox, cdir, "graceful_failover", shard=1, config_epoch=config_epoch,
+        old_primary=primary.name, new_primary=target.name, zone=target.zone,
+        duration_ms=round(elapsed * 1000),
+    )  # fmt: skip
+    await outbox.flush()
+    return (
+        f"group {plan.name}: primary {primary.name} ({primary.zone}) -> {target.name} "
+        f"({target.zone}) in {elapsed:.2f}s, config epoch {config_epoch}"
+    )
