@@ -77,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", default=None, help="replica to promote (node name or engine id)")
     p.add_argument("--state-dir", default=None)
 
+    p = sub.add_parser("auth", help="change the AUTH token online (rotate, then set)")
+    p.add_argument("name")
+    p.add_argument("--token-file", required=True, help="file holding the new token")
+    p.add_argument(
+        "--strategy",
+        choices=("rotate", "set"),
+        required=True,
+        help="rotate: accept the new token beside the old one; set: only the new one",
+    )
+    p.add_argument("--state-dir", default=None)
+
     p = sub.add_parser("snapshot", help="create, list or delete snapshots (backups)")
     snap = p.add_subparsers(dest="snapshot_command", required=True)
     q = snap.add_parser("create", help="snapshot a running cluster, shard by shard")
@@ -190,6 +201,23 @@ def _failover(args: argparse.Namespace) -> int:
 
     done = graceful_failover(args.name, shard_id=args.shard, to=args.to, state_dir=args.state_dir)
     _out(asyncio.run(done))
+    return 0
+
+
+def _auth(args: argparse.Namespace) -> int:
+    from cachefleet.ops.auth import change_token
+
+    secrets = asyncio.run(
+        change_token(
+            args.name,
+            token_file=args.token_file,
+            strategy=args.strategy,
+            state_dir=args.state_dir,
+            out=_out,
+        )
+    )
+    accepted = "the old and the new token" if len(secrets.tokens) > 1 else "only the new token"
+    _out(f"cluster {args.name}: every node and router accepts {accepted}")
     return 0
 
 
@@ -325,6 +353,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": _status,
     "down": _down,
     "failover": _failover,
+    "auth": _auth,
     "events": _events,
     "logs": _logs,
     "top": _top,

@@ -223,8 +223,8 @@ class Secrets:
     """What clients may authenticate with, as the engines and the router enforce it.
 
     `tokens` are the `default` user's accepted passwords, oldest first (two during a
-    rotation); `open` means the `default` user needs no password (no token yet, or a token
-    being rotated in on a cluster that had none). `generation` grows with every change."""
+    rotation); `open` means the `default` user needs no password (no token). `generation`
+    grows with every change."""
 
     generation: int = 1
     open: bool = True
@@ -310,27 +310,27 @@ class RotationError(ValueError):
 def rotated(current: Secrets, token: str, strategy: str) -> Secrets:
     """The secrets after ``cachefleet auth --strategy rotate|set`` with `token`.
 
-    rotate: `token` is accepted beside the current one (at most two: the older one drops);
-    a cluster without a token stays open until `set`. set: only `token` is accepted."""
+    rotate: `token` is accepted beside the current one (at most two: the older one drops).
+    set: only `token` is accepted (on a cluster without a token: AUTH is required from now)."""
     problem = secret_problem(token)
     if problem is not None:
         raise RotationError(f"the new token {problem}")
     if "default" in current.users:
         raise RotationError("the topology declares a user named 'default': change its password")
     if strategy == "rotate":
+        if current.open:
+            raise RotationError(
+                "the cluster has no AUTH token to rotate: `--strategy set` requires one "
+                "(clients without it are refused from then on)"
+            )
         kept = tuple(t for t in current.tokens if t != token)[-(MAX_PASSWORDS - 1) :]
         tokens = (*kept, token)
-        opened = current.open
     elif strategy == "set":
-        tokens, opened = (token,), False
+        tokens = (token,)
     else:
         raise RotationError(f"unknown strategy {strategy!r} (rotate or set)")
     return replace(
-        current,
-        generation=current.generation + 1,
-        open=opened,
-        tokens=tokens,
-        default_enabled=True,
+        current, generation=current.generation + 1, open=False, tokens=tokens, default_enabled=True
     )
 
 
@@ -354,6 +354,20 @@ def load_secrets(root: Path) -> Secrets:
         return Secrets.from_json(secrets_path(root).read_text())
     except FileNotFoundError:
         return Secrets()
+
+
+def ack_path(root: Path, process: str) -> Path:
+    """Where a router worker acknowledges the generation of the secrets it enforces."""
+    return root / "security" / f"{process}.ack"
+
+
+def read_ack(path: Path) -> tuple[int, int] | None:
+    """(generation, pid) a router worker acknowledged, or None."""
+    try:
+        generation, pid = path.read_text().split()
+        return int(generation), int(pid)
+    except (OSError, ValueError):
+        return None
 
 
 # -- engine ACL lines ---------------------------------------------------------------------------

@@ -110,6 +110,7 @@ class BackendConn(asyncio.Protocol):
         resp3: bool = False,
         on_push: Callable[[bytes], None] | None = None,
         on_close: Callable[[BackendConn], None] | None = None,
+        login: bytes | None = None,
     ) -> None:
         self.hooks = hooks
         self.addr = addr
@@ -125,6 +126,8 @@ class BackendConn(asyncio.Protocol):
         self.scanner = ReplyScanner()
         self.replies = 0  # replies received so far: progress, for the request deadline
         self.pool_key: tuple[Any, int] | None = None
+        if login is not None:  # AUTH as the client's user: the engine applies its ACL
+            self.send(DISCARD, login)
         if resp3:
             self.send(DISCARD, HELLO3)
         if readonly:

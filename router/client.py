@@ -324,6 +324,7 @@ class ClientConn(asyncio.Protocol):
         self.writing_paused = False
         self.protocol = 2
         self.name: bytes | None = None
+        self.user: str | None = None  # None: not authenticated (or the router needs no AUTH)
         # A serial operation (EXEC, a blocking command, WATCH, pub/sub entry ...) holds later
         # requests here until it is done, as the engine would.
         self.held: collections.deque[tuple[list[bytes], bytes | None]] | None = None

@@ -26,6 +26,7 @@ from cachefleet.layout import Layout
 from cachefleet.resp import Err, encode
 from cachefleet.slots import SLOTS, key_slot
 from router import replies, routes, upkeep
+from router.auth import Authenticator
 from router.backend import ASKING, DISCARD, BackendConn, BackendLost
 from router.client import Batch, Call, ClientConn, Item, Merge
 from router.commands import Command, fast_paths, parse_command_table
@@ -98,7 +99,8 @@ class Core:
         self.fast: dict[bytes, tuple[int, bool, Command]] = {}
         self.commands_ready = asyncio.Event()
         # connections
-        self.pools: dict[tuple[Addr, bool, bool], list[BackendConn | None]] = {}
+        self.pools: dict[tuple[Addr, bool, bool, str | None], list[BackendConn | None]] = {}
+        self.auth: Authenticator | None = None  # None: clients need no AUTH
         self.clients: set[ClientConn] = set()
         self.client_ids = itertools.count(1)
         self.max_clients = max_clients
@@ -192,7 +194,7 @@ class Core:
             addr, ro = route.primary, False
         if addr is None or self.is_down(addr):
             return None
-        return self.pooled(addr, ro, client.protocol == 3, client.id)
+        return self.pooled(addr, ro, client.protocol == 3, client.id, client.user)
 
     def _send_run(
         self,
@@ -262,7 +264,7 @@ class Core:
         requests (MOVED, followed) first."""
         primaries = {addr for _, addr in self.primary_list}
         for key, conns in list(self.pools.items()):
-            addr, readonly, _ = key
+            addr, readonly, _, _ = key
             if addr in self.members and (readonly or addr in primaries):
                 continue
             self.pools.pop(key, None)
@@ -360,7 +362,8 @@ class Core:
 
     async def query(self, addr: Addr, *args: bytes, timeout: float = 3.0) -> Any:
         """One request on a short-lived connection (layout refresh, command table)."""
-        return await upkeep.query(addr, *args, timeout=timeout)
+        login = self.auth.upkeep_login() if self.auth is not None else None
+        return await upkeep.query(addr, *args, timeout=timeout, login=login)
 
     async def load_commands(self, stop: asyncio.Event) -> None:
         while self.commands is None and not stop.is_set():
@@ -427,15 +430,20 @@ class Core:
             if conns is not None and conns[i] is conn:
                 conns[i] = None
 
-    def pooled(self, addr: Addr, readonly: bool, resp3: bool, salt: int) -> BackendConn:
-        key = (addr, readonly, resp3)
+    def pooled(
+        self, addr: Addr, readonly: bool, resp3: bool, salt: int, user: str | None = None
+    ) -> BackendConn:
+        """A shared connection to `addr`; with AUTH on, one pool per user, each connection
+        logged in as that user."""
+        key = (addr, readonly, resp3, user)
         conns = self.pools.get(key)
         if conns is None:
             conns = self.pools[key] = [None] * POOL_SIZE
         i = salt % POOL_SIZE  # one client -> one connection per node: its order is kept
         conn = conns[i]
         if conn is None or conn.closed:
-            conn = conns[i] = BackendConn(self, addr, readonly=readonly, resp3=resp3)
+            login = self.auth.login(user) if self.auth is not None else None
+            conn = conns[i] = BackendConn(self, addr, readonly=readonly, resp3=resp3, login=login)
             conn.pool_key = (key, i)
         return conn
 
@@ -447,8 +455,9 @@ class Core:
                 if client.dedicated.get(addr) is c:
                     del client.dedicated[addr]
 
+            login = self.auth.login(client.user) if self.auth is not None else None
             conn = client.dedicated[addr] = BackendConn(
-                self, addr, resp3=client.resp3, on_close=forget
+                self, addr, resp3=client.resp3, on_close=forget, login=login
             )
         return conn
 
@@ -489,7 +498,7 @@ class Core:
         if call.dedicated:
             conn = self.dedicated(client, addr)
         else:
-            conn = self.pooled(addr, readonly, client.protocol == 3, client.id)
+            conn = self.pooled(addr, readonly, client.protocol == 3, client.id, client.user)
         call.version = self.version
         if call.asking:
             conn.send(DISCARD, ASKING)

@@ -17,6 +17,7 @@ from typing import Any
 from cachefleet.layout import Layout
 from cachefleet.resp import OK, Err, Simple, Verbatim
 from cachefleet.slots import SLOTS, key_slot
+from router.auth import HELLO_NOAUTH, Authenticator
 from router.client import ClientConn
 
 #: The request is not answered here: forward it to a node.
@@ -158,15 +159,26 @@ NO_PASSWORD = Err(
 )
 
 
-def auth(args: Sequence[bytes]) -> Any:
-    """The router checks no password, so it never answers OK to one: it answers as a server
-    without ``requirepass`` does to ``AUTH <password>``."""
+def auth(
+    args: Sequence[bytes], client: ClientConn | None = None, authn: Authenticator | None = None
+) -> Any:
+    """Without AUTH configured the router answers as a server without a password does to
+    ``AUTH <password>``; with it, as the engine does (OK, or WRONGPASS leaving the
+    connection as it was)."""
     if len(args) not in (2, 3):
         return Err("ERR syntax error")
-    return NO_PASSWORD
+    if client is None or authn is None or not authn.required:
+        return NO_PASSWORD
+    user = authn.authenticate(args)
+    if isinstance(user, Err):
+        return user
+    client.user = user
+    return OK
 
 
-def hello(client: ClientConn, args: Sequence[bytes], engine: str) -> Any:
+def hello(
+    client: ClientConn, args: Sequence[bytes], engine: str, authn: Authenticator | None = None
+) -> Any:
     proto = client.protocol
     i = 1
     if len(args) > 1:
@@ -177,16 +189,26 @@ def hello(client: ClientConn, args: Sequence[bytes], engine: str) -> Any:
             return Err("NOPROTO unsupported protocol version")
         i = 2
     name = client.name
+    user = client.user
+    required = authn is not None and authn.required
     while i < len(args):
         opt = args[i].upper()
         if opt == b"AUTH" and i + 2 < len(args):
-            return NO_PASSWORD
+            if authn is None or not required:
+                return NO_PASSWORD
+            checked = authn.credentials(args[i + 1], args[i + 2])
+            if isinstance(checked, Err):
+                return checked
+            user = checked
+            i += 3
         elif opt == b"SETNAME" and i + 1 < len(args):
             name = args[i + 1]
             i += 2
         else:
             return Err(f"ERR Syntax error in HELLO option '{args[i].decode(errors='replace')}'")
-    client.protocol, client.name = proto, name
+    if required and user is None:
+        return HELLO_NOAUTH
+    client.protocol, client.name, client.user = proto, name, user
     return {
         "server": engine,
         "version": "8.1.0" if engine == "valkey" else "7.0.0",
@@ -209,7 +231,8 @@ def client_info(client: ClientConn, now: float) -> str:
         f"age={int(now - client.connected_at)} idle=0 flags={flags} db=0 sub=0 psub=0 ssub=0 "
         f"multi={len(client.tx) if client.tx is not None else -1} qbuf={client.framer.buffered} "
         f"obl=0 oll={len(client.queue)} omem={client.out_bytes} "
-        f"tot-mem={client.inflight_bytes} events=r cmd=NULL user=default redir=-1 "
+        f"tot-mem={client.inflight_bytes} events=r cmd=NULL user={client.user or 'default'} "
+        "redir=-1 "
         f"resp={client.protocol} lib-name={lib_name} lib-ver={lib_ver}"
     )
 
@@ -260,6 +283,7 @@ def client_command(
 def reset(client: ClientConn) -> Any:
     client.protocol = 2
     client.name = None
+    client.user = None  # back to the default user: unauthenticated where AUTH is required
     client.tx = None
     client.drop_state()
     return Simple("RESET")
@@ -285,6 +309,7 @@ class Context:
     layout: Layout | None
     engine: str
     clients: Collection[ClientConn] = ()
+    auth: Authenticator | None = None
 
 
 Local = Callable[[ClientConn, Sequence[bytes], Context], Any]
@@ -294,8 +319,8 @@ LOCAL: dict[bytes, Local] = {
     b"PING": lambda c, a, x: ping(a),
     b"ECHO": lambda c, a, x: a[1] if len(a) == 2 else arity("echo"),
     b"QUIT": lambda c, a, x: OK,
-    b"HELLO": lambda c, a, x: hello(c, a, x.engine),
-    b"AUTH": lambda c, a, x: auth(a),
+    b"HELLO": lambda c, a, x: hello(c, a, x.engine, x.auth),
+    b"AUTH": lambda c, a, x: auth(a, c, x.auth),
     b"SELECT": lambda c, a, x: select(a),
     b"READONLY": lambda c, a, x: OK,
     b"READWRITE": lambda c, a, x: OK,

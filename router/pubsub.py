@@ -83,8 +83,14 @@ class PubSub:
             if conn is not None and self.track(conn, frame):
                 self.client.push(frame)
 
+        auth = self.core.auth
         conn = BackendConn(
-            self.core, addr, resp3=self.client.resp3, on_push=relay, on_close=self._lost
+            self.core,
+            addr,
+            resp3=self.client.resp3,
+            on_push=relay,
+            on_close=self._lost,
+            login=auth.login(self.client.user) if auth is not None else None,
         )
         return conn
 

@@ -25,16 +25,21 @@ from pathlib import Path
 from typing import Any
 
 from cachefleet import bus
+from cachefleet.credentials import Credentials
+from cachefleet.errors import StateError
 from cachefleet.layout import Layout, LayoutError
 from cachefleet.plan import Plan, PlanFile
 from cachefleet.resp import Err, encode, encode_command
 from cachefleet.slots import key_slot
+from cachefleet.state import ClusterDir
 from router import endpoint, multikey, policy, pubsub, replies, transactions
+from router.auth import NO_AUTH_COMMANDS, NOAUTH, Authenticator
 from router.backend import BackendLost
 from router.client import Call, ClientConn
 from router.commands import LOCAL as LOCAL_COMMANDS
 from router.commands import Action, plan
 from router.core import Core, err
+from router.framing import Request
 
 
 class Router(Core):
@@ -82,8 +87,31 @@ class Router(Core):
 
     # -- dispatch ------------------------------------------------------------------------------
 
+    def dispatch_many(self, client: ClientConn, requests: list[Request]) -> None:
+        auth = self.auth
+        if client.user is None and auth is not None and auth.required:
+            # one by one until the client has authenticated, the rest on the fast path
+            for n, (args, raw) in enumerate(requests):
+                if client.closing:
+                    return
+                if client.user is not None:
+                    super().dispatch_many(client, requests[n:])
+                    return
+                self.dispatch(client, args, raw)
+            return
+        super().dispatch_many(client, requests)
+
     def dispatch(self, client: ClientConn, args: list[bytes], raw: bytes | None) -> None:
         self.ops += 1
+        auth = self.auth
+        if (
+            client.user is None
+            and auth is not None
+            and auth.required
+            and args[0].upper() not in NO_AUTH_COMMANDS
+        ):
+            client.reply_now(encode(NOAUTH))
+            return
         if client.pubsub is not None and pubsub.subscribed(self, client, args, raw):
             return
         if client.tx is not None:
@@ -171,7 +199,9 @@ class Router(Core):
 
     def local(self, client: ClientConn, args: list[bytes]) -> None:
         try:
-            context = endpoint.Context(self.layout, self.plan.topology.engine, self.clients)
+            context = endpoint.Context(
+                self.layout, self.plan.topology.engine, self.clients, self.auth
+            )
             value = endpoint.answer(client, args, context)
         except Exception as exc:  # one bad request never takes the router down
             self.log.exception("request_failed", client=client.id)
@@ -212,6 +242,17 @@ class Router(Core):
             rate = (self.ops - last_ops) / max(now - last_t, 1e-6)
             last_ops, last_t = self.ops, now
             link.publish(topic, bus.encode(self.state(rate)), retain=True)
+
+
+def router_auth(root: Path, worker: int) -> Authenticator:
+    """The credentials of the cluster whose directory is `root`: the secrets store, and the
+    control plane's own user (absent in a directory made by hand: then not accepted)."""
+    try:
+        admin: Credentials | None = ClusterDir(root.parent, root.name).admin()
+    except StateError:
+        admin = None
+    process = "router" if worker == 0 else f"router.{worker}"
+    return Authenticator(root=root, process=process, admin=admin)
 
 
 def raise_nofile_limit() -> None:
@@ -268,6 +309,8 @@ async def run_router(
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     router = Router(plan=plan, worker=worker, zone=zone, plan_path=plan_path)
+    if plan_path is not None:  # the cluster's directory: its secrets store
+        router.auth = router_auth(plan_path.parent, worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -288,6 +331,8 @@ async def run_router(
         tg.create_task(router.load_commands(stop), name="router.commands")
         tg.create_task(router.publish_state(link, stop), name="router.state")
         tg.create_task(router.watch_requests(stop), name="router.request_deadlines")
+        if router.auth is not None:
+            tg.create_task(router.auth.watch(stop, router.log), name="router.credentials")
         await stop.wait()
         server.close()
         for task in list(router.tasks):

@@ -16,20 +16,27 @@ from cachefleet.resp import encode_command
 from router.backend import Addr, BackendConn
 
 
-async def query(addr: Addr, *args: bytes, timeout: float = 3.0) -> Any:
-    """One request on a short-lived connection, its reply parsed by hiredis."""
+async def query(addr: Addr, *args: bytes, timeout: float = 3.0, login: bytes | None = None) -> Any:
+    """One request on a short-lived connection, its reply parsed by hiredis (after `login`,
+    an AUTH request, when given)."""
 
     async def run() -> Any:
         reader, writer = await asyncio.open_connection(*addr)
         try:
-            writer.write(encode_command(args))
+            writer.write((login or b"") + encode_command(args))
             parser = hiredis.Reader(notEnoughData=Ellipsis)
+            skip = 1 if login else 0
             while True:
                 chunk = await reader.read(1 << 16)
                 if not chunk:
                     raise ConnectionError("connection closed")
                 parser.feed(chunk)
                 reply = parser.gets()
+                while reply is not Ellipsis and skip:
+                    skip -= 1
+                    if isinstance(reply, hiredis.ReplyError):
+                        raise ConnectionError(f"login refused: {reply}")
+                    reply = parser.gets()
                 if reply is not Ellipsis:
                     return reply
         finally:

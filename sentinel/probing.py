@@ -33,7 +33,9 @@ class Probes:
         self.timings = timings
         self.log = log
         self.obs: dict[str, Observation] = {}
-        self.links = {n.name: NodeLink(host=n.host, port=n.port, source=source) for n in plan.nodes}
+        self.links = {
+            n.name: NodeLink(host=n.host, port=n.port, source=source, auth=auth) for n in plan.nodes
+        }
         self.by_addr = {(n.host, n.port): n.name for n in plan.nodes}
 
     async def probe_loop(self, name: str, stop: asyncio.Event) -> None:

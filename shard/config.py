@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from cachefleet.credentials import Credentials
 from cachefleet.plan import NodeSpec, Plan
+from cachefleet.security import Secrets, User, user_acl_lines
 
 # What the client-facing `default` user may not run, on every node: whatever would break the
 # cluster or the control plane (the router refuses the same list with a clearer message, and
@@ -52,12 +54,14 @@ DENIED_TO_CLIENTS = (
 )
 
 
-def acl_lines(admin: Credentials) -> list[str]:
-    """The `default` user for clients (no password, the policy above) and the control plane's
+def acl_lines(
+    admin: Credentials, secrets: Secrets | None = None, users: Sequence[User] = ()
+) -> list[str]:
+    """The client-facing users (`default`: no password or the AUTH token; the topology's
+    users with their access strings), each held to the policy above, and the control plane's
     own user, which replicas also use to sync from their primary."""
-    denied = " ".join(f"-{c}" for c in DENIED_TO_CLIENTS)
     return [
-        f"user default on nopass ~* &* +@all {denied}",
+        *user_acl_lines(secrets or Secrets(), users, DENIED_TO_CLIENTS),
         f"user {admin.user} on >{admin.password} ~* &* +@all",
         f"masteruser {admin.user}",
         f"masterauth {admin.password}",
@@ -65,7 +69,12 @@ def acl_lines(admin: Credentials) -> list[str]:
 
 
 def render_engine_config(
-    plan: Plan, node: NodeSpec, data_dir: Path, log_file: Path, admin: Credentials
+    plan: Plan,
+    node: NodeSpec,
+    data_dir: Path,
+    log_file: Path,
+    admin: Credentials,
+    secrets: Secrets | None = None,
 ) -> str:
     """The valkey.conf / redis.conf of one cluster-mode node.
 
@@ -105,7 +114,7 @@ def render_engine_config(
         "tcp-keepalive 60",
         # keep argv intact: pid files are only trusted while the cmdline names the state dir
         "set-proc-title no",
-        *acl_lines(admin),
+        *acl_lines(admin, secrets, topo.security.users),
     ]
     return "\n".join(lines) + "\n"
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cachefleet.plan import NodeSpec, Plan
 from cachefleet.proc import write_pid
+from cachefleet.security import load_secrets
 from cachefleet.state import ClusterDir
 from shard.config import memcached_argv, render_engine_config
 
@@ -72,8 +73,9 @@ def start_engine(plan: Plan, cdir: ClusterDir, spec: NodeSpec) -> subprocess.Pop
         return start_memcached(plan, cdir, spec)
     data_dir, conf = node_paths(cdir, spec)
     data_dir.mkdir(parents=True, exist_ok=True)
+    log_file = cdir.log_file(f"node.{spec.name}")
     text = render_engine_config(
-        plan, spec, data_dir, cdir.log_file(f"node.{spec.name}"), cdir.admin()
+        plan, spec, data_dir, log_file, cdir.admin(), load_secrets(cdir.root)
     )
     if plan.topology.standalone:
         text = without_cluster_mode(text, standalone_primary(plan, cdir, spec))

@@ -32,6 +32,7 @@ from cachefleet.proc import (
     spawn,
     stop_processes,
 )
+from cachefleet.security import read_secrets, save_secrets
 from cachefleet.state import ClusterDir, state_home
 from cachefleet.topology import Topology, load_topology
 
@@ -143,7 +144,9 @@ async def up(
         # Fixed ports (ports.base, router.port) may be held by another cluster: refuse before
         # anything starts, or this cluster's sentinels would probe (and fail over) its nodes.
         _check_ports_free(plan)
+        secrets = read_secrets(topo.security, topo.source)  # bad secret files fail here
         cdir.make()
+        save_secrets(cdir.root, secrets)
         cdir.plan_path.write_text(plan.to_json())
         step(f"cluster {topo.name}: {len(plan.nodes)} nodes in {len(topo.zones)} zones, {binary}")
         if seed is not None:
@@ -169,7 +172,7 @@ async def up(
         emit_event(outbox, cdir, "cluster_created", epoch=layout.epoch, nodes=len(plan.nodes))
         await outbox.flush()
         step("waiting for the router to serve the layout")
-        await _wait_router(plan, layout.epoch, 15.0)
+        await _wait_router(plan, layout.epoch, 15.0, cdir)
     except BaseException:
         out("startup failed; stopping what was started")
         cdir.stopping_path.touch()
@@ -389,8 +392,12 @@ async def _wait_bus(plan: Plan, cdir: ClusterDir) -> None:
         raise ClusterTimeout("bus start", 15.0, f"see {cdir.log_file('broker')}")
 
 
-async def _wait_router(plan: Plan, epoch: int, timeout: float) -> None:
-    client = connect(plan.router_host, plan.router_port, timeout=1.0)
+async def _wait_router(
+    plan: Plan, epoch: int, timeout: float, cdir: ClusterDir | None = None
+) -> None:
+    # with AUTH on, the router takes the control plane's user too
+    auth = cdir.admin() if cdir is not None and plan.topology.security.requires_auth else None
+    client = connect(plan.router_host, plan.router_port, timeout=1.0, auth=auth)
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -235,10 +235,10 @@ def test_rotation_from_a_token() -> None:
     assert final.generation == 3
 
 
-def test_rotation_from_an_open_cluster_stays_open_until_set() -> None:
-    r = rotated(Secrets(), GOOD, "rotate")
-    assert r.open and r.check("default", "whatever") and r.login("default") is None
-    final = rotated(r, GOOD, "set")
+def test_an_open_cluster_takes_a_token_with_set_only() -> None:
+    with pytest.raises(RotationError, match="no AUTH token to rotate"):
+        rotated(Secrets(), GOOD, "rotate")
+    final = rotated(Secrets(), GOOD, "set")
     assert not final.open and final.requires_auth and final.check("default", GOOD)
     assert not final.check("default", "whatever")
 
@@ -249,7 +249,7 @@ def test_rotation_from_an_open_cluster_stays_open_until_set() -> None:
 )
 def test_rotation_refusals(token: str, strategy: str, words: str) -> None:
     with pytest.raises(RotationError, match=words):
-        rotated(Secrets(), token, strategy)
+        rotated(Secrets(open=False, tokens=(OTHER,)), token, strategy)
 
 
 def test_store_is_private_and_round_trips(tmp_path: Path) -> None:

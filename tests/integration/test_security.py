@@ -1,0 +1,257 @@
+"""Security against real clusters: the AUTH token and its online rotation under load, users
+with access strings (NOPERM through the router exactly as from the engine), the commands no
+client may run, and secrets kept out of `status`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+from helpers import RunningCluster, base_topology, cli, wait_for
+from redis.cluster import RedisCluster
+
+from cachefleet.slots import key_slot
+
+pytestmark = pytest.mark.integration
+
+TOKEN_A = "tokenA-0123456789abcdef"
+TOKEN_B = "tokenB-fedcba9876543210"
+APP_PW = "app-password-0123456789"
+
+
+def secured(tmp_path: Path, cluster_factory: Any, **overrides: Any) -> RunningCluster:
+    (tmp_path / "token").write_text(TOKEN_A + "\n")
+    (tmp_path / "app.pw").write_text(APP_PW + "\n")
+    security = {
+        "auth_token_file": "token",
+        "users": [
+            {
+                "name": "app",
+                "password_files": ["app.pw"],
+                "access": "on ~app:* &* +@all -@dangerous",
+            }
+        ],
+    }
+    overrides.setdefault("shards", 2)
+    c: RunningCluster = cluster_factory(security=security, **overrides)
+    return c
+
+
+def auth_change(c: RunningCluster, token_file: Path, strategy: str) -> str:
+    out = cli(
+        "auth", c.name, "--token-file", str(token_file), "--strategy", strategy,
+        "--state-dir", str(c.state_dir),
+    )  # fmt: skip
+    return out.stdout
+
+
+def accepts(host: str, port: int, password: str, username: str | None = None) -> bool:
+    r = redis.Redis(host=host, port=port, username=username, password=password, socket_timeout=5)
+    try:
+        return bool(r.ping())
+    except redis.AuthenticationError:
+        return False
+    finally:
+        r.close()
+
+
+def addresses(c: RunningCluster) -> list[tuple[str, int]]:
+    return [c.router, *((n.host, n.port) for n in c.plan.nodes)]
+
+
+def test_token_rotation_under_load_fails_no_request(tmp_path: Path, cluster_factory: Any) -> None:
+    c = secured(tmp_path, cluster_factory)
+    host, port = c.router
+    current = {"token": TOKEN_A}
+    stop = threading.Event()
+    done: list[int] = []
+    failures: list[str] = []
+
+    def router_worker(w: int) -> None:
+        """A client of the router that reconnects every 50 requests with the token it
+        currently holds (each new connection authenticates)."""
+        n = 0
+        while not stop.is_set():
+            r = redis.Redis(host=host, port=port, password=current["token"], socket_timeout=10)
+            try:
+                for _ in range(50):
+                    key = f"k{w}:{n % 100}"
+                    r.set(key, n)
+                    if r.get(key) != str(n).encode():
+                        failures.append(f"router read of {key}")
+                    n += 1
+            except redis.RedisError as exc:
+                failures.append(f"router: {exc!r}")
+            finally:
+                r.close()
+        done.append(n)
+
+    def cluster_worker() -> None:
+        """A cluster-aware client (bootstraps at the router, then talks to the nodes)."""
+        n = 0
+        while not stop.is_set():
+            rc = RedisCluster(host=host, port=port, password=current["token"], socket_timeout=10)
+            try:
+                for _ in range(100):
+                    rc.set(f"{{d{n % 7}}}:x", n)
+                    n += 1
+            except redis.RedisError as exc:
+                failures.append(f"cluster client: {exc!r}")
+            finally:
+                rc.close()
+        done.append(n)
+
+    threads = [threading.Thread(target=router_worker, args=(w,)) for w in range(3)]
+    threads.append(threading.Thread(target=cluster_worker))
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        (tmp_path / "token.b").write_text(TOKEN_B + "\n")
+        assert "old and the new token" in auth_change(c, tmp_path / "token.b", "rotate")
+        for h, p in addresses(c):
+            assert accepts(h, p, TOKEN_A) and accepts(h, p, TOKEN_B), (h, p)
+        time.sleep(0.5)
+        current["token"] = TOKEN_B  # clients move to the new token
+        time.sleep(1.0)
+        assert "only the new token" in auth_change(c, tmp_path / "token.b", "set")
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert not failures, failures[:5]
+    assert len(done) == 4 and sum(done) > 500, done
+    for h, p in addresses(c):
+        assert accepts(h, p, TOKEN_B) and not accepts(h, p, TOKEN_A), (h, p)
+
+    # A node started later (the agent restarts a killed replica) takes the current token.
+    replica = next(n for n in c.plan.nodes if n.member == 1)
+    pid = int(c.cdir.pid_file(f"node.{replica.name}").read_text())
+    os.kill(pid, signal.SIGKILL)
+
+    def restarted() -> bool:
+        try:
+            new_pid = int(c.cdir.pid_file(f"node.{replica.name}").read_text())
+            return new_pid != pid and accepts(replica.host, replica.port, TOKEN_B)
+        except (OSError, ValueError, redis.ConnectionError):
+            return False
+
+    wait_for(restarted, 30, "the killed replica back with the new token")
+    assert not accepts(replica.host, replica.port, TOKEN_A)
+
+
+def engine_error(call: Any) -> str:
+    try:
+        call()
+    except redis.ResponseError as exc:
+        return str(exc)
+    return "no error"
+
+
+def test_users_get_the_engines_noperm_through_the_router(
+    tmp_path: Path, cluster_factory: Any
+) -> None:
+    c = secured(tmp_path, cluster_factory)
+    host, port = c.router
+    status = c.status()
+    shard = status["shards"][0]
+    node_host, node_port = shard["primary"]["address"].rsplit(":", 1)
+
+    via_router = redis.Redis(host=host, port=port, username="app", password=APP_PW)
+    # a key of the first shard, so the direct client below holds it too
+    key = next(f"other:{i}" for i in range(1000) if _in(status, 0, f"other:{i}"))
+    direct = redis.Redis(host=node_host, port=int(node_port), username="app", password=APP_PW)
+    assert via_router.set("app:1", "v") and via_router.get("app:1") == b"v"
+    router_err = engine_error(lambda: via_router.set(key, "v"))
+    direct_err = engine_error(lambda: direct.set(key, "v"))
+    assert router_err == direct_err and "No permissions to access a key" in router_err
+    assert "no permissions to run the 'flushall'" in engine_error(via_router.flushall)
+    assert engine_error(via_router.flushall) == engine_error(direct.flushall)
+
+    # unauthenticated: the engine's NOAUTH, from the router and from a node alike
+    raw_router = redis.Redis(host=host, port=port, protocol=2)
+    raw_node = redis.Redis(host=node_host, port=int(node_port), protocol=2)
+    for r in (raw_router, raw_node):
+        with pytest.raises(redis.AuthenticationError):
+            r.get("app:1")
+    # HELLO 3 AUTH user pass authenticates, as with the engine
+    r3 = redis.Redis(host=host, port=port, protocol=3, username="app", password=APP_PW)
+    assert r3.get("app:1") == b"v"
+    # commands run on the engines as the client's own user
+    token = redis.Redis(host=host, port=port, password=TOKEN_A)
+    assert token.acl_whoami() == "default" and via_router.acl_whoami() == "app"
+
+    # commands no client may run: refused by the engine itself to every declared user and
+    # to the token's `default` user (direct connections, where no router filters)
+    blocked: list[list[str]] = [
+        ["CONFIG", "SET", "maxmemory", "1"],
+        ["CONFIG", "REWRITE"],
+        ["DEBUG", "SLEEP", "0"],
+        ["SHUTDOWN", "NOSAVE"],
+        ["MODULE", "LIST"],
+        ["REPLICAOF", "NO", "ONE"],
+        ["SLAVEOF", "NO", "ONE"],
+        ["SYNC"],
+        ["CLUSTER", "SETSLOT", "0", "STABLE"],
+        ["CLUSTER", "RESET"],
+        ["ACL", "SETUSER", "x"],
+        ["ACL", "DELUSER", "x"],
+        ["SAVE"],
+        ["BGSAVE"],
+        ["BGREWRITEAOF"],
+        ["MIGRATE", "127.0.0.1", "1", "k", "0", "100"],
+        ["MONITOR"],
+    ]
+    as_default = redis.Redis(host=node_host, port=int(node_port), password=TOKEN_A)
+    for client in (direct, as_default):
+        for command in blocked:
+            text = engine_error(lambda: client.execute_command(*command)).lower()  # noqa: B023
+            # DEBUG and MODULE are off for every connection (enable-*-command), before ACLs
+            assert "no permissions" in text or "command not allowed" in text, (command, text)
+    assert as_default.config_get("maxmemory")  # CONFIG GET stays allowed
+    for r in (via_router, direct, raw_router, raw_node, r3, token, as_default):
+        r.close()
+
+
+def _in(status: dict[str, Any], shard_index: int, key: str) -> bool:
+    slot = key_slot(key.encode())
+    return any(a <= slot <= b for a, b in status["shards"][shard_index]["slots"])
+
+
+def test_status_never_shows_a_secret_and_secret_files_are_private(
+    tmp_path: Path, cluster_factory: Any
+) -> None:
+    c = secured(tmp_path, cluster_factory, shards=1, replicas_per_shard=0)
+    outputs = [
+        cli("status", c.name, "--json", "--state-dir", str(c.state_dir)).stdout,
+        cli("status", c.name, "--state-dir", str(c.state_dir)).stdout,
+        c.up_output,
+        c.cdir.plan_path.read_text(),
+    ]
+    admin = c.cdir.admin().password
+    for text in outputs:
+        for secret in (TOKEN_A, APP_PW, admin):
+            assert secret not in text
+    for path in (c.cdir.root / "secrets.json", c.cdir.admin_secret_path):
+        assert path.stat().st_mode & 0o077 == 0, path
+    for conf in c.cdir.root.glob("nodes/*/node.conf"):
+        assert conf.stat().st_mode & 0o077 == 0, conf
+
+
+def test_a_bad_token_file_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("too short\n")
+    topo = base_topology("badtoken", security={"auth_token_file": "token"})
+    path = tmp_path / "badtoken.yaml"
+    path.write_text(yaml.safe_dump(topo))
+    out = cli("up", str(path), "--detach", "--state-dir", str(tmp_path / "state"), check=False)
+    assert out.returncode == 2
+    assert "security.auth_token_file" in out.stderr and "16-128" in out.stderr
+    assert not (tmp_path / "state" / "badtoken").exists()
