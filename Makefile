@@ -43,6 +43,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/up_time.py
 	$(PY) bench/failover.py
+	$(PY) bench/cmd_failover.py
 	$(PY) bench/router.py
 	$(PY) bench/snapshot.py
 	$(PY) bench/memcached.py
