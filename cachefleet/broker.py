@@ -10,23 +10,33 @@ import argparse
 import asyncio
 import logging
 import signal
+from pathlib import Path
 
 from amqtt.broker import Broker
 
 from cachefleet.log import configure
+from cachefleet.state import ClusterDir, state_home
 
 
-def broker_config(host: str, port: int) -> dict[str, object]:
+def broker_config(host: str, port: int, root: Path | None = None) -> dict[str, object]:
+    """A cluster's broker (`root`: its directory) admits only the cluster's role credentials
+    and lets each role publish only its own topics; without `root`, anyone (tests)."""
+    plugins: dict[str, object] = {
+        "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+    }
+    if root is not None:
+        plugins = {
+            "cachefleet.busauth.RoleAuthPlugin": {"root": str(root)},
+            "cachefleet.busauth.RoleTopicPlugin": {"cluster": root.name},
+        }
     return {
         "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 0}},
-        "plugins": {
-            "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
-        },
+        "plugins": plugins,
     }
 
 
-async def serve(host: str, port: int) -> None:
-    broker = Broker(broker_config(host, port))
+async def serve(host: str, port: int, root: Path | None = None) -> None:
+    broker = Broker(broker_config(host, port, root))
     await broker.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -47,7 +57,8 @@ def main() -> None:
     logging.getLogger("amqtt").setLevel(logging.ERROR)
     logging.getLogger("transitions").setLevel(logging.ERROR)
     log.info("broker_started", address=f"{args.host}:{args.port}")
-    asyncio.run(serve(args.host, args.port))
+    root = ClusterDir(state_home(args.state_dir), args.cluster).root if args.cluster else None
+    asyncio.run(serve(args.host, args.port, root))
     log.info("broker_stopped")
 
 

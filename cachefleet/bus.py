@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import aiomqtt
 
 from cachefleet.errors import BusError
+from cachefleet.security import bus_login
 
 SCHEMA_VERSION = 1
 
@@ -48,9 +49,12 @@ def client(
 ) -> aiomqtt.Client:
     """An aiomqtt client with a unique identifier (name + random suffix) and optional last-will."""
     will_msg = aiomqtt.Will(will[0], will[1], qos=1, retain=True) if will else None
+    login = bus_login(host, port)  # the cluster's embedded broker admits its roles only
     return aiomqtt.Client(
         host,
         port,
+        username=login[0] if login else None,
+        password=login[1] if login else None,
         identifier=f"{name}-{uuid.uuid4().hex[:8]}",
         will=will_msg,
         keepalive=5,

@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from secrets import token_hex
 from typing import TYPE_CHECKING, Any
 
 from cachefleet.credentials import ADMIN_USER
@@ -408,3 +409,86 @@ def default_setuser(secrets: Secrets, *, adding: Sequence[str] = ()) -> list[str
         return ["default", *(f">{t}" for t in adding)]
     state = "on" if secrets.default_enabled else "off"
     return ["default", state, "resetpass", *password_rules(secrets, "default")]
+
+
+# -- the control bus ----------------------------------------------------------------------------
+
+#: One bus credential per role; the CLI and the cluster's supervisor share `cli`.
+BUS_ROLES = ("agent", "sentinel", "router", "cli")
+#: What each role may publish, under ``cachefleet/<cluster>/`` (MQTT filters; `cli`: anything).
+BUS_PUBLISH: dict[str, tuple[str, ...]] = {
+    "agent": ("nodes/+/state", "agents/+/state", "events"),
+    "sentinel": ("sentinels/+/hello", "failover/+/votes", "layout", "events"),
+    "router": ("routers/+/state",),
+    "cli": ("#",),
+}
+
+_bus_role = "cli"
+_bus_stores: dict[tuple[str, int], Path] = {}
+
+
+def topic_matches(topic: str, pattern: str) -> bool:
+    """MQTT filter matching (``+`` one level, ``#`` the rest)."""
+    levels, wanted = topic.split("/"), pattern.split("/")
+    for i, w in enumerate(wanted):
+        if w == "#":
+            return True
+        if i >= len(levels) or (w != "+" and w != levels[i]):
+            return False
+    return len(levels) == len(wanted)
+
+
+def bus_publish_allowed(role: str | None, cluster: str, topic: str) -> bool:
+    """Whether `role` may publish on `topic` of `cluster`'s bus."""
+    prefix = f"cachefleet/{cluster}/"
+    if role is None or not topic.startswith(prefix):
+        return False
+    rest = topic[len(prefix) :]
+    return any(topic_matches(rest, p) for p in BUS_PUBLISH.get(role, ()))
+
+
+def bus_secrets_path(root: Path) -> Path:
+    return root / "bus.secrets"
+
+
+def ensure_bus_secrets(root: Path) -> dict[str, str]:
+    """The bus credentials of a cluster (role -> password), made once (mode 0600, written to
+    a temporary file and linked in place, so a reader never sees half of it)."""
+    path = bus_secrets_path(root)
+    if not path.exists():
+        tmp = root / f".bus.secrets.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({role: token_hex(24) for role in BUS_ROLES}, f)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process made it first: theirs stands
+        finally:
+            tmp.unlink()
+    data = json.loads(path.read_text())
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def set_bus_role(role: str) -> None:
+    """The role this process speaks on the bus as (set once by each daemon at start)."""
+    global _bus_role
+    if role not in BUS_ROLES:
+        raise ValueError(role)
+    _bus_role = role
+
+
+def remember_bus(host: str, port: int, root: Path) -> None:
+    """The embedded broker at host:port belongs to the cluster whose directory is `root`."""
+    _bus_stores[(host, port)] = root
+
+
+def bus_login(host: str, port: int) -> tuple[str, str] | None:
+    """(user, password) for the broker at host:port (None: a broker we hold no login for)."""
+    root = _bus_stores.get((host, port))
+    if root is None:
+        return None
+    try:
+        return _bus_role, ensure_bus_secrets(root)[_bus_role]
+    except (OSError, ValueError, KeyError):
+        return None

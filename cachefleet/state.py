@@ -13,6 +13,7 @@ from cachefleet.credentials import ADMIN_USER, Credentials
 from cachefleet.errors import StateError
 from cachefleet.layout import Layout
 from cachefleet.plan import Plan
+from cachefleet.security import remember_bus
 
 
 def state_home(state_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -91,7 +92,10 @@ class ClusterDir:
     def load_plan(self) -> Plan:
         if not self.plan_path.exists():
             raise StateError(f"no cluster named {self.name!r} under {self.home}")
-        return Plan.load(self.plan_path)
+        plan = Plan.load(self.plan_path)
+        if plan.topology.bus.embedded:  # its broker admits the cluster's own processes only
+            remember_bus(plan.bus_host, plan.bus_port, self.root)
+        return plan
 
     @property
     def admin_secret_path(self) -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cachefleet.log import configure
 from cachefleet.plan import Plan
+from cachefleet.security import set_bus_role
 from cachefleet.state import ClusterDir, state_home
 from router.memcache.server import run_memcached_router
 from router.server import run_router
@@ -48,6 +49,7 @@ def main() -> None:
     cdir = ClusterDir(state_home(args.state_dir), args.cluster)
     plan = cdir.load_plan()
     configure("router", cluster=args.cluster, worker=args.worker)
+    set_bus_role("router")
     _run(plan, args.worker, reuse_port=args.workers > 1, zone=args.zone, plan_path=cdir.plan_path)
 
 

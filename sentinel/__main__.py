@@ -6,6 +6,7 @@ import argparse
 import asyncio
 
 from cachefleet.log import configure
+from cachefleet.security import set_bus_role
 from cachefleet.state import ClusterDir, state_home
 from sentinel.process import Sentinel
 
@@ -17,6 +18,7 @@ def main() -> None:
     parser.add_argument("--state-dir", default=None)
     args = parser.parse_args()
     configure("sentinel", cluster=args.cluster, sentinel=args.id)
+    set_bus_role("sentinel")
     plan = ClusterDir(state_home(args.state_dir), args.cluster).load_plan()
     ids = [s.id for s in plan.sentinels]
     if args.id not in ids:

@@ -10,6 +10,7 @@ import argparse
 import subprocess
 
 from cachefleet.proc import alive_and_ours, read_pid
+from cachefleet.security import set_bus_role
 from cachefleet.state import ClusterDir, state_home
 from shard.launch import node_paths, start_engine
 
@@ -58,6 +59,7 @@ def main() -> None:
     from shard.standalone import StandaloneAgent
 
     configure("agent", cluster=args.cluster, zone=args.zone)
+    set_bus_role("agent")
     agent = MemcachedAgent if plan.topology.is_memcached else ZoneAgent
     if plan.topology.standalone:
         agent = StandaloneAgent

@@ -32,7 +32,7 @@ from cachefleet.proc import (
     spawn,
     stop_processes,
 )
-from cachefleet.security import read_secrets, save_secrets
+from cachefleet.security import read_secrets, remember_bus, save_secrets
 from cachefleet.state import ClusterDir, state_home
 from cachefleet.topology import Topology, load_topology
 
@@ -147,6 +147,8 @@ async def up(
         secrets = read_secrets(topo.security, topo.source)  # bad secret files fail here
         cdir.make()
         save_secrets(cdir.root, secrets)
+        if plan.topology.bus.embedded:
+            remember_bus(plan.bus_host, plan.bus_port, cdir.root)
         cdir.plan_path.write_text(plan.to_json())
         step(f"cluster {topo.name}: {len(plan.nodes)} nodes in {len(topo.zones)} zones, {binary}")
         if seed is not None:

@@ -4,6 +4,9 @@ client may run, and secrets kept out of `status`."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import os
 import signal
 import threading
@@ -11,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import pytest
 import redis
 import yaml
@@ -255,3 +259,55 @@ def test_a_bad_token_file_is_refused_before_anything_starts(tmp_path: Path) -> N
     assert out.returncode == 2
     assert "security.auth_token_file" in out.stderr and "16-128" in out.stderr
     assert not (tmp_path / "state" / "badtoken").exists()
+
+
+async def _bus_checks(c: RunningCluster) -> tuple[str, bool, bool]:
+    """(why an anonymous client was refused, whether a sentinel's publish on an agent's
+    topic arrived, whether its publish on its own topic arrived)."""
+    plan = c.plan
+    host, port = plan.bus_host, plan.bus_port
+    roles = json.loads((c.cdir.root / "bus.secrets").read_text())
+    refused = ""
+    try:
+        async with aiomqtt.Client(host, port, identifier="anonymous-test", timeout=5):
+            pass
+    except aiomqtt.MqttError as exc:
+        refused = str(exc)
+    agent_topic = f"cachefleet/{c.name}/nodes/forged-node/state"
+    hello_topic = f"cachefleet/{c.name}/sentinels/s9/hello"
+    got: set[str] = set()
+    async with aiomqtt.Client(host, port, username="cli", password=roles["cli"]) as reader:
+        await reader.subscribe(agent_topic, qos=1)
+        await reader.subscribe(hello_topic, qos=1)
+        async with aiomqtt.Client(
+            host, port, username="sentinel", password=roles["sentinel"]
+        ) as forger:
+            await forger.publish(agent_topic, b'{"v":1}', qos=1)
+            await forger.publish(hello_topic, b'{"v":1}', qos=1)
+
+        async def collect() -> None:
+            async for msg in reader.messages:
+                got.add(str(msg.topic))
+                if hello_topic in got:
+                    await asyncio.sleep(0.5)  # the forged one, had it passed, came first
+                    return
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(collect(), 5.0)
+    return refused, agent_topic in got, hello_topic in got
+
+
+def test_the_bus_admits_only_the_clusters_roles_each_on_its_own_topics(
+    cluster_factory: Any,
+) -> None:
+    c: RunningCluster = cluster_factory(shards=1, replicas_per_shard=1)
+    secrets_file = c.cdir.root / "bus.secrets"
+    assert secrets_file.stat().st_mode & 0o077 == 0
+    refused, forged_arrived, own_arrived = asyncio.run(_bus_checks(c))
+    assert "Not authorized" in refused, refused
+    assert not forged_arrived
+    assert own_arrived
+    # the cluster's own processes still talk over it: status sees every sentinel and router
+    st = c.status()
+    assert st["state"] == "available"
+    assert all(s["online"] for s in st["sentinels"])
