@@ -60,7 +60,8 @@ class ClientHooks(BackendHooks, Protocol):
         ...
 
     def client_opened(self, client: ClientConn) -> int:
-        """Register a new client; returns its id, or 0 when it is refused (maxclients)."""
+        """Register a new client; returns its id, or 0 when it is refused (maxclients), -1
+        when its source address is not allowed (closed without a word, as by a firewall)."""
         ...
 
     def client_closed(self, client: ClientConn) -> None: ...
@@ -353,9 +354,11 @@ class ClientConn(asyncio.Protocol):
         local = transport.get_extra_info("sockname")
         self.local = f"{local[0]}:{local[1]}" if isinstance(local, tuple) else str(local)
         self.id = self.hooks.client_opened(self)
-        if not self.id:
+        if self.id <= 0:  # refused: 0 maxclients (said so), -1 a source not allowed (closed)
             self.closing = self.closed = True
-            self.transport.write(MAX_CLIENTS_REPLY)
+            if self.id == 0:
+                self.transport.write(MAX_CLIENTS_REPLY)
+            self.id = 0
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:

@@ -24,6 +24,7 @@ import structlog
 
 from cachefleet.layout import Layout
 from cachefleet.resp import Err, encode
+from cachefleet.security import source_allowed
 from cachefleet.slots import SLOTS, key_slot
 from router import replies, routes, upkeep
 from router.auth import Authenticator
@@ -101,6 +102,7 @@ class Core:
         # connections
         self.pools: dict[tuple[Addr, bool, bool, str | None], list[BackendConn | None]] = {}
         self.auth: Authenticator | None = None  # None: clients need no AUTH
+        self.allowed_sources: tuple[str, ...] = ()  # CIDR blocks; empty: any source
         self.clients: set[ClientConn] = set()
         self.client_ids = itertools.count(1)
         self.max_clients = max_clients
@@ -388,6 +390,10 @@ class Core:
         await self.loop.create_connection(lambda: conn, *conn.addr)
 
     def client_opened(self, client: ClientConn) -> int:
+        sources = self.allowed_sources
+        if sources and not source_allowed(sources, client.peer.rsplit(":", 1)[0]):
+            self.client_log("client_refused_source", peer=client.peer)
+            return -1
         if len(self.clients) >= self.max_clients:
             self.client_log("client_refused_maxclients", peer=client.peer, limit=self.max_clients)
             return 0

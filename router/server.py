@@ -56,6 +56,7 @@ class Router(Core):
             max_clients=settings.max_clients,
         )
         self.plan = plan
+        self.allowed_sources = plan.topology.security.allowed_sources
         self.plan_file = PlanFile(plan_path, plan) if plan_path is not None else None
         self.worker = worker
         self.id = f"router-{worker}"

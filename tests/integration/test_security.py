@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -311,3 +312,22 @@ def test_the_bus_admits_only_the_clusters_roles_each_on_its_own_topics(
     st = c.status()
     assert st["state"] == "available"
     assert all(s["online"] for s in st["sentinels"])
+
+
+def _ping_from(source: str, router: tuple[str, int]) -> bytes:
+    """PING the router from `source` (a loopback address): its reply, b"" when closed."""
+    with socket.create_connection(router, timeout=5, source_address=(source, 0)) as sock:
+        sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+        try:
+            return sock.recv(64)
+        except ConnectionResetError:
+            return b""
+
+
+def test_allowed_sources_refuse_another_loopback_address(cluster_factory: Any) -> None:
+    c: RunningCluster = cluster_factory(
+        shards=1, replicas_per_shard=0, security={"allowed_sources": ["127.0.0.1/32"]}
+    )
+    assert _ping_from("127.0.0.1", c.router) == b"+PONG\r\n"
+    assert _ping_from("127.0.0.2", c.router) == b""
+    assert _ping_from("127.0.0.1", c.router) == b"+PONG\r\n"  # the router serves on
