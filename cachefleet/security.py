@@ -118,7 +118,7 @@ def access_problem(access: str) -> str | None:
     return None
 
 
-def parse_security(sec: Section, engine: str) -> Security:
+def parse_security(sec: Section, engine: str, cluster_mode: str = "enabled") -> Security:
     """The ``security:`` section. Secret files are named, not read (that happens at `up`):
     relative paths are taken from the topology file's directory."""
     base = None if sec.source.startswith("<") else Path(sec.source).parent
@@ -133,10 +133,11 @@ def parse_security(sec: Section, engine: str) -> Security:
     tls = sec.boolean("tls", False)
     if tls:
         raise sec.fail("tls", "TLS is not available in this version of cachefleet: use false")
-    if engine == "memcached":
-        for key in ("auth_token_file", "users"):
-            if sec.has(key):
-                raise sec.fail(key, "memcached nodes have no AUTH: keep them on loopback")
+    for key in ("auth_token_file", "users"):
+        if engine == "memcached" and sec.has(key):
+            raise sec.fail(key, "memcached nodes have no AUTH: keep them on loopback")
+        if cluster_mode == "disabled" and sec.has(key):
+            raise sec.fail(key, "is not available yet for cluster_mode: disabled")
     token_raw = sec.raw("auth_token_file", None)
     token_file = None if token_raw is None else path("auth_token_file", token_raw)
     users_raw = sec.raw("users", None)

@@ -573,7 +573,7 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
     met = root.section("metrics")
     metrics = Metrics(port=met.int_or_auto("port", "auto", 1, MAX_PORT))
     met.done()
-    security = parse_security(root.section("security"), engine)
+    security = parse_security(root.section("security"), engine, cluster_mode)
 
     root.done()
 

@@ -152,6 +152,18 @@ def test_bad_sections_name_the_field(security: Any, field: str, words: str) -> N
     assert words in exc.message
 
 
+def test_cluster_mode_disabled_has_no_auth_yet() -> None:
+    doc = {
+        "name": "c",
+        "zones": ["az-a"],
+        "cluster_mode": "disabled",
+        "security": {"auth_token_file": "t"},
+    }
+    with pytest.raises(TopologyError) as info:
+        parse_topology(doc)
+    assert info.value.field == "security.auth_token_file"
+
+
 def test_memcached_has_no_auth() -> None:
     exc = error({"auth_token_file": "t"}, engine="memcached")
     assert exc.field == "security.auth_token_file"
