@@ -133,9 +133,10 @@ def parse_security(sec: Section, engine: str, cluster_mode: str = "enabled") -> 
     tls = sec.boolean("tls", False)
     if tls:
         raise sec.fail("tls", "TLS is not available in this version of cachefleet: use false")
-    for key in ("auth_token_file", "users"):
+    for key in ("auth_token_file", "users", "allowed_sources"):
         if engine == "memcached" and sec.has(key):
-            raise sec.fail(key, "memcached nodes have no AUTH: keep them on loopback")
+            what = "no AUTH" if key != "allowed_sources" else "no source filter yet"
+            raise sec.fail(key, f"memcached clusters have {what}: keep them on loopback")
         if cluster_mode == "disabled" and sec.has(key):
             raise sec.fail(key, "is not available yet for cluster_mode: disabled")
     token_raw = sec.raw("auth_token_file", None)
