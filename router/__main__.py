@@ -25,7 +25,9 @@ def _run(plan: Plan, worker: int, reuse_port: bool, zone: str | None, plan_path:
     if plan.topology.is_memcached:  # the configuration endpoint and proxy speak memcached
         coro = run_memcached_router(plan, worker=worker, reuse_port=reuse_port, plan_path=plan_path)
     elif plan.topology.standalone:  # cluster mode disabled: primary and reader endpoints
-        coro = run_standalone_router(plan, worker=worker, reuse_port=reuse_port, zone=zone)
+        coro = run_standalone_router(
+            plan, worker=worker, reuse_port=reuse_port, zone=zone, plan_path=plan_path
+        )
     else:
         coro = run_router(
             plan, worker=worker, reuse_port=reuse_port, zone=zone, plan_path=plan_path

@@ -24,14 +24,17 @@ import os
 import signal
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import structlog
 
 from cachefleet import bus
+from cachefleet.credentials import Credentials
 from cachefleet.layout import Layout, LayoutError, LayoutNode
 from cachefleet.nodes import NodeLink, Role
 from cachefleet.plan import Plan
+from cachefleet.state import ClusterDir
 from router.server import listen_socket, raise_nofile_limit, state_link
 
 Addr = tuple[str, int]
@@ -195,7 +198,14 @@ class Endpoint:
 
 
 class StandaloneRouter:
-    def __init__(self, *, plan: Plan, worker: int = 0, zone: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        plan: Plan,
+        worker: int = 0,
+        zone: str | None = None,
+        admin: Credentials | None = None,
+    ) -> None:
         settings = plan.topology.router
         self.plan = plan
         self.worker = worker
@@ -211,7 +221,8 @@ class StandaloneRouter:
         self.stop = asyncio.Event()
         self.writer = Endpoint(self, "primary")
         self.reader = Endpoint(self, "reader")
-        self.links = {n.name: NodeLink(host=n.host, port=n.port) for n in plan.nodes}
+        # health probes speak as the control plane's user: they work with AUTH on as well
+        self.links = {n.name: NodeLink(host=n.host, port=n.port, auth=admin) for n in plan.nodes}
         self.layouts_refused = 0
         self.connections_total = 0
 
@@ -285,10 +296,19 @@ class StandaloneRouter:
 
 
 async def run_standalone_router(
-    plan: Plan, *, worker: int = 0, reuse_port: bool = False, zone: str | None = None
+    plan: Plan,
+    *,
+    worker: int = 0,
+    reuse_port: bool = False,
+    zone: str | None = None,
+    plan_path: Path | None = None,
 ) -> None:
     raise_nofile_limit()
-    router = StandaloneRouter(plan=plan, worker=worker, zone=zone)
+    admin = None
+    if plan_path is not None:
+        root = plan_path.parent
+        admin = ClusterDir(root.parent, root.name).admin()
+    router = StandaloneRouter(plan=plan, worker=worker, zone=zone, admin=admin)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, router.stop.set)

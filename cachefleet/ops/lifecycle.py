@@ -228,7 +228,7 @@ async def _up_standalone(plan: Plan, cdir: ClusterDir, *, detach: bool, step: Ou
         emit_event(outbox, cdir, "cluster_created", epoch=layout.epoch, nodes=len(plan.nodes))
         await outbox.flush()
         step("waiting for the primary endpoint to reach the primary")
-        await standalone.wait_endpoints(plan, 15.0)
+        await standalone.wait_endpoints(plan, cdir.admin(), 15.0)
     except BaseException:
         out("startup failed; stopping what was started")
         cdir.stopping_path.touch()

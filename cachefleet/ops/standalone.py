@@ -116,12 +116,13 @@ def _not_ready(
     return None
 
 
-async def wait_endpoints(plan: Plan, timeout: float) -> None:
-    """Until the primary endpoint reaches a primary and the reader endpoint answers."""
+async def wait_endpoints(plan: Plan, auth: Credentials, timeout: float) -> None:
+    """Until the primary endpoint reaches a primary and the reader endpoint answers (as the
+    control plane's user: the hops are transparent, the engines check who it is)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        writer = connect(plan.router_host, plan.router_port, timeout=1.0)
-        reader = connect(plan.router_host, plan.reader_port or 0, timeout=1.0)
+        writer = connect(plan.router_host, plan.router_port, timeout=1.0, auth=auth)
+        reader = connect(plan.router_host, plan.reader_port or 0, timeout=1.0, auth=auth)
         try:
             role = await try_call(writer, "ROLE")
             pong = await try_call(reader, "PING")
