@@ -331,3 +331,50 @@ def test_allowed_sources_refuse_another_loopback_address(cluster_factory: Any) -
     assert _ping_from("127.0.0.1", c.router) == b"+PONG\r\n"
     assert _ping_from("127.0.0.2", c.router) == b""
     assert _ping_from("127.0.0.1", c.router) == b"+PONG\r\n"  # the router serves on
+
+
+def test_a_killed_primary_fails_over_with_auth_on(tmp_path: Path, cluster_factory: Any) -> None:
+    """Sentinels probe and promote as the control plane's user; the router's per-user
+    connections follow the new primary; the old primary returns as a replica that syncs
+    (masteruser) and still takes only the token."""
+    c = secured(tmp_path, cluster_factory)
+    before = c.status()
+    old = before["shards"][0]["primary"]
+    replica = before["shards"][0]["replicas"][0]
+    key = next(f"app:{i}" for i in range(1000) if _in(before, 0, f"app:{i}"))
+    host, port = c.router
+    app = redis.Redis(host=host, port=port, username="app", password=APP_PW, socket_timeout=10)
+    assert app.set(key, "before")
+    os.kill(int(c.cdir.pid_file(f"node.{old['name']}").read_text()), signal.SIGKILL)
+
+    def new_primary() -> bool:
+        shard = c.status()["shards"][0]
+        return shard["primary"] is not None and shard["primary"]["name"] == replica["name"]
+
+    wait_for(new_primary, 20, "the replica promoted")
+
+    def writes() -> bool:
+        try:
+            return bool(app.set(key, "after"))
+        except redis.RedisError:
+            return False
+
+    wait_for(writes, 20, "writes through the router as app")
+    assert app.get(key) == b"after"
+    assert "No permissions" in engine_error(lambda: app.set("other", "x"))
+
+    def old_back_as_replica() -> bool:
+        h, p = old["address"].rsplit(":", 1)
+        r = redis.Redis(host=h, port=int(p), password=TOKEN_A, socket_timeout=5)
+        try:
+            rep = r.info("replication")
+        except redis.RedisError:
+            return False
+        finally:
+            r.close()
+        return rep["role"] == "slave" and rep.get("master_link_status") == "up"
+
+    wait_for(old_back_as_replica, 30, "the old primary back as a linked replica")
+    h, p = old["address"].rsplit(":", 1)
+    assert not accepts(h, int(p), "not-the-token-0123456789")
+    app.close()
