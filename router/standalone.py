@@ -12,6 +12,11 @@ goes, from the layout the router follows on the bus:
   has one), the primary when no replica is healthy. Health is probed here (PING + INFO
   replication every probe interval): answering, a replica, link to its primary up.
 
+Layouts come from the bus and, as a fast path, from ``layout.json`` in the cluster's state
+dir (written by the same call that publishes the layout, read as soon as its mtime changes):
+on a busy machine the bus delivers a new layout 100-150 ms after it was published, about a
+tenth of a failover. Both are validated against the plan; an older epoch never wins.
+
 Forwarding is protocol-to-protocol (uvloop when present) with flow control both ways: a side
 that cannot take more pauses reading on the other.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
@@ -42,6 +48,7 @@ HEALTH_INTERVAL_S = 0.25
 HEALTH_TIMEOUT_S = 0.5
 CONNECT_TIMEOUT_S = 2.0
 HIGH_WATER = 1 << 20
+LAYOUT_FILE_CHECK_S = 0.01
 
 
 def pick_reader(
@@ -239,8 +246,8 @@ class StandaloneRouter:
         self.apply_layout(layout)
 
     def apply_layout(self, layout: Layout) -> None:
-        if self.layout is not None and layout.epoch < self.layout.epoch:
-            return
+        if self.layout is not None and (layout.epoch < self.layout.epoch or layout == self.layout):
+            return  # older, or the same one from the other source
         self.layout = layout
         shard = layout.shards[0] if layout.shards else None
         old = self.primary
@@ -253,6 +260,26 @@ class StandaloneRouter:
             self.log.info("primary_changed", old=old.name, new=new_name, closed=closed)
         self.log.info("layout_applied", epoch=layout.epoch, primary=new_name)
         self.changed.set()
+
+    async def follow_layout_file(self, path: Path) -> None:
+        """The fast path: apply ``layout.json`` whenever it changes (validated like a bus
+        message; a file mid-replace or damaged is skipped until the next change)."""
+        seen: int | None = None
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), LAYOUT_FILE_CHECK_S)
+            try:
+                mtime = path.stat().st_mtime_ns
+            except OSError:
+                continue
+            if mtime == seen:
+                continue
+            seen = mtime
+            try:
+                layout = Layout.from_dict(json.loads(path.read_bytes()), self.plan)
+            except (OSError, ValueError, LayoutError):
+                continue
+            self.apply_layout(layout)
 
     def note_unreachable(self, name: str | None) -> None:
         if name is not None:
@@ -328,6 +355,9 @@ async def run_standalone_router(
     async with asyncio.TaskGroup() as tg:
         tg.create_task(link.run(router.stop, final=[(state_topic, b"offline")]), name="router.bus")
         tg.create_task(router.health_loop(), name="router.health")
+        if plan_path is not None:
+            layout_file = plan_path.with_name("layout.json")
+            tg.create_task(router.follow_layout_file(layout_file), name="router.layout_file")
         tg.create_task(router.publish_state(link), name="router.state")
         await router.stop.wait()
         for server in servers:
