@@ -35,6 +35,7 @@ from cachefleet.chaos.memcached import MemcachedChaosRun
 from cachefleet.chaos.scenario import Scenario, load_scenario
 from cachefleet.chaos.targets import Placement, moves_back, placement
 from cachefleet.chaos.workload import Trial, WorkloadRun, chaos_keys, shard_of_keys
+from cachefleet.credentials import Credentials
 from cachefleet.errors import CachefleetError, ClusterTimeout
 from cachefleet.events import EventTail
 from cachefleet.layout import Layout
@@ -43,6 +44,7 @@ from cachefleet.ops.failover import graceful_failover
 from cachefleet.ops.status import status
 from cachefleet.plan import Plan
 from cachefleet.proc import live_processes
+from cachefleet.security import load_secrets
 from cachefleet.state import ClusterDir, state_home
 from cachefleet.topology import load_topology
 
@@ -185,7 +187,14 @@ class ChaosRun:
         shard_of = shard_of_keys(self.keys, ranges)
         rng = random.Random(self.scenario.seed + number)
         offset = self.cdir.events_path.stat().st_size if self.cdir.events_path.exists() else 0
-        workload = WorkloadRun(self.scenario.workload, plan, self.keys, self.scenario.seed)
+        login = load_secrets(self.cdir.root).login("default")  # the token, where there is one
+        workload = WorkloadRun(
+            self.scenario.workload,
+            plan,
+            self.keys,
+            self.scenario.seed,
+            Credentials(*login) if login is not None else None,
+        )
         trial = Trial(number, time.monotonic())
         stop = asyncio.Event()
         workers = workload.start(trial, shard_of, stop)

@@ -23,6 +23,7 @@ from redis.exceptions import ClusterDownError, RedisClusterException, RedisError
 
 from cachefleet.chaos.checker import Op
 from cachefleet.chaos.scenario import Workload
+from cachefleet.credentials import Credentials
 from cachefleet.nodes import NodeLink
 from cachefleet.plan import Plan
 from cachefleet.slots import SLOTS, key_slot
@@ -87,8 +88,10 @@ class SlotMap:
     """slot -> primary address, read from the configuration endpoint (`CLUSTER SLOTS` on the
     router, which follows the layout the sentinels publish)."""
 
-    def __init__(self, host: str, port: int, timeout: float) -> None:
-        self.endpoint = NodeLink(host=host, port=port)
+    def __init__(
+        self, host: str, port: int, timeout: float, auth: Credentials | None = None
+    ) -> None:
+        self.endpoint = NodeLink(host=host, port=port, auth=auth)
         self.timeout = timeout
         self.table: list[tuple[str, int] | None] = [None] * SLOTS
 
@@ -122,9 +125,17 @@ async def _close(client: Any) -> None:
 class WorkloadRun:
     """Writers and readers of one trial, as asyncio tasks that stop when `stop` is set."""
 
-    def __init__(self, spec: Workload, plan: Plan, keys: Sequence[str], seed: int) -> None:
+    def __init__(
+        self,
+        spec: Workload,
+        plan: Plan,
+        keys: Sequence[str],
+        seed: int,
+        auth: Credentials | None = None,
+    ) -> None:
         self.spec = spec
         self.plan = plan
+        self.auth = auth  # the client's login where the cluster requires AUTH
         self.keys = list(keys)
         self.seed = seed
 
@@ -148,11 +159,21 @@ class WorkloadRun:
         host, port = self.plan.router_host, self.plan.router_port
         if self.spec.via == "router":
             return aredis.Redis(
-                host=host, port=port, socket_timeout=timeout, socket_connect_timeout=timeout
-            )
+                host=host, port=port, socket_timeout=timeout, socket_connect_timeout=timeout,
+                username=self.user, password=self.password,
+            )  # fmt: skip
         return RedisCluster(
-            host=host, port=port, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+            host=host, port=port, socket_timeout=timeout, socket_connect_timeout=timeout,
+            username=self.user, password=self.password,
+        )  # fmt: skip
+
+    @property
+    def user(self) -> str | None:
+        return self.auth.user if self.auth is not None else None
+
+    @property
+    def password(self) -> str | None:
+        return self.auth.password if self.auth is not None else None
 
     async def _writer(
         self,
@@ -166,7 +187,9 @@ class WorkloadRun:
         # WAIT writes go to each key's primary on connections of their own (_write_wait)
         client = None if w.wait else self._client()
         node_clients: dict[str, aredis.Redis] = {}
-        slots = SlotMap(self.plan.router_host, self.plan.router_port, w.op_timeout_ms / 1000)
+        slots = SlotMap(
+            self.plan.router_host, self.plan.router_port, w.op_timeout_ms / 1000, self.auth
+        )
         try:
             if isinstance(client, RedisCluster):
                 await self._initialize(client, stop)
@@ -231,6 +254,7 @@ class WorkloadRun:
             client = aredis.Redis(
                 host=addr[0], port=addr[1], socket_timeout=w.op_timeout_ms / 1000,
                 socket_connect_timeout=w.op_timeout_ms / 1000, single_connection_client=True,
+                username=self.user, password=self.password,
             )  # fmt: skip
             node_clients[name] = client
         try:
@@ -279,7 +303,10 @@ class WorkloadRun:
 
     async def final_read(self) -> dict[str, int | None]:
         """Every key's value once the cluster is whole again (retried for FINAL_READ_S)."""
-        rc = RedisCluster(host=self.plan.router_host, port=self.plan.router_port, socket_timeout=2)
+        rc = RedisCluster(
+            host=self.plan.router_host, port=self.plan.router_port, socket_timeout=2,
+            username=self.user, password=self.password,
+        )  # fmt: skip
         out: dict[str, int | None] = {}
         deadline = time.monotonic() + FINAL_READ_S
         try:

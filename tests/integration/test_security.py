@@ -19,10 +19,12 @@ import aiomqtt
 import pytest
 import redis
 import yaml
-from helpers import RunningCluster, base_topology, cli, wait_for
+from helpers import RunningCluster, assert_all_gone, base_topology, cli, wait_for
 from redis.cluster import RedisCluster
 
+from cachefleet.proc import live_processes
 from cachefleet.slots import key_slot
+from cachefleet.state import ClusterDir
 
 pytestmark = pytest.mark.integration
 
@@ -378,3 +380,38 @@ def test_a_killed_primary_fails_over_with_auth_on(tmp_path: Path, cluster_factor
     h, p = old["address"].rsplit(":", 1)
     assert not accepts(h, int(p), "not-the-token-0123456789")
     app.close()
+
+
+def test_kill_primary_chaos_passes_with_auth_on(tmp_path: Path) -> None:
+    """The kill-primary scenario on a secured cluster: the workload's clients (a cluster
+    client bootstrapped at the router, then the nodes) log in with the token."""
+    (tmp_path / "token").write_text(TOKEN_A + "\n")
+    topo = base_topology("chaosauth", security={"auth_token_file": "token"})
+    topo_path = tmp_path / "chaosauth.yaml"
+    topo_path.write_text(yaml.safe_dump(topo))
+    scenario = {
+        "name": "kill-primary-auth",
+        "topology": str(topo_path),
+        "trials": 1,
+        "seed": 5,
+        "duration_s": 6,
+        "workload": {"via": "direct", "writers": 2, "readers": 1, "keys": 200, "wait": 1},
+        "faults": [{"at_s": 2, "kind": "kill", "target": "primary:random"}],
+        "expect": {"lost_writes": 0},
+    }
+    path = tmp_path / "kill-primary-auth.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    state = tmp_path / "state"
+    cdir = ClusterDir(state, "chaosauth")
+    try:
+        proc = cli("chaos", str(path), "--state-dir", str(state), check=False, timeout=600)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        run_dir = Path(proc.stdout.strip().rsplit("report in ", 1)[1])
+        result = json.loads((run_dir / "result.json").read_text())
+        (trial,) = result["trials"]
+        assert result["aggregate"]["lost_writes"] == 0
+        assert trial["writes_ok"] > 100 and trial["failovers"]
+    finally:
+        pids = live_processes(cdir) if cdir.exists() else {}
+        cli("down", "chaosauth", "--purge", "--state-dir", str(state), check=False)
+        assert_all_gone(pids)
