@@ -415,3 +415,18 @@ def test_kill_primary_chaos_passes_with_auth_on(tmp_path: Path) -> None:
         pids = live_processes(cdir) if cdir.exists() else {}
         cli("down", "chaosauth", "--purge", "--state-dir", str(state), check=False)
         assert_all_gone(pids)
+
+
+def test_a_token_set_while_stopped_is_what_the_restarted_cluster_takes(
+    tmp_path: Path, cluster_factory: Any
+) -> None:
+    c = secured(tmp_path, cluster_factory, shards=1, replicas_per_shard=1)
+    c.down(purge=False)
+    (tmp_path / "token.b").write_text(TOKEN_B + "\n")
+    started = time.monotonic()
+    out = auth_change(c, tmp_path / "token.b", "set")
+    assert "not running" in out and time.monotonic() - started < 15
+    cli("up", str(c.topology_path), "--detach", "--state-dir", str(c.state_dir))
+    c.remember_pids()
+    for h, p in addresses(c):
+        assert accepts(h, p, TOKEN_B) and not accepts(h, p, TOKEN_A), (h, p)
