@@ -211,8 +211,12 @@ class Router(Core):
             self.send(client.add(Call(client, args, None, endpoint.forward_slot(args))))
             return
         client.reply_now(encode(value, client.resp3))
-        if args[0].upper() == b"QUIT":
+        name = args[0].upper()
+        if name == b"QUIT":
             client.close_after_replies()
+        elif name == b"RESET" and self.auth is not None and self.auth.required:
+            # logged out: the rest of a pipeline goes one by one, through the AUTH check
+            self.serial(client, _nothing)
 
     # -- status --------------------------------------------------------------------------------
 
@@ -243,6 +247,10 @@ class Router(Core):
             rate = (self.ops - last_ops) / max(now - last_t, 1e-6)
             last_ops, last_t = self.ops, now
             link.publish(topic, bus.encode(self.state(rate)), retain=True)
+
+
+async def _nothing() -> None:
+    pass
 
 
 def router_auth(root: Path, worker: int) -> Authenticator:
