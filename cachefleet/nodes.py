@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from cachefleet.credentials import Credentials
 from cachefleet.resp import encode_command
+from cachefleet.tls import ca_for, client_context
 
 
 class Role(enum.StrEnum):
@@ -186,9 +187,12 @@ def myself_line(text: str) -> NodeLine | None:
 def connect(
     host: str, port: int, *, timeout: float = 2.0, auth: Credentials | None = None
 ) -> aredis.Redis:
+    ca = ca_for(host, port)  # a TLS cluster's node or router
     return aredis.Redis(
         host=host,
         port=port,
+        ssl=ca is not None,
+        ssl_ca_certs=str(ca) if ca is not None else None,
         username=auth.user if auth else None,
         password=auth.password if auth else None,
         socket_timeout=timeout,
@@ -299,9 +303,11 @@ class NodeLink:
         async with self._lock:
             if self._writer is None or self._writer.is_closing():
                 local = (self.source, 0) if self.source else None
+                tls = client_context(self.host, self.port)
                 self._reader, self._writer = await asyncio.open_connection(
-                    self.host, self.port, local_addr=local
-                )
+                    self.host, self.port, local_addr=local, ssl=tls,
+                    server_hostname=self.host if tls is not None else None,
+                )  # fmt: skip
                 if self.auth is not None:
                     commands = [("AUTH", self.auth.user, self.auth.password), *commands]
             assert self._reader is not None

@@ -131,8 +131,10 @@ def parse_security(sec: Section, engine: str, cluster_mode: str = "enabled") -> 
         return value
 
     tls = sec.boolean("tls", False)
-    if tls:
-        raise sec.fail("tls", "TLS is not available in this version of cachefleet: use false")
+    if tls and engine == "memcached":
+        raise sec.fail("tls", "memcached clusters have no TLS yet: keep them on loopback")
+    if tls and cluster_mode == "disabled":
+        raise sec.fail("tls", "is not available yet for cluster_mode: disabled")
     for key in ("auth_token_file", "users", "allowed_sources"):
         if engine == "memcached" and sec.has(key):
             what = "no AUTH" if key != "allowed_sources" else "no source filter yet"

@@ -26,6 +26,7 @@ from cachefleet.layout import Layout
 from cachefleet.resp import Err, encode
 from cachefleet.security import source_allowed
 from cachefleet.slots import SLOTS, key_slot
+from cachefleet.tls import client_context
 from router import replies, routes, upkeep
 from router.auth import Authenticator
 from router.backend import ASKING, DISCARD, BackendConn, BackendLost
@@ -387,7 +388,13 @@ class Core:
     # -- connections (transport hooks) --------------------------------------------------------
 
     async def connect(self, conn: BackendConn) -> None:
-        await self.loop.create_connection(lambda: conn, *conn.addr)
+        tls = client_context(*conn.addr)  # a TLS cluster's node
+        await self.loop.create_connection(
+            lambda: conn,
+            *conn.addr,
+            ssl=tls,
+            server_hostname=conn.addr[0] if tls is not None else None,
+        )
 
     def client_opened(self, client: ClientConn) -> int:
         sources = self.allowed_sources

@@ -32,6 +32,7 @@ from cachefleet.plan import Plan, PlanFile
 from cachefleet.resp import Err, encode, encode_command
 from cachefleet.slots import key_slot
 from cachefleet.state import ClusterDir
+from cachefleet.tls import server_context, tls_files
 from router import endpoint, multikey, policy, pubsub, replies, transactions
 from router.auth import NO_AUTH_COMMANDS, NOAUTH, Authenticator
 from router.backend import BackendLost
@@ -326,7 +327,15 @@ async def run_router(
         loop.add_signal_handler(sig, stop.set)
     sock = listen_socket(plan.router_host, plan.router_port, reuse_port=reuse_port)
     max_query = plan.topology.router.query_buffer_limit_mb * 1024 * 1024
-    server = await loop.create_server(lambda: ClientConn(router, max_query=max_query), sock=sock)
+    # a TLS cluster's router terminates TLS for its clients (and speaks TLS to the nodes)
+    tls = (
+        server_context(tls_files(plan_path.parent))
+        if plan.topology.security.tls and plan_path is not None
+        else None
+    )
+    server = await loop.create_server(
+        lambda: ClientConn(router, max_query=max_query), sock=sock, ssl=tls
+    )
     link, state_topic = state_link(plan, worker, router.id, router.on_bus_message, router.log)
     router.log.info(
         "router_started",

@@ -13,6 +13,7 @@ from typing import Any
 import hiredis
 
 from cachefleet.resp import encode_command
+from cachefleet.tls import client_context
 from router.backend import Addr, BackendConn
 
 
@@ -21,7 +22,10 @@ async def query(addr: Addr, *args: bytes, timeout: float = 3.0, login: bytes | N
     an AUTH request, when given)."""
 
     async def run() -> Any:
-        reader, writer = await asyncio.open_connection(*addr)
+        tls = client_context(*addr)
+        reader, writer = await asyncio.open_connection(
+            *addr, ssl=tls, server_hostname=addr[0] if tls is not None else None
+        )
         try:
             writer.write((login or b"") + encode_command(args))
             parser = hiredis.Reader(notEnoughData=Ellipsis)

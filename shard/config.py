@@ -8,6 +8,7 @@ from pathlib import Path
 from cachefleet.credentials import Credentials
 from cachefleet.plan import NodeSpec, Plan
 from cachefleet.security import Secrets, User, user_acl_lines
+from cachefleet.tls import TlsFiles
 
 # What the client-facing `default` user may not run, on every node: whatever would break the
 # cluster or the control plane (the router refuses the same list with a clearer message, and
@@ -75,6 +76,7 @@ def render_engine_config(
     log_file: Path,
     admin: Credentials,
     secrets: Secrets | None = None,
+    tls: TlsFiles | None = None,
 ) -> str:
     """The valkey.conf / redis.conf of one cluster-mode node.
 
@@ -85,7 +87,7 @@ def render_engine_config(
     """
     topo = plan.topology
     lines = [
-        f"port {node.port}",
+        *(tls_lines(node, tls) if tls is not None else [f"port {node.port}"]),
         f"bind {node.host}",
         f"bind-source-addr {node.host}",
         "protected-mode no",
@@ -117,6 +119,20 @@ def render_engine_config(
         *acl_lines(admin, secrets, topo.security.users),
     ]
     return "\n".join(lines) + "\n"
+
+
+def tls_lines(node: NodeSpec, tls: TlsFiles) -> list[str]:
+    """TLS only: the client port, replication and the cluster bus (no plain port)."""
+    return [
+        "port 0",
+        f"tls-port {node.port}",
+        f"tls-cert-file {tls.cert}",
+        f"tls-key-file {tls.key}",
+        f"tls-ca-cert-file {tls.ca}",
+        "tls-auth-clients no",
+        "tls-replication yes",
+        "tls-cluster yes",
+    ]
 
 
 def memcached_argv(plan: Plan, node: NodeSpec, marker: Path, *, as_root: bool) -> list[str]:

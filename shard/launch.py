@@ -14,6 +14,7 @@ from cachefleet.plan import NodeSpec, Plan
 from cachefleet.proc import write_pid
 from cachefleet.security import load_secrets
 from cachefleet.state import ClusterDir
+from cachefleet.tls import tls_files
 from shard.config import memcached_argv, render_engine_config
 
 
@@ -75,7 +76,13 @@ def start_engine(plan: Plan, cdir: ClusterDir, spec: NodeSpec) -> subprocess.Pop
     data_dir.mkdir(parents=True, exist_ok=True)
     log_file = cdir.log_file(f"node.{spec.name}")
     text = render_engine_config(
-        plan, spec, data_dir, log_file, cdir.admin(), load_secrets(cdir.root)
+        plan,
+        spec,
+        data_dir,
+        log_file,
+        cdir.admin(),
+        load_secrets(cdir.root),
+        tls_files(cdir.root) if plan.topology.security.tls else None,
     )
     if plan.topology.standalone:
         text = without_cluster_mode(text, standalone_primary(plan, cdir, spec))

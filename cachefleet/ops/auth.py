@@ -41,6 +41,7 @@ from cachefleet.security import (
     save_secrets,
 )
 from cachefleet.state import ClusterDir, state_home
+from cachefleet.tls import client_context
 
 Out = Callable[[str], None]
 TIMEOUT_S = 30.0
@@ -63,7 +64,10 @@ async def _auth_replies(host: str, port: int, tokens: list[str]) -> list[bool] |
     (None: the node did not answer)."""
 
     async def run() -> list[bool]:
-        reader, writer = await asyncio.open_connection(host, port)
+        tls = client_context(host, port)
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=tls, server_hostname=host if tls is not None else None
+        )
         try:
             writer.write(b"".join(encode_command(["AUTH", "default", t]) for t in tokens))
             parser = hiredis.Reader(notEnoughData=Ellipsis)

@@ -18,7 +18,7 @@ import yaml
 from cachefleet import bus, discovery, ports
 from cachefleet.announce import emit_event, publish_layout
 from cachefleet.engine import resolve_engine_binary
-from cachefleet.errors import BusError, CachefleetError, ClusterTimeout, StateError
+from cachefleet.errors import BusError, CachefleetError, ClusterTimeout, StateError, TopologyError
 from cachefleet.layout import Layout
 from cachefleet.nodes import connect, try_call
 from cachefleet.ops import memcached, standalone
@@ -34,6 +34,7 @@ from cachefleet.proc import (
 )
 from cachefleet.security import read_secrets, remember_bus, save_secrets
 from cachefleet.state import ClusterDir, state_home
+from cachefleet.tls import engine_has_tls, ensure_certificates, remember_tls, tls_addresses
 from cachefleet.topology import Topology, load_topology
 
 Out = Callable[[str], None]
@@ -110,6 +111,14 @@ async def up(
     topo = load_topology(topology_path)
     raw = yaml.safe_load(Path(topology_path).read_text())
     binary = resolve_engine_binary(topo.engine, topo.engine_binary)
+    if topo.security.tls and not engine_has_tls(binary):
+        raise TopologyError(
+            topo.source,
+            "security.tls",
+            f"{binary} is built without TLS: use `engine: redis` with Debian's redis-server "
+            "(apt-get install redis-server; /usr/bin/redis-server) or set engine_binary to a "
+            "TLS build",
+        )
     cdir = ClusterDir(state_home(state_dir), topo.name)
 
     if cdir.exists():
@@ -149,6 +158,10 @@ async def up(
         save_secrets(cdir.root, secrets)
         if plan.topology.bus.embedded:
             remember_bus(plan.bus_host, plan.bus_port, cdir.root)
+        if topo.security.tls:
+            zone_ips = [topo.zone_address(z) for z in topo.zones]
+            files = ensure_certificates(cdir.root, topo.name, zone_ips)
+            remember_tls(files.ca, tls_addresses(plan))
         cdir.plan_path.write_text(plan.to_json())
         step(f"cluster {topo.name}: {len(plan.nodes)} nodes in {len(topo.zones)} zones, {binary}")
         if seed is not None:

@@ -8,8 +8,10 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -25,6 +27,7 @@ from redis.cluster import RedisCluster
 from cachefleet.proc import live_processes
 from cachefleet.slots import key_slot
 from cachefleet.state import ClusterDir
+from cachefleet.tls import engine_has_tls
 
 pytestmark = pytest.mark.integration
 
@@ -430,3 +433,83 @@ def test_a_token_set_while_stopped_is_what_the_restarted_cluster_takes(
     c.remember_pids()
     for h, p in addresses(c):
         assert accepts(h, p, TOKEN_B) and not accepts(h, p, TOKEN_A), (h, p)
+
+
+TLS_ENGINE = shutil.which("redis-server")
+needs_tls_engine = pytest.mark.skipif(
+    TLS_ENGINE is None or not engine_has_tls(TLS_ENGINE),
+    reason="needs an engine built with TLS (Debian's redis-server)",
+)
+
+
+@needs_tls_engine
+def test_tls_end_to_end_with_redis_cli_redis_py_and_a_failover(
+    tmp_path: Path, cluster_factory: Any
+) -> None:
+    (tmp_path / "token").write_text(TOKEN_A + "\n")
+    c: RunningCluster = cluster_factory(
+        engine="redis", shards=2, security={"tls": True, "auth_token_file": "token"}
+    )
+    ca = c.cdir.root / "tls" / "ca.pem"
+    assert (c.cdir.root / "tls" / "server.key").stat().st_mode & 0o077 == 0
+    host, port = c.router
+    tls: dict[str, Any] = {"ssl": True, "ssl_ca_certs": str(ca), "password": TOKEN_A}
+
+    # redis-cli through the router, and following redirects from a node
+    cli_args = ["redis-cli", "--tls", "--cacert", str(ca), "-a", TOKEN_A, "--no-auth-warning"]
+    out = subprocess.run([*cli_args, "-h", host, "-p", str(port), "set", "k", "v"],
+                         capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    assert out.stdout.strip() == "OK", out.stderr
+    node = c.plan.nodes[0]
+    out = subprocess.run([*cli_args, "-c", "-h", node.host, "-p", str(node.port), "get", "k"],
+                         capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    assert out.stdout.strip() == "v", out.stderr
+
+    # redis-py: a plain client of the router and a cluster client that goes to the nodes
+    r = redis.Redis(host=host, port=port, socket_timeout=10, **tls)
+    assert r.get("k") == b"v"
+    rc = RedisCluster(host=host, port=port, socket_timeout=10, **tls)
+    for i in range(200):
+        rc.set(f"tls:{i}", i)
+    assert rc.get("tls:150") == b"150"
+
+    # nothing speaks plain TCP any more: the router and the nodes close on a plaintext PING
+    for h, p in addresses(c):
+        with socket.create_connection((h, p), timeout=5) as sock:
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            with contextlib.suppress(ConnectionResetError):
+                assert b"PONG" not in sock.recv(64)
+
+    # a failover under TLS: sentinels probe and promote over TLS, the router follows
+    before = c.status()
+    old = before["shards"][0]["primary"]
+    replica = before["shards"][0]["replicas"][0]
+    key = next(f"tls:{i}" for i in range(200) if _in(before, 0, f"tls:{i}"))
+    os.kill(int(c.cdir.pid_file(f"node.{old['name']}").read_text()), signal.SIGKILL)
+
+    def promoted() -> bool:
+        primary = c.status()["shards"][0]["primary"]
+        return primary is not None and primary["name"] == replica["name"]
+
+    wait_for(promoted, 30, "the replica promoted")
+
+    def writes() -> bool:
+        try:
+            return bool(r.set(key, "after"))
+        except redis.RedisError:
+            return False
+
+    wait_for(writes, 20, "writes through the router after the failover")
+    assert rc.get(key) == b"after"
+    r.close()
+    rc.close()
+
+
+def test_tls_on_an_engine_without_it_is_refused_and_names_the_fix(tmp_path: Path) -> None:
+    topo = base_topology("notls", security={"tls": True})
+    path = tmp_path / "notls.yaml"
+    path.write_text(yaml.safe_dump(topo))
+    out = cli("up", str(path), "--detach", "--state-dir", str(tmp_path / "state"), check=False)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "security.tls" in out.stderr and "engine: redis" in out.stderr
+    assert not (tmp_path / "state" / "notls").exists()

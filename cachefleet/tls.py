@@ -1,0 +1,176 @@
+"""TLS in transit: a per-cluster CA and the certificate its nodes and router present, and the
+client contexts every cachefleet process uses to reach them.
+
+``<state-dir>/<cluster>/tls/`` (mode 0700) holds ``ca.pem`` (what clients verify against),
+``ca.key``, ``server.pem`` and ``server.key`` (keys 0600). The server certificate carries every
+zone address and 127.0.0.1 (the router's) as IP SANs, so clients verify host names. Which
+addresses speak TLS is learnt when a process loads the cluster's plan
+(:func:`remember_tls`), so every connection helper asks :func:`client_context` and needs no
+new argument.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import ssl
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cachefleet.plan import Plan
+
+VALID_DAYS = 825
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def tls_dir(root: Path) -> Path:
+    return root / "tls"
+
+
+def tls_files(root: Path) -> TlsFiles:
+    d = tls_dir(root)
+    return TlsFiles(ca=d / "ca.pem", cert=d / "server.pem", key=d / "server.key")
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def ensure_certificates(root: Path, cluster: str, addresses: Iterable[str]) -> TlsFiles:
+    """The cluster's CA and server certificate, made once (keys 0600 in a 0700 directory)."""
+    from cryptography import x509  # only `up` of a TLS cluster needs it
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    files = tls_files(root)
+    if files.ca.exists() and files.cert.exists() and files.key.exists():
+        return files
+    d = tls_dir(root)
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    until = now + datetime.timedelta(days=VALID_DAYS)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"cachefleet {cluster} CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(until)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    ips = sorted({*addresses, "127.0.0.1"})
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{cluster} nodes")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(until)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(a)) for a in ips]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    private = serialization.PrivateFormat.PKCS8
+    plain = serialization.NoEncryption()
+    _write(d / "ca.key", ca_key.private_bytes(pem, private, plain), 0o600)
+    _write(files.key, key.private_bytes(pem, private, plain), 0o600)
+    _write(files.cert, cert.public_bytes(pem), 0o644)
+    _write(files.ca, ca.public_bytes(pem), 0o644)
+    return files
+
+
+def engine_has_tls(binary: str) -> bool:
+    """Whether an engine binary was built with TLS: one with it fails on the (absent)
+    certificate; one without says it has no TLS (or refuses ``tls-port`` outright)."""
+    try:
+        out = subprocess.run(
+            [binary, "--port", "0", "--tls-port", "1", "--tls-cert-file", "/nonexistent",
+             "--tls-key-file", "/nonexistent", "--tls-ca-cert-file", "/nonexistent"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    text = (out.stdout + out.stderr).lower()
+    return "failed to load certificate" in text or "failed to configure tls" in text
+
+
+# -- which addresses speak TLS (per process) ---------------------------------------------------
+
+_addresses: dict[tuple[str, int], Path] = {}
+_contexts: dict[Path, ssl.SSLContext] = {}
+
+
+def remember_tls(ca: Path, addresses: Iterable[tuple[str, int]]) -> None:
+    """These addresses (a TLS cluster's nodes and router) speak TLS, verified against `ca`."""
+    for addr in addresses:
+        _addresses[addr] = ca
+
+
+def client_context(host: str, port: int) -> ssl.SSLContext | None:
+    """The context to reach host:port with (None: plain TCP)."""
+    ca = _addresses.get((host, port))
+    if ca is None:
+        return None
+    ctx = _contexts.get(ca)
+    if ctx is None:
+        ctx = _contexts[ca] = ssl.create_default_context(cafile=str(ca))
+    return ctx
+
+
+def ca_for(host: str, port: int) -> Path | None:
+    return _addresses.get((host, port))
+
+
+def server_context(files: TlsFiles) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(files.cert), str(files.key))
+    return ctx
+
+
+def tls_addresses(plan: Plan) -> list[tuple[str, int]]:
+    """Every address of the cluster that speaks TLS: its nodes and its router."""
+    return [(n.host, n.port) for n in plan.nodes] + [(plan.router_host, plan.router_port)]
