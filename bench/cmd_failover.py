@@ -150,7 +150,8 @@ def _replication(host: str, port: int, **auth: Any) -> dict[str, Any]:
 class Ours:
     label = "cachefleet"
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, keep: bool = False) -> None:
+        self.keep = keep
         self.name = f"bench-cmd-{os.getpid()}"
         self.state = tmp / "ours"
         self.topo = tmp / f"{self.name}.yaml"
@@ -191,7 +192,7 @@ class Ours:
 
     def close(self) -> None:
         if self.started:
-            out = self._run("down", self.name, "--purge")
+            out = self._run("down", self.name, *([] if self.keep else ["--purge"]))
             if out.returncode != 0:
                 log(f"cachefleet down failed: {out.stderr.strip()}")
 
@@ -450,6 +451,7 @@ def main() -> None:
     parser.add_argument("--only", choices=("cachefleet", "redis-sentinel"), default=None)
     parser.add_argument("--n", type=int, default=200_000, help="redis-benchmark requests")
     parser.add_argument("--no-throughput", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the logs (a temp dir)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cf-cmd-bench-"))
     results: dict[tuple[str, str], list[tuple[float | None, int, int]]] = {}
@@ -457,7 +459,7 @@ def main() -> None:
     try:
         sides: list[Side] = []
         if args.only in (None, "cachefleet"):
-            sides.append(Ours(tmp))
+            sides.append(Ours(tmp, args.keep))
         if args.only in (None, "redis-sentinel"):
             sides.append(Anchor(tmp))
         for side in sides:
@@ -479,7 +481,10 @@ def main() -> None:
             finally:
                 side.close()
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:
+            log(f"logs kept under {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     shape = f"3 zones, 1 primary + {REPLICAS} replicas, down_after {DEFAULTS.down_after_ms} ms"
     print(f"\nFailover of a cluster-mode-disabled group ({shape}), {args.trials} trials each")
     print("| side | fault | unavailability p50 (s) | p99 (s) | lost acknowledged writes | "

@@ -63,6 +63,10 @@ class Replication:
     primary_addr: tuple[str, int] | None  # whom a replica follows
     syncing: bool  # a full sync is in progress
     connected_replicas: int
+    # the replication history: this node's stream id and the one it continued from (a
+    # promoted replica's replid2 is its old primary's replid); "" when not reported
+    replid: str = ""
+    replid2: str = ""
 
     @classmethod
     def from_info(cls, info: Mapping[str, Any]) -> Replication:
@@ -76,6 +80,8 @@ class Replication:
                 primary_addr=None,
                 syncing=False,
                 connected_replicas=_int(info.get("connected_slaves")),
+                replid=str(info.get("master_replid") or ""),
+                replid2=str(info.get("master_replid2") or ""),
             )
         link_up = info.get("master_link_status") == "up"
         down_s = 0.0
@@ -95,6 +101,8 @@ class Replication:
             primary_addr=(str(host), port) if host and port >= 0 else None,
             syncing=bool(_int(info.get("master_sync_in_progress"))),
             connected_replicas=_int(info.get("connected_slaves")),
+            replid=str(info.get("master_replid") or ""),
+            replid2=str(info.get("master_replid2") or ""),
         )
 
     @classmethod

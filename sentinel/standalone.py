@@ -51,14 +51,30 @@ def misdirected(
     if lead is None or lead.sdown or lead.reply is None or lead.reply.role is not Role.PRIMARY:
         return {}
     target = (primary.host, primary.port)
+    names = {(n.host, n.port): n.name for n in shard.nodes}
     out = {}
     for node in shard.replicas:
         s = seen.get(node.name)
         if s is None or s.sdown or s.reply is None or not is_astray(s.reply, target):
             continue
+        # Whom the node follows now (itself when it leads): if that one was promoted from
+        # the layout's primary, the nodes know of a failover this layout does not (it has not
+        # reached me yet): moving them back under the old primary would wipe the new writes.
+        upstream = s.reply
+        if s.reply.role is Role.REPLICA and s.reply.primary_addr is not None:
+            up = seen.get(names.get(s.reply.primary_addr, ""))
+            upstream = up.reply if up is not None and up.reply is not None else s.reply
+        if succeeded(upstream, lead.reply):
+            continue
         if now - since.get(node.name, now) >= settle_s:
             out[node.name] = target
     return out
+
+
+def succeeded(node: Replication, old: Replication) -> bool:
+    """`node` leads a history that continues `old`'s (it was promoted from `old`'s
+    replicas): it is newer than `old`, never to be put back under it."""
+    return bool(old.replid) and node.replid2 == old.replid
 
 
 def is_astray(reply: Replication, target: tuple[str, int]) -> bool:

@@ -45,12 +45,12 @@ R2 = node("g-0001-003", "az-c", "replica", 7103)
 SHARD = LayoutShard(1, (), (P, R1, R2))
 
 
-def primary_rep() -> Replication:
-    return Replication(Role.PRIMARY, 100, True, 0.0, None, False, 2)
+def primary_rep(replid: str = "a", replid2: str = "") -> Replication:
+    return Replication(Role.PRIMARY, 100, True, 0.0, None, False, 2, replid, replid2)
 
 
-def replica_of(addr: tuple[str, int], link: bool = True) -> Replication:
-    return Replication(Role.REPLICA, 100, link, 0.0 if link else 3.0, addr, False, 0)
+def replica_of(addr: tuple[str, int], link: bool = True, replid: str = "a") -> Replication:
+    return Replication(Role.REPLICA, 100, link, 0.0 if link else 3.0, addr, False, 0, replid)
 
 
 # -- configs -------------------------------------------------------------------------------
@@ -142,6 +142,12 @@ def seen(**over: Seen) -> dict[str, Seen]:
     return base
 
 
+def test_replication_history_from_info() -> None:
+    rep = Replication.from_info({"role": "master", "master_replid": "b", "master_replid2": "a"})
+    assert (rep.replid, rep.replid2) == ("b", "a")
+    assert Replication.from_text("role:slave\r\nmaster_replid:b\r\n").replid == "b"
+
+
 def test_astray() -> None:
     assert is_astray(primary_rep(), TARGET)
     assert is_astray(replica_of(("127.0.9.1", 1)), TARGET)
@@ -172,6 +178,16 @@ def test_astray() -> None:
         # a stray that is down itself is left to its agent
         ({R1.name: Seen(primary_rep(), True)}, False, {R1.name: 0.0}, {}),
         ({R1.name: Seen(None, False)}, False, {R1.name: 0.0}, {}),
+        # the old primary resumed while this sentinel still has the old layout (it names the
+        # old primary) and R1 was promoted from it: R1 is newer, never put back under it
+        ({R1.name: Seen(primary_rep("b", replid2="a"), False)}, False, {R1.name: 0.0}, {}),
+        # ... nor is a replica that already follows R1
+        ({R1.name: Seen(primary_rep("b", replid2="a"), False),
+          R2.name: Seen(replica_of((R1.host, R1.port), replid="b"), False)}, False,
+         {R1.name: 0.0, R2.name: 0.0}, {}),
+        # a resumed old primary (its history is older than the layout's primary's) is moved
+        ({P.name: Seen(primary_rep("b", replid2="a"), False),
+          R1.name: Seen(primary_rep("a"), False)}, False, {R1.name: 0.0}, {R1.name: TARGET}),
     ],
 )  # fmt: skip
 def test_misdirected(
