@@ -496,3 +496,18 @@ def bus_login(host: str, port: int) -> tuple[str, str] | None:
         return _bus_role, ensure_bus_secrets(root)[_bus_role]
     except (OSError, ValueError, KeyError):
         return None
+
+
+def security_summary(security: Security, ca: Path | None) -> str:
+    """One line for `up`: what is enforced, and where (never a secret)."""
+    parts = [f"TLS (CA {ca})" if security.tls and ca is not None else "no TLS"]
+    if security.auth_token_file is not None:
+        parts.append("AUTH token required")
+    if security.users:
+        parts.append(f"users {', '.join(u.name for u in security.users)}")
+    if security.allowed_sources:
+        parts.append(
+            f"the router admits {', '.join(security.allowed_sources)} only; nodes rely on "
+            "their zone address binding (no packet filters)"
+        )
+    return "; ".join(parts)

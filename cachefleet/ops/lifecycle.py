@@ -32,9 +32,15 @@ from cachefleet.proc import (
     spawn,
     stop_processes,
 )
-from cachefleet.security import read_secrets, remember_bus, save_secrets
+from cachefleet.security import read_secrets, remember_bus, save_secrets, security_summary
 from cachefleet.state import ClusterDir, state_home
-from cachefleet.tls import engine_has_tls, ensure_certificates, remember_tls, tls_addresses
+from cachefleet.tls import (
+    ca_for,
+    engine_has_tls,
+    ensure_certificates,
+    remember_tls,
+    tls_addresses,
+)
 from cachefleet.topology import Topology, load_topology
 
 Out = Callable[[str], None]
@@ -441,7 +447,14 @@ def _print_endpoints(plan: Plan, layout: Layout | None, out: Out) -> None:
             primary = f"{p.name} {p.address} ({p.zone})" if p else "none"
             reps = ", ".join(f"{r.name} {r.address} ({r.zone})" for r in shard.replicas) or "none"
             out(f"  shard {shard.id} slots {ranges}: primary {primary}; replicas {reps}")
-    out(f"  try: redis-cli -c -h {plan.router_host} -p {plan.router_port} set foo bar")
+    sec = plan.topology.security
+    ca = ca_for(plan.router_host, plan.router_port)
+    opts = (f" --tls --cacert {ca}" if ca is not None else "") + (
+        " --askpass" if sec.requires_auth else ""
+    )
+    if sec.tls or sec.requires_auth or sec.allowed_sources:
+        out(f"  security: {security_summary(sec, ca)}")
+    out(f"  try: redis-cli -c{opts} -h {plan.router_host} -p {plan.router_port} set foo bar")
 
 
 async def _foreground(plan: Plan, cdir: ClusterDir, out: Out) -> int:

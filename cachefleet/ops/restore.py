@@ -35,6 +35,7 @@ from cachefleet.sealing import Key
 from cachefleet.slots import SLOTS, key_slot, split_slots
 from cachefleet.snapshots import ShardSnapshot, SnapshotError
 from cachefleet.state import ClusterDir, state_home
+from cachefleet.tls import client_context
 from cachefleet.topology import load_topology
 
 SCAN_COUNT = 1000  # keys per SCAN step, and per pipelined DUMP/RESTORE round
@@ -96,7 +97,13 @@ class _Link:
 
     @classmethod
     async def open(cls, host: str, port: int, auth: Credentials | None = None) -> _Link:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+        tls = client_context(host, port)  # a TLS cluster's node (the private engine is plain)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                host, port, ssl=tls, server_hostname=host if tls is not None else None
+            ),
+            10,
+        )
         link = cls(reader, writer)
         if auth is not None:
             await link.call(

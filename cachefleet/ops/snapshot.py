@@ -12,6 +12,7 @@ one global instant (as the managed service's snapshots are).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import io
@@ -35,6 +36,7 @@ from cachefleet.resp import encode_command
 from cachefleet.sealing import Key
 from cachefleet.snapshots import Manifest, ShardSnapshot, SnapshotError
 from cachefleet.state import ClusterDir, state_home
+from cachefleet.tls import client_context
 
 Out = Callable[[str], None]
 
@@ -184,7 +186,11 @@ async def _stream_rdb(node: LayoutNode, auth: Credentials, dest: Path) -> str:
 
 def _stream_rdb_blocking(node: LayoutNode, auth: Credentials, dest: Path) -> str:
     digest = hashlib.sha256()
-    with socket.create_connection((node.host, node.port), timeout=60) as sock:
+    tls = client_context(node.host, node.port)  # a TLS cluster's node
+    with contextlib.ExitStack() as stack:
+        raw = stack.enter_context(socket.create_connection((node.host, node.port), timeout=60))
+        sock = tls.wrap_socket(raw, server_hostname=node.host) if tls is not None else raw
+        stack.enter_context(sock)
         sock.sendall(
             encode_command([b"AUTH", auth.user.encode(), auth.password.encode()])
             + encode_command([b"REPLCONF", b"rdb-only", b"1"])

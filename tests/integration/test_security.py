@@ -452,6 +452,8 @@ def test_tls_end_to_end_with_redis_cli_redis_py_and_a_failover(
     )
     ca = c.cdir.root / "tls" / "ca.pem"
     assert (c.cdir.root / "tls" / "server.key").stat().st_mode & 0o077 == 0
+    assert f"redis-cli -c --tls --cacert {ca} --askpass" in c.up_output
+    assert "AUTH token required" in c.up_output
     host, port = c.router
     tls: dict[str, Any] = {"ssl": True, "ssl_ca_certs": str(ca), "password": TOKEN_A}
 
@@ -503,6 +505,11 @@ def test_tls_end_to_end_with_redis_cli_redis_py_and_a_failover(
     assert rc.get(key) == b"after"
     r.close()
     rc.close()
+
+    # a snapshot streams each shard's RDB over TLS too
+    cli("snapshot", "create", c.name, "--id", "tlssnap", "--state-dir", str(c.state_dir))
+    manifest = json.loads((c.state_dir / "snapshots" / "tlssnap" / "manifest.json").read_text())
+    assert sum(s["keys"] for s in manifest["shards"]) >= 200
 
 
 def test_tls_on_an_engine_without_it_is_refused_and_names_the_fix(tmp_path: Path) -> None:

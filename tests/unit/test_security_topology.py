@@ -20,6 +20,7 @@ from cachefleet.security import (
     save_secrets,
     secret_problem,
     secrets_path,
+    security_summary,
     source_allowed,
     user_acl_lines,
 )
@@ -291,6 +292,20 @@ def test_setuser_arguments() -> None:
     token = Secrets(open=False, tokens=(OTHER,))
     assert default_setuser(token) == ["default", "on", "resetpass", f">{OTHER}"]
     assert default_setuser(token, adding=[GOOD]) == ["default", f">{GOOD}"]
+
+
+def test_summary_names_what_is_enforced_and_no_secret() -> None:
+    t = topo(
+        {
+            "tls": True,
+            "auth_token_file": "token",
+            "users": [{"name": "app", "password_files": ["p"], "access": "on ~*"}],
+            "allowed_sources": ["127.0.0.1/32"],
+        }
+    )
+    line = security_summary(t.security, Path("/s/c/tls/ca.pem"))
+    assert line.startswith("TLS (CA /s/c/tls/ca.pem); AUTH token required; users app; ")
+    assert "127.0.0.1/32 only" in line and "no packet filters" in line
 
 
 @pytest.mark.parametrize(
