@@ -46,6 +46,7 @@ from cachefleet.plan import Plan
 from cachefleet.proc import live_processes
 from cachefleet.security import load_secrets
 from cachefleet.state import ClusterDir, state_home
+from cachefleet.tls import ca_for
 from cachefleet.topology import load_topology
 
 Out = Callable[[str], None]
@@ -194,6 +195,7 @@ class ChaosRun:
             self.keys,
             self.scenario.seed,
             Credentials(*login) if login is not None else None,
+            ca_for(plan.router_host, plan.router_port),  # a TLS cluster's CA
         )
         trial = Trial(number, time.monotonic())
         stop = asyncio.Event()

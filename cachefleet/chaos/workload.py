@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aredis
@@ -132,10 +133,12 @@ class WorkloadRun:
         keys: Sequence[str],
         seed: int,
         auth: Credentials | None = None,
+        ca: Path | None = None,
     ) -> None:
         self.spec = spec
         self.plan = plan
         self.auth = auth  # the client's login where the cluster requires AUTH
+        self.ca = ca  # the cluster's CA where it speaks TLS
         self.keys = list(keys)
         self.seed = seed
 
@@ -160,12 +163,16 @@ class WorkloadRun:
         if self.spec.via == "router":
             return aredis.Redis(
                 host=host, port=port, socket_timeout=timeout, socket_connect_timeout=timeout,
-                username=self.user, password=self.password,
+                username=self.user, password=self.password, **self.tls,
             )  # fmt: skip
         return RedisCluster(
             host=host, port=port, socket_timeout=timeout, socket_connect_timeout=timeout,
-            username=self.user, password=self.password,
+            username=self.user, password=self.password, **self.tls,
         )  # fmt: skip
+
+    @property
+    def tls(self) -> dict[str, Any]:
+        return {"ssl": True, "ssl_ca_certs": str(self.ca)} if self.ca is not None else {}
 
     @property
     def user(self) -> str | None:
@@ -254,7 +261,7 @@ class WorkloadRun:
             client = aredis.Redis(
                 host=addr[0], port=addr[1], socket_timeout=w.op_timeout_ms / 1000,
                 socket_connect_timeout=w.op_timeout_ms / 1000, single_connection_client=True,
-                username=self.user, password=self.password,
+                username=self.user, password=self.password, **self.tls,
             )  # fmt: skip
             node_clients[name] = client
         try:
@@ -305,7 +312,7 @@ class WorkloadRun:
         """Every key's value once the cluster is whole again (retried for FINAL_READ_S)."""
         rc = RedisCluster(
             host=self.plan.router_host, port=self.plan.router_port, socket_timeout=2,
-            username=self.user, password=self.password,
+            username=self.user, password=self.password, **self.tls,
         )  # fmt: skip
         out: dict[str, int | None] = {}
         deadline = time.monotonic() + FINAL_READ_S

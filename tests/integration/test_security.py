@@ -31,6 +31,13 @@ from cachefleet.tls import engine_has_tls
 
 pytestmark = pytest.mark.integration
 
+TLS_ENGINE = shutil.which("redis-server")
+needs_tls_engine = pytest.mark.skipif(
+    TLS_ENGINE is None or not engine_has_tls(TLS_ENGINE),
+    reason="needs an engine built with TLS (Debian's redis-server)",
+)
+
+
 TOKEN_A = "tokenA-0123456789abcdef"
 TOKEN_B = "tokenB-fedcba9876543210"
 APP_PW = "app-password-0123456789"
@@ -385,11 +392,14 @@ def test_a_killed_primary_fails_over_with_auth_on(tmp_path: Path, cluster_factor
     app.close()
 
 
-def test_kill_primary_chaos_passes_with_auth_on(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tls", [False, pytest.param(True, marks=needs_tls_engine)])
+def test_kill_primary_chaos_passes_with_auth_on(tmp_path: Path, tls: bool) -> None:
     """The kill-primary scenario on a secured cluster: the workload's clients (a cluster
-    client bootstrapped at the router, then the nodes) log in with the token."""
+    client bootstrapped at the router, then the nodes) log in with the token, over TLS
+    where the cluster speaks it."""
     (tmp_path / "token").write_text(TOKEN_A + "\n")
-    topo = base_topology("chaosauth", security={"auth_token_file": "token"})
+    security = {"auth_token_file": "token", "tls": tls}
+    topo = base_topology("chaosauth", security=security, engine="redis" if tls else "valkey")
     topo_path = tmp_path / "chaosauth.yaml"
     topo_path.write_text(yaml.safe_dump(topo))
     scenario = {
@@ -433,13 +443,6 @@ def test_a_token_set_while_stopped_is_what_the_restarted_cluster_takes(
     c.remember_pids()
     for h, p in addresses(c):
         assert accepts(h, p, TOKEN_B) and not accepts(h, p, TOKEN_A), (h, p)
-
-
-TLS_ENGINE = shutil.which("redis-server")
-needs_tls_engine = pytest.mark.skipif(
-    TLS_ENGINE is None or not engine_has_tls(TLS_ENGINE),
-    reason="needs an engine built with TLS (Debian's redis-server)",
-)
 
 
 @needs_tls_engine
