@@ -37,14 +37,16 @@ def cli(*args: str) -> str:
     return out.stdout
 
 
-def bench(port: int, host: str, pipeline: int, n: int, password: str | None) -> dict[str, float]:
+def bench(
+    port: int, host: str, pipeline: int, n: int, password: str | None, extra: tuple[str, ...] = ()
+) -> dict[str, float]:
     binary = shutil.which("redis-benchmark") or shutil.which("valkey-benchmark")
     if binary is None:
         raise SystemExit("redis-benchmark (or valkey-benchmark) is needed on the PATH")
     auth = ["-a", password] if password else []
     out = subprocess.run(
         [binary, "-h", host, "-p", str(port), "-t", "set,get", "-n", str(n), "-c", "50",
-         "-P", str(pipeline), "--csv", "-r", "100000", *auth],
+         "-P", str(pipeline), "--csv", "-r", "100000", *auth, *extra],
         capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     if out.returncode != 0 or "rps" not in out.stdout:
@@ -55,18 +57,24 @@ def bench(port: int, host: str, pipeline: int, n: int, password: str | None) -> 
     }
 
 
-def start(work: Path, name: str, secured: bool) -> dict[str, tuple[str, int]]:
+def start(
+    work: Path, name: str, secured: bool, *, engine: str = "valkey", tls: bool = False
+) -> dict[str, tuple[str, int]]:
     """`up` a one-shard cluster; its router and node addresses."""
     topo: dict[str, object] = {
         "name": name,
+        "engine": engine,
         "zones": ["az-a"],
         "shards": 1,
         "replicas_per_shard": 0,
         "node_type": "cache.medium",
     }
+    security: dict[str, object] = {"tls": True} if tls else {}
     if secured:
         (work / "token").write_text(TOKEN + "\n")
-        topo["security"] = {"auth_token_file": "token"}
+        security["auth_token_file"] = "token"
+    if security:
+        topo["security"] = security
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(topo))
     state = work / "state"

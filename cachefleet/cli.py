@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--state-dir", default=None)
 
+    p = sub.add_parser("certs", help="TLS certificates of a cluster")
+    certs = p.add_subparsers(dest="certs_command", required=True)
+    q = certs.add_parser("rotate", help="renew the server certificate without downtime")
+    q.add_argument("name")
+    q.add_argument("--state-dir", default=None)
+
     p = sub.add_parser("snapshot", help="create, list or delete snapshots (backups)")
     snap = p.add_subparsers(dest="snapshot_command", required=True)
     q = snap.add_parser("create", help="snapshot a running cluster, shard by shard")
@@ -218,6 +224,14 @@ def _auth(args: argparse.Namespace) -> int:
     )
     accepted = "the old and the new token" if len(secrets.tokens) > 1 else "only the new token"
     _out(f"cluster {args.name}: every node and router accepts {accepted}")
+    return 0
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from cachefleet.ops.certs import rotate_certificates
+
+    serial = asyncio.run(rotate_certificates(args.name, state_dir=args.state_dir, out=_out))
+    _out(f"cluster {args.name}: every node and router serves certificate {serial:x}")
     return 0
 
 
@@ -354,6 +368,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "down": _down,
     "failover": _failover,
     "auth": _auth,
+    "certs": _certs,
     "events": _events,
     "logs": _logs,
     "top": _top,

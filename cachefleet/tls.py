@@ -51,10 +51,10 @@ def _write(path: Path, data: bytes, mode: int) -> None:
 
 def ensure_certificates(root: Path, cluster: str, addresses: Iterable[str]) -> TlsFiles:
     """The cluster's CA and server certificate, made once (keys 0600 in a 0700 directory)."""
-    from cryptography import x509  # only `up` of a TLS cluster needs it
+    from cryptography import x509  # only TLS clusters need it
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.x509.oid import NameOID
 
     files = tls_files(root)
     if files.ca.exists() and files.cert.exists() and files.key.exists():
@@ -62,7 +62,6 @@ def ensure_certificates(root: Path, cluster: str, addresses: Iterable[str]) -> T
     d = tls_dir(root)
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
-    until = now + datetime.timedelta(days=VALID_DAYS)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"cachefleet {cluster} CA")])
     ca = (
@@ -72,7 +71,7 @@ def ensure_certificates(root: Path, cluster: str, addresses: Iterable[str]) -> T
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(until)
+        .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -90,16 +89,42 @@ def ensure_certificates(root: Path, cluster: str, addresses: Iterable[str]) -> T
         )
         .sign(ca_key, hashes.SHA256())
     )
+    pem = serialization.Encoding.PEM
+    _write(
+        d / "ca.key",
+        ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        0o600,
+    )
+    _write(files.ca, ca.public_bytes(pem), 0o644)
+    issue_server_certificate(root, cluster, addresses)
+    return files
+
+
+def issue_server_certificate(root: Path, cluster: str, addresses: Iterable[str]) -> int:
+    """A new server certificate (and key) signed by the cluster's CA, every zone address and
+    127.0.0.1 as IP SANs, put in place of the current one; returns its serial number. The key
+    goes in first, then the certificate, each by an atomic rename."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    files = tls_files(root)
+    d = tls_dir(root)
+    ca = x509.load_pem_x509_certificate(files.ca.read_bytes())
+    ca_key = serialization.load_pem_private_key((d / "ca.key").read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    now = datetime.datetime.now(datetime.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
     ips = sorted({*addresses, "127.0.0.1"})
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{cluster} nodes")]))
-        .issuer_name(ca_name)
+        .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(until)
+        .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
         .add_extension(
             x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(a)) for a in ips]),
             critical=False,
@@ -114,13 +139,26 @@ def ensure_certificates(root: Path, cluster: str, addresses: Iterable[str]) -> T
         .sign(ca_key, hashes.SHA256())
     )
     pem = serialization.Encoding.PEM
-    private = serialization.PrivateFormat.PKCS8
-    plain = serialization.NoEncryption()
-    _write(d / "ca.key", ca_key.private_bytes(pem, private, plain), 0o600)
-    _write(files.key, key.private_bytes(pem, private, plain), 0o600)
-    _write(files.cert, cert.public_bytes(pem), 0o644)
-    _write(files.ca, ca.public_bytes(pem), 0o644)
-    return files
+    key_pem = key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    for path, data, mode in (
+        (files.key, key_pem, 0o600),
+        (files.cert, cert.public_bytes(pem), 0o644),
+    ):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        _write(tmp, data, mode)
+        tmp.replace(path)
+    return int(cert.serial_number)
+
+
+def certificate_serial(pem_or_der: bytes) -> int:
+    """The serial number of a certificate (PEM or DER)."""
+    from cryptography import x509
+
+    if pem_or_der.lstrip().startswith(b"-----"):
+        return int(x509.load_pem_x509_certificate(pem_or_der).serial_number)
+    return int(x509.load_der_x509_certificate(pem_or_der).serial_number)
 
 
 def engine_has_tls(binary: str) -> bool:

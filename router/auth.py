@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 from cachefleet.credentials import Credentials
 from cachefleet.resp import Err, encode_command
 from cachefleet.security import Secrets, ack_path, load_secrets, secrets_path
+from cachefleet.tls import TlsFiles, certificate_serial
 
 RELOAD_S = 0.2
 
@@ -126,3 +128,27 @@ class Authenticator:
         except UnicodeDecodeError:
             return WRONGPASS
         return name if self.check(name, secret) else WRONGPASS
+
+
+async def watch_certificate(
+    ctx: ssl.SSLContext, files: TlsFiles, ack: Path, stop: asyncio.Event, log: Any
+) -> None:
+    """Serve a renewed certificate (``cachefleet certs rotate``) to new connections: reload
+    it when its file changes and acknowledge the serial served (``security/<process>.cert``)."""
+    stamp: int | None = None
+    while not stop.is_set():
+        try:
+            mtime = files.cert.stat().st_mtime_ns
+            if mtime != stamp:
+                ctx.load_cert_chain(str(files.cert), str(files.key))
+                serial = certificate_serial(files.cert.read_bytes())
+                stamp = mtime
+                ack.parent.mkdir(mode=0o700, exist_ok=True)
+                tmp = ack.with_name(f".{ack.name}.{os.getpid()}")
+                tmp.write_text(f"{serial} {os.getpid()}\n")
+                tmp.replace(ack)
+                log.info("certificate_loaded", serial=f"{serial:x}")
+        except (OSError, ssl.SSLError, ValueError) as exc:  # mid-rotation: the next tick
+            log.info("certificate_not_loaded", error=str(exc))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)

@@ -34,7 +34,7 @@ from cachefleet.slots import key_slot
 from cachefleet.state import ClusterDir
 from cachefleet.tls import server_context, tls_files
 from router import endpoint, multikey, policy, pubsub, replies, transactions
-from router.auth import NO_AUTH_COMMANDS, NOAUTH, Authenticator
+from router.auth import NO_AUTH_COMMANDS, NOAUTH, Authenticator, watch_certificate
 from router.backend import BackendLost
 from router.client import Call, ClientConn
 from router.commands import LOCAL as LOCAL_COMMANDS
@@ -351,6 +351,13 @@ async def run_router(
         tg.create_task(router.watch_requests(stop), name="router.request_deadlines")
         if router.auth is not None:
             tg.create_task(router.auth.watch(stop, router.log), name="router.credentials")
+        if tls is not None and plan_path is not None:
+            process = "router" if worker == 0 else f"router.{worker}"
+            ack = plan_path.parent / "security" / f"{process}.cert"
+            files = tls_files(plan_path.parent)
+            tg.create_task(
+                watch_certificate(tls, files, ack, stop, router.log), name="router.certificate"
+            )
         await stop.wait()
         server.close()
         for task in list(router.tasks):

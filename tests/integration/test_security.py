@@ -24,10 +24,11 @@ import yaml
 from helpers import RunningCluster, assert_all_gone, base_topology, cli, wait_for
 from redis.cluster import RedisCluster
 
+from cachefleet.ops.certs import served_serial
 from cachefleet.proc import live_processes
 from cachefleet.slots import key_slot
 from cachefleet.state import ClusterDir
-from cachefleet.tls import engine_has_tls
+from cachefleet.tls import certificate_serial, engine_has_tls
 
 pytestmark = pytest.mark.integration
 
@@ -523,3 +524,47 @@ def test_tls_on_an_engine_without_it_is_refused_and_names_the_fix(tmp_path: Path
     assert out.returncode == 2, out.stdout + out.stderr
     assert "security.tls" in out.stderr and "engine: redis" in out.stderr
     assert not (tmp_path / "state" / "notls").exists()
+
+
+@needs_tls_engine
+def test_certs_rotate_renews_every_certificate_without_a_failed_request(
+    tmp_path: Path, cluster_factory: Any
+) -> None:
+    c: RunningCluster = cluster_factory(engine="redis", shards=1, security={"tls": True})
+    ca = c.cdir.root / "tls" / "ca.pem"
+    before = certificate_serial((c.cdir.root / "tls" / "server.pem").read_bytes())
+    host, port = c.router
+    stop = threading.Event()
+    failures: list[str] = []
+    done: list[int] = []
+
+    def writer() -> None:
+        """Reconnects every 20 requests: new handshakes all through the rotation."""
+        n = 0
+        while not stop.is_set():
+            r = redis.Redis(host=host, port=port, ssl=True, ssl_ca_certs=str(ca), socket_timeout=10)
+            try:
+                for _ in range(20):
+                    r.set(f"rot:{n % 50}", n)
+                    n += 1
+            except redis.RedisError as exc:
+                failures.append(repr(exc))
+            finally:
+                r.close()
+        done.append(n)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        time.sleep(0.5)
+        out = cli("certs", "rotate", c.name, "--state-dir", str(c.state_dir)).stdout
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        t.join(timeout=60)
+    assert not failures, failures[:3]
+    assert done and done[0] > 50
+    after = certificate_serial((c.cdir.root / "tls" / "server.pem").read_bytes())
+    assert after != before and f"{after:x}" in out
+    for h, p in addresses(c):
+        assert served_serial(h, p) == after, (h, p)
