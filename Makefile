@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) bench/cmd_failover.py
 	$(PY) bench/router.py
 	$(PY) bench/snapshot.py
+	$(PY) bench/reshard.py
 	$(PY) bench/memcached.py
 	$(PY) bench/metrics.py
 	$(PY) bench/api_describe.py

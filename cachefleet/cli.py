@@ -53,6 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default=None, help="state directory (default ~/.cachefleet)")
 
     p = sub.add_parser(
+        "apply",
+        help="change a running cluster to match its topology file, online "
+        "(shards, replicas, node type, parameters, engine); like `up` when it is not running",
+    )
+    p.add_argument("topology", help="topology YAML file (the desired state)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--state-dir", default=None)
+
+    p = sub.add_parser(
         "status",
         help="show a cluster's shards, nodes and endpoints; "
         "exit 0 when available, 1 when degraded/failing over, 3 when stopped",
@@ -176,6 +187,22 @@ def _up(args: argparse.Namespace) -> int:
         return api_command.up_template(args, _out)
     return asyncio.run(
         lifecycle.up(args.topology, state_dir=args.state_dir, detach=args.detach, out=_out)
+    )
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from cachefleet.ops import apply
+
+    return asyncio.run(
+        apply.apply(
+            args.topology,
+            state_dir=args.state_dir,
+            dry_run=args.dry_run,
+            assume_yes=args.yes,
+            as_json=args.json,
+            out=_out,
+            confirm=apply.confirm_on_terminal,
+        )
     )
 
 
@@ -364,6 +391,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "up": _up,
+    "apply": _apply,
     "status": _status,
     "down": _down,
     "failover": _failover,

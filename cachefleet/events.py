@@ -46,6 +46,12 @@ EVENT_TYPES = frozenset(
         "snapshot_completed",
         "snapshot_failed",
         "snapshot_deleted",
+        # apply: a running cluster changed online
+        "modify_started",
+        "modify_completed",
+        "modify_failed",
+        "slots_migrated",
+        "parameter_changed",
     }
 )
 

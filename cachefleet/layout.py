@@ -170,8 +170,9 @@ class Layout:
         if self.cluster != plan.name:
             raise LayoutError("cluster", f"{self.cluster!r} is not {plan.name!r}")
         planned = {n.name: n for n in plan.nodes}
+        planned_shards = {n.shard for n in plan.nodes}  # while `apply` runs: old and new shards
         for shard in self.shards:
-            if shard.id > plan.topology.shards:
+            if shard.id not in planned_shards:
                 raise LayoutError("shards", f"shard {shard.id} is not in the plan")
             for node in shard.nodes:
                 spec = planned.get(node.name)

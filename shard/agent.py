@@ -479,10 +479,11 @@ class ZoneAgent:
 
     async def publish_states(self) -> None:
         while not self.stopping.is_set():
+            sampled = list(self.nodes.values())  # a new plan may change the dict meanwhile
             results = await asyncio.gather(
-                *(self._sample(rt) for rt in self.nodes.values()), return_exceptions=True
+                *(self._sample(rt) for rt in sampled), return_exceptions=True
             )
-            for rt, result in zip(self.nodes.values(), results, strict=True):
+            for rt, result in zip(sampled, results, strict=True):
                 if isinstance(result, Exception):  # a state sample never takes the agent down
                     self.log.warning("state_sample_failed", node=rt.spec.name, error=repr(result))
             with contextlib.suppress(TimeoutError):

@@ -104,6 +104,7 @@ def render_engine_config(
         "cluster-allow-replica-migration no",
         f"maxmemory {topo.maxmemory}",
         f"maxmemory-policy {topo.maxmemory_policy}",
+        *(f"{key} {_quoted(value)}" for key, value in topo.parameters),
         f"appendonly {'yes' if topo.persistence.appendonly else 'no'}",
         f"appendfsync {topo.persistence.appendfsync}",
         'save ""',
@@ -174,3 +175,8 @@ def memcached_argv(plan: Plan, node: NodeSpec, marker: Path, *, as_root: bool) -
     if as_root:
         argv += ["-u", "root"]  # memcached refuses to run as root unless told to
     return argv
+
+
+def _quoted(value: str) -> str:
+    """A config value as the engine's config parser reads it (empty and $ need quotes)."""
+    return f'"{value}"' if not value or not value.replace("-", "").isalnum() else value

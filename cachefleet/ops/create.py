@@ -136,7 +136,10 @@ class Creator:
         plan = self.plan
         calls = []
         for shard_index, (start, end) in enumerate(plan.slot_ranges):
-            primary = next(n for n in plan.shard_nodes(shard_index + 1) if n.member == 0)
+            members = plan.shard_nodes(shard_index + 1)
+            if not members:
+                continue
+            primary = min(members, key=lambda n: n.member)  # member 0 may have been replaced
             view = await self._nodes_view(primary.name) or []
             held = {slot for line in view for a, b in line.slots for slot in range(a, b + 1)}
             missing = missing_ranges(start, end, held)

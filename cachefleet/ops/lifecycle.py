@@ -281,18 +281,7 @@ async def _scale_memcached(
     step(f"cluster {plan.name}: {len(old.nodes)} -> {len(plan.nodes)} memcached nodes")
     if not any(k.startswith(("agent", "router")) for k in live):
         return plan
-    # The supervisor reads the plan when it starts: the agents start it again at once, and it
-    # starts an agent for a zone that had no node before.
-    if "supervisor" in live:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(live["supervisor"], signal.SIGTERM)
-    else:
-        ensure_supervisor(cdir)
-    wanted = control_processes(plan, cdir)
-    for name, pid in live.items():  # a zone left without nodes needs no agent
-        if name.startswith("agent.") and name not in wanted:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+    follow_zones(plan, cdir, live)
     step(f"waiting for {len(added)} new and {len(removed)} removed node(s)")
     await memcached.wait_nodes(plan, 30.0)
     await memcached.wait_stopped(cdir, [n.name for n in removed], 15.0)
@@ -311,6 +300,27 @@ async def _scale_memcached(
         await memcached.wait_router(plan, version, 15.0)
     step(f"cluster {plan.name} is available (discovery version {version})")
     return None
+
+
+def follow_zones(plan: Plan, cdir: ClusterDir, live: dict[str, int]) -> bool:
+    """After plan.json changed the set of zones with nodes: the supervisor starts again (it
+    reads the plan when it starts, and starts an agent for a zone that had no node before;
+    the agents start it again at once), and an agent whose zone has no node left stops.
+    Returns whether anything was restarted or stopped."""
+    agents = {k for k in live if k.startswith("agent.")}
+    if agents == {f"agent.{z}" for z in {n.zone for n in plan.nodes}}:
+        return False
+    if "supervisor" in live:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(live["supervisor"], signal.SIGTERM)
+    else:
+        ensure_supervisor(cdir)
+    wanted = control_processes(plan, cdir)
+    for name, pid in live.items():  # a zone left without nodes needs no agent
+        if name.startswith("agent.") and name not in wanted:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+    return True
 
 
 def router_workers(plan: Plan) -> int:

@@ -115,9 +115,9 @@ async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
 
     shards: list[dict[str, Any]] = []
     all_nodes: list[dict[str, Any]] = []
-    for shard_id in range(1, plan.topology.shards + 1):
+    for shard_id in sorted({n.shard for n in plan.nodes}):  # while `apply` runs: old and new
         members = plan.shard_nodes(shard_id)
-        lshard = layout.shard(shard_id) if layout else None
+        lshard = next((s for s in layout.shards if s.id == shard_id), None) if layout else None
         layout_roles = {n.name: n.role for n in lshard.nodes} if lshard else {}
         nodes = [node_json(m.name, layout_roles.get(m.name)) for m in members]
         layout_primary = lshard.primary.name if lshard and lshard.primary else None
@@ -133,6 +133,8 @@ async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
             ),
             key=lambda n: n["name"] != layout_primary,
         )
+        if not claimants and layout_primary:  # a shard `apply` just added: no slots yet
+            claimants = [n for n in nodes if n["name"] == layout_primary and n["role"] == "primary"]
         primary: dict[str, Any] | None = None
         slots: list[list[int]] = [list(r) for r in lshard.slots] if lshard else []
         if claimants:
@@ -152,6 +154,8 @@ async def status(name: str, *, state_dir: str | None) -> dict[str, Any]:
         state = "creating"
     elif failing_over:
         state = "failing-over"
+    elif (cdir.root / "modifying.json").exists():  # `apply` is changing it
+        state = "modifying"
     elif all(n["healthy"] for n in all_nodes) and all(s["primary"] for s in shards):
         state = "available"
     else:
