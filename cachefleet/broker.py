@@ -16,11 +16,15 @@ from amqtt.broker import Broker
 
 from cachefleet.log import configure
 from cachefleet.state import ClusterDir, state_home
+from cachefleet.tls import TlsFiles, tls_files
 
 
-def broker_config(host: str, port: int, root: Path | None = None) -> dict[str, object]:
+def broker_config(
+    host: str, port: int, root: Path | None = None, tls: TlsFiles | None = None
+) -> dict[str, object]:
     """A cluster's broker (`root`: its directory) admits only the cluster's role credentials
-    and lets each role publish only its own topics; without `root`, anyone (tests)."""
+    and lets each role publish only its own topics; without `root`, anyone (tests). With
+    `tls` (a TLS cluster) it speaks MQTT over TLS only."""
     plugins: dict[str, object] = {
         "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
     }
@@ -29,14 +33,16 @@ def broker_config(host: str, port: int, root: Path | None = None) -> dict[str, o
             "cachefleet.busauth.RoleAuthPlugin": {"root": str(root)},
             "cachefleet.busauth.RoleTopicPlugin": {"cluster": root.name},
         }
-    return {
-        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 0}},
-        "plugins": plugins,
-    }
+    listener: dict[str, object] = {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 0}
+    if tls is not None:
+        listener.update(ssl=True, certfile=str(tls.cert), keyfile=str(tls.key), cafile=str(tls.ca))
+    return {"listeners": {"default": listener}, "plugins": plugins}
 
 
-async def serve(host: str, port: int, root: Path | None = None) -> None:
-    broker = Broker(broker_config(host, port, root))
+async def serve(
+    host: str, port: int, root: Path | None = None, tls: TlsFiles | None = None
+) -> None:
+    broker = Broker(broker_config(host, port, root, tls))
     await broker.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -57,8 +63,11 @@ def main() -> None:
     logging.getLogger("amqtt").setLevel(logging.ERROR)
     logging.getLogger("transitions").setLevel(logging.ERROR)
     log.info("broker_started", address=f"{args.host}:{args.port}")
-    root = ClusterDir(state_home(args.state_dir), args.cluster).root if args.cluster else None
-    asyncio.run(serve(args.host, args.port, root))
+    cdir = ClusterDir(state_home(args.state_dir), args.cluster) if args.cluster else None
+    tls = None
+    if cdir is not None and cdir.exists() and cdir.load_plan().topology.security.tls:
+        tls = tls_files(cdir.root)
+    asyncio.run(serve(args.host, args.port, cdir.root if cdir else None, tls))
     log.info("broker_stopped")
 
 

@@ -16,6 +16,7 @@ import aiomqtt
 
 from cachefleet.errors import BusError
 from cachefleet.security import bus_login
+from cachefleet.tls import client_context
 
 SCHEMA_VERSION = 1
 
@@ -55,6 +56,7 @@ def client(
         port,
         username=login[0] if login else None,
         password=login[1] if login else None,
+        tls_context=client_context(host, port),  # a TLS cluster's embedded broker
         identifier=f"{name}-{uuid.uuid4().hex[:8]}",
         will=will_msg,
         keepalive=5,

@@ -210,5 +210,9 @@ def server_context(files: TlsFiles) -> ssl.SSLContext:
 
 
 def tls_addresses(plan: Plan) -> list[tuple[str, int]]:
-    """Every address of the cluster that speaks TLS: its nodes and its router."""
-    return [(n.host, n.port) for n in plan.nodes] + [(plan.router_host, plan.router_port)]
+    """Every address of the cluster that speaks TLS: its nodes, its router and its embedded
+    broker."""
+    out = [(n.host, n.port) for n in plan.nodes] + [(plan.router_host, plan.router_port)]
+    if plan.topology.bus.embedded:
+        out.append((plan.bus_host, plan.bus_port))
+    return out

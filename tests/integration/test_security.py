@@ -486,8 +486,25 @@ def test_tls_end_to_end_with_redis_cli_redis_py_and_a_failover(
             with contextlib.suppress(ConnectionResetError):
                 assert b"PONG" not in sock.recv(64)
 
+    # the bus speaks MQTT over TLS only: a plaintext client with valid credentials gets
+    # nowhere, while the cluster's processes talk over it (status sees every sentinel)
+    roles = json.loads((c.cdir.root / "bus.secrets").read_text())
+
+    async def plaintext_bus() -> str:
+        plan = c.plan
+        try:
+            async with aiomqtt.Client(
+                plan.bus_host, plan.bus_port, username="cli", password=roles["cli"], timeout=3
+            ):
+                return "connected"
+        except aiomqtt.MqttError as exc:
+            return f"refused: {exc}"
+
+    assert asyncio.run(plaintext_bus()).startswith("refused")
+
     # a failover under TLS: sentinels probe and promote over TLS, the router follows
     before = c.status()
+    assert all(s["online"] for s in before["sentinels"])
     old = before["shards"][0]["primary"]
     replica = before["shards"][0]["replicas"][0]
     key = next(f"tls:{i}" for i in range(200) if _in(before, 0, f"tls:{i}"))

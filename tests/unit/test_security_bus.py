@@ -19,6 +19,7 @@ from cachefleet.security import (
     set_bus_role,
     topic_matches,
 )
+from cachefleet.tls import tls_files
 
 
 @pytest.mark.parametrize(
@@ -98,3 +99,15 @@ def test_a_clusters_broker_loads_the_role_plugins(tmp_path: Path) -> None:
     assert plugins["cachefleet.busauth.RoleAuthPlugin"] == {"root": str(tmp_path / "c")}
     assert plugins["cachefleet.busauth.RoleTopicPlugin"] == {"cluster": "c"}
     assert not any("Anonymous" in p for p in plugins)
+
+
+def test_a_tls_clusters_broker_listens_with_tls_only(tmp_path: Path) -> None:
+    files = tls_files(tmp_path / "c")
+    config = broker_config("127.0.0.1", 1, tmp_path / "c", files)
+    listeners = config["listeners"]
+    assert isinstance(listeners, dict)
+    listener = listeners["default"]
+    assert listener["ssl"] is True
+    assert listener["certfile"] == str(files.cert) and listener["keyfile"] == str(files.key)
+    plain = broker_config("127.0.0.1", 1, tmp_path / "c")["listeners"]
+    assert isinstance(plain, dict) and "ssl" not in plain["default"]
