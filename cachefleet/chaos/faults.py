@@ -18,6 +18,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -154,6 +155,9 @@ class Injector:
             trial.targeted.update(s.id for s in self._layout().shards)
             await self._rolling_restart(fault)
             return
+        if fault.kind == "apply":
+            await self._apply(fault)
+            return
         layout = self._layout()
         target = resolve(fault.target, self.plan, layout, self.rng)
         trial.targeted |= shards_hit(target, layout)
@@ -189,6 +193,28 @@ class Injector:
             await asyncio.sleep(fault.duration_s)
             self.pf.heal()
             self.record(f"heal {target.description}")
+
+    async def _apply(self, fault: Fault) -> None:
+        """`cachefleet apply` to the fault's topology, as its own process (as a user runs it);
+        the trial fails when it does not complete."""
+        assert fault.topology is not None
+        self.record(f"apply {fault.topology.name}")
+        state = ["--state-dir", self.state_dir] if self.state_dir else []
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cachefleet", "apply", str(fault.topology), "--yes", *state,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            out, _ = await proc.communicate()
+        except asyncio.CancelledError:
+            proc.kill()
+            await proc.wait()
+            self.record("apply still running at the end of the trial: stopped")
+            raise
+        if proc.returncode != 0:
+            tail = out.decode(errors="replace").strip().splitlines()[-3:]
+            raise CachefleetError(f"apply {fault.topology.name} failed: {' / '.join(tail)}")
+        self.record(f"apply {fault.topology.name} completed")
 
     async def _rolling_restart(self, fault: Fault) -> None:
         """Every node once, one at a time, the way a managed service patches: a primary is

@@ -224,6 +224,12 @@ class ChaosRun:
         for task, res in zip([*workers, *faults], outcomes, strict=True):
             if isinstance(res, Exception):
                 raise CachefleetError(f"chaos task {task.get_name()} failed: {res!r}") from res
+        for f in self.scenario.faults:
+            done = f"apply {f.topology.name} completed" if f.topology else None
+            if done and not any(x["what"] == done for x in trial.faults):
+                raise CachefleetError(
+                    f"trial {number}: apply {f.topology} did not complete within duration_s"
+                )
         await asyncio.sleep(self.scenario.settle_s)
         recovered_s = await self._recover(plan)
         watcher.cancel()

@@ -15,7 +15,7 @@ import yaml
 from cachefleet.errors import ScenarioError, TopologyError
 from cachefleet.topology import Section
 
-FAULT_KINDS = ("kill", "pause", "partition", "rolling-restart")
+FAULT_KINDS = ("kill", "pause", "partition", "rolling-restart", "apply")
 TARGET_RE = re.compile(
     r"^(primary:(\d+|random)|replica:(\d+|random)|node:[a-z0-9-]+|sentinel:(s\d+|random)|"
     r"router|bus|zone:([a-z0-9-]+|random)|primary-zone:(\d+|random)|nodes)$"
@@ -30,6 +30,7 @@ class Fault:
     target: str
     duration_s: float  # pause/partition: undone after this; 0 = until the end of the trial
     interval_s: float  # rolling-restart: time between nodes
+    topology: Path | None = None  # apply: the topology the cluster is changed to
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,15 @@ def _parse(data: Any, source: str, base_dir: Path) -> Scenario:
     for i, item in enumerate(faults_raw):
         f = Section(source, f"faults[{i}]", item)
         kind = f.choice("kind", None, FAULT_KINDS)
-        target = f.string("target", "nodes" if kind == "rolling-restart" else None)
+        target = f.string("target", "nodes" if kind in ("rolling-restart", "apply") else None)
+        change: Path | None = None
+        if kind == "apply":  # `cachefleet apply` to another topology, under the workload
+            raw = f.string("topology", None)
+            change = (base_dir / raw).resolve()
+            if not change.exists():
+                raise f.fail("topology", f"{raw!r}: no such file (relative to the scenario)")
+        elif f.has("topology"):
+            raise f.fail("topology", "is only for kind: apply")
         if not TARGET_RE.match(target):
             raise f.fail(
                 "target",
@@ -144,6 +153,7 @@ def _parse(data: Any, source: str, base_dir: Path) -> Scenario:
             target=target,
             duration_s=_number(f, "duration_s", 0.0, 0.0, 3600.0),
             interval_s=_number(f, "interval_s", 4.0, 0.5, 600.0),
+            topology=change,
         )
         f.done()
         faults.append(fault)

@@ -63,6 +63,7 @@ from cachefleet.reshape import (
 )
 from cachefleet.slots import split_slots
 from cachefleet.state import ClusterDir, state_home
+from cachefleet.tls import ca_for, remember_tls, tls_addresses, tls_files
 from cachefleet.topology import Topology, load_topology
 
 Out = Callable[[str], None]
@@ -204,9 +205,12 @@ class Applier:
     def client(self, node: NodeSpec) -> aredis.Redis:
         c = self.clients.get(node.name)
         if c is None:
+            ca = ca_for(node.host, node.port)  # a TLS cluster's node
             c = aredis.Redis(
                 host=node.host,
                 port=node.port,
+                ssl=ca is not None,
+                ssl_ca_certs=str(ca) if ca is not None else None,
                 username=self.auth.user,
                 password=self.auth.password,
                 socket_timeout=MIGRATE_TIMEOUT_MS / 1000 + 10,
@@ -301,6 +305,8 @@ class Applier:
         tmp.write_text(plan.to_json())
         tmp.replace(self.cdir.plan_path)
         self.plan = plan
+        if plan.topology.security.tls:  # new nodes speak TLS too
+            remember_tls(tls_files(self.cdir.root).ca, tls_addresses(plan))
         if follow_zones(plan, self.cdir, live_processes(self.cdir)):
             self.step("the supervisor restarts to follow the zones in use")
 

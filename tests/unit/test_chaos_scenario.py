@@ -70,7 +70,11 @@ def test_shipped_scenarios_load() -> None:
         assert sc.topology.exists()
         names.add(sc.name)
     assert {"kill-primary", "pause-primary", "kill-zone", "partition-zone",
-            "kill-sentinel-then-primary", "kill-router", "rolling-restart"} <= names  # fmt: skip
+            "kill-sentinel-then-primary", "kill-router", "rolling-restart",
+            "scale-out-under-kill"} <= names  # fmt: skip
+    scale = load_scenario(ROOT / "scenarios" / "scale-out-under-kill.yaml")
+    apply = next(f for f in scale.faults if f.kind == "apply")
+    assert apply.topology is not None and apply.topology.name == "scaleout-5-shards.yaml"
 
 
 def test_a_bad_scenario_file_is_a_scenario_error(tmp_path: Path) -> None:
