@@ -121,6 +121,8 @@ class Hop:
     def start(self, client: _Half) -> None:
         self.client = client
         self.endpoint.hops.add(self)
+        if client.transport is not None:
+            client.transport.pause_reading()  # until the backend is connected
         self.task = asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
@@ -153,6 +155,7 @@ class Hop:
         for chunk in client.pending:
             backend.transport.write(chunk)
         client.pending.clear()
+        client.transport.resume_reading()
 
     def close(self) -> None:
         if self.closed:
