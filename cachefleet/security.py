@@ -498,7 +498,7 @@ def bus_login(host: str, port: int) -> tuple[str, str] | None:
         return None
 
 
-def security_summary(security: Security, ca: Path | None) -> str:
+def security_summary(security: Security, ca: Path | None, nodes: str = "") -> str:
     """One line for `up`: what is enforced, and where (never a secret)."""
     parts = [f"TLS (CA {ca})" if security.tls and ca is not None else "no TLS"]
     if security.auth_token_file is not None:
@@ -506,8 +506,6 @@ def security_summary(security: Security, ca: Path | None) -> str:
     if security.users:
         parts.append(f"users {', '.join(u.name for u in security.users)}")
     if security.allowed_sources:
-        parts.append(
-            f"the router admits {', '.join(security.allowed_sources)} only; nodes rely on "
-            "their zone address binding (no packet filters)"
-        )
+        nodes = nodes or "nodes rely on their zone address binding (no packet filters)"
+        parts.append(f"the router admits {', '.join(security.allowed_sources)} only; {nodes}")
     return "; ".join(parts)

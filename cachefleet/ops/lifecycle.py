@@ -21,7 +21,7 @@ from cachefleet.engine import resolve_engine_binary
 from cachefleet.errors import BusError, CachefleetError, ClusterTimeout, StateError, TopologyError
 from cachefleet.layout import Layout
 from cachefleet.nodes import connect, try_call
-from cachefleet.ops import memcached, standalone
+from cachefleet.ops import firewall, memcached, standalone
 from cachefleet.ops.create import Creator
 from cachefleet.plan import Plan, build_plan, place
 from cachefleet.proc import (
@@ -178,6 +178,8 @@ async def up(
     if topo.standalone:
         return await _up_standalone(plan, cdir, detach=detach, step=step, out=out)
     try:
+        if topo.security.allowed_sources:
+            step(f"allowed_sources: {await asyncio.to_thread(firewall.install, plan)}")
         await _start_processes(plan, cdir, step)
         creator = Creator(plan=plan, auth=cdir.admin(), progress=step)
         try:
@@ -463,7 +465,8 @@ def _print_endpoints(plan: Plan, layout: Layout | None, out: Out) -> None:
         " --askpass" if sec.requires_auth else ""
     )
     if sec.tls or sec.requires_auth or sec.allowed_sources:
-        out(f"  security: {security_summary(sec, ca)}")
+        nodes = firewall.describe(plan) if sec.allowed_sources else ""
+        out(f"  security: {security_summary(sec, ca, nodes)}")
     out(f"  try: redis-cli -c{opts} -h {plan.router_host} -p {plan.router_port} set foo bar")
 
 
@@ -505,6 +508,7 @@ async def down(name: str, *, state_dir: str | None, purge: bool, out: Out) -> in
             with contextlib.suppress(BusError, OSError, TimeoutError):
                 await asyncio.wait_for(outbox.flush(), 2.0)
     await asyncio.to_thread(stop_processes, cdir, STOP_ORDER)
+    await asyncio.to_thread(firewall.remove, name)  # allowed_sources' node rules, if any
     left = live_processes(cdir)
     if left:
         raise CachefleetError(f"could not stop {', '.join(sorted(left))}")

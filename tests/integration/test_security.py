@@ -24,6 +24,7 @@ import yaml
 from helpers import RunningCluster, assert_all_gone, base_topology, cli, wait_for
 from redis.cluster import RedisCluster
 
+from cachefleet.ops import firewall
 from cachefleet.ops.certs import served_serial
 from cachefleet.proc import live_processes
 from cachefleet.slots import key_slot
@@ -339,11 +340,25 @@ def _ping_from(source: str, router: tuple[str, int]) -> bytes:
 
 def test_allowed_sources_refuse_another_loopback_address(cluster_factory: Any) -> None:
     c: RunningCluster = cluster_factory(
-        shards=1, replicas_per_shard=0, security={"allowed_sources": ["127.0.0.1/32"]}
+        shards=1, replicas_per_shard=1, security={"allowed_sources": ["127.0.0.1/32"]}
     )
     assert _ping_from("127.0.0.1", c.router) == b"+PONG\r\n"
     assert _ping_from("127.0.0.2", c.router) == b""
     assert _ping_from("127.0.0.1", c.router) == b"+PONG\r\n"  # the router serves on
+    if firewall.available() is not None:
+        assert "nodes rely on their zone address binding" in c.up_output
+        return
+    # as root: tagged iptables rules on the node ports refuse 127.0.0.2 too, while the
+    # cluster's own addresses (replication between zones, the CLI) still get through
+    assert "iptables rules on every node port" in c.up_output
+    node = c.plan.nodes[0]
+    assert _ping_from("127.0.0.1", (node.host, node.port)) == b"+PONG\r\n"
+    with pytest.raises(OSError):
+        _ping_from("127.0.0.2", (node.host, node.port))
+    assert c.status()["state"] == "available"
+    c.down()
+    listed = subprocess.run(["iptables", "-S", "INPUT"], capture_output=True, text=True)
+    assert firewall.tag(c.name) not in listed.stdout
 
 
 def test_a_killed_primary_fails_over_with_auth_on(tmp_path: Path, cluster_factory: Any) -> None:
