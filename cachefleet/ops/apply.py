@@ -70,6 +70,7 @@ Out = Callable[[str], None]
 
 #: Slots moving at once per source shard, keys per MIGRATE, attempts per slot.
 SLOT_WORKERS = 64
+MAX_CONNECTIONS = 1024  # per node
 KEY_BATCH = 1000
 MOVE_ATTEMPTS = 60
 #: How long one observation of two shards' primaries serves concurrent slot moves.
@@ -194,7 +195,8 @@ class Applier:
         self.t0 = time.monotonic()
         self._ends: dict[tuple[int, int], Ends] = {}
         self.background: set[asyncio.Future[Any]] = set()  # notifications of other primaries
-        self._split: dict[int, str] = {}  # -n -> a second serving primary of a shard (merge)
+        self._split: dict[int, str] = {}
+        self._told_failover = False  # -n -> a second serving primary of a shard (merge)
         self._ends_lock = asyncio.Lock()
 
     def step(self, msg: str) -> None:
@@ -217,6 +219,8 @@ class Applier:
                 socket_connect_timeout=2.0,
                 decode_responses=False,  # keys are bytes
                 protocol=2,
+                # every source's SLOT_WORKERS may talk to one target at once
+                max_connections=MAX_CONNECTIONS,
             )
             self.clients[node.name] = c
         return c
@@ -694,6 +698,22 @@ class Applier:
             self.step(f"node {item['name']} ({item['zone']}) removed from shard {item['shard']}")
         _update_marker(self.cdir, removing=[])
 
+    async def wait_no_failover(self, timeout: float = 60.0) -> None:
+        """While the sentinels fail a shard over, apply waits: the two never fight over a
+        shard's primary."""
+        from cachefleet.ops.status import read_bus
+
+        async def calm() -> bool:
+            hellos = (await read_bus(self.plan, self.cdir)).hellos
+            busy = sorted({s for h in hellos.values() for s in h.failing_over})
+            if busy and not self._told_failover:
+                self.step(f"waiting: shard(s) {busy} failing over")
+                self._told_failover = True
+            return not busy
+
+        self._told_failover = False
+        await _until("the sentinels' failover to end", timeout, calm)
+
     async def restart(self, kinds: Sequence[str]) -> None:
         """Restart processes one at a time (the supervisor starts each again with the new
         plan): sentinels keep a quorum, router workers keep the port open."""
@@ -990,6 +1010,7 @@ async def _execute(
             router_host=plan.router_host, router_port=plan.router_port,
             reader_port=plan.reader_port,
         )  # fmt: skip
+        await a.wait_no_failover()
         await a.set_live(settings, plan.nodes)
         a.write_plan(union)
         await a.finish_removal()  # nodes an interrupted apply was removing
@@ -1008,6 +1029,7 @@ async def _execute(
                 if current in {n.name for n in c.remove}:
                     fresh = [n for n in union.nodes if n.shard == c.shard and n not in c.remove]
                     await a.hand_over(c.shard, fresh[0], union.nodes)
+        await a.wait_no_failover()
         view = await a.observe(union.nodes)
         moves = rebalance(view.owned(union.nodes), list(range(1, topo.shards + 1)))
         if moves:
