@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cachefleet.slots import Range, split_slots
+from cachefleet.tls import remember_tls, tls_addresses, tls_files
 from cachefleet.topology import CLUSTER_BUS_OFFSET, Topology, parse_topology
 
 
@@ -125,7 +126,12 @@ class Plan:
 
     @classmethod
     def load(cls, path: Path) -> Plan:
-        return cls.from_json(path.read_text())
+        """A cluster's plan.json; a TLS cluster's addresses are remembered as speaking TLS
+        (this process reaches them over TLS from now on, nodes added by `apply` too)."""
+        plan = cls.from_json(path.read_text())
+        if plan.topology.security.tls:
+            remember_tls(tls_files(path.parent).ca, tls_addresses(plan))
+        return plan
 
 
 def stamp(topology: Topology, engine_binary: str) -> str:

@@ -14,7 +14,6 @@ from cachefleet.errors import StateError
 from cachefleet.layout import Layout
 from cachefleet.plan import Plan
 from cachefleet.security import remember_bus
-from cachefleet.tls import remember_tls, tls_addresses, tls_files
 
 
 def state_home(state_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -96,8 +95,6 @@ class ClusterDir:
         plan = Plan.load(self.plan_path)
         if plan.topology.bus.embedded:  # its broker admits the cluster's own processes only
             remember_bus(plan.bus_host, plan.bus_port, self.root)
-        if plan.topology.security.tls:  # its nodes and router speak TLS only
-            remember_tls(tls_files(self.root).ca, tls_addresses(plan))
         return plan
 
     @property
