@@ -509,3 +509,14 @@ def security_summary(security: Security, ca: Path | None, nodes: str = "") -> st
         nodes = nodes or "nodes rely on their zone address binding (no packet filters)"
         parts.append(f"the router admits {', '.join(security.allowed_sources)} only; {nodes}")
     return "; ".join(parts)
+
+
+def security_status(security: Security, ca: Path | None) -> dict[str, Any]:
+    """The `security` block of `status --json`: what is enforced, paths only, no secret."""
+    return {
+        "tls": security.tls,
+        "ca": str(ca) if security.tls and ca is not None else None,
+        "auth": security.requires_auth,
+        "users": [u.name for u in security.users],
+        "allowed_sources": list(security.allowed_sources),
+    }

@@ -16,7 +16,9 @@ from cachefleet.ops import memcached, standalone
 from cachefleet.ops.metrics_file import metrics_address
 from cachefleet.plan import Plan
 from cachefleet.proc import live_processes
+from cachefleet.security import security_status
 from cachefleet.state import ClusterDir, state_home
+from cachefleet.tls import tls_files
 
 # `status` exit codes, like `redis-cli --cluster check`: scripts can wait on them.
 EXIT_CODES = {"available": 0, "stopped": 3}
@@ -257,6 +259,7 @@ def _processes(plan: Plan, cdir: ClusterDir, live: dict[str, int]) -> dict[str, 
             "running": "broker" in live if plan.topology.bus.embedded else None,
         },
         "processes": {k: v for k, v in sorted(live.items())},
+        "security": security_status(plan.topology.security, tls_files(cdir.root).ca),
         "restarts": restarts(read_events(cdir.events_path)),
         "state_dir": str(cdir.root),
     }
@@ -287,6 +290,19 @@ def format_status(st: dict[str, Any]) -> str:
         f"{len(r['workers'])} worker(s), {r['connections']} connections, "
         f"{r['ops_per_sec']:.0f} ops/s"
     )
+    sec = st.get("security") or {}
+    if sec.get("tls") or sec.get("auth") or sec.get("allowed_sources"):
+        enforced = [f"TLS (CA {sec['ca']})" if sec.get("tls") else "no TLS"]
+        enforced += ["AUTH required"] if sec.get("auth") else []
+        enforced += [f"users {', '.join(sec['users'])}"] if sec.get("users") else []
+        if sec.get("allowed_sources"):
+            enforced.append(f"sources {', '.join(sec['allowed_sources'])}")
+        lines.append(f"  security: {'; '.join(enforced)}")
+        host, port = r["address"].rsplit(":", 1)
+        opts = (f" --tls --cacert {sec['ca']}" if sec.get("tls") else "") + (
+            " --askpass" if sec.get("auth") else ""
+        )
+        lines.append(f"  connect: redis-cli -c{opts} -h {host} -p {port}")
     if st.get("endpoints"):
         ends = st["endpoints"]
         lines[1] = f"  primary endpoint: {ends['primary']}, reader endpoint: {ends['reader']}"

@@ -256,6 +256,10 @@ def test_status_never_shows_a_secret_and_secret_files_are_private(
         c.cdir.plan_path.read_text(),
     ]
     admin = c.cdir.admin().password
+    sec = json.loads(outputs[0])["security"]
+    assert sec == {"tls": False, "ca": None, "auth": True, "users": ["app"], "allowed_sources": []}
+    assert "security: no TLS; AUTH required; users app" in outputs[1]
+    assert "connect: redis-cli -c --askpass -h 127.0.0.1" in outputs[1]
     for text in outputs:
         for secret in (TOKEN_A, APP_PW, admin):
             assert secret not in text
@@ -473,6 +477,8 @@ def test_tls_end_to_end_with_redis_cli_redis_py_and_a_failover(
     assert (c.cdir.root / "tls" / "server.key").stat().st_mode & 0o077 == 0
     assert f"redis-cli -c --tls --cacert {ca} --askpass" in c.up_output
     assert "AUTH token required" in c.up_output
+    text = cli("status", c.name, "--state-dir", str(c.state_dir)).stdout
+    assert f"connect: redis-cli -c --tls --cacert {ca} --askpass -h" in text
     host, port = c.router
     tls: dict[str, Any] = {"ssl": True, "ssl_ca_certs": str(ca), "password": TOKEN_A}
 
