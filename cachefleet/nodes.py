@@ -306,6 +306,15 @@ class NodeLink:
                 return None
         return None
 
+    async def request(self, *args: Any, timeout: float) -> Any:
+        """One command; its reply, an error reply as a hiredis.ReplyError value. Connection
+        errors and timeouts raise (and drop the connection)."""
+        try:
+            return await asyncio.wait_for(self._request([args]), timeout)
+        except (*_LINK_ERRORS, ValueError):
+            await self.close()
+            raise
+
     async def _request(self, commands: list[tuple[Any, ...]]) -> Any:
         want = len(commands)
         async with self._lock:

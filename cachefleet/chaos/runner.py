@@ -39,7 +39,7 @@ from cachefleet.credentials import Credentials
 from cachefleet.errors import CachefleetError, ClusterTimeout
 from cachefleet.events import EventTail
 from cachefleet.layout import Layout
-from cachefleet.ops import lifecycle
+from cachefleet.ops import apply, lifecycle
 from cachefleet.ops.failover import graceful_failover
 from cachefleet.ops.status import status
 from cachefleet.plan import Plan
@@ -93,9 +93,11 @@ class ChaosRun:
             lifecycle.repair(self.cdir.load_plan(), self.cdir)
             return False
         self.progress(f"starting cluster {self.topology.name} from {self.scenario.topology}")
-        await lifecycle.up(
-            str(self.scenario.topology), state_dir=self.state_dir, detach=True,
-            out=lambda _m: None,
+        # `apply` is `up` for an absent cluster, and brings a stopped one that an earlier run
+        # changed (a scenario with an apply fault) back to the scenario's topology
+        await apply.apply(
+            str(self.scenario.topology), state_dir=self.state_dir, dry_run=False,
+            assume_yes=True, as_json=False, out=lambda _m: None,
         )  # fmt: skip
         return True
 

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import hiredis
 import redis.asyncio as aredis
 import yaml
 from redis.exceptions import RedisError
@@ -49,7 +50,7 @@ from cachefleet.announce import emit_event, publish_layout
 from cachefleet.engine import resolve_engine_binary
 from cachefleet.errors import CachefleetError, ClusterTimeout, StateError
 from cachefleet.layout import Layout, LayoutNode, LayoutShard
-from cachefleet.nodes import NodeLine, parse_cluster_nodes
+from cachefleet.nodes import NodeLine, NodeLink, parse_cluster_nodes
 from cachefleet.plan import NodeSpec, Plan
 from cachefleet.proc import alive_and_ours, live_processes, read_pid
 from cachefleet.reshape import (
@@ -80,6 +81,14 @@ MIGRATE_TIMEOUT_MS = 60_000
 PUBLISH_EVERY_S = 0.5
 #: Present in the cluster's directory while a change is under way (or was interrupted).
 MARKER = "modifying.json"
+
+
+class EngineReplyError(CachefleetError):
+    """An error reply of an engine to one of apply's commands."""
+
+
+#: What a raw link raises when its node is gone or slow.
+LINK_ERRORS = (OSError, TimeoutError, asyncio.IncompleteReadError, hiredis.ProtocolError)
 
 
 # --- observing ----------------------------------------------------------------------------
@@ -149,7 +158,6 @@ class Ends:
     tgt: NodeSpec
     src_id: str
     tgt_id: str
-    others: tuple[NodeSpec, ...]
     at: float
 
 
@@ -194,9 +202,10 @@ class Applier:
         self.last_publish = 0.0
         self.t0 = time.monotonic()
         self._ends: dict[tuple[int, int], Ends] = {}
-        self.background: set[asyncio.Future[Any]] = set()  # notifications of other primaries
-        self._split: dict[int, str] = {}
-        self._told_failover = False  # -n -> a second serving primary of a shard (merge)
+        self._split: dict[int, str] = {}  # -n -> a second serving primary of a shard (merge)
+        self._told_failover = False
+        self._migrate_locks: dict[str, asyncio.Lock] = {}
+        self._links: dict[str, list[NodeLink]] = {}  # idle raw links per node
         self._ends_lock = asyncio.Lock()
 
     def step(self, msg: str) -> None:
@@ -228,6 +237,9 @@ class Applier:
     async def close(self) -> None:
         await asyncio.gather(*(c.aclose() for c in self.clients.values()), return_exceptions=True)
         self.clients.clear()
+        links = [link for idle in self._links.values() for link in idle]
+        await asyncio.gather(*(link.close() for link in links), return_exceptions=True)
+        self._links.clear()
 
     async def call(self, node: NodeSpec, *args: Any) -> Any:
         return await self.client(node).execute_command(*args)  # type: ignore[no-untyped-call]
@@ -237,6 +249,22 @@ class Applier:
             return await self.call(node, *args)
         except (RedisError, OSError, TimeoutError):
             return None
+
+    async def raw(self, node: NodeSpec, *args: Any, timeout: float = 10.0) -> Any:
+        """One command on a raw link of its own (a pool per node: hiredis framing, no client
+        library between, so the migration's many small commands cost little CPU here).
+        An error reply raises EngineReplyError."""
+        idle = self._links.setdefault(node.name, [])
+        link = idle.pop() if idle else NodeLink(host=node.host, port=node.port, auth=self.auth)
+        try:
+            reply = await link.request(*args, timeout=timeout)
+        except BaseException:
+            await link.close()
+            raise
+        idle.append(link)
+        if isinstance(reply, hiredis.ReplyError):
+            raise EngineReplyError(str(reply))
+        return reply
 
     async def info(self, node: NodeSpec, section: str) -> dict[str, Any]:
         try:
@@ -491,9 +519,7 @@ class Applier:
         background = asyncio.create_task(publisher())
         try:
             await asyncio.gather(*(run_source(ms) for ms in by_source.values()))
-            await asyncio.gather(*self.background)
         finally:
-            self.background.clear()
             done.set()
             await background
         return totals[0], totals[1]
@@ -516,13 +542,9 @@ class Applier:
                 missing = source if src_name is None else target
                 raise CachefleetError(f"shard {missing} has no primary")
             by = {n.name: n for n in union}
-            others = tuple(
-                by[name] for name, line in view.by_name.items()
-                if line.is_primary and name not in (src_name, tgt_name) and name in by
-            )  # fmt: skip
             ends = Ends(
                 src=by[src_name], tgt=by[tgt_name], src_id=view.by_name[src_name].id,
-                tgt_id=view.by_name[tgt_name].id, others=others, at=time.monotonic(),
+                tgt_id=view.by_name[tgt_name].id, at=time.monotonic(),
             )  # fmt: skip
             self._ends[key] = ends
             return ends
@@ -536,7 +558,7 @@ class Applier:
             try:
                 ends = await self.endpoints(source, target, union)
                 return await self._move_slot(slot, ends)
-            except (RedisError, OSError, TimeoutError, CachefleetError) as exc:
+            except (RedisError, *LINK_ERRORS, CachefleetError) as exc:
                 if attempt == MOVE_ATTEMPTS - 1:
                     raise CachefleetError(f"slot {slot}: {exc}") from exc
                 if attempt == 0 or attempt % 10 == 9:
@@ -547,25 +569,50 @@ class Applier:
 
     async def _move_slot(self, slot: int, e: Ends) -> int:
         try:
-            await self.call(e.tgt, "CLUSTER", "SETSLOT", slot, "IMPORTING", e.src_id)
-        except RedisError as exc:
+            await self.raw(e.tgt, "CLUSTER", "SETSLOT", slot, "IMPORTING", e.src_id)
+        except EngineReplyError as exc:
             if "already the owner" in str(exc):
                 return 0  # moved before (a resumed apply)
             raise
-        await self.call(e.src, "CLUSTER", "SETSLOT", slot, "MIGRATING", e.tgt_id)
+        await self.raw(e.src, "CLUSTER", "SETSLOT", slot, "MIGRATING", e.tgt_id)
+        keys = await self._send_keys(slot, e)
+        # the target first (it bumps its config epoch, so its claim wins), then the source;
+        # the other primaries learn it by gossip within a round (telling each directly, as
+        # redis-cli does, would add a replicated SETSLOT per primary per slot)
+        await self.raw(e.tgt, "CLUSTER", "SETSLOT", slot, "NODE", e.tgt_id)
+        await self.raw(e.src, "CLUSTER", "SETSLOT", slot, "NODE", e.tgt_id)
+        return keys
+
+    def _migrating(self, node: NodeSpec) -> asyncio.Lock:
+        """One MIGRATE at a time per source: MIGRATE blocks the whole engine until the target
+        has the keys, so more in flight only queue the sentinels' probes behind them (a
+        source made to look down for a second gets failed over). The SETSLOT steps, which
+        block only their own connection, stay concurrent."""
+        lock = self._migrate_locks.get(node.name)
+        if lock is None:
+            lock = self._migrate_locks[node.name] = asyncio.Lock()
+        return lock
+
+    async def _send_keys(self, slot: int, e: Ends) -> int:
+        """MIGRATE every key of the slot. Once the slot is MIGRATING no key can appear in it
+        on the source (a write to a missing key is sent to the target with ASK), so one
+        listing shorter than KEY_BATCH is the last; SETSLOT NODE refuses, and the slot is
+        tried again, should any key remain."""
         keys = 0
         replace_keys = False
         while True:
-            found = await self.call(e.src, "CLUSTER", "GETKEYSINSLOT", slot, KEY_BATCH)
+            found = await self.raw(e.src, "CLUSTER", "GETKEYSINSLOT", slot, KEY_BATCH)
             if not found:
-                break
+                return keys
             try:
-                await self.call(
-                    e.src, "MIGRATE", e.tgt.host, e.tgt.port, "", 0, MIGRATE_TIMEOUT_MS,
-                    *(["REPLACE"] if replace_keys else []),
-                    "AUTH2", self.auth.user, self.auth.password, "KEYS", *found,
-                )  # fmt: skip
-            except RedisError as exc:
+                async with self._migrating(e.src):
+                    await self.raw(
+                        e.src, "MIGRATE", e.tgt.host, e.tgt.port, "", 0, MIGRATE_TIMEOUT_MS,
+                        *(["REPLACE"] if replace_keys else []),
+                        "AUTH2", self.auth.user, self.auth.password, "KEYS", *found,
+                        timeout=MIGRATE_TIMEOUT_MS / 1000 + 5,
+                    )  # fmt: skip
+            except EngineReplyError as exc:
                 if "BUSYKEY" not in str(exc) or replace_keys:
                     raise
                 # A migration resumed after a failover: the source's copy was served (and
@@ -573,18 +620,8 @@ class Applier:
                 replace_keys = True
                 continue
             keys += len(found)
-        # the target first, then the source, then every other primary (as the spec says)
-        await self.call(e.tgt, "CLUSTER", "SETSLOT", slot, "NODE", e.tgt_id)
-        await self.call(e.src, "CLUSTER", "SETSLOT", slot, "NODE", e.tgt_id)
-        # The other primaries learn it from gossip anyway; told directly they stop sending
-        # clients to the old owner sooner. Not waited for: the slot is moved.
-        for o in e.others:
-            self.background.add(
-                asyncio.ensure_future(
-                    self.try_call(o, "CLUSTER", "SETSLOT", slot, "NODE", e.tgt_id)
-                )
-            )
-        return keys
+            if len(found) < KEY_BATCH:
+                return keys
 
     async def merge_split(self, union: Sequence[NodeSpec]) -> None:
         """A shard with two serving primaries (a primary paused long enough to be failed over
@@ -732,7 +769,9 @@ class Applier:
                     return pid is not None and pid != old
 
                 await _until(f"{name} to restart", 30.0, back)
-                await asyncio.sleep(0.5 if kind == "sentinels" else 0.1)
+                # a sentinel counts again once its hellos are fresh at the others'
+                settle = self.plan.topology.sentinels.hello_max_age_ms / 1000
+                await asyncio.sleep(settle if kind == "sentinels" else 0.1)
             if names:
                 self.step(f"restarted {', '.join(names)}")
 

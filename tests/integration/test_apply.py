@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -223,6 +224,19 @@ def test_node_type_change_replaces_every_node_through_a_handover(cluster_factory
         assert shard["primary"]["zone"] != shard["replicas"][0]["zone"]
     check_all(c, w.acked)
     assert "switch_primary" in kinds(c)
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server (redis-server)")
+def test_an_engine_upgrade_redis_to_valkey_replaces_every_node(cluster_factory: Any) -> None:
+    c: RunningCluster = cluster_factory(shards=2, engine="redis")
+    load(c)
+    with Writers(c) as w:
+        apply(c, engine="valkey")
+    assert not w.errors, w.errors[:5]
+    for n in c.plan.nodes:
+        assert "valkey" in str(c.admin(n.address).info("server").get("server_name", "")), n.name
+    assert c.status()["state"] == "available"
+    check_all(c, w.acked)
 
 
 def test_an_interrupted_scale_out_serves_every_slot_and_a_rerun_finishes_it(
