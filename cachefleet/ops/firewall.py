@@ -21,7 +21,8 @@ Runner = Callable[[Sequence[str]], subprocess.CompletedProcess[str]]
 
 
 def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), capture_output=True, text=True, timeout=10, check=False)
+    # -w everywhere: chaos partitions may hold the xtables lock at the same moment
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=30, check=False)
 
 
 def tag(cluster: str) -> str:
@@ -58,13 +59,13 @@ def remove(cluster: str, run: Runner = _run) -> int:
     """Delete every rule tagged for `cluster`; how many there were."""
     if available() is not None:
         return 0
-    listed = run(["iptables", "-S", "INPUT"])
+    listed = run(["iptables", "-w", "-S", "INPUT"])
     removed = 0
     for line in listed.stdout.splitlines():
         if f" {tag(cluster)} " not in f"{line} ":
             continue
         spec = line.split()[2:]  # "-A INPUT <spec>"
-        if run(["iptables", "-D", "INPUT", *spec]).returncode == 0:
+        if run(["iptables", "-w", "-D", "INPUT", *spec]).returncode == 0:
             removed += 1
     return removed
 
@@ -78,7 +79,7 @@ def install(plan: Plan, run: Runner = _run) -> str:
         return f"nodes rely on their zone address binding ({why}: no packet filters)"
     remove(plan.name, run)
     for rule in rules(plan):
-        proc = run(["iptables", "-A", *rule])
+        proc = run(["iptables", "-w", "-A", *rule])
         if proc.returncode != 0:
             remove(plan.name, run)
             return f"nodes rely on their zone address binding (iptables: {proc.stderr.strip()})"
@@ -90,7 +91,7 @@ def describe(plan: Plan, run: Runner = _run) -> str:
     why = available()
     if why is not None:
         return f"nodes rely on their zone address binding ({why}: no packet filters)"
-    listed = run(["iptables", "-S", "INPUT"]).stdout
+    listed = run(["iptables", "-w", "-S", "INPUT"]).stdout
     if any(f" {tag(plan.name)} " in f"{line} " for line in listed.splitlines()):
         return "iptables rules on every node port admit only these sources and the cluster's own"
     return "nodes rely on their zone address binding (no packet filters installed)"
