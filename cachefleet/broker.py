@@ -20,7 +20,12 @@ from cachefleet.tls import TlsFiles, tls_files
 
 
 def broker_config(
-    host: str, port: int, root: Path | None = None, tls: TlsFiles | None = None
+    host: str,
+    port: int,
+    root: Path | None = None,
+    tls: TlsFiles | None = None,
+    *,
+    memcached: bool = False,
 ) -> dict[str, object]:
     """A cluster's broker (`root`: its directory) admits only the cluster's role credentials
     and lets each role publish only its own topics; without `root`, anyone (tests). With
@@ -31,7 +36,10 @@ def broker_config(
     if root is not None:
         plugins = {
             "cachefleet.busauth.RoleAuthPlugin": {"root": str(root)},
-            "cachefleet.busauth.RoleTopicPlugin": {"cluster": root.name},
+            "cachefleet.busauth.RoleTopicPlugin": {
+                "cluster": root.name,
+                "agents_publish_layout": memcached,
+            },
         }
     listener: dict[str, object] = {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 0}
     if tls is not None:
@@ -40,9 +48,14 @@ def broker_config(
 
 
 async def serve(
-    host: str, port: int, root: Path | None = None, tls: TlsFiles | None = None
+    host: str,
+    port: int,
+    root: Path | None = None,
+    tls: TlsFiles | None = None,
+    *,
+    memcached: bool = False,
 ) -> None:
-    broker = Broker(broker_config(host, port, root, tls))
+    broker = Broker(broker_config(host, port, root, tls, memcached=memcached))
     await broker.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -64,10 +77,10 @@ def main() -> None:
     logging.getLogger("transitions").setLevel(logging.ERROR)
     log.info("broker_started", address=f"{args.host}:{args.port}")
     cdir = ClusterDir(state_home(args.state_dir), args.cluster) if args.cluster else None
-    tls = None
-    if cdir is not None and cdir.exists() and cdir.load_plan().topology.security.tls:
-        tls = tls_files(cdir.root)
-    asyncio.run(serve(args.host, args.port, cdir.root if cdir else None, tls))
+    plan = cdir.load_plan() if cdir is not None and cdir.exists() else None
+    tls = tls_files(cdir.root) if cdir and plan and plan.topology.security.tls else None
+    memcached = plan is not None and plan.topology.is_memcached
+    asyncio.run(serve(args.host, args.port, cdir.root if cdir else None, tls, memcached=memcached))
     log.info("broker_stopped")
 
 

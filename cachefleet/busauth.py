@@ -42,6 +42,7 @@ class RoleTopicPlugin(BaseTopicPlugin):  # type: ignore[misc]
     @dataclass
     class Config:
         cluster: str = ""
+        agents_publish_layout: bool = False  # memcached: agents bump the discovery version
 
     async def topic_filtering(
         self,
@@ -53,7 +54,12 @@ class RoleTopicPlugin(BaseTopicPlugin):  # type: ignore[misc]
         if action != Action.PUBLISH:
             return True
         user = session.username if session is not None else None
-        allowed = topic is not None and bus_publish_allowed(user, self.config.cluster, topic)
+        allowed = topic is not None and bus_publish_allowed(
+            user,
+            self.config.cluster,
+            topic,
+            agents_publish_layout=self.config.agents_publish_layout,
+        )
         if not allowed:
             self.context.logger.warning(f"bus publish refused: {user} on {topic}")
         return allowed

@@ -442,12 +442,17 @@ def topic_matches(topic: str, pattern: str) -> bool:
     return len(levels) == len(wanted)
 
 
-def bus_publish_allowed(role: str | None, cluster: str, topic: str) -> bool:
-    """Whether `role` may publish on `topic` of `cluster`'s bus."""
+def bus_publish_allowed(
+    role: str | None, cluster: str, topic: str, *, agents_publish_layout: bool = False
+) -> bool:
+    """Whether `role` may publish on `topic` of `cluster`'s bus. In a memcached cluster the
+    zone agents own the layout (the discovery version goes up when one replaces a node)."""
     prefix = f"cachefleet/{cluster}/"
     if role is None or not topic.startswith(prefix):
         return False
     rest = topic[len(prefix) :]
+    if agents_publish_layout and role == "agent" and rest == "layout":
+        return True
     return any(topic_matches(rest, p) for p in BUS_PUBLISH.get(role, ()))
 
 

@@ -65,6 +65,13 @@ def test_each_role_publishes_its_own_topics(role: str | None, topic: str, ok: bo
     assert bus_publish_allowed(role, "c", f"cachefleet/c/{topic}") is ok
 
 
+def test_memcached_agents_publish_the_layout_and_only_there() -> None:
+    topic = "cachefleet/c/layout"
+    assert bus_publish_allowed("agent", "c", topic, agents_publish_layout=True)
+    assert not bus_publish_allowed("agent", "c", topic)
+    assert not bus_publish_allowed("router", "c", topic, agents_publish_layout=True)
+
+
 def test_no_role_publishes_on_another_clusters_bus() -> None:
     assert not bus_publish_allowed("cli", "c", "cachefleet/other/layout")
     assert not bus_publish_allowed("cli", "c", "elsewhere")
@@ -97,7 +104,10 @@ def test_a_clusters_broker_loads_the_role_plugins(tmp_path: Path) -> None:
     plugins = broker_config("127.0.0.1", 1, tmp_path / "c")["plugins"]
     assert isinstance(plugins, dict)
     assert plugins["cachefleet.busauth.RoleAuthPlugin"] == {"root": str(tmp_path / "c")}
-    assert plugins["cachefleet.busauth.RoleTopicPlugin"] == {"cluster": "c"}
+    assert plugins["cachefleet.busauth.RoleTopicPlugin"] == {
+        "cluster": "c",
+        "agents_publish_layout": False,
+    }
     assert not any("Anonymous" in p for p in plugins)
 
 
