@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,16 +90,20 @@ def split_brain_window(
     history: Iterable[Op],
     in_shard: Callable[[str], bool],
     promotions: Iterable[tuple[float, str]] = (),
+    members: Collection[str] | None = None,
 ) -> float:
     """How long two primaries accepted writes for one shard (0 when never): after each
     promotion ``(time, new primary address)``, until the shard's next promotion, how long any
     *other* node still acknowledged writes for it. Handovers that are clean (the old primary
-    stops before the new one starts) give 0, however often they happen."""
+    stops before the new one starts) give 0, however often they happen. With `members` (the
+    shard's node addresses), only they count: a key whose slot moved to another shard (an
+    apply during the trial) is acknowledged there rightly."""
     acks = sorted(
         (op.end, op.node)
         for op in history
         if op.kind == "w" and op.outcome == "ok" and op.node is not None and in_shard(op.key)
-    )
+        and (members is None or op.node in members)
+    )  # fmt: skip
     ordered = sorted(promotions)
     worst = 0.0
     for i, (at, new_primary) in enumerate(ordered):
@@ -180,8 +184,10 @@ def check_trial(
     targeted: Iterable[int],
     promotions: Iterable[tuple[int, float, str]],
     duration_s: float,
+    members: Mapping[int, Collection[str]] | None = None,
 ) -> dict[str, Any]:
-    """Every figure of one trial.
+    """Every figure of one trial. `members`: each shard's node addresses (split brain counts
+    only acknowledgements by members of the shard).
 
     Per shard: ``window_s`` (unavailability: from the fault that hit it — the last fault before
     its first failed write — to the first acknowledged write started after that; the rest of
@@ -226,7 +232,8 @@ def check_trial(
             "max_gap_s": round(served.max_gap_s, 3),
         }
         mine = [(t, addr) for shard, t, addr in promoted if shard == sid]
-        split[str(sid)] = round(split_brain_window(history, in_shard, mine), 3)
+        owners = None if members is None else members.get(sid, set())
+        split[str(sid)] = round(split_brain_window(history, in_shard, mine, owners), 3)
     lost = lost_writes(history, final)
     return {
         "ops": len(history),

@@ -247,6 +247,7 @@ class ChaosRun:
                 (fo["shard"], fo["t"], fo["address"]) for fo in trial.failovers if fo["address"]
             ],
             duration_s=self.scenario.duration_s,
+            members=_members(self.cdir.load_plan()),
         )
         result = {
             "trial": number,
@@ -417,3 +418,11 @@ async def run_scenario(
     except asyncio.CancelledError:
         out(f"chaos {scenario.name}: interrupted; faults undone")
         return 130, None
+
+
+def _members(plan: Plan) -> dict[int, set[str]]:
+    """Each shard's node addresses as the workload's clients see them (host:port)."""
+    out: dict[int, set[str]] = {}
+    for n in plan.nodes:
+        out.setdefault(n.shard, set()).add(n.address)
+    return out

@@ -219,3 +219,14 @@ def test_aggregate_reports_failover_times_and_the_shards_no_fault_hit() -> None:
         "lost_writes": {"limit": 0, "got": 2, "met": False},
         "max_unavailable_s": {"limit": 3.0, "got": 2.0, "met": True},
     }
+
+
+def test_a_key_whose_slot_moved_to_another_shard_is_not_a_split_brain() -> None:
+    # apply moved the key's slot to shard 4 ("other"): its acknowledgements there are right
+    history = [w("k", 1, 0, 1.0, node="old"), w("k", 2, 0, 3.5, node="other")]
+    promotions = [(2.0, "new")]
+    assert split_brain_window(history, lambda k: True, promotions) == pytest.approx(1.5)
+    members = {"old", "new"}
+    assert split_brain_window(history, lambda k: True, promotions, members) == 0.0
+    history.append(w("k", 3, 0, 2.5, node="old"))  # the shard's old primary still is one
+    assert split_brain_window(history, lambda k: True, promotions, members) == pytest.approx(0.5)
