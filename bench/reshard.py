@@ -330,16 +330,20 @@ def anchor(tmp: Path, data: list[tuple[bytes, bytes]]) -> list[Result]:
             ),
         ):
             log(f"anchor: redis-cli --cluster rebalance {move}")
+            # rebalance refuses while the nodes do not agree yet (the last move's gossip)
+            wait_until(functools.partial(_agreed, plain.cli, f"{host}:{port}"), 60, 0.5)
             before = _keys_on(plain, (6, 7))
             with Workload(host, port, data) as w:
                 t0 = time.monotonic()
-                subprocess.run(
+                done = subprocess.run(
                     [plain.cli, "--cluster", "rebalance", f"{host}:{port}", *args, "--cluster-yes"],
-                    check=True,
                     capture_output=True,
+                    text=True,
                     timeout=3600,
                 )
                 secs = time.monotonic() - t0
+            if done.returncode != 0:
+                raise SystemExit(f"redis-cli --cluster rebalance failed:\n{done.stdout[-2000:]}")
             after = _keys_on(plain, (6, 7))
             moved = after - before if move == "3 -> 5" else before - after
             checked, wrong = verify(host, port, data, w.acked)
@@ -360,6 +364,10 @@ def anchor(tmp: Path, data: list[tuple[bytes, bytes]]) -> list[Result]:
     finally:
         plain.close()
     return results
+
+
+def _agreed(cli: str, addr: str) -> bool:
+    return subprocess.run([cli, "--cluster", "check", addr], capture_output=True).returncode == 0
 
 
 def _node_id(plain: PlainCluster, i: int) -> str:

@@ -339,6 +339,10 @@ class Applier:
         self.plan = plan
         if plan.topology.security.tls:  # new nodes speak TLS too
             remember_tls(tls_files(self.cdir.root).ca, tls_addresses(plan))
+        if plan.topology.security.allowed_sources:  # new nodes' ports get the same rules
+            from cachefleet.ops import firewall
+
+            firewall.install(plan)
         if follow_zones(plan, self.cdir, live_processes(self.cdir)):
             self.step("the supervisor restarts to follow the zones in use")
 
@@ -697,9 +701,10 @@ class Applier:
         agents stop them), then every remaining node forgets them. What leaves is written
         to the marker first, so an interrupted removal is finished by the next apply."""
         view = await self.observe(self.plan.nodes)
-        for n in nodes:
-            line = view.by_name.get(n.name)
-            if line is not None and line.serving:
+        for n in nodes:  # each node's own word on what it serves
+            raw = await self.try_call(n, "CLUSTER", "NODES")
+            mine = parse_cluster_nodes(raw.decode()) if isinstance(raw, bytes) else []
+            if any(ln.is_myself and ln.serving for ln in mine):
                 raise CachefleetError(f"{n.name} still serves slots: not removed")
         leaving = [
             {**asdict(n), "id": view.by_name[n.name].id if n.name in view.by_name else ""}
@@ -734,6 +739,22 @@ class Applier:
                        address=f"{item['host']}:{item['port']}")  # fmt: skip
             self.step(f"node {item['name']} ({item['zone']}) removed from shard {item['shard']}")
         _update_marker(self.cdir, removing=[])
+
+    async def converge(self, nodes: Sequence[NodeSpec], timeout: float = 30.0) -> None:
+        """Until every node sees the same owner for every slot: the other primaries learn a
+        moved slot by gossip, and a layout (or a removal) must not follow a stale view."""
+
+        async def agreed() -> bool:
+            replies = await asyncio.gather(*(self.try_call(n, "CLUSTER", "NODES") for n in nodes))
+            seen = set()
+            for r in replies:
+                if not isinstance(r, bytes):
+                    continue  # a node that is down (being failed over) has no say
+                lines = parse_cluster_nodes(r.decode())
+                seen.add(frozenset((ln.id, ln.slots) for ln in lines if ln.is_primary and ln.slots))
+            return len(seen) == 1
+
+        await _until("every node to agree on the slots' owners", timeout, agreed)
 
     async def wait_no_failover(self, timeout: float = 60.0) -> None:
         """While the sentinels fail a shard over, apply waits: the two never fight over a
@@ -1076,6 +1097,7 @@ async def _execute(
             a.step(f"moving {n:,} slots")
             t_mig = time.monotonic()
             slots, keys = await a.migrate(moves, union.nodes)
+            await a.converge(union.nodes)
             took = time.monotonic() - t_mig
             a.step(f"moved {slots:,} slots, {keys:,} keys in {took:.1f}s "
                    f"({keys / took if took else 0:,.0f} keys/s)")  # fmt: skip

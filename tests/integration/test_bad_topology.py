@@ -12,7 +12,7 @@ from helpers import cli
 HERE = Path(__file__).resolve().parent.parent / "topologies"
 
 CASES = [
-    ("bad-unknown-field.yaml", "field `replicas`: unknown field"),
+    ("bad-unknown-field.yaml", "field `replica_per_shard`: unknown field"),
     ("bad-quorum.yaml", "field `sentinels.quorum`: 4 is greater than sentinels.count (3)"),
     ("bad-empty-zones.yaml", "field `zones`: zone list is empty"),
     ("bad-shards-type.yaml", "field `shards`: must be an integer, got string 'three'"),
