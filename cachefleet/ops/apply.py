@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -35,7 +36,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,7 @@ Out = Callable[[str], None]
 
 #: Slots moving at once per source shard, keys per MIGRATE, attempts per slot.
 SLOT_WORKERS = 64
+MIGRATES_IN_FLIGHT = 4  # per source
 MAX_CONNECTIONS = 1024  # per node
 KEY_BATCH = 1000
 MOVE_ATTEMPTS = 60
@@ -204,7 +206,7 @@ class Applier:
         self._ends: dict[tuple[int, int], Ends] = {}
         self._split: dict[int, str] = {}  # -n -> a second serving primary of a shard (merge)
         self._told_failover = False
-        self._migrate_locks: dict[str, asyncio.Lock] = {}
+        self._migrate_slots: dict[str, asyncio.Semaphore] = {}
         self._links: dict[str, list[NodeLink]] = {}  # idle raw links per node
         self._ends_lock = asyncio.Lock()
 
@@ -587,15 +589,16 @@ class Applier:
         await self.raw(e.src, "CLUSTER", "SETSLOT", slot, "NODE", e.tgt_id)
         return keys
 
-    def _migrating(self, node: NodeSpec) -> asyncio.Lock:
-        """One MIGRATE at a time per source: MIGRATE blocks the whole engine until the target
-        has the keys, so more in flight only queue the sentinels' probes behind them (a
-        source made to look down for a second gets failed over). The SETSLOT steps, which
+    def _migrating(self, node: NodeSpec) -> asyncio.Semaphore:
+        """At most MIGRATES_IN_FLIGHT per source: MIGRATE blocks the whole engine until the
+        target has the keys, so many in flight only queue the sentinels' probes behind them
+        (64 made two healthy primaries look down for a second on a loaded machine); a few
+        keep the engine busy while this process reads a reply. The SETSLOT steps, which
         block only their own connection, stay concurrent."""
-        lock = self._migrate_locks.get(node.name)
-        if lock is None:
-            lock = self._migrate_locks[node.name] = asyncio.Lock()
-        return lock
+        sem = self._migrate_slots.get(node.name)
+        if sem is None:
+            sem = self._migrate_slots[node.name] = asyncio.Semaphore(MIGRATES_IN_FLIGHT)
+        return sem
 
     async def _send_keys(self, slot: int, e: Ends) -> int:
         """MIGRATE every key of the slot. Once the slot is MIGRATING no key can appear in it
@@ -899,11 +902,24 @@ async def apply(
     check_changeable(plan.topology, topo, **versions)
 
     applier = Applier(cdir, plan, out)
-    try:
-        return await _apply(applier, plan, topo, raw, binary, dry_run, assume_yes, as_json, out,
-                            confirm)  # fmt: skip
-    finally:
-        await applier.close()
+    with _one_apply(cdir) if not dry_run else contextlib.nullcontext():
+        try:
+            return await _apply(applier, plan, topo, raw, binary, dry_run, assume_yes, as_json,
+                                out, confirm)  # fmt: skip
+        finally:
+            await applier.close()
+
+
+@contextlib.contextmanager
+def _one_apply(cdir: ClusterDir) -> Iterator[None]:
+    """One apply per cluster at a time (a lock the kernel drops with its holder, kill -9
+    included): two would fight over plan.json and the same slots."""
+    with open(cdir.root / "apply.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StateError(f"another apply is changing cluster {cdir.name} right now") from None
+        yield
 
 
 async def _apply(
