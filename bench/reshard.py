@@ -325,6 +325,9 @@ def anchor(tmp: Path, data: list[tuple[bytes, bytes]]) -> list[Result]:
                 timeout=60,
             )
         wait_until(plain.synced, 30, 0.1)
+        # every node knows the added ones (the move's source is told to send to them)
+        n = len(plain.addrs)
+        wait_until(lambda: all(len(plain.nodes_view(i)) == n for i in range(n)), 60, 0.2)
         # as cachefleet's nodes: a primary drained of its last slot stays a primary (by
         # default the engine turns it into a replica, and redis-cli then sends SETSLOT to it)
         for i in range(len(plain.addrs)):
