@@ -332,27 +332,7 @@ class ZoneAgent:
         await asyncio.gather(*(forget(p) for p in peers))
 
     async def stop_nodes(self) -> None:
-        pids = [rt.pid for rt in self.nodes.values() if rt.pid]
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-                os.kill(pid, signal.SIGCONT)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for rt in self.nodes.values():
-            if rt.pid is None:
-                continue
-            conf = self._conf(rt.spec)
-            while time.monotonic() < deadline and (
-                rt.child.poll() is None if rt.child is not None else alive_and_ours(rt.pid, conf)
-            ):
-                await asyncio.sleep(0.05)
-            if alive_and_ours(rt.pid, conf):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(rt.pid, signal.SIGKILL)
-            if rt.child is not None:
-                await asyncio.to_thread(rt.child.wait)
-            self.cdir.pid_file(f"node.{rt.spec.name}").unlink(missing_ok=True)
-            self.log.info("node_stopped", node=rt.spec.name)
+        await asyncio.gather(*(self._stop_one(rt) for rt in self.nodes.values()))
 
     # -- nodes added and removed (`apply` and a memcached scaling `up` rewrite plan.json) ----
 
@@ -396,10 +376,13 @@ class ZoneAgent:
             self.log.info("node_added", node=name, address=spec.address)
 
     async def _stop_one(self, rt: NodeRuntime) -> None:
+        """SIGTERM (and SIGCONT, for a node paused by a chaos run), SIGKILL after
+        STOP_GRACE_S; the pid file goes with it."""
         conf = self._conf(rt.spec)
         if rt.pid is not None and alive_and_ours(rt.pid, conf):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rt.pid, signal.SIGTERM)
+                os.kill(rt.pid, signal.SIGCONT)
             deadline = time.monotonic() + STOP_GRACE_S
             while time.monotonic() < deadline and alive_and_ours(rt.pid, conf):
                 if rt.child is not None:
@@ -411,6 +394,7 @@ class ZoneAgent:
         if rt.child is not None:
             await asyncio.to_thread(rt.child.wait)
         self.cdir.pid_file(f"node.{rt.spec.name}").unlink(missing_ok=True)
+        self.log.info("node_stopped", node=rt.spec.name)
 
     # -- state publishing ---------------------------------------------------------------------
 
