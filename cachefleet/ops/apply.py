@@ -878,12 +878,12 @@ async def apply(
             return await lifecycle.up(topology_path, state_dir=state_dir, detach=True, out=out)
         check_changeable(plan.topology, topo)
     if not live_processes(cdir):
-        if plan.raw_topology == raw:
+        if plan.raw_topology == raw and not (cdir.root / MARKER).exists():
             return await lifecycle.up(topology_path, state_dir=state_dir, detach=True, out=out)
         if dry_run:
             out(f"cluster {topo.name} is stopped: apply would start it, then change it")
         else:
-            # start it as it was, then change it
+            # start it as plan.json has it (mid-change, after a reboot), then change it
             current = cdir.root / "topology.running.yaml"
             current.write_text(yaml.safe_dump(plan.raw_topology))
             await lifecycle.up(str(current), state_dir=state_dir, detach=True, out=out)
