@@ -119,7 +119,9 @@ def test_logs_follow_shows_a_restart_as_it_happens(cluster: RunningCluster) -> N
         except subprocess.TimeoutExpired:
             proc.kill()
             _, err = proc.communicate(timeout=10)
-            raise AssertionError(f"logs -f still running 30 s after SIGINT; stderr: {err[-2000:]}")
+            raise AssertionError(
+                f"logs -f still running 30 s after SIGINT; stderr: {err[-2000:]}"
+            ) from None
         assert code == 0
     finally:
         if proc.poll() is None:
