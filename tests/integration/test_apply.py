@@ -22,7 +22,7 @@ from helpers import ROOT, RunningCluster, base_topology, cli, router_client, wai
 from redis.cluster import RedisCluster
 
 from cachefleet.events import read_events
-from cachefleet.proc import read_pid
+from cachefleet.proc import live_processes, read_pid
 
 pytestmark = pytest.mark.integration
 
@@ -154,6 +154,17 @@ def test_plan_only_with_dry_run_no_changes_and_refusals(cluster_factory: Any) ->
                   check=False)  # fmt: skip
     assert refused.returncode != 0 and "`zones`" in refused.stderr
     assert c.cdir.plan_path.read_text() == before
+
+    # new sentinel and router settings restart those processes, and only those
+    original = json.loads(before)["topology"]
+    c.topology_path.write_text(yaml.safe_dump(original))
+    pids = live_processes(c.cdir)
+    apply(c, sentinels={"probe_interval_ms": 50}, router={"port": "auto", "max_clients": 5000})
+    after = live_processes(c.cdir)
+    restarted = {name for name, pid in pids.items() if after.get(name) != pid}
+    assert restarted == {n for n in pids if n.startswith(("sentinel.", "router"))}, restarted
+    assert c.plan.topology.sentinels.probe_interval_ms == 50
+    assert c.status()["state"] == "available"
 
 
 def test_replicas_up_then_down_under_writers(cluster_factory: Any) -> None:
