@@ -44,7 +44,7 @@ from typing import Any
 import hiredis
 import redis.asyncio as aredis
 import yaml
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from cachefleet import bus, ports
 from cachefleet.announce import emit_event, publish_layout
@@ -388,21 +388,25 @@ class Applier:
         for n in added:
             if n.name not in view.by_name or ids[n.name] != view.by_name[n.name].id:
                 await self.call(n, "CLUSTER", "MEET", anchor.host, anchor.port, anchor.bus_port)
-        everyone = [n for n in union]
+        # Every member must know every other, new ones included: a new replica asked to
+        # CLUSTER REPLICATE a new primary it has not met yet answers "Unknown node".
+        wanted = set(ids.values()) | {
+            view.by_name[n.name].id for n in union if n.name in view.by_name and n not in added
+        }
 
         async def all_known() -> bool:
-            texts = await asyncio.gather(
-                *(self.try_call(n, "CLUSTER", "NODES") for n in everyone if n not in added)
-            )
-            for text in texts:
+            texts = await asyncio.gather(*(self.try_call(n, "CLUSTER", "NODES") for n in union))
+            for n, text in zip(union, texts, strict=True):
                 if not isinstance(text, bytes):
-                    continue
+                    if n in added:
+                        return False
+                    continue  # an old member that is down: failover is not apply's business
                 known = {
                     ln.id
                     for ln in parse_cluster_nodes(text.decode())
                     if "handshake" not in ln.flags
                 }
-                if not set(ids.values()) <= known:
+                if not wanted <= known:
                     return False
             return True
 
@@ -446,8 +450,15 @@ class Applier:
             if orphans:
                 self.step(f"{node.name}: {orphans} key(s) in slots it does not own, dropped")
                 await self.call(node, "FLUSHALL")
-        await self.call(node, "CLUSTER", "REPLICATE", primary_id)
-        return orphans
+        deadline = time.monotonic() + 15.0
+        while True:  # gossip may not yet have told `node` of its primary
+            try:
+                await self.call(node, "CLUSTER", "REPLICATE", primary_id)
+                return orphans
+            except ResponseError as e:
+                if "Unknown node" not in str(e) or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.1)
 
     async def hand_over(self, shard: int, to: NodeSpec, union: Sequence[NodeSpec]) -> None:
         """A graceful failover of `shard` to `to` (plain CLUSTER FAILOVER: no write lost)."""
