@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 import yaml
 
+from cachefleet import nodetypes
 from cachefleet.errors import TopologyError
 from cachefleet.security import Security, parse_security
 
@@ -34,13 +35,8 @@ MAXMEMORY_POLICIES = (
 READ_FROM = ("primary", "replica", "same-zone")
 CLUSTER_MODES = ("enabled", "disabled")
 
-#: Named node sizes, like a managed service's node types: name -> maxmemory in bytes.
-NODE_TYPES: dict[str, int] = {
-    "cache.micro": 64 * 1024**2,
-    "cache.small": 256 * 1024**2,
-    "cache.medium": 1024**3,
-    "cache.large": 4 * 1024**3,
-}
+#: Named node sizes, the short ones and the service's (cachefleet.nodetypes): name -> bytes.
+NODE_TYPES = nodetypes.NODE_TYPES
 
 MAX_ZONES = 6
 MAX_SHARDS = 500

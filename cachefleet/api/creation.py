@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from cachefleet.api.names import Account, group_id, node_size
+from cachefleet.api.names import Account, check_node_type, group_id
 from cachefleet.api.wire import ApiError, Params
 from cachefleet.errors import TopologyError
 from cachefleet.topology import (
@@ -113,8 +113,7 @@ def create_request(params: Params, account: Account) -> CreateRequest:
             f"Engine: {engine!r} is not a replication group engine (redis, valkey); "
             "memcached clusters are made with CreateCacheCluster",
         )
-    node_type = params.string("CacheNodeType") or "cache.t4g.micro"
-    size = node_size(node_type)
+    node_type = check_node_type(params.string("CacheNodeType") or "cache.t4g.micro")
     refuse_missing_capabilities(params)
     for key in IGNORED:
         params.string(key)
@@ -225,7 +224,7 @@ def create_request(params: Params, account: Account) -> CreateRequest:
         "zones": distinct,
         "shards": shards,
         "replicas_per_shard": per_shard,
-        "node_type": size,
+        "node_type": node_type,
         "ports": {"base": "auto"},
         "router": {"port": port if port is not None else "auto"},
         "bus": {"url": "embedded"},
@@ -278,8 +277,7 @@ def cache_cluster_request(params: Params, account: Account) -> CacheClusterReque
             "memcached clusters here; make Redis or Valkey clusters with "
             "CreateReplicationGroup",
         )
-    node_type = params.string("CacheNodeType") or "cache.t4g.micro"
-    size = node_size(node_type)
+    node_type = check_node_type(params.string("CacheNodeType") or "cache.t4g.micro")
     nodes = params.integer("NumCacheNodes", lo=1, hi=MAX_CACHE_NODES) or 1
     mode = params.string("AZMode")
     if mode is not None and mode not in ("single-az", "cross-az"):
@@ -327,7 +325,7 @@ def cache_cluster_request(params: Params, account: Account) -> CacheClusterReque
         "engine": "memcached",
         "zones": zones,
         "nodes": nodes,
-        "node_type": size,
+        "node_type": node_type,
         "ports": {"base": "auto"},
         "router": {"port": port if port is not None else "auto"},
         "bus": {"url": "embedded"},

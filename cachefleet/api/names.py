@@ -5,49 +5,30 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from cachefleet import nodetypes
 from cachefleet.api.wire import ApiError
-from cachefleet.topology import NODE_TYPES
 
 _GROUP_ID = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 
-#: The service's node types and what each becomes here: the memory its nodes are given
-#: (one of the topology's node sizes, in the same order as the real types' memory). Names
-#: the topology already knows (cache.micro …) are accepted as they are.
-NODE_TYPE_SIZES: dict[str, str] = {
-    "cache.t2.micro": "cache.micro",
-    "cache.t3.micro": "cache.micro",
-    "cache.t4g.micro": "cache.micro",
-    "cache.t2.small": "cache.small",
-    "cache.t3.small": "cache.small",
-    "cache.t4g.small": "cache.small",
-    "cache.t2.medium": "cache.medium",
-    "cache.t3.medium": "cache.medium",
-    "cache.t4g.medium": "cache.medium",
-    "cache.m5.large": "cache.large",
-    "cache.m6g.large": "cache.large",
-    "cache.m7g.large": "cache.large",
-    "cache.r5.large": "cache.large",
-    "cache.r6g.large": "cache.large",
-    "cache.r7g.large": "cache.large",
-}
 
-
-def node_size(node_type: str) -> str:
-    """The topology's node_type for a service node type (or a topology name as it is)."""
-    if node_type in NODE_TYPES:
-        return node_type
-    size = NODE_TYPE_SIZES.get(node_type)
-    if size is None:
-        known = ", ".join([*NODE_TYPE_SIZES, *NODE_TYPES])
+def check_node_type(raw: str, field: str = "CacheNodeType") -> str:
+    """A node type of the request, checked against the one table (cachefleet.nodetypes):
+    the service's names (cache.t4g.small …) and the topology's (cache.small …)."""
+    if raw not in nodetypes.NODE_TYPES:
         raise ApiError(
-            "InvalidParameterValue", f"CacheNodeType: {node_type!r} is not one of {known}"
+            "InvalidParameterValue", f"{field}: {raw!r} is not one of {nodetypes.valid_names()}"
         )
-    return size
+    return raw
 
 
-def node_memory(node_type: str) -> int:
+def node_size(name: str) -> str:
+    """The project's size for a service node type (or a short name as it is)."""
+    return nodetypes.size_of(check_node_type(name))
+
+
+def node_memory(name: str) -> int:
     """Bytes of memory a node of this type gets."""
-    return NODE_TYPES[node_size(node_type)]
+    return nodetypes.memory(check_node_type(name))
 
 
 def group_id(raw: str, field: str = "ReplicationGroupId") -> str:

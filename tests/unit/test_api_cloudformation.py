@@ -80,7 +80,7 @@ def test_a_template_becomes_topologies_that_validate(tmp_path: Path) -> None:
     )  # fmt: skip
     t = shop.topology
     assert (t["name"], t["shards"], t["replicas_per_shard"], t["node_type"]) == (
-        "shop", 2, 1, "cache.small"
+        "shop", 2, 1, "cache.t4g.small"
     )  # fmt: skip
     assert t["router"] == {"port": 7400} and t["zones"] == ["eu-west-3a", "eu-west-3b"]
     assert shop.tags == {"team": "checkout"} and shop.node_type == "cache.t4g.small"

@@ -32,7 +32,8 @@ def test_cluster_mode_shape_becomes_a_topology_that_validates() -> None:
     )
     t = req.topology
     assert (req.name, t["engine"], t["shards"], t["replicas_per_shard"]) == ("shop", "valkey", 3, 1)
-    assert t["node_type"] == "cache.small" and req.node_type == "cache.t4g.small"
+    # the topology keeps the service's name: it accepts it (cachefleet.nodetypes)
+    assert t["node_type"] == "cache.t4g.small" and req.node_type == "cache.t4g.small"
     assert t["zones"] == ["us-west-2a", "us-west-2b"]
     assert req.cluster_enabled and req.automatic_failover
     assert req.tags == {"team": "cache"}
@@ -237,7 +238,7 @@ def test_a_memcached_cache_cluster_becomes_a_memcached_topology() -> None:
         "sessions",
         "memcached",
         4,
-        "cache.small",
+        "cache.t4g.small",
     )
     assert t["zones"] == ["us-west-2a", "us-west-2b", "us-west-2c"]
     assert parse_topology(t).memcached is not None  # what `up` will accept
