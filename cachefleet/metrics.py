@@ -20,7 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 PREFIX = "cachefleet_"
@@ -30,6 +35,7 @@ NODE_LABELS = ("cluster", "shard", "node", "zone", "role")
 class Kind(enum.Enum):
     GAUGE = "gauge"
     COUNTER = "counter"
+    HISTOGRAM = "histogram"
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,41 @@ ROUTER_CONNS = _g(
 )
 ROUTER_OPS = _g(
     "router_ops_per_second", "", "requests per second of a router worker", ("cluster", "router")
+)
+ROUTER_REQUESTS = _c(
+    "router_requests", "", "requests a router worker has handled", ("cluster", "router")
+)
+ROUTER_ERRORS = _c(
+    "router_errors",
+    "",
+    "client errors of a router worker (protocol errors, limits, refused logins)",
+    ("cluster", "router"),
+)
+ROUTER_LATENCY = MetricDef(
+    PREFIX + "router_request_duration_seconds",
+    Kind.HISTOGRAM,
+    "",
+    "time from reading a request to queueing its reply, in a router worker",
+    ("cluster", "router"),
+)
+SNAPSHOT_AGE = _g(
+    "snapshot_age_seconds", "", "age of the cluster's newest snapshot", ("cluster", "snapshot_kind")
+)
+SLOTS_MIGRATED = _c("slots_migrated", "", "hash slots moved between shards by apply", ("cluster",))
+MODIFYING = _g(
+    "modify_in_progress", "", "1 while apply is changing the running cluster", ("cluster",)
+)
+COST = _c(
+    "cost_usd",
+    "",
+    "what the cluster has cost since it was created, at the price table's prices, by component",
+    ("cluster", "component"),
+)
+ALARM_STATE = _g(
+    "alarm_state",
+    "",
+    "1 for the state each alarm is in (OK, ALARM, INSUFFICIENT_DATA), 0 for the others",
+    ("cluster", "alarm", "state"),
 )
 
 #: Every metric, for the README's table and the tests.
@@ -308,7 +349,9 @@ Labels = tuple[tuple[str, str], ...]
 class Sample:
     metric: MetricDef
     labels: Labels
-    value: float
+    value: float  # a histogram's: the sum of its observations
+    #: a histogram's buckets: (upper bound, cumulative count), the last bound +Inf
+    buckets: tuple[tuple[float, float], ...] = ()
 
 
 def labels_of(**values: Any) -> Labels:
@@ -445,11 +488,18 @@ class EventCounts:
 
     failovers: dict[str, int] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
+    slots_migrated: int = 0
+    modifying: bool = False
 
     def feed(self, events: Iterable[Mapping[str, Any]]) -> None:
         for event in events:
             kind = event.get("type")
-            if kind == "cluster_created":
+            if kind == "slots_migrated":
+                n = event.get("slots")
+                self.slots_migrated += n if isinstance(n, int) and n > 0 else 0
+            elif kind in ("modify_started", "modify_completed", "modify_failed"):
+                self.modifying = kind == "modify_started"
+            elif kind == "cluster_created":
                 self.restarts = {}  # restarts count since the cluster was last started
             elif kind == "process_restarted":
                 name = str(event.get("process"))
@@ -459,6 +509,58 @@ class EventCounts:
                 self.failovers[outcome] = self.failovers.get(outcome, 0) + 1
 
 
+@dataclass(frozen=True)
+class RouterStats:
+    """The counters a router worker publishes with its state (all cumulative): requests,
+    client errors, and its request-duration histogram (`bounds` in seconds, `counts` one per
+    bound plus one for +Inf, not cumulative)."""
+
+    requests: int = 0
+    errors: int = 0
+    bounds: tuple[float, ...] = ()
+    counts: tuple[int, ...] = ()
+    total_s: float = 0.0
+
+    @classmethod
+    def from_state(cls, data: Any) -> RouterStats | None:
+        """From a router's decoded state message; None when its fields are not what a router
+        writes (the bus is input like any other)."""
+        if not isinstance(data, Mapping):
+            return None
+
+        def count(value: Any) -> int | None:
+            ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 62
+            return value if ok else None
+
+        requests, errors = count(data.get("ops_total", 0)), count(data.get("client_errors", 0))
+        if requests is None or errors is None:
+            return None
+        hist = data.get("latency")
+        if hist is None:
+            return cls(requests, errors)
+        if not isinstance(hist, Mapping):
+            return None
+        bounds, counts, total = hist.get("le"), hist.get("counts"), hist.get("sum")
+        if not isinstance(bounds, list) or not isinstance(counts, list) or len(bounds) > 64:
+            return None
+        if len(counts) != len(bounds) + 1 or not all(count(c) is not None for c in counts):
+            return None
+        if not all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds):
+            return None
+        if any(not math.isfinite(b) or b <= 0 for b in bounds) or bounds != sorted(set(bounds)):
+            return None
+        if isinstance(total, bool) or not isinstance(total, int | float) or not total >= 0:
+            return None
+        return cls(requests, errors, tuple(map(float, bounds)), tuple(counts), float(total))
+
+    def buckets(self) -> tuple[tuple[float, float], ...]:
+        out, running = [], 0
+        for bound, n in zip((*self.bounds, math.inf), self.counts, strict=True):
+            running += n
+            out.append((bound, float(running)))
+        return tuple(out)
+
+
 def control_samples(
     *,
     cluster: str,
@@ -466,12 +568,27 @@ def control_samples(
     counts: EventCounts,
     sdown: Mapping[str, Iterable[str]],
     routers: Mapping[str, tuple[int, float]],
+    router_stats: Mapping[str, RouterStats] | None = None,
+    snapshot_ages: Mapping[str, float] | None = None,
 ) -> list[Sample]:
-    """`sdown`: sentinel -> nodes it holds down; `routers`: router -> (connections, ops/s)."""
+    """`sdown`: sentinel -> nodes it holds down; `routers`: router -> (connections, ops/s);
+    `router_stats`: router -> its counters; `snapshot_ages`: snapshot kind -> seconds since
+    the newest of that kind was taken."""
     out = [
         Sample(FAILOVERS, labels_of(cluster=cluster, outcome=o), float(counts.failovers.get(o, 0)))
         for o in sorted(set(FAILOVER_OUTCOMES.values()))
     ]
+    one = labels_of(cluster=cluster)
+    out.append(Sample(SLOTS_MIGRATED, one, float(counts.slots_migrated)))
+    out.append(Sample(MODIFYING, one, 1.0 if counts.modifying else 0.0))
+    for kind, age in sorted((snapshot_ages or {}).items()):
+        out.append(Sample(SNAPSHOT_AGE, labels_of(cluster=cluster, snapshot_kind=kind), age))
+    for router, stats in sorted((router_stats or {}).items()):
+        lab = labels_of(cluster=cluster, router=router)
+        out.append(Sample(ROUTER_REQUESTS, lab, float(stats.requests)))
+        out.append(Sample(ROUTER_ERRORS, lab, float(stats.errors)))
+        if stats.counts:
+            out.append(Sample(ROUTER_LATENCY, lab, stats.total_s, stats.buckets()))
     if config_epoch is not None:
         out.append(Sample(CONFIG_EPOCH, labels_of(cluster=cluster), float(config_epoch)))
     out += [
@@ -497,18 +614,29 @@ class _Families(Collector):
         self.samples = list(samples)
 
     def collect(self) -> Iterable[Metric]:
-        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily] = {}
         for s in self.samples:
             fam = families.get(s.metric.name)
             if fam is None:
                 names = [k for k, _ in s.labels]
                 if s.metric.kind is Kind.COUNTER:
                     fam = CounterMetricFamily(s.metric.name, s.metric.help_text, labels=names)
+                elif s.metric.kind is Kind.HISTOGRAM:
+                    fam = HistogramMetricFamily(s.metric.name, s.metric.help_text, labels=names)
                 else:
                     fam = GaugeMetricFamily(s.metric.name, s.metric.help_text, labels=names)
                 families[s.metric.name] = fam
-            fam.add_metric([v for _, v in s.labels], s.value)
+            values = [v for _, v in s.labels]
+            if isinstance(fam, HistogramMetricFamily):
+                buckets = [(_le(b), c) for b, c in s.buckets]
+                fam.add_metric(values, buckets, s.value)
+            else:
+                fam.add_metric(values, s.value)
         return families.values()
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if math.isinf(bound) else repr(bound)
 
 
 def render(samples: Iterable[Sample]) -> bytes:

@@ -17,6 +17,8 @@ from urllib.parse import urlparse
 import yaml
 
 from cachefleet import nodetypes
+from cachefleet.alarms import AlarmSpec, parse_alarms
+from cachefleet.cost import Reservation, parse_reserved
 from cachefleet.errors import TopologyError
 from cachefleet.security import Security, parse_security
 
@@ -248,6 +250,8 @@ class Topology:
     endpoints: Endpoints | None = None  # set exactly when cluster_mode is disabled
     security: Security = field(default_factory=Security)  # secret files by path only
     parameters: tuple[tuple[str, str], ...] = ()  # allow-listed engine settings, sorted
+    alarms: tuple[AlarmSpec, ...] = ()  # cachefleet.alarms
+    reserved: tuple[Reservation, ...] = ()  # reserved nodes (cachefleet.cost)
 
     @property
     def standalone(self) -> bool:
@@ -570,6 +574,14 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
     metrics = Metrics(port=met.int_or_auto("port", "auto", 1, MAX_PORT))
     met.done()
     security = parse_security(root.section("security"), engine, cluster_mode)
+    alarms = parse_alarms(
+        root.raw("alarms"),
+        source=source,
+        memcached=memcached is not None,
+        shards=shards,
+        zones=zones,
+    )
+    reserved = parse_reserved(root.raw("reserved"), source=source)
 
     root.done()
 
@@ -597,6 +609,8 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
         cluster_mode=cluster_mode,
         endpoints=endpoints,
         parameters=parameters,
+        alarms=alarms,
+        reserved=reserved,
     )
 
 
