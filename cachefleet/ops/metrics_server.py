@@ -23,6 +23,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from cachefleet import bus, messages, metrics, ports
+from cachefleet.console.history import SampleRing
 from cachefleet.errors import InvalidInput
 from cachefleet.events import EventTail
 from cachefleet.metrics import CommandClasses, EventCounts, NodeReading, Sample
@@ -74,6 +75,7 @@ class Collector:
         self._text: tuple[int, bytes] | None = None  # (pass, its exposition text)
         self.collected_at = 0.0  # time.time() of the last pass
         self.passes = 0
+        self.history = SampleRing()  # the console's charts: 15 minutes, a point per 5 s
 
     def on_bus(self, topic: str, payload: bytes) -> None:
         """Sentinel hellos (SDOWN sets) and router states, validated like any daemon's input."""
@@ -177,6 +179,7 @@ class Collector:
         self.samples = samples
         self.collected_at = time.time()
         self.passes += 1
+        self.history.offer(self.collected_at, samples)
 
     def text(self) -> bytes:
         """The last pass as Prometheus text, rendered on the first scrape that wants it (a pass
@@ -252,6 +255,9 @@ class MetricsServer:
     async def _serve(self) -> None:
         app = web.Application()
         app.router.add_get("/metrics", self.handle_metrics)
+        from cachefleet.console.web import mount_cluster
+
+        mount_cluster(app, self.collector)  # the web console at /
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         delay = 1.0

@@ -1,9 +1,9 @@
 """The layers of DESIGN.md, checked on the source: imports run one way.
 
-L0 (the model: cachefleet/ outside ops/, chaos/, api/ and cli.py) imports nothing of ours above
-it; L1 daemons (shard/, sentinel/, router/) import L0 and themselves only; L2 (cachefleet.ops,
-cachefleet.chaos, cachefleet.api, cachefleet.cli, python -m cachefleet) imports L0, never a
-daemon (it starts them as processes).
+L0 (the model: cachefleet/ outside ops/, chaos/, api/, console/ and cli.py) imports nothing of
+ours above it; L1 daemons (shard/, sentinel/, router/) import L0 and themselves only; L2
+(cachefleet.ops, cachefleet.chaos, cachefleet.api, cachefleet.console, cachefleet.cli,
+python -m cachefleet) imports L0, never a daemon (it starts them as processes).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ L2 = (
     "cachefleet.ops",
     "cachefleet.chaos",
     "cachefleet.api",
+    "cachefleet.console",
     "cachefleet.cli",
     "cachefleet.__main__",
 )

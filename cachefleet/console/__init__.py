@@ -1,0 +1,12 @@
+"""The web console: one page that shows a running cluster and acts on it.
+
+Served by the cluster supervisor at ``/`` of the cluster's metrics address (that cluster, with
+links to the others in the state dir) and by ``cachefleet serve`` at ``/console/`` (every
+cluster of the state dir). The page polls JSON (``api/cluster.json``, ``api/history.json``),
+follows the event log as server-sent events (``api/events``) and posts its actions (a test
+failover of a shard, a snapshot) to the same operations as the CLI.
+
+:mod:`~cachefleet.console.view` shapes the JSON and :mod:`~cachefleet.console.history` keeps
+the last 15 minutes of samples (both pure); :mod:`~cachefleet.console.web` holds the aiohttp
+handlers; the page, its script and style sheet are in ``static/``.
+"""

@@ -1,0 +1,660 @@
+"""The console's HTTP side (aiohttp): the page, its assets, JSON, server-sent events, actions.
+
+Two mounts share the handlers of :class:`ClusterConsole`:
+
+- :func:`mount_cluster`, in the cluster supervisor's metrics server: the page at ``/``, the
+  cluster's view from the collector's last pass and its sample ring.
+- :func:`mount_serve`, in ``cachefleet serve``: ``/console/`` lists the state dir's
+  clusters, ``/console/c/NAME/`` shows one, its view asked of that cluster's supervisor
+  (``api/cluster.json`` at its metrics address) or, when none runs, drawn from the plan and
+  layout on disk with every node ``unknown``.
+
+Every request must name a loopback host (``Host``), so a page of another site that a DNS name
+points at this port reads nothing; an action is a ``POST`` of JSON whose ``Origin``, when the
+browser sends one, is this very origin, so another site's page cannot make a browser act.
+Actions run as tasks of the serving process and call the CLI's operations
+(:func:`cachefleet.ops.failover.graceful_failover`, :func:`cachefleet.ops.snapshot.create`);
+their outcome shows in the page's action list and, as the CLI's would, in the event log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import ipaddress
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from cachefleet import bus
+from cachefleet.announce import emit_event
+from cachefleet.console.history import SampleRing
+from cachefleet.console.view import cluster_entry, cluster_view
+from cachefleet.errors import BusError, CachefleetError
+from cachefleet.metrics import Sample
+from cachefleet.plan import Plan, PlanFile
+from cachefleet.proc import live_processes
+from cachefleet.state import ClusterDir
+
+log = logging.getLogger("cachefleet.console")
+
+STATIC = Path(__file__).with_name("static")
+ASSETS = {"console.js": "application/javascript", "console.css": "text/css"}
+BACKLOG_BYTES = 64 * 1024  # a new event stream starts with the events in the log's last 64 KiB
+POLL_S = 0.5
+KEEPALIVE_S = 15.0
+ACTIONS_KEPT = 20
+PROXY_TIMEOUT_S = 2.0
+JSON_TYPES = ("application/json",)
+HOSTS_KEY = web.AppKey("console_hosts", frozenset)  # host names served besides loopback ones
+
+
+# -- request checks (pure) --------------------------------------------------------------------
+
+
+def host_name(host: str) -> str:
+    """The name part of a ``Host`` header: ``127.0.0.1:9000`` -> ``127.0.0.1``,
+    ``[::1]:9000`` -> ``::1``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def is_loopback(name: str) -> bool:
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def refusal(method: str, headers: Mapping[str, str], hosts: frozenset[str] = frozenset()) -> str:
+    """Why a request is refused ("" when it is not): a ``Host`` that is neither a loopback
+    address nor one of `hosts`; for an action (not GET/HEAD), an ``Origin`` other than this
+    origin, a cross-site ``Sec-Fetch-Site``, or a body that is not JSON (a form of another
+    site could send it without asking first)."""
+    host = headers.get("Host", "")
+    name = host_name(host)
+    if not (is_loopback(name) or name in hosts):
+        return f"host {host!r} is not served here"
+    if method in ("GET", "HEAD"):
+        return ""
+    origin = headers.get("Origin")
+    if origin is not None:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or parts.netloc.lower() != host.strip().lower():
+            return f"cross-origin request from {origin!r} refused"
+    elif headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        return "cross-site request refused"
+    ctype = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    if ctype not in JSON_TYPES:
+        return "an action is a POST of application/json"
+    return ""
+
+
+# -- the event log, by byte offsets -------------------------------------------------------------
+
+
+def backlog_offset(path: Path, max_bytes: int = BACKLOG_BYTES) -> int:
+    """Where the last `max_bytes` of the log begin, moved to the start of a whole line."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            if size <= max_bytes:
+                return 0
+            f.seek(size - max_bytes)
+            head = f.read(max_bytes)
+    except OSError:
+        return 0
+    cut = head.find(b"\n")
+    return size if cut < 0 else size - max_bytes + cut + 1
+
+
+def read_event_lines(path: Path, offset: int) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+    """The whole lines appended since `offset`: ``([(offset after the line, event)...],
+    offset after the last whole line)``. A log shorter than `offset` (recreated) is read from
+    its start."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            if offset > size:
+                offset = 0
+            f.seek(offset)
+            chunk = f.read(size - offset)
+    except OSError:
+        return [], offset
+    out: list[tuple[int, dict[str, Any]]] = []
+    pos = 0
+    while True:
+        end = chunk.find(b"\n", pos)
+        if end < 0:
+            break
+        try:
+            event = json.loads(chunk[pos:end])
+        except ValueError:
+            event = None
+        pos = end + 1
+        if isinstance(event, dict):
+            out.append((offset + pos, event))
+    return out, offset + pos
+
+
+# -- actions ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Action:
+    id: int
+    kind: str  # failover / snapshot
+    target: str  # "shard 2", "" for the whole cluster
+    started: float
+    state: str = "running"  # running / done / failed
+    message: str = ""
+    ended: float | None = None
+
+
+class Actions:
+    """The actions started from this process's console: at most one of a kind and target at
+    a time, the last ``ACTIONS_KEPT`` remembered for the page."""
+
+    def __init__(self) -> None:
+        self.recent: deque[Action] = deque(maxlen=ACTIONS_KEPT)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._next = 1
+
+    def running(self, kind: str, target: str) -> Action | None:
+        return next(
+            (a for a in self.recent if (a.kind, a.target, a.state) == (kind, target, "running")),
+            None,
+        )
+
+    def start(self, kind: str, target: str, work: Callable[[], Awaitable[str]]) -> Action:
+        action = Action(self._next, kind, target, time.time())
+        self._next += 1
+        self.recent.append(action)
+
+        async def body() -> None:
+            try:
+                action.message = await work()
+                action.state = "done"
+            except asyncio.CancelledError:
+                action.state, action.message = "failed", "stopped with the console"
+                raise
+            except Exception as exc:  # shown on the page; never the end of the server
+                log.warning("console %s %s failed: %s", kind, target, exc)
+                action.state, action.message = "failed", f"{exc}"
+            finally:
+                action.ended = time.time()
+
+        task = asyncio.create_task(body(), name=f"console.{kind}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return action
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [asdict(a) for a in reversed(self.recent)]
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def _flush(outbox: bus.Outbox) -> None:
+    with contextlib.suppress(BusError):  # the event log has it; the bus may be down
+        await outbox.flush()
+
+
+async def run_failover(cdir: ClusterDir, shard: int | None) -> str:
+    """The CLI's ``failover NAME --shard N``; it publishes the layout and the
+    ``graceful_failover`` event itself."""
+    from cachefleet.ops.failover import graceful_failover
+
+    return await graceful_failover(cdir.name, shard_id=shard, to=None, state_dir=str(cdir.home))
+
+
+async def run_snapshot(cdir: ClusterDir, plan: Plan) -> str:
+    """The CLI's ``snapshot create NAME``, with the events an automatic snapshot has."""
+    from cachefleet.ops import snapshot as snapshot_ops
+
+    outbox = bus.Outbox(plan.bus_host, plan.bus_port)
+    emit_event(outbox, cdir, "snapshot_started", snapshot_kind="manual")
+    await _flush(outbox)
+    t0 = time.monotonic()
+    try:
+        m = await snapshot_ops.create(
+            cdir.name, snapshot_id=None, state_dir=str(cdir.home), out=lambda _msg: None
+        )
+    except Exception as exc:
+        emit_event(outbox, cdir, "snapshot_failed", snapshot_kind="manual", error=str(exc))
+        await _flush(outbox)
+        raise
+    emit_event(
+        outbox,
+        cdir,
+        "snapshot_completed",
+        snapshot=m.id,
+        snapshot_kind="manual",
+        keys=m.keys,
+        bytes=m.bytes,
+        seconds=round(time.monotonic() - t0, 3),
+    )
+    await _flush(outbox)
+    return f"snapshot {m.id}: {len(m.shards)} shard(s), {m.keys} keys, {m.bytes} bytes"
+
+
+# -- one cluster's handlers ---------------------------------------------------------------------
+
+ViewFn = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, headers={"Cache-Control": "no-store"})
+
+
+class ClusterConsole:
+    """The JSON, event stream and actions of one cluster; `view` and `history` say where its
+    numbers come from (the collector in this process, or its supervisor over HTTP)."""
+
+    def __init__(
+        self,
+        cdir: ClusterDir,
+        *,
+        view: ViewFn,
+        history: ViewFn,
+        plan: Callable[[], Plan],
+        actions: Actions,
+        stop: asyncio.Event,
+    ) -> None:
+        self.cdir = cdir
+        self.view, self.history, self.plan = view, history, plan
+        self.actions = actions
+        self.stop = stop
+
+    async def cluster_json(self, request: web.Request) -> web.Response:
+        data = await self.view()
+        mine = self.actions.to_json()
+        theirs = [a for a in data.get("recent_actions", []) if isinstance(a, dict)]
+        data["recent_actions"] = sorted(mine + theirs, key=lambda a: -float(a.get("started") or 0))[
+            :ACTIONS_KEPT
+        ]
+        return _json(data)
+
+    async def history_json(self, request: web.Request) -> web.Response:
+        return _json(await self.history())
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        """The event log as server-sent events: the last ones, then each as it is appended;
+        ``Last-Event-ID`` (a byte offset) resumes a broken stream where it stopped."""
+        path = self.cdir.events_path
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-store",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await resp.prepare(request)
+        last = request.headers.get("Last-Event-ID", "")
+        offset = int(last) if last.isdigit() else backlog_offset(path)
+        quiet_since = time.monotonic()
+        try:
+            await resp.write(b"retry: 2000\n\n")
+            while not self.stop.is_set():
+                batch, offset = read_event_lines(path, offset)
+                if batch:
+                    text = "".join(
+                        f"id: {end}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n"
+                        for end, event in batch
+                    )
+                    await resp.write(text.encode())
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since > KEEPALIVE_S:
+                    await resp.write(b": keep-alive\n\n")
+                    quiet_since = time.monotonic()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), POLL_S)
+        except (ConnectionError, RuntimeError):
+            pass  # the page went away
+        return resp
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise web.HTTPBadRequest(text="the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise web.HTTPBadRequest(text="the body is not a JSON object")
+        return body
+
+    def _started(self, action: Action) -> web.Response:
+        return _json({"action": asdict(action)}, status=202)
+
+    async def post_failover(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        plan = self.plan()
+        if plan.topology.is_memcached:
+            return _json({"error": "a memcached cluster has no replicas to fail over to"}, 409)
+        shard = body.get("shard")
+        if plan.topology.standalone:
+            shard = None
+        elif isinstance(shard, bool) or not isinstance(shard, int):
+            return _json({"error": 'give the shard to fail over: {"shard": N}'}, 400)
+        target = f"shard {shard}" if shard is not None else "group"
+        if self.actions.running("failover", target):
+            return _json({"error": f"a failover of {target} is already running"}, 409)
+        cdir = self.cdir
+        return self._started(
+            self.actions.start("failover", target, lambda: run_failover(cdir, shard))
+        )
+
+    async def post_snapshot(self, request: web.Request) -> web.Response:
+        await self._body(request)
+        plan = self.plan()
+        if plan.topology.is_memcached:
+            return _json({"error": "a memcached cluster has no snapshots"}, 409)
+        if self.actions.running("snapshot", ""):
+            return _json({"error": "a snapshot is already being taken"}, 409)
+        cdir = self.cdir
+        return self._started(self.actions.start("snapshot", "", lambda: run_snapshot(cdir, plan)))
+
+
+# -- the page ---------------------------------------------------------------------------------
+
+
+def page(*, title: str, cluster: str, api: str, clusters_api: str, static: str) -> str:
+    """index.html with its data attributes filled (the script reads every URL from them)."""
+    text = (STATIC / "index.html").read_text()
+    for key, value in {
+        "title": title,
+        "cluster": cluster,
+        "api": api,
+        "clusters_api": clusters_api,
+        "static": static,
+    }.items():
+        text = text.replace("{{" + key + "}}", html.escape(value, quote=True))
+    return text
+
+
+def _page_response(**kw: str) -> web.Response:
+    return web.Response(
+        text=page(**kw), content_type="text/html", headers={"Cache-Control": "no-store"}
+    )
+
+
+async def _asset(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if name not in ASSETS:
+        raise web.HTTPNotFound()
+    return web.Response(body=(STATIC / name).read_bytes(), content_type=ASSETS[name])
+
+
+def cluster_names(home: Path) -> list[str]:
+    """The clusters of a state dir: its directories that hold a plan."""
+    if not home.is_dir():
+        return []
+    return sorted(p.name for p in home.iterdir() if (p / "plan.json").is_file())
+
+
+def _supervised(cdir: ClusterDir) -> bool:
+    return "supervisor" in live_processes(cdir)
+
+
+def _load_plan(cdir: ClusterDir) -> Plan | None:
+    try:
+        return Plan.load(cdir.plan_path)
+    except (OSError, ValueError, KeyError, TypeError, CachefleetError):
+        return None
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _add(app: web.Application, method: str, path: str, handler: Handler) -> None:
+    """A console route, behind the checks of :func:`refusal`."""
+    hosts: frozenset[str] = app.get(HOSTS_KEY, frozenset())
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        why = refusal(request.method, request.headers, hosts)
+        if why:
+            return _json({"error": why}, 403)
+        return await handler(request)
+
+    app.router.add_route(method, path, guarded)
+
+
+def _on_stop(app: web.Application, stop: asyncio.Event, actions: list[Actions]) -> None:
+    async def shutdown(_app: web.Application) -> None:
+        stop.set()  # event streams end, so the runner's cleanup does not wait for them
+
+    async def cleanup(_app: web.Application) -> None:
+        for a in actions:
+            await a.close()
+
+    app.on_shutdown.append(shutdown)
+    app.on_cleanup.append(cleanup)
+
+
+# -- in the cluster supervisor --------------------------------------------------------------
+
+
+class Source(Protocol):
+    """What the console reads of the metrics collector (cachefleet.ops.metrics_server)."""
+
+    plan: Plan
+    cdir: ClusterDir
+    samples: list[Sample]
+    sdown: dict[str, frozenset[str]]
+    collected_at: float
+    history: SampleRing
+
+
+def mount_cluster(
+    app: web.Application, source: Source, hosts: frozenset[str] = frozenset()
+) -> None:
+    """The console of the collector's cluster at ``/`` (with ``/static/``, ``/api/``)."""
+    cdir = source.cdir
+    planfile = PlanFile(cdir.plan_path, source.plan)
+    stop = asyncio.Event()
+    actions = Actions()
+
+    def plan() -> Plan:
+        planfile.refresh()  # `apply` may have added nodes
+        return planfile.plan
+
+    async def view() -> dict[str, Any]:
+        data = cluster_view(
+            plan(),
+            cdir.load_layout(),
+            source.samples,
+            sdown=source.sdown,
+            collected_at=source.collected_at or None,
+        )
+        data["recent_actions"] = []
+        return data
+
+    async def history() -> dict[str, Any]:
+        return source.history.to_json()
+
+    console = ClusterConsole(
+        cdir, view=view, history=history, plan=plan, actions=actions, stop=stop
+    )
+
+    async def index(request: web.Request) -> web.Response:
+        return _page_response(
+            title=f"{cdir.name} · cachefleet",
+            cluster=cdir.name,
+            api="/api/",
+            clusters_api="/api/clusters.json",
+            static="/static/",
+        )
+
+    async def clusters(request: web.Request) -> web.Response:
+        from cachefleet.ops.metrics_file import metrics_address
+
+        out = []
+        for name in cluster_names(cdir.home):
+            other = ClusterDir(cdir.home, name)
+            running = name == cdir.name or _supervised(other)
+            address = metrics_address(other) if name != cdir.name else None
+            href = (
+                "/"
+                if name == cdir.name
+                else (f"http://{address}/" if running and address else None)
+            )
+            p = plan() if name == cdir.name else _load_plan(other)
+            out.append(cluster_entry(name, p, running=running, href=href))
+        return _json({"clusters": out, "current": cdir.name})
+
+    app[HOSTS_KEY] = hosts
+    _add(app, "GET", "/", index)
+    _add(app, "GET", "/static/{name}", _asset)
+    _add(app, "GET", "/api/clusters.json", clusters)
+    _add(app, "GET", "/api/cluster.json", console.cluster_json)
+    _add(app, "GET", "/api/history.json", console.history_json)
+    _add(app, "GET", "/api/events", console.events)
+    _add(app, "POST", "/api/failover", console.post_failover)
+    _add(app, "POST", "/api/snapshot", console.post_snapshot)
+    _on_stop(app, stop, [actions])
+
+
+# -- in `cachefleet serve` ----------------------------------------------------------------------
+
+
+class _Remote:
+    """One HTTP client session for asking the clusters' supervisors, made in the server's
+    loop on first use."""
+
+    def __init__(self) -> None:
+        self.session: aiohttp.ClientSession | None = None
+
+    async def get(self, address: str, path: str) -> dict[str, Any] | None:
+        if self.session is None:
+            self.session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=PROXY_TIMEOUT_S)
+            )
+        try:
+            async with self.session.get(f"http://{address}{path}") as resp:
+                if resp.status != 200:
+                    return None
+                data = await resp.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+
+def mount_serve(
+    app: web.Application, home: Path, hosts: frozenset[str] = frozenset(), prefix: str = "/console"
+) -> None:
+    """The console of every cluster in `home` under `prefix`."""
+    from cachefleet.ops.metrics_file import metrics_address
+
+    stop = asyncio.Event()
+    remote = _Remote()
+    consoles: dict[str, ClusterConsole] = {}
+    all_actions: list[Actions] = []
+
+    def console_of(name: str) -> ClusterConsole:
+        if name not in cluster_names(home):
+            raise web.HTTPNotFound(text=f"no cluster named {name!r} in {home}")
+        if name in consoles:
+            return consoles[name]
+        cdir = ClusterDir(home, name)
+
+        def plan() -> Plan:
+            found = _load_plan(cdir)
+            if found is None:
+                raise web.HTTPNotFound(text=f"cluster {name!r} has no readable plan")
+            return found
+
+        async def view() -> dict[str, Any]:
+            address = metrics_address(cdir)
+            if address is not None and _supervised(cdir):
+                data = await remote.get(address, "/api/cluster.json")
+                if data is not None:
+                    return data
+            return cluster_view(plan(), cdir.load_layout(), [], supervised=False)
+
+        async def history() -> dict[str, Any]:
+            address = metrics_address(cdir)
+            if address is not None and _supervised(cdir):
+                data = await remote.get(address, "/api/history.json")
+                if data is not None:
+                    return data
+            return SampleRing().to_json()
+
+        actions = Actions()
+        all_actions.append(actions)
+        consoles[name] = ClusterConsole(
+            cdir, view=view, history=history, plan=plan, actions=actions, stop=stop
+        )
+        return consoles[name]
+
+    def delegate(attr: str) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            bound: Handler = getattr(console_of(request.match_info["cluster"]), attr)
+            return await bound(request)
+
+        return handler
+
+    async def index(request: web.Request) -> web.Response:
+        name = request.match_info.get("cluster", "")
+        if name:
+            console_of(name)  # 404 for an unknown cluster
+        return _page_response(
+            title=f"{name + ' · ' if name else ''}cachefleet",
+            cluster=name,
+            api=f"{prefix}/c/{name}/api/" if name else "",
+            clusters_api=f"{prefix}/api/clusters.json",
+            static=f"{prefix}/static/",
+        )
+
+    async def to_slash(request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.path + "/")
+
+    async def clusters(request: web.Request) -> web.Response:
+        out = []
+        for name in cluster_names(home):
+            cdir = ClusterDir(home, name)
+            out.append(
+                cluster_entry(
+                    name, _load_plan(cdir), running=_supervised(cdir), href=f"{prefix}/c/{name}/"
+                )
+            )
+        return _json({"clusters": out, "current": None})
+
+    async def close_remote(_app: web.Application) -> None:
+        await remote.close()
+
+    app[HOSTS_KEY] = hosts
+    _add(app, "GET", prefix, to_slash)
+    _add(app, "GET", f"{prefix}/", index)
+    _add(app, "GET", f"{prefix}/static/{{name}}", _asset)
+    _add(app, "GET", f"{prefix}/api/clusters.json", clusters)
+    _add(app, "GET", f"{prefix}/c/{{cluster}}", to_slash)
+    _add(app, "GET", f"{prefix}/c/{{cluster}}/", index)
+    base = f"{prefix}/c/{{cluster}}/api"
+    _add(app, "GET", f"{base}/cluster.json", delegate("cluster_json"))
+    _add(app, "GET", f"{base}/history.json", delegate("history_json"))
+    _add(app, "GET", f"{base}/events", delegate("events"))
+    _add(app, "POST", f"{base}/failover", delegate("post_failover"))
+    _add(app, "POST", f"{base}/snapshot", delegate("post_snapshot"))
+    _on_stop(app, stop, all_actions)
+    app.on_cleanup.append(close_remote)
