@@ -39,7 +39,7 @@ from cachefleet import bus
 from cachefleet.credentials import Credentials
 from cachefleet.layout import Layout, LayoutError, LayoutNode
 from cachefleet.nodes import NodeLink, Role
-from cachefleet.plan import Plan
+from cachefleet.plan import Plan, PlanFile
 from cachefleet.state import ClusterDir
 from router.server import listen_socket, raise_nofile_limit, state_link
 
@@ -199,6 +199,13 @@ class Endpoint:
             return True
         return self.router.primary is not None and self.router.primary.name == target
 
+    def drop_gone(self, members: set[str]) -> int:
+        """Close every hop to a node that is no longer a member; how many were closed."""
+        gone = [h for h in self.hops if h.target is not None and h.target not in members]
+        for hop in gone:
+            hop.close()
+        return len(gone)
+
     def drop(self, keep: str | None) -> int:
         """Close every hop that does not go to `keep`; how many were closed."""
         gone = [h for h in self.hops if h.target != keep]
@@ -215,9 +222,13 @@ class StandaloneRouter:
         worker: int = 0,
         zone: str | None = None,
         admin: Credentials | None = None,
+        plan_path: Path | None = None,
     ) -> None:
         settings = plan.topology.router
         self.plan = plan
+        # `apply` writes plan.json before it publishes a layout naming new members
+        self.plan_file = PlanFile(plan_path, plan) if plan_path is not None else None
+        self.admin = admin
         self.worker = worker
         self.id = f"router-{worker}"
         self.zone = zone or settings.zone
@@ -241,12 +252,29 @@ class StandaloneRouter:
         if data is None or not topic.endswith("/layout"):
             return
         try:  # only this group's nodes at their planned addresses
-            layout = Layout.from_dict(data, self.plan)
+            layout = self.validate(data)
         except LayoutError as exc:
             self.layouts_refused += 1
             self.log.warning("layout_refused", error=str(exc), refused=self.layouts_refused)
             return
         self.apply_layout(layout)
+
+    def validate(self, data: Any) -> Layout:
+        try:
+            return Layout.from_dict(data, self.plan)
+        except LayoutError:
+            if self.plan_file is None or not self.plan_file.refresh():
+                raise
+            self.plan = self.plan_file.plan
+            return Layout.from_dict(data, self.plan)
+
+    def link(self, node: LayoutNode) -> NodeLink:
+        """The health probe's link to a member (members `apply` adds get one when first seen)."""
+        link = self.links.get(node.name)
+        if link is None:
+            link = NodeLink(host=node.host, port=node.port, auth=self.admin)
+            self.links[node.name] = link
+        return link
 
     def apply_layout(self, layout: Layout) -> None:
         if self.layout is not None and (layout.epoch < self.layout.epoch or layout == self.layout):
@@ -261,6 +289,9 @@ class StandaloneRouter:
             # the old primary is demoted (or being): no client may keep writing to it
             closed = self.writer.drop(new_name)
             self.log.info("primary_changed", old=old.name, new=new_name, closed=closed)
+        members = {n.name for n in shard.nodes} if shard else set()
+        self.reader.drop_gone(members)  # members `apply` removed: their nodes stop
+        self.healthy &= members
         self.log.info("layout_applied", epoch=layout.epoch, primary=new_name)
         self.changed.set()
 
@@ -279,7 +310,7 @@ class StandaloneRouter:
                 continue
             seen = mtime
             try:
-                layout = Layout.from_dict(json.loads(path.read_bytes()), self.plan)
+                layout = self.validate(json.loads(path.read_bytes()))
             except (OSError, ValueError, LayoutError):
                 continue
             self.apply_layout(layout)
@@ -292,7 +323,7 @@ class StandaloneRouter:
         """Which replicas the reader endpoint may use: answering, a replica, link up."""
 
         async def check(node: LayoutNode) -> tuple[str, bool]:
-            rep = await self.links[node.name].probe(HEALTH_TIMEOUT_S)
+            rep = await self.link(node).probe(HEALTH_TIMEOUT_S)
             ok = rep is not None and rep.role is Role.REPLICA and rep.link_up
             return node.name, ok
 
@@ -338,7 +369,7 @@ async def run_standalone_router(
     if plan_path is not None:
         root = plan_path.parent
         admin = ClusterDir(root.parent, root.name).admin()
-    router = StandaloneRouter(plan=plan, worker=worker, zone=zone, admin=admin)
+    router = StandaloneRouter(plan=plan, worker=worker, zone=zone, admin=admin, plan_path=plan_path)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, router.stop.set)

@@ -901,10 +901,6 @@ async def apply(
             plan = cdir.load_plan()
     if plan.topology.standalone or topo.standalone:
         check_changeable(plan.topology, topo)  # cluster_mode itself cannot change
-        raise CachefleetError(
-            f"cluster {topo.name!r} is a cluster-mode-disabled group: apply does not change "
-            "those yet (recreate it, or restore a snapshot into a new one)"
-        )
     binary = resolve_engine_binary(topo.engine, topo.engine_binary)
     versions: dict[str, Any] = {}
     if binary != plan.engine_binary:
@@ -912,11 +908,17 @@ async def apply(
                     "new_version": _engine_version(binary)}  # fmt: skip
     check_changeable(plan.topology, topo, **versions)
 
-    applier = Applier(cdir, plan, out)
+    if topo.standalone:  # cluster mode disabled: one primary and its replicas, no slots
+        from cachefleet.ops import apply_standalone
+
+        applier: Applier = apply_standalone.GroupApplier(cdir, plan, out)
+        run = apply_standalone.apply_group
+    else:
+        applier, run = Applier(cdir, plan, out), _apply
     with _one_apply(cdir) if not dry_run else contextlib.nullcontext():
         try:
-            return await _apply(applier, plan, topo, raw, binary, dry_run, assume_yes, as_json,
-                                out, confirm)  # fmt: skip
+            return await run(applier, plan, topo, raw, binary, dry_run, assume_yes, as_json,
+                             out, confirm)  # fmt: skip
         finally:
             await applier.close()
 
@@ -1018,16 +1020,34 @@ async def _apply(
     if plan.raw_topology != raw and not summary.steps:
         step("record", "record the topology (nothing to change on the nodes)")
 
+    code = present(summary, topo.name, dry_run, assume_yes, as_json, out, confirm)
+    if code is not None:
+        return code
+    joining = [*unjoined, *r.added]
+    return await _execute(a, plan, topo, raw, binary, r, joining, settings, to_restart, summary)
+
+
+def present(
+    summary: Summary,
+    name: str,
+    dry_run: bool,
+    assume_yes: bool,
+    as_json: bool,
+    out: Out,
+    confirm: Callable[[str], bool] | None,
+) -> int | None:
+    """Print the plan (or its --json) and ask; the exit code when nothing is to be carried
+    out (no change, --dry-run, declined), None to go on."""
     if as_json:
-        out(json.dumps({"cluster": topo.name, "steps": summary.steps, "summary": {
+        out(json.dumps({"cluster": name, "steps": summary.steps, "summary": {
             "nodes_added": summary.nodes_added, "nodes_removed": summary.nodes_removed,
             "slots": summary.slots, "keys": summary.keys, "bytes": summary.bytes,
             "settings": summary.settings, "restarts": summary.restarts}}, indent=1))  # fmt: skip
     elif summary.empty:
-        out(f"cluster {topo.name}: no changes")
+        out(f"cluster {name}: no changes")
         return 0
     else:
-        out(f"cluster {topo.name}: changes to apply, in order:")
+        out(f"cluster {name}: changes to apply, in order:")
         for i, s in enumerate(summary.steps, 1):
             out(f"  {i}. {s['text']}")
         out(summary.line())
@@ -1036,8 +1056,7 @@ async def _apply(
     if not assume_yes and (confirm is None or not confirm("Apply these changes? [y/N] ")):
         out("nothing changed")
         return 1
-    joining = [*unjoined, *r.added]
-    return await _execute(a, plan, topo, raw, binary, r, joining, settings, to_restart, summary)
+    return None
 
 
 def _split_primaries(view: View, nodes: Sequence[NodeSpec]) -> list[tuple[str, int]]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import redis.asyncio as aredis
 
@@ -49,8 +49,15 @@ def choose_primary(
     return next((n for n in primaries if n.member == 0), primaries[0])
 
 
-def group_layout(plan: Plan, primary: NodeSpec, ids: dict[str, str], epoch: int) -> Layout:
-    """Shard 1 with no slots: `primary` leads, every other member is its replica."""
+def group_layout(
+    plan: Plan,
+    primary: NodeSpec,
+    ids: dict[str, str],
+    epoch: int,
+    members: Sequence[NodeSpec] | None = None,
+) -> Layout:
+    """Shard 1 with no slots: `primary` leads, every other member (of `members`, the plan's
+    nodes by default) is its replica."""
     nodes = tuple(
         LayoutNode(
             name=n.name,
@@ -62,7 +69,7 @@ def group_layout(plan: Plan, primary: NodeSpec, ids: dict[str, str], epoch: int)
             bus_port=n.bus_port,
             role="primary" if n.name == primary.name else "replica",
         )
-        for n in plan.nodes
+        for n in (plan.nodes if members is None else members)
     )
     return Layout(cluster=plan.name, epoch=epoch, shards=(LayoutShard(1, (), nodes),))
 
@@ -150,6 +157,61 @@ def print_endpoints(plan: Plan, layout: Layout | None, out: Out) -> None:
     out(f"  try: redis-cli -h {host} -p {port} set foo bar")
 
 
+class Member(Protocol):
+    """A group member as the layout (LayoutNode) or the plan (NodeSpec) knows it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+
+
+async def failover_to(
+    primary: Member,
+    target: Member,
+    others: Sequence[Member],
+    auth: Credentials,
+    timeout_ms: int,
+) -> tuple[str, float]:
+    """The engine's ``FAILOVER TO`` on a live primary (it stops writes, waits until `target`
+    has every byte, then swaps roles: nothing acknowledged is lost), then `others` re-pointed
+    at `target`. Returns the target's run id as primary and the seconds the swap took."""
+    pclient = connect(primary.host, primary.port, timeout=2.0, auth=auth)
+    try:
+        t0 = time.monotonic()
+        reply = await try_call(
+            pclient, "FAILOVER", "TO", target.host, target.port, "TIMEOUT", timeout_ms
+        )
+        if reply is None:
+            raise CachefleetError(f"{primary.name} refused FAILOVER TO {target.name}")
+    finally:
+        await pclient.aclose()
+    tclient = connect(target.host, target.port, timeout=2.0, auth=auth)
+    try:
+        deadline = time.monotonic() + 2 * timeout_ms / 1000
+        new_id: str | None = None
+        while time.monotonic() < deadline:
+            rep, run_id = await _state(tclient)
+            if rep is not None and rep.role is Role.PRIMARY:
+                new_id = run_id
+                break
+            await asyncio.sleep(0.02)
+        if new_id is None:
+            raise ClusterTimeout("graceful failover", 2 * timeout_ms / 1000)
+    finally:
+        await tclient.aclose()
+    elapsed = time.monotonic() - t0
+    for other in others:
+        client = connect(other.host, other.port, timeout=1.0, auth=auth)
+        try:
+            await try_call(client, "REPLICAOF", target.host, target.port)
+        finally:
+            await client.aclose()
+    return new_id, elapsed
+
+
 def status_fields(plan: Plan) -> dict[str, Any]:
     return {"cluster_mode": "disabled", "endpoints": endpoints(plan)}
 
@@ -185,37 +247,10 @@ async def graceful_failover(
             raise CachefleetError(f"group {plan.name!r}: {what} of {primary.name}")
         target = chosen.node
         timeout_ms = plan.topology.sentinels.failover_timeout_ms
-        t0 = time.monotonic()
-        reply = await try_call(
-            pclient, "FAILOVER", "TO", target.host, target.port, "TIMEOUT", timeout_ms
-        )
-        if reply is None:
-            raise CachefleetError(f"{primary.name} refused FAILOVER TO {target.name}")
     finally:
         await pclient.aclose()
-    tclient = connect(target.host, target.port, timeout=2.0, auth=auth)
-    try:
-        deadline = time.monotonic() + 2 * timeout_ms / 1000
-        new_id: str | None = None
-        while time.monotonic() < deadline:
-            rep, run_id = await _state(tclient)
-            if rep is not None and rep.role is Role.PRIMARY:
-                new_id = run_id
-                break
-            await asyncio.sleep(0.02)
-        if new_id is None:
-            raise ClusterTimeout("graceful failover", 2 * timeout_ms / 1000)
-    finally:
-        await tclient.aclose()
-    elapsed = time.monotonic() - t0
-    for other in shard.replicas:
-        if other.name == target.name:
-            continue
-        client = connect(other.host, other.port, timeout=1.0, auth=auth)
-        try:
-            await try_call(client, "REPLICAOF", target.host, target.port)
-        finally:
-            await client.aclose()
+    others = [r for r in shard.replicas if r.name != target.name]
+    new_id, elapsed = await failover_to(primary, target, others, auth, timeout_ms)
     config_epoch = max(layout.epoch, hellos_epoch) + 1
     new_layout = layout.with_primary(1, target.name, new_id, config_epoch)
     outbox = bus.Outbox(plan.bus_host, plan.bus_port)
