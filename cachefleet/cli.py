@@ -162,6 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--state-dir", default=None)
 
+    p = sub.add_parser("alarms", help="a cluster's alarms with their state")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--state-dir", default=None)
+
+    p = sub.add_parser("cost", help="what the cluster costs at the managed service's prices")
+    p.add_argument("name")
+    p.add_argument("--since", default=None, help="from this time (ISO, or 10m/2h/30d ago)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--state-dir", default=None)
+
     p = sub.add_parser("chaos", help="run a chaos scenario and write its report")
     p.add_argument("scenario", help="scenario YAML (see scenarios/)")
     p.add_argument("--trials", type=int, default=None, help="override the scenario's trials")
@@ -295,6 +306,20 @@ def _top(args: argparse.Namespace) -> int:
     return top(args.name, state_dir=args.state_dir, out=_out, iterations=args.iterations)
 
 
+def _alarms(args: argparse.Namespace) -> int:
+    from cachefleet.ops.alarms import list_alarms
+
+    return list_alarms(args.name, state_dir=args.state_dir, as_json=args.json, out=_out)
+
+
+def _cost(args: argparse.Namespace) -> int:
+    from cachefleet.ops.cost import show_cost
+
+    return show_cost(
+        args.name, state_dir=args.state_dir, since=args.since, as_json=args.json, out=_out
+    )
+
+
 def _chaos(args: argparse.Namespace) -> int:
     from cachefleet.chaos.runner import run_scenario
 
@@ -400,6 +425,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "events": _events,
     "logs": _logs,
     "top": _top,
+    "alarms": _alarms,
+    "cost": _cost,
     "chaos": _chaos,
     "snapshot": _snapshot,
     "restore": _restore,

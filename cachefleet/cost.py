@@ -198,10 +198,11 @@ def node_segments(events: Iterable[Mapping[str, Any]], now: float) -> list[Segme
     so ``node_exited`` does not stop the meter."""
     out: list[Segment] = []
     count, since = 0, None
-    for e in sorted(events, key=lambda e: float(e.get("ts", 0) or 0)):
-        kind, ts = e.get("type"), e.get("ts")
-        if isinstance(ts, bool) or not isinstance(ts, int | float):
-            continue
+    timed = [
+        e for e in events if isinstance(e.get("ts"), int | float) and not isinstance(e["ts"], bool)
+    ]
+    for e in sorted(timed, key=lambda e: float(e["ts"])):
+        kind, ts = e.get("type"), float(e["ts"])
         new = count
         if kind == "cluster_created":
             n = e.get("nodes")

@@ -52,6 +52,8 @@ EVENT_TYPES = frozenset(
         "modify_failed",
         "slots_migrated",
         "parameter_changed",
+        # alarms on the cluster's metrics (cachefleet.alarms)
+        "alarm_state_changed",
     }
 )
 

@@ -300,6 +300,9 @@ def make_app(api: Api) -> web.Application:
     app = web.Application(client_max_size=1024**2)
     app.router.add_route("GET", "/", api.handle)
     app.router.add_route("POST", "/", api.handle)
+    from cachefleet.ops.metrics_all import mount as mount_metrics
+
+    mount_metrics(app, api.home)  # /metrics: every cluster's series, from their supervisors
     from cachefleet.console.web import mount_serve
 
     mount_serve(app, api.home)  # the web console at /console/ (loopback Host names only)

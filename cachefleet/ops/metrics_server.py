@@ -22,17 +22,22 @@ import redis.asyncio as aredis
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from cachefleet import bus, messages, metrics, ports
+from cachefleet import bus, messages, metrics, ports, snapshots
 from cachefleet.console.history import SampleRing
-from cachefleet.errors import InvalidInput
+from cachefleet.errors import CachefleetError, InvalidInput
 from cachefleet.events import EventTail
-from cachefleet.metrics import CommandClasses, EventCounts, NodeReading, Sample
+from cachefleet.metrics import CommandClasses, EventCounts, NodeReading, RouterStats, Sample
 from cachefleet.nodes import connect, info, try_call
+from cachefleet.ops.alarms import AlarmRunner
+from cachefleet.ops.cost import cluster_bill, read_traffic, save_traffic
 from cachefleet.ops.metrics_file import address_path, metrics_address, save_address
 from cachefleet.plan import NodeSpec, Plan
 from cachefleet.state import ClusterDir
 
 COLLECT_S = 2.0  # values served are at most this plus one pass old (<= 5 s)
+SNAPSHOT_SCAN_S = 30.0  # the snapshot directory is listed this often (snapshot age)
+BILL_EVERY_S = 60.0  # cachefleet_cost_usd_total is recomputed this often
+TRAFFIC_SAVE_S = 30.0  # cross-zone byte counts are written to traffic.json this often
 NODE_TIMEOUT_S = 1.0
 HOST = "127.0.0.1"
 T = TypeVar("T")
@@ -70,6 +75,14 @@ class Collector:
         self.events = EventTail(cdir.events_path)
         self.sdown: dict[str, frozenset[str]] = {}
         self.routers: dict[str, tuple[int, float]] = {}
+        self.router_stats: dict[str, RouterStats] = {}
+        self.snapshot_ages: dict[str, float] = {}  # kind -> newest one's creation (Unix time)
+        self._snapshots_scanned = 0.0
+        self.zone_of = {spec.address: spec.zone for spec in plan.nodes}
+        self.cross_zone = read_traffic(cdir)  # hour start -> bytes sent across zones
+        self._traffic_saved = time.monotonic()
+        self.bill: list[Sample] = []
+        self._billed_at = -BILL_EVERY_S
         self.known = messages.Known.from_plan(plan)
         self.samples: list[Sample] = []  # of the last pass (what `top` and a scrape show)
         self._text: tuple[int, bytes] | None = None  # (pass, its exposition text)
@@ -90,8 +103,12 @@ class Collector:
                 self.sdown.pop(msg.sentinel, None)
             case messages.RouterState():
                 self.routers[msg.router] = (msg.connections, msg.ops_per_sec)
+                stats = RouterStats.from_state(bus.decode(payload))
+                if stats is not None:
+                    self.router_stats[msg.router] = stats
             case messages.RouterOffline():
                 self.routers.pop(msg.router, None)
+                self.router_stats.pop(msg.router, None)
 
     async def _read_engine(self, node: _Node) -> NodeReading | None:
         spec = node.spec
@@ -123,6 +140,8 @@ class Collector:
             node.role = cur.role
             if prev is not None and prev.cpu_s > cur.cpu_s:
                 prev = None  # the node restarted: no rate across it
+            if cur.primary and prev is not None and prev.primary:
+                self._count_cross_zone(cur, prev, spec.zone)
             out += metrics.node_samples(
                 cur,
                 prev,
@@ -169,17 +188,63 @@ class Collector:
             samples = self._engine_samples(list(readings))
         self.counts.feed(self.events.read())
         layout = self.cdir.load_layout()
+        now = time.time()
         samples += metrics.control_samples(
             cluster=self.plan.name,
             config_epoch=layout.epoch if layout is not None else None,
             counts=self.counts,
             sdown=self.sdown,
             routers=self.routers,
+            router_stats=self.router_stats,
+            snapshot_ages={k: max(0.0, now - t) for k, t in self._newest_snapshots(now).items()},
         )
+        samples += self._costs()
         self.samples = samples
         self.collected_at = time.time()
         self.passes += 1
         self.history.offer(self.collected_at, samples)
+
+    def _count_cross_zone(self, cur: NodeReading, prev: NodeReading, zone: str) -> None:
+        """A primary's replication stream since `prev`, once per replica linked to it from
+        another zone: the bytes that crossed a zone boundary (the cost's proxy)."""
+        sent = cur.repl_offset - prev.repl_offset
+        remote = sum(1 for addr, _ in cur.replica_lags if self.zone_of.get(addr, zone) != zone)
+        if sent > 0 and remote:
+            hour = int(time.time() // 3600 * 3600)
+            self.cross_zone[hour] = self.cross_zone.get(hour, 0) + int(sent) * remote
+
+    def _costs(self) -> list[Sample]:
+        """cachefleet_cost_usd_total by component, recomputed every BILL_EVERY_S."""
+        mono = time.monotonic()
+        if mono - self._traffic_saved >= TRAFFIC_SAVE_S:
+            self._traffic_saved = mono
+            save_traffic(self.cdir, self.cross_zone)
+        if mono - self._billed_at < BILL_EVERY_S:
+            return self.bill
+        self._billed_at = mono
+        try:
+            b = cluster_bill(self.cdir, self.plan, since=None, now=time.time())
+        except CachefleetError:
+            return self.bill  # a price table without this node type: no cost series
+        self.bill = [
+            Sample(metrics.COST, metrics.labels_of(cluster=self.plan.name, component=k), v)
+            for k, v in b.components().items()
+        ]
+        return self.bill
+
+    def _newest_snapshots(self, now: float) -> dict[str, float]:
+        """Snapshot kind -> when the cluster's newest snapshot of that kind was taken (the
+        directory is listed every SNAPSHOT_SCAN_S, not every pass)."""
+        if self.memcached or now - self._snapshots_scanned < SNAPSHOT_SCAN_S:
+            return self.snapshot_ages
+        self._snapshots_scanned = now
+        newest: dict[str, float] = {}
+        for m in snapshots.list_all(self.cdir.home):
+            if m.cluster == self.plan.name:
+                at = snapshots.created_at(m).timestamp()
+                newest[m.kind] = max(newest.get(m.kind, 0.0), at)
+        self.snapshot_ages = newest
+        return newest
 
     def text(self) -> bytes:
         """The last pass as Prometheus text, rendered on the first scrape that wants it (a pass
@@ -243,6 +308,14 @@ class MetricsServer:
             log=log,
         )
         self.address: str | None = None
+        self.alarms: AlarmRunner | None = None
+        self.interval_s = COLLECT_S
+        if plan.topology.alarms:
+            self.alarms = AlarmRunner(
+                specs=plan.topology.alarms, cdir=cdir, publisher=self.bus, log=log
+            )
+            # at least two passes per period of the shortest alarm
+            self.interval_s = min(COLLECT_S, max(0.5, self.alarms.shortest_period_s / 2))
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
@@ -284,9 +357,12 @@ class MetricsServer:
             started = time.monotonic()
             try:
                 await self.collector.collect()
+                if self.alarms is not None:
+                    self.alarms.after_pass(self.collector.samples, self.collector.collected_at)
+                    self.collector.samples += self.alarms.samples(self.plan.name)
             except Exception as exc:  # a bad pass must not end the endpoint
                 self.log.error("metrics_collect_failed", error=f"{type(exc).__name__}: {exc}")
-            wait = max(0.1, COLLECT_S - (time.monotonic() - started))
+            wait = max(0.1, self.interval_s - (time.monotonic() - started))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), wait)
 
@@ -306,4 +382,6 @@ class MetricsServer:
             task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.alarms is not None:
+            await self.alarms.close()
         await self.collector.close()

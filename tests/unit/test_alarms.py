@@ -154,8 +154,8 @@ def test_alarm_metric_names_are_the_exported_ones() -> None:
     """Every metric an alarm may name is a series metrics.py exports, by the service's name."""
     engine = {m.service for m in metrics.ALL if m.service and m.labels == metrics.NODE_LABELS}
     memcached = {m.service for m in metrics.ALL if m.service and m.labels == metrics.MC_LABELS}
-    assert alarms.ENGINE_METRICS == engine
-    assert alarms.MEMCACHED_METRICS == memcached
+    assert engine == alarms.ENGINE_METRICS
+    assert memcached == alarms.MEMCACHED_METRICS
 
 
 # -- evaluation ------------------------------------------------------------------------------
