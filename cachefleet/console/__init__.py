@@ -6,7 +6,9 @@ cluster of the state dir). The page polls JSON (``api/cluster.json``, ``api/hist
 follows the event log as server-sent events (``api/events``) and posts its actions (a test
 failover of a shard, a snapshot) to the same operations as the CLI.
 
-:mod:`~cachefleet.console.view` shapes the JSON and :mod:`~cachefleet.console.history` keeps
-the last 15 minutes of samples (both pure); :mod:`~cachefleet.console.web` holds the aiohttp
-handlers; the page, its script and style sheet are in ``static/``.
+:mod:`~cachefleet.console.view` shapes the JSON, :mod:`~cachefleet.console.history` keeps the
+last 15 minutes of samples and :mod:`~cachefleet.console.checks` decides which requests are
+answered (all pure); :mod:`~cachefleet.console.actions` runs the actions and
+:mod:`~cachefleet.console.web` holds the aiohttp handlers; the page, its script (the charts
+are plain SVG drawn by it) and style sheet are in ``static/``.
 """

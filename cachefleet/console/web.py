@@ -9,12 +9,8 @@ Two mounts share the handlers of :class:`ClusterConsole`:
   (``api/cluster.json`` at its metrics address) or, when none runs, drawn from the plan and
   layout on disk with every node ``unknown``.
 
-Every request must name a loopback host (``Host``), so a page of another site that a DNS name
-points at this port reads nothing; an action is a ``POST`` of JSON whose ``Origin``, when the
-browser sends one, is this very origin, so another site's page cannot make a browser act.
-Actions run as tasks of the serving process and call the CLI's operations
-(:func:`cachefleet.ops.failover.graceful_failover`, :func:`cachefleet.ops.snapshot.create`);
-their outcome shows in the page's action list and, as the CLI's would, in the event log.
+Every route passes :func:`cachefleet.console.checks.refusal` first (loopback ``Host``; for an
+action, this origin and a JSON body); actions are :mod:`cachefleet.console.actions`.
 """
 
 from __future__ import annotations
@@ -22,86 +18,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
-import ipaddress
 import json
-import logging
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 
-from cachefleet import bus
-from cachefleet.announce import emit_event
+from cachefleet.console.actions import ACTIONS_KEPT, Action, Actions, run_failover, run_snapshot
+from cachefleet.console.checks import refusal
 from cachefleet.console.history import SampleRing
 from cachefleet.console.view import cluster_entry, cluster_view
-from cachefleet.errors import BusError, CachefleetError
+from cachefleet.errors import CachefleetError
 from cachefleet.metrics import Sample
 from cachefleet.plan import Plan, PlanFile
 from cachefleet.proc import live_processes
 from cachefleet.state import ClusterDir
-
-log = logging.getLogger("cachefleet.console")
 
 STATIC = Path(__file__).with_name("static")
 ASSETS = {"console.js": "application/javascript", "console.css": "text/css"}
 BACKLOG_BYTES = 64 * 1024  # a new event stream starts with the events in the log's last 64 KiB
 POLL_S = 0.5
 KEEPALIVE_S = 15.0
-ACTIONS_KEPT = 20
 PROXY_TIMEOUT_S = 2.0
-JSON_TYPES = ("application/json",)
 HOSTS_KEY = web.AppKey("console_hosts", frozenset)  # host names served besides loopback ones
-
-
-# -- request checks (pure) --------------------------------------------------------------------
-
-
-def host_name(host: str) -> str:
-    """The name part of a ``Host`` header: ``127.0.0.1:9000`` -> ``127.0.0.1``,
-    ``[::1]:9000`` -> ``::1``."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-def is_loopback(name: str) -> bool:
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-def refusal(method: str, headers: Mapping[str, str], hosts: frozenset[str] = frozenset()) -> str:
-    """Why a request is refused ("" when it is not): a ``Host`` that is neither a loopback
-    address nor one of `hosts`; for an action (not GET/HEAD), an ``Origin`` other than this
-    origin, a cross-site ``Sec-Fetch-Site``, or a body that is not JSON (a form of another
-    site could send it without asking first)."""
-    host = headers.get("Host", "")
-    name = host_name(host)
-    if not (is_loopback(name) or name in hosts):
-        return f"host {host!r} is not served here"
-    if method in ("GET", "HEAD"):
-        return ""
-    origin = headers.get("Origin")
-    if origin is not None:
-        parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https") or parts.netloc.lower() != host.strip().lower():
-            return f"cross-origin request from {origin!r} refused"
-    elif headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
-        return "cross-site request refused"
-    ctype = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-    if ctype not in JSON_TYPES:
-        return "an action is a POST of application/json"
-    return ""
 
 
 # -- the event log, by byte offsets -------------------------------------------------------------
@@ -149,110 +92,6 @@ def read_event_lines(path: Path, offset: int) -> tuple[list[tuple[int, dict[str,
         if isinstance(event, dict):
             out.append((offset + pos, event))
     return out, offset + pos
-
-
-# -- actions ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Action:
-    id: int
-    kind: str  # failover / snapshot
-    target: str  # "shard 2", "" for the whole cluster
-    started: float
-    state: str = "running"  # running / done / failed
-    message: str = ""
-    ended: float | None = None
-
-
-class Actions:
-    """The actions started from this process's console: at most one of a kind and target at
-    a time, the last ``ACTIONS_KEPT`` remembered for the page."""
-
-    def __init__(self) -> None:
-        self.recent: deque[Action] = deque(maxlen=ACTIONS_KEPT)
-        self.tasks: set[asyncio.Task[None]] = set()
-        self._next = 1
-
-    def running(self, kind: str, target: str) -> Action | None:
-        return next(
-            (a for a in self.recent if (a.kind, a.target, a.state) == (kind, target, "running")),
-            None,
-        )
-
-    def start(self, kind: str, target: str, work: Callable[[], Awaitable[str]]) -> Action:
-        action = Action(self._next, kind, target, time.time())
-        self._next += 1
-        self.recent.append(action)
-
-        async def body() -> None:
-            try:
-                action.message = await work()
-                action.state = "done"
-            except asyncio.CancelledError:
-                action.state, action.message = "failed", "stopped with the console"
-                raise
-            except Exception as exc:  # shown on the page; never the end of the server
-                log.warning("console %s %s failed: %s", kind, target, exc)
-                action.state, action.message = "failed", f"{exc}"
-            finally:
-                action.ended = time.time()
-
-        task = asyncio.create_task(body(), name=f"console.{kind}")
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return action
-
-    def to_json(self) -> list[dict[str, Any]]:
-        return [asdict(a) for a in reversed(self.recent)]
-
-    async def close(self) -> None:
-        for task in list(self.tasks):
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-
-
-async def _flush(outbox: bus.Outbox) -> None:
-    with contextlib.suppress(BusError):  # the event log has it; the bus may be down
-        await outbox.flush()
-
-
-async def run_failover(cdir: ClusterDir, shard: int | None) -> str:
-    """The CLI's ``failover NAME --shard N``; it publishes the layout and the
-    ``graceful_failover`` event itself."""
-    from cachefleet.ops.failover import graceful_failover
-
-    return await graceful_failover(cdir.name, shard_id=shard, to=None, state_dir=str(cdir.home))
-
-
-async def run_snapshot(cdir: ClusterDir, plan: Plan) -> str:
-    """The CLI's ``snapshot create NAME``, with the events an automatic snapshot has."""
-    from cachefleet.ops import snapshot as snapshot_ops
-
-    outbox = bus.Outbox(plan.bus_host, plan.bus_port)
-    emit_event(outbox, cdir, "snapshot_started", snapshot_kind="manual")
-    await _flush(outbox)
-    t0 = time.monotonic()
-    try:
-        m = await snapshot_ops.create(
-            cdir.name, snapshot_id=None, state_dir=str(cdir.home), out=lambda _msg: None
-        )
-    except Exception as exc:
-        emit_event(outbox, cdir, "snapshot_failed", snapshot_kind="manual", error=str(exc))
-        await _flush(outbox)
-        raise
-    emit_event(
-        outbox,
-        cdir,
-        "snapshot_completed",
-        snapshot=m.id,
-        snapshot_kind="manual",
-        keys=m.keys,
-        bytes=m.bytes,
-        seconds=round(time.monotonic() - t0, 3),
-    )
-    await _flush(outbox)
-    return f"snapshot {m.id}: {len(m.shards)} shard(s), {m.keys} keys, {m.bytes} bytes"
 
 
 # -- one cluster's handlers ---------------------------------------------------------------------

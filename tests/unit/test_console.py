@@ -3,6 +3,7 @@ log read by offsets."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from pathlib import Path
@@ -10,15 +11,12 @@ from typing import Any
 
 import pytest
 
+from cachefleet.console.actions import Actions
+from cachefleet.console.checks import host_name, refusal
 from cachefleet.console.history import SIZE, SampleRing
 from cachefleet.console.view import cluster_entry, cluster_view, slot_map
-from cachefleet.console.web import (
-    backlog_offset,
-    host_name,
-    page,
-    read_event_lines,
-    refusal,
-)
+from cachefleet.console.web import backlog_offset, page, read_event_lines
+from cachefleet.errors import CachefleetError
 from cachefleet.layout import Layout, LayoutNode, LayoutShard
 from cachefleet.metrics import (
     CommandClasses,
@@ -263,6 +261,45 @@ def test_actions_need_this_origin_and_json() -> None:
     form = {**JSON_POST, "Content-Type": "application/x-www-form-urlencoded"}
     assert "application/json" in refusal("POST", form)
     assert refusal("POST", {**JSON_POST, "Content-Type": "text/plain"})
+
+
+# -- actions --------------------------------------------------------------------------------
+
+
+def test_actions_run_as_tasks_and_keep_their_outcome() -> None:
+    async def scenario() -> list[dict[str, Any]]:
+        actions = Actions()
+        gate = asyncio.Event()
+
+        async def ok() -> str:
+            await gate.wait()
+            return "moved"
+
+        async def broken() -> str:
+            raise CachefleetError("shard 2 has no healthy replica to fail over to")
+
+        actions.start("failover", "shard 1", ok)
+        actions.start("failover", "shard 2", broken)
+        await asyncio.sleep(0)
+        assert actions.running("failover", "shard 1") is not None
+        assert actions.running("failover", "shard 2") is None  # it failed at once
+        gate.set()
+        await asyncio.gather(*actions.tasks)
+        assert actions.running("failover", "shard 1") is None
+        never = asyncio.Event()
+        actions.start("snapshot", "", never.wait)  # type: ignore[arg-type]  # left running
+        await asyncio.sleep(0)
+        await actions.close()  # stopping the console ends it
+        return actions.to_json()
+
+    newest_first = asyncio.run(scenario())
+    assert [(a["target"], a["state"]) for a in newest_first] == [
+        ("", "failed"),
+        ("shard 2", "failed"),
+        ("shard 1", "done"),
+    ]
+    assert newest_first[1]["message"] == "shard 2 has no healthy replica to fail over to"
+    assert newest_first[2]["message"] == "moved" and newest_first[2]["ended"] is not None
 
 
 # -- the event log and the page -----------------------------------------------------------------
