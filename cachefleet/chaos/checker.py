@@ -192,8 +192,9 @@ def check_trial(
     Per shard: ``window_s`` (unavailability: from the fault that hit it — the last fault before
     its first failed write — to the first acknowledged write started after that; the rest of
     the trial when it never recovered), ``errors``, ``affected`` (any failed write after the
-    first fault), ``targeted`` (the fault took this shard's primary, or a node of it), and how
-    it served from the first fault to the end: ``ok_writes``, ``failed_writes``, ``max_gap_s``.
+    first fault, or a promotion in the shard after it), ``targeted`` (the fault took this
+    shard's primary, or a node of it), and how it served from the first fault to the end:
+    ``ok_writes``, ``failed_writes``, ``max_gap_s``.
     `promotions` are ``(shard, time, new primary address)``.
     """
     first_fault = min(fault_times, default=0.0)
@@ -220,18 +221,21 @@ def check_trial(
         if window is None and a.errors:
             window = duration_s - fault_at  # never recovered within the trial: the rest of it
         served = service(history, in_shard, first_fault, duration_s)
+        mine = [(t, addr) for shard, t, addr in promoted if shard == sid]
+        # a shard whose primary changed is affected even when no write failed: clients that
+        # retry (or wait on an endpoint) see the failover as a stall, not as errors
+        failed_over = any(t >= first_fault for t, _ in mine)
         avail[str(sid)] = {
             "window_s": round(window, 3) if window is not None else None,
             "recovered": a.window_s is not None,
             "error_time_s": round(a.error_time_s, 3),
             "errors": a.errors,
-            "affected": a.errors > 0,
+            "affected": a.errors > 0 or (failed_over and window is not None),
             "targeted": sid in hit,
             "ok_writes": served.ok,
             "failed_writes": served.failed,
             "max_gap_s": round(served.max_gap_s, 3),
         }
-        mine = [(t, addr) for shard, t, addr in promoted if shard == sid]
         owners = None if members is None else members.get(sid, set())
         split[str(sid)] = round(split_brain_window(history, in_shard, mine, owners), 3)
     lost = lost_writes(history, final)

@@ -31,6 +31,7 @@ from cachefleet.chaos.faults import (
     partition_support,
     signal_pid,
 )
+from cachefleet.chaos.group import GroupWorkloadRun
 from cachefleet.chaos.memcached import MemcachedChaosRun
 from cachefleet.chaos.scenario import Scenario, load_scenario
 from cachefleet.chaos.targets import Placement, moves_back, placement
@@ -187,11 +188,13 @@ class ChaosRun:
         await self._restore_placement(plan)
         st = await status(plan.name, state_dir=self.state_dir)
         ranges = {s["id"]: [(int(a), int(b)) for a, b in s["slots"]] for s in st["shards"]}
-        shard_of = shard_of_keys(self.keys, ranges)
+        # a cluster-mode-disabled group: one shard that holds every key, no slots
+        group = plan.topology.standalone
+        shard_of = {k: 1 for k in self.keys} if group else shard_of_keys(self.keys, ranges)
         rng = random.Random(self.scenario.seed + number)
         offset = self.cdir.events_path.stat().st_size if self.cdir.events_path.exists() else 0
         login = load_secrets(self.cdir.root).login("default")  # the token, where there is one
-        workload = WorkloadRun(
+        workload = (GroupWorkloadRun if group else WorkloadRun)(
             self.scenario.workload,
             plan,
             self.keys,
@@ -263,6 +266,12 @@ class ChaosRun:
     # -- the run --------------------------------------------------------------------------------
 
     def _skip_reason(self) -> str | None:
+        endpoint = self.scenario.workload.via == "endpoint"
+        if endpoint != self.topology.standalone:
+            raise CachefleetError(
+                f"scenario {self.scenario.name}: workload.via: endpoint is for cluster-mode-"
+                "disabled groups, and such a group is only reached through it"
+            )
         if not self.scenario.needs_root:
             return None
         why = partition_support()
@@ -366,7 +375,8 @@ class ChaosRun:
             f"{w.writers} writer(s) per shard + {w.readers} reader(s) over {w.keys} keys, "
             f"via {w.via}"
             + (" (redis-py RedisCluster bootstrapped from the router, direct to nodes)"
-               if w.via == "direct" else " (plain redis-py client through the router)")
+               if w.via == "direct" else " (plain redis-py clients through the primary endpoint)"
+               if w.via == "endpoint" else " (plain redis-py client through the router)")
             + f", op timeout {w.op_timeout_ms} ms, redis-py default retries"
             + (f", each write followed by WAIT {w.wait} {w.wait_timeout_ms}" if w.wait else "")
         )  # fmt: skip

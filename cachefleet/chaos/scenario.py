@@ -20,7 +20,9 @@ TARGET_RE = re.compile(
     r"^(primary:(\d+|random)|replica:(\d+|random)|node:[a-z0-9-]+|sentinel:(s\d+|random)|"
     r"router|bus|zone:([a-z0-9-]+|random)|primary-zone:(\d+|random)|nodes)$"
 )
-VIA = ("direct", "router")
+#: direct: RedisCluster to the nodes; router: plain clients through the router; endpoint:
+#: plain clients through a cluster-mode-disabled group's primary endpoint
+VIA = ("direct", "router", "endpoint")
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ def _parse(data: Any, source: str, base_dir: Path) -> Scenario:
         op_timeout_ms=w.integer("op_timeout_ms", 500, 10, 60000),
     )
     if workload.wait and workload.via == "router":
-        raise w.fail("wait", "WAIT needs the write's own connection: use via: direct")
+        raise w.fail("wait", "WAIT needs the write's own connection: use via: direct (or endpoint)")
     if workload.keys < workload.writers:
         raise w.fail("keys", f"{workload.keys} keys cannot be shared by {workload.writers} writers")
     w.done()
