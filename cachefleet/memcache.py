@@ -2,13 +2,16 @@
 
 The one place outside the router that speaks memcached's text protocol: zone agents (is the
 node up? its state), `up` (wait for the nodes) and `status` (health) use it. Every call has
-its own deadline and returns None when the node does not answer in time.
+its own deadline and returns None when the node does not answer in time. A TLS cluster's nodes
+and configuration endpoint are reached over TLS (verified against the cluster's CA).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+
+from cachefleet.tls import stream_options
 
 MAX_REPLY = 1 << 20  # a `stats` reply is a few KB
 
@@ -19,7 +22,7 @@ async def call(host: str, port: int, request: bytes, *, timeout: float = 0.5) ->
     multi = request.split(b" ", 1)[0].strip() == b"stats"
 
     async def run() -> bytes | None:
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await asyncio.open_connection(host, port, **stream_options(host, port))
         try:
             writer.write(request)
             await writer.drain()

@@ -19,7 +19,7 @@ import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from cachefleet.plan import Plan
@@ -161,9 +161,18 @@ def certificate_serial(pem_or_der: bytes) -> int:
     return int(x509.load_der_x509_certificate(pem_or_der).serial_number)
 
 
-def engine_has_tls(binary: str) -> bool:
-    """Whether an engine binary was built with TLS: one with it fails on the (absent)
-    certificate; one without says it has no TLS (or refuses ``tls-port`` outright)."""
+def engine_has_tls(binary: str, engine: str = "redis") -> bool:
+    """Whether an engine binary was built with TLS. Valkey/Redis: one with it fails on the
+    (absent) certificate, one without says it has no TLS (or refuses ``tls-port``).
+    memcached: its help lists ``--enable-ssl`` only when built with TLS."""
+    if engine == "memcached":
+        try:
+            out = subprocess.run(
+                [binary, "-h"], capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return "--enable-ssl" in out.stdout + out.stderr
     try:
         out = subprocess.run(
             [binary, "--port", "0", "--tls-port", "1", "--tls-cert-file", "/nonexistent",
@@ -174,6 +183,27 @@ def engine_has_tls(binary: str) -> bool:
         return False
     text = (out.stdout + out.stderr).lower()
     return "failed to load certificate" in text or "failed to configure tls" in text
+
+
+def no_tls_fix(engine: str, binary: str) -> str:
+    """What `up` says when `binary` has no TLS: the fix, named."""
+    if engine == "memcached":
+        return (
+            f"{binary} is built without TLS: use Debian's memcached (apt-get install "
+            "memcached; /usr/bin/memcached is built with TLS) or set engine_binary to a "
+            "memcached built with --enable-tls"
+        )
+    return (
+        f"{binary} is built without TLS: use `engine: redis` with Debian's redis-server "
+        "(apt-get install redis-server; /usr/bin/redis-server) or set engine_binary to a "
+        "TLS build"
+    )
+
+
+def memcached_tls_args(files: TlsFiles) -> list[str]:
+    """memcached's options for TLS on every listener, presenting the cluster's node
+    certificate (``refresh_certs`` reloads it from the same paths)."""
+    return ["-Z", "-o", f"ssl_chain_cert={files.cert},ssl_key={files.key}"]
 
 
 # -- which addresses speak TLS (per process) ---------------------------------------------------
@@ -197,6 +227,13 @@ def client_context(host: str, port: int) -> ssl.SSLContext | None:
     if ctx is None:
         ctx = _contexts[ca] = ssl.create_default_context(cafile=str(ca))
     return ctx
+
+
+def stream_options(host: str, port: int) -> dict[str, Any]:
+    """``asyncio.open_connection`` keyword arguments for host:port (TLS, verified against the
+    cluster's CA and the address as host name, when it speaks TLS)."""
+    ctx = client_context(host, port)
+    return {} if ctx is None else {"ssl": ctx, "server_hostname": host}
 
 
 def ca_for(host: str, port: int) -> Path | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from cachefleet.credentials import Credentials
 from cachefleet.plan import NodeSpec, Plan
 from cachefleet.security import Secrets, User, user_acl_lines
-from cachefleet.tls import TlsFiles
+from cachefleet.tls import TlsFiles, memcached_tls_args
 
 # What the client-facing `default` user may not run, on every node: whatever would break the
 # cluster or the control plane (the router refuses the same list with a clearer message, and
@@ -136,12 +136,15 @@ def tls_lines(node: NodeSpec, tls: TlsFiles) -> list[str]:
     ]
 
 
-def memcached_argv(plan: Plan, node: NodeSpec, marker: Path, *, as_root: bool) -> list[str]:
+def memcached_argv(
+    plan: Plan, node: NodeSpec, marker: Path, *, as_root: bool, tls: TlsFiles | None = None
+) -> list[str]:
     """The command line of one memcached node (memcached reads no config file).
 
     Bound to its zone's address only, TCP only, memory from node_type, the topology's
     allow-listed parameters. `-P marker` (a path under the node's directory) keeps the state
-    dir in argv, which is how cachefleet recognises its own processes."""
+    dir in argv, which is how cachefleet recognises its own processes. With `tls` (a TLS
+    cluster) it listens with TLS only, presenting the cluster's node certificate."""
     topo = plan.topology
     mc = topo.memcached
     assert mc is not None
@@ -174,6 +177,8 @@ def memcached_argv(plan: Plan, node: NodeSpec, marker: Path, *, as_root: bool) -
         argv.append("-M")
     if as_root:
         argv += ["-u", "root"]  # memcached refuses to run as root unless told to
+    if tls is not None:
+        argv += memcached_tls_args(tls)
     return argv
 
 

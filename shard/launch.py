@@ -30,7 +30,8 @@ def node_paths(cdir: ClusterDir, spec: NodeSpec) -> tuple[Path, Path]:
 def start_memcached(plan: Plan, cdir: ClusterDir, spec: NodeSpec) -> subprocess.Popen[bytes]:
     data_dir, marker = node_paths(cdir, spec)
     data_dir.mkdir(parents=True, exist_ok=True)
-    argv = memcached_argv(plan, spec, marker, as_root=os.geteuid() == 0)
+    tls = tls_files(cdir.root) if plan.topology.security.tls else None
+    argv = memcached_argv(plan, spec, marker, as_root=os.geteuid() == 0, tls=tls)
     log = open(cdir.log_file(f"node.{spec.name}"), "ab")  # noqa: SIM115 - handed to the child
     try:
         child = subprocess.Popen(

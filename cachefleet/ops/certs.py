@@ -2,9 +2,9 @@
 
 A new certificate (same CA, so no client changes anything) is put in place of the old one;
 every running node is told to load it (``CONFIG SET tls-cert-file … tls-key-file …``, which
-reloads TLS without dropping connections) and checked by a handshake that shows the new
-serial; every router worker reloads it for new connections and acknowledges the serial it
-serves. Nodes that are not running load it when they start.
+reloads TLS without dropping connections; memcached's ``refresh_certs``) and checked by a
+handshake that shows the new serial; every router worker reloads it for new connections and
+acknowledges the serial it serves. Nodes that are not running load it when they start.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import ssl
 import time
 from collections.abc import Callable
 
+from cachefleet import memcache
 from cachefleet.errors import CachefleetError, ClusterTimeout
 from cachefleet.nodes import connect, try_call
 from cachefleet.plan import NodeSpec
@@ -43,7 +44,10 @@ def served_serial(host: str, port: int) -> int | None:
     return certificate_serial(der) if der else None
 
 
-async def _reload(spec: NodeSpec, cdir: ClusterDir) -> None:
+async def _reload(spec: NodeSpec, cdir: ClusterDir, *, memcached: bool) -> None:
+    if memcached:  # memcached reloads its certificate files (same paths) on `refresh_certs`
+        await memcache.call(spec.host, spec.port, b"refresh_certs\r\n", timeout=2.0)
+        return
     files = tls_files(cdir.root)
     client = connect(spec.host, spec.port, timeout=2.0, auth=cdir.admin())
     try:
@@ -68,7 +72,7 @@ async def rotate_certificates(name: str, *, state_dir: str | None, out: Out) -> 
     deadline = time.monotonic() + TIMEOUT_S
     while pending:
         for spec in list(pending.values()):
-            await _reload(spec, cdir)
+            await _reload(spec, cdir, memcached=topo.is_memcached)
             if await asyncio.to_thread(served_serial, spec.host, spec.port) == serial:
                 del pending[spec.name]
         if pending and time.monotonic() > deadline:

@@ -38,6 +38,7 @@ from cachefleet.tls import (
     ca_for,
     engine_has_tls,
     ensure_certificates,
+    no_tls_fix,
     remember_tls,
     tls_addresses,
 )
@@ -117,14 +118,8 @@ async def up(
     topo = load_topology(topology_path)
     raw = yaml.safe_load(Path(topology_path).read_text())
     binary = resolve_engine_binary(topo.engine, topo.engine_binary)
-    if topo.security.tls and not engine_has_tls(binary):
-        raise TopologyError(
-            topo.source,
-            "security.tls",
-            f"{binary} is built without TLS: use `engine: redis` with Debian's redis-server "
-            "(apt-get install redis-server; /usr/bin/redis-server) or set engine_binary to a "
-            "TLS build",
-        )
+    if topo.security.tls and not engine_has_tls(binary, topo.engine):
+        raise TopologyError(topo.source, "security.tls", no_tls_fix(topo.engine, binary))
     cdir = ClusterDir(state_home(state_dir), topo.name)
 
     if cdir.exists():

@@ -13,6 +13,7 @@ from cachefleet.layout import Layout
 from cachefleet.plan import Plan, build_plan, place
 from cachefleet.proc import alive_and_ours, read_pid
 from cachefleet.state import ClusterDir
+from cachefleet.tls import ca_for
 from cachefleet.topology import Topology
 
 Out = Callable[[str], None]
@@ -67,7 +68,16 @@ def print_endpoints(plan: Plan, layout: Layout | None, out: Out) -> None:
         out(f"  discovery version {layout.epoch}")
     for n in plan.nodes:
         out(f"  node {n.node_id} {n.name} {n.address} ({n.zone})")
-    out(f"  try: printf 'config get cluster\\r\\n' | nc {plan.router_host} {plan.router_port}")
+    host, port = plan.router_host, plan.router_port
+    ca = ca_for(host, port)
+    if ca is None:
+        out(f"  try: printf 'config get cluster\\r\\n' | nc {host} {port}")
+        return
+    out(f"  security: TLS (CA {ca}) on the nodes and the configuration endpoint")
+    out(
+        f"  try: printf 'config get cluster\\r\\n' | openssl s_client -quiet -CAfile {ca} "
+        f"-verify_ip {host} -connect {host}:{port}"
+    )
 
 
 async def node_health(plan: Plan) -> list[dict[str, Any]]:

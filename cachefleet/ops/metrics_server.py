@@ -33,6 +33,7 @@ from cachefleet.ops.cost import cluster_bill, read_traffic, save_traffic
 from cachefleet.ops.metrics_file import address_path, metrics_address, save_address
 from cachefleet.plan import NodeSpec, Plan
 from cachefleet.state import ClusterDir
+from cachefleet.tls import stream_options
 
 COLLECT_S = 2.0  # values served are at most this plus one pass old (<= 5 s)
 SNAPSHOT_SCAN_S = 30.0  # the snapshot directory is listed this often (snapshot age)
@@ -265,7 +266,7 @@ async def memcached_stats(host: str, port: int, timeout: float) -> dict[str, str
     """A memcached node's ``stats`` (``STAT name value`` lines up to ``END``)."""
 
     async def ask() -> dict[str, str]:
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await asyncio.open_connection(host, port, **stream_options(host, port))
         try:
             writer.write(b"stats\r\n")
             await writer.drain()
@@ -284,7 +285,7 @@ async def memcached_stats(host: str, port: int, timeout: float) -> dict[str, str
 
     try:
         return await asyncio.wait_for(ask(), timeout)
-    except (TimeoutError, OSError):
+    except (TimeoutError, OSError):  # ssl.SSLError is an OSError
         return None
 
 

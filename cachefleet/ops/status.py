@@ -302,7 +302,11 @@ def format_status(st: dict[str, Any]) -> str:
         opts = (f" --tls --cacert {sec['ca']}" if sec.get("tls") else "") + (
             " --askpass" if sec.get("auth") else ""
         )
-        lines.append(f"  connect: redis-cli -c{opts} -h {host} -p {port}")
+        if st["engine"] == "memcached":  # the configuration endpoint speaks TLS
+            opts = f"-CAfile {sec['ca']} -verify_ip {host}"
+            lines.append(f"  connect: openssl s_client -quiet {opts} -connect {host}:{port}")
+        else:
+            lines.append(f"  connect: redis-cli -c{opts} -h {host} -p {port}")
     if st.get("endpoints"):
         ends = st["endpoints"]
         lines[1] = f"  primary endpoint: {ends['primary']}, reader endpoint: {ends['reader']}"

@@ -22,6 +22,7 @@ import structlog
 from cachefleet import discovery
 from cachefleet.layout import Layout
 from cachefleet.memcache import parse_stats
+from cachefleet.tls import stream_options
 from router.memcache import copies as replicated
 from router.memcache.conns import Client, NodeConn, Waiter, discard
 from router.memcache.protocol import ERROR, QUIET_DROPS, TOO_LARGE, Kind, Reply, Request
@@ -121,11 +122,12 @@ class Proxy:
 
     async def _connect(self, conn: NodeConn, addr: tuple[str, int]) -> None:
         loop = asyncio.get_running_loop()
-        try:
+        try:  # a TLS cluster's nodes: TLS, verified against the cluster's CA and their address
             await asyncio.wait_for(
-                loop.create_connection(lambda: conn, addr[0], addr[1]), CONNECT_TIMEOUT_S
+                loop.create_connection(lambda: conn, *addr, **stream_options(*addr)),
+                CONNECT_TIMEOUT_S,
             )
-        except (OSError, TimeoutError):
+        except (OSError, TimeoutError):  # ssl.SSLError is an OSError
             self.down_until[conn.name] = time.monotonic() + REFUSED_HOLD_S
             conn.fail()
 

@@ -15,6 +15,8 @@ from cachefleet import bus
 from cachefleet.errors import CachefleetError
 from cachefleet.layout import Layout, LayoutError
 from cachefleet.plan import Plan
+from cachefleet.tls import server_context, tls_files
+from router.auth import watch_certificate
 from router.memcache.conns import Client
 from router.memcache.proxy import Proxy
 from router.server import listen_socket, raise_nofile_limit, state_link
@@ -120,7 +122,10 @@ async def run_memcached_router(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     sock = listen_socket(plan.router_host, plan.router_port, reuse_port=reuse_port)
-    server = await loop.create_server(lambda: Client(proxy), sock=sock)
+    # a TLS cluster's configuration endpoint terminates TLS (and speaks TLS to the nodes)
+    files = tls_files(plan_path.parent) if plan.topology.security.tls and plan_path else None
+    tls = server_context(files) if files is not None else None
+    server = await loop.create_server(lambda: Client(proxy), sock=sock, ssl=tls)
     link, state_topic = state_link(plan, worker, router.id, router.on_bus_message, proxy.log)
     proxy.log.info(
         "router_started",
@@ -132,6 +137,12 @@ async def run_memcached_router(
         tg.create_task(link.run(stop, final=[(state_topic, b"offline")]), name="router.bus")
         tg.create_task(router.publish_state(link, stop), name="router.state")
         tg.create_task(proxy.watch(stop), name="router.request_deadlines")
+        if tls is not None and files is not None and plan_path is not None:
+            process = "router" if worker == 0 else f"router.{worker}"
+            ack = plan_path.parent / "security" / f"{process}.cert"
+            tg.create_task(
+                watch_certificate(tls, files, ack, stop, proxy.log), name="router.certificate"
+            )
         await stop.wait()
         server.close()
         for task in list(proxy.tasks):
