@@ -277,6 +277,16 @@ def _events(args: argparse.Namespace) -> int:
     selection = EventFilter.build(
         since=args.since, types=args.types, tail=args.tail, now=time.time()
     )
+    from cachefleet.event_archive import archived
+    from cachefleet.events import format_event
+    from cachefleet.state import ClusterDir, state_home
+
+    home = state_home(args.state_dir)
+    kept = archived(home, args.name)
+    if kept and not ClusterDir(home, args.name).root.exists():  # purged: its kept events
+        for event in selection.backlog(kept):
+            _out(json.dumps(event) if args.json else format_event(event))
+        return 0
     return follow_events(
         args.name,
         state_dir=args.state_dir,

@@ -28,6 +28,7 @@ from cachefleet.api import auth, shapes, wire
 from cachefleet.api.access import Access, resource_of
 from cachefleet.api.cache_cluster_actions import CacheClusterActions
 from cachefleet.api.group_actions import ReplicationGroupActions
+from cachefleet.api.modify_actions import ModifyActions
 from cachefleet.api.names import Account
 from cachefleet.api.snapshot_actions import SnapshotActions
 from cachefleet.api.store import Store, load_record, save_record
@@ -35,6 +36,7 @@ from cachefleet.api.tag_actions import TagActions
 from cachefleet.api.wire import ApiError, Params, XmlList
 from cachefleet.engine import resolve_engine_binary
 from cachefleet.errors import CachefleetError
+from cachefleet.event_archive import archived, archived_names
 from cachefleet.events import read_events
 from cachefleet.proc import reap_children
 from cachefleet.state import ClusterDir
@@ -44,13 +46,7 @@ Handler = Callable[[Params], Awaitable[dict[str, Any] | None]]
 Out = Callable[[str], None]
 
 #: Actions of the service that wait for a capability cachefleet does not have yet.
-PENDING = {
-    "ModifyReplicationGroup": "online modification (scaling)",
-    "ModifyReplicationGroupShardConfiguration": "online resharding (scaling)",
-    "IncreaseReplicaCount": "online replica scaling",
-    "DecreaseReplicaCount": "online replica scaling",
-    "CopySnapshot": "copies and exports of snapshots",
-}
+PENDING: dict[str, str] = {}
 EVENT_WINDOW_S = 3600.0  # DescribeEvents without a time range: the last hour
 EVENT_HISTORY_S = 14 * 86400.0
 
@@ -91,6 +87,7 @@ class Api:
         self.tags = TagActions(self)
         self.snapshots = SnapshotActions(self)
         self.cache_clusters = CacheClusterActions(self)
+        self.modify = ModifyActions(self)
 
     # -- the HTTP edge ---------------------------------------------------------------------
 
@@ -259,8 +256,11 @@ class Api:
         start = start if start is not None else end - EVENT_WINDOW_S
         start = max(start, now - EVENT_HISTORY_S)
         records = []
-        for name in self.store.names():
-            for event in read_events(ClusterDir(self.home, name).events_path):
+        logs = [(n, read_events(ClusterDir(self.home, n).events_path)) for n in self.store.names()]
+        # deleted groups' events, kept 14 days (cachefleet.event_archive)
+        logs += [(n, archived(self.home, n, now)) for n in archived_names(self.home)]
+        for name, events in logs:
+            for event in events:
                 rec = shapes.event_record(name, event)
                 if not start <= rec[0] <= end:
                     continue

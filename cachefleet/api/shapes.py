@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from cachefleet import nodetypes
 from cachefleet.api.names import Account, node_group_id
 from cachefleet.api.wire import XmlList, timestamp
 from cachefleet.layout import Layout
@@ -96,9 +97,15 @@ class ClusterView:
 
     @property
     def node_type(self) -> str:
-        if self.record.node_type:
-            return self.record.node_type
-        return self.plan.topology.node_type if self.plan else "cache.t4g.micro"
+        """The plan's node type; the one the API was asked for when the plan names its size
+        (groups the API made before topologies took the service's names)."""
+        asked = self.record.node_type
+        if self.plan is None:
+            return asked or "cache.t4g.micro"
+        planned = self.plan.topology.node_type
+        if asked in nodetypes.NODE_TYPES and nodetypes.size_of(asked) == planned:
+            return asked
+        return planned
 
     @property
     def automatic_failover(self) -> bool:

@@ -1,10 +1,12 @@
 """Snapshot actions of the API, on `cachefleet snapshot` / `restore` (cachefleet.ops.snapshot):
 CreateSnapshot (``creating`` -> ``available``, the group ``snapshotting`` meanwhile),
-DescribeSnapshots, DeleteSnapshot, and the final snapshot of DeleteReplicationGroup."""
+DescribeSnapshots, CopySnapshot (``creating`` -> ``available``), DeleteSnapshot, and the
+final snapshot of DeleteReplicationGroup."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from cachefleet import snapshots
@@ -30,6 +32,7 @@ class SnapshotActions:
                 "CreateSnapshot": self.create_snapshot,
                 "DescribeSnapshots": self.describe_snapshots,
                 "DeleteSnapshot": self.delete_snapshot,
+                "CopySnapshot": self.copy_snapshot,
             }
         )
 
@@ -140,3 +143,44 @@ class SnapshotActions:
         record = self.record(manifest, "deleting")
         await asyncio.to_thread(snapshot_ops.delete, manifest.id, state_dir=str(self.api.home))
         return {"Snapshot": record}
+
+    async def copy_snapshot(self, params: Params) -> dict[str, Any]:
+        source = params.required("SourceSnapshotName")
+        target = params.required("TargetSnapshotName")
+        bucket = params.string("TargetBucket")
+        key = params.string("KmsKeyId")
+        tags = creation.tags_of(params)
+        unread = params.unread()
+        if unread:
+            raise ApiError("InvalidParameterValue", f"{unread[0]} is not a CopySnapshot parameter")
+        if bucket is not None:
+            raise ApiError(
+                "InvalidParameterValue",
+                "TargetBucket: exporting snapshots to S3 is not supported here; "
+                "`cachefleet snapshot export` writes one to a directory",
+            )
+        if key:
+            raise ApiError("InvalidParameterValue", "KmsKeyId needs encryption at rest")
+        if tags:
+            raise ApiError("InvalidParameterValue", "Tags: snapshots carry no tags here")
+        if source in self.pending:
+            raise ApiError(
+                "InvalidSnapshotState", f"Snapshot {source} is {self.pending[source][1]}."
+            )
+        manifest = self.manifest(source)
+        name = self.check_name(target, "TargetSnapshotName")
+        self.pending[name] = (manifest.cluster, "creating")
+        task = asyncio.create_task(self._copy(manifest.id, name), name=f"api.copy.{name}")
+        self.api.tasks.add(task)
+        task.add_done_callback(self.api.tasks.discard)
+        return {"Snapshot": self.record(replace(manifest, id=name, kind="manual"), "creating")}
+
+    async def _copy(self, source: str, target: str) -> None:
+        """The copy (its files checked, then linked); pending until its manifest is written."""
+        try:
+            await asyncio.to_thread(snapshot_ops.copy, source, target, state_dir=str(self.api.home))
+            self.api.out(f"snapshot {target}: copied from {source}")
+        except Exception as exc:
+            self.api.out(f"copying snapshot {source} to {target} failed: {exc}")
+        finally:
+            self.pending.pop(target, None)

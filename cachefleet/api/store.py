@@ -15,6 +15,8 @@ from cachefleet.proc import live_processes
 from cachefleet.state import ClusterDir
 
 RECORD_FILE = "api.json"
+#: cachefleet.ops.apply's marker, present while a change is under way.
+MODIFYING = "modifying.json"
 
 
 def record_path(cdir: ClusterDir) -> Path:
@@ -85,6 +87,8 @@ class Store:
             status = "stopped" if plan is not None else "creating"
         elif layout is None:
             status = "creating"
+        elif (cdir.root / MODIFYING).exists():  # `apply` is changing it (or was interrupted)
+            status = "modifying"
         else:
             status = "available"
         created = record.created

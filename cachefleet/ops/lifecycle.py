@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from cachefleet import bus, discovery, ports
+from cachefleet import bus, discovery, event_archive, ports
 from cachefleet.announce import emit_event, publish_layout
 from cachefleet.engine import resolve_engine_binary
 from cachefleet.errors import BusError, CachefleetError, ClusterTimeout, StateError, TopologyError
@@ -496,7 +496,8 @@ async def down(name: str, *, state_dir: str | None, purge: bool, out: Out) -> in
     if cdir.exists():
         plan = cdir.load_plan()
         outbox = bus.Outbox(plan.bus_host, plan.bus_port)
-        emit_event(outbox, cdir, "cluster_stopped", processes=len(live))
+        deleted = {"purged": True} if purge else {}  # the deletion, kept in the archive
+        emit_event(outbox, cdir, "cluster_stopped", processes=len(live), **deleted)
         if "broker" in live or not plan.topology.bus.embedded:
             # best effort: the event is in the log file already; a bus that is gone or slow
             # must not fail `down`
@@ -508,6 +509,7 @@ async def down(name: str, *, state_dir: str | None, purge: bool, out: Out) -> in
     if left:
         raise CachefleetError(f"could not stop {', '.join(sorted(left))}")
     if purge:
+        event_archive.archive(cdir)  # its events outlive it (14 days, as the service keeps them)
         cdir.purge()
         out(f"cluster {name}: stopped {len(live)} processes and removed {cdir.root}")
     else:

@@ -21,6 +21,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -326,6 +327,30 @@ def export(snapshot_id: str, destination: str, *, state_dir: str | None) -> Path
     manifest = snapshots.load(home, snapshot_id)
     snapshots.verify(home, manifest)
     target = Path(destination) / snapshot_id
+def copy(source_id: str, target_id: str, *, state_dir: str | None) -> Manifest:
+    """A manual snapshot `target_id` with the data of `source_id` (checked first): its files
+    hard-linked (they never change once written), the manifest its own."""
+    home = state_home(state_dir)
+    manifest = snapshots.load(home, source_id)
+    snapshots.verify(home, manifest)
+    target = snapshots.directory(home, snapshots.check_id(target_id))
+    if target.exists():
+        raise SnapshotError(f"a snapshot named {target_id!r} already exists")
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(mode=0o700)
+    copied = replace(manifest, id=target_id, kind="manual")
+    try:
+        for shard in manifest.shards:
+            link_or_copy(snapshots.directory(home, source_id) / shard.file, partial / shard.file)
+        (partial / snapshots.MANIFEST).write_text(copied.to_json())
+        partial.rename(target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return copied
+
+
     if target.exists():
         raise SnapshotError(f"{target} already exists")
     shutil.copytree(snapshots.directory(home, snapshot_id), target)

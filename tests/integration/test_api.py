@@ -302,15 +302,28 @@ def test_tags_are_added_listed_removed_and_kept_in_the_state_dir(
             ReplicationGroupId="other", ReplicationGroupDescription="x", SnapshotName="nope"),
          "SnapshotNotFoundFault", 404),
         (lambda ec: ec.copy_snapshot(SourceSnapshotName="a", TargetSnapshotName="b"),
-         "InvalidAction", 400),
+         "SnapshotNotFoundFault", 404),
+        (lambda ec: ec.copy_snapshot(
+            SourceSnapshotName="a", TargetSnapshotName="b", TargetBucket="my-bucket"),
+         "InvalidParameterValue", 400),
         (lambda ec: ec.create_cache_cluster(CacheClusterId="solo", Engine="redis"),
          "InvalidParameterValue", 400),
         (lambda ec: ec.create_cache_cluster(
             CacheClusterId="solo", Engine="memcached", NumCacheNodes=1, AZMode="cross-az"),
          "InvalidParameterCombination", 400),
         (lambda ec: ec.modify_replication_group(
-            ReplicationGroupId=NAME, ApplyImmediately=True, CacheNodeType="cache.t4g.small"),
-         "InvalidAction", 400),
+            ReplicationGroupId=NAME, ApplyImmediately=True, CacheNodeType="cache.x9.huge"),
+         "InvalidParameterValue", 400),
+        (lambda ec: ec.modify_replication_group(ReplicationGroupId=NAME, ApplyImmediately=True),
+         "InvalidParameterCombination", 400),
+        (lambda ec: ec.modify_replication_group(ReplicationGroupId="nope", CacheNodeType="x"),
+         "ReplicationGroupNotFoundFault", 404),
+        (lambda ec: ec.increase_replica_count(
+            ReplicationGroupId=NAME, NewReplicaCount=2, ApplyImmediately=False),
+         "InvalidParameterValue", 400),
+        (lambda ec: ec.decrease_replica_count(
+            ReplicationGroupId=NAME, NewReplicaCount=3, ApplyImmediately=True),
+         "InvalidParameterValue", 400),
     ],
 )  # fmt: skip
 def test_errors_are_the_services_codes_and_statuses(
@@ -393,6 +406,14 @@ def test_a_snapshot_seeds_a_new_group_whose_final_snapshot_outlives_it(
     snap = ec.describe_snapshots(ReplicationGroupId=NAME)["Snapshots"][0]
     assert [n["NodeGroupId"] for n in snap["NodeSnapshots"]] == ["0001", "0002"]
     assert snap["Engine"] == "valkey" and snap["NumNodeGroups"] == 2
+    copied = ec.copy_snapshot(SourceSnapshotName="shop-copy", TargetSnapshotName="shop-copy-2")
+    assert copied["Snapshot"]["SnapshotStatus"] == "creating"
+    wait_for(lambda: snapshot_status(ec, "shop-copy-2") == "available", 30, "the copy")
+    copy = ec.describe_snapshots(SnapshotName="shop-copy-2")["Snapshots"][0]
+    assert copy["NodeSnapshots"] == snap["NodeSnapshots"] and copy["SnapshotSource"] == "manual"
+    with pytest.raises(ClientError) as err:
+        ec.copy_snapshot(SourceSnapshotName="shop-copy", TargetSnapshotName="shop-copy-2")
+    assert err.value.response["Error"]["Code"] == "SnapshotAlreadyExistsFault"
 
     ec.create_replication_group(
         ReplicationGroupId="copy", ReplicationGroupDescription="restored",
@@ -417,7 +438,7 @@ def test_a_snapshot_seeds_a_new_group_whose_final_snapshot_outlives_it(
         ReplicationGroupId="copy", WaiterConfig={"Delay": 1, "MaxAttempts": 90}
     )
     assert snapshot_status(ec, "copy-final") == "available"
-    for name in ("shop-copy", "copy-final"):
+    for name in ("shop-copy", "shop-copy-2", "copy-final"):
         assert ec.delete_snapshot(SnapshotName=name)["Snapshot"]["SnapshotStatus"] == "deleting"
         assert snapshot_status(ec, name) is None
 
@@ -476,6 +497,149 @@ def test_a_memcached_cache_cluster_is_created_scaled_and_deleted(serve: Serve) -
     )
     assert not (serve.state_dir / "sessions").exists()
     assert_all_gone(pids)
+
+
+GROW = "grow"
+
+
+@pytest.fixture(scope="module")
+def grow(serve: Serve) -> dict[str, Any]:
+    """A cluster-mode group of one node group and no replica, scaled online by the tests
+    that follow (in file order: replicas, node groups, settings, then deleted)."""
+    ec = serve.client()
+    created = ec.create_replication_group(
+        ReplicationGroupId=GROW, ReplicationGroupDescription="scaled online", Engine="valkey",
+        CacheNodeType="cache.t4g.micro", NumNodeGroups=1, ReplicasPerNodeGroup=0,
+        AutomaticFailoverEnabled=True,
+    )  # fmt: skip
+    ec.get_waiter("replication_group_available").wait(
+        ReplicationGroupId=GROW, WaiterConfig={"Delay": 1, "MaxAttempts": 90}
+    )
+    serve.remember()
+    return dict(created["ReplicationGroup"])
+
+
+def grown(serve: Serve) -> dict[str, Any]:
+    groups = serve.client().describe_replication_groups(ReplicationGroupId=GROW)
+    return dict(groups["ReplicationGroups"][0])
+
+
+def wait_modified(serve: Serve) -> dict[str, Any]:
+    serve.client().get_waiter("replication_group_available").wait(
+        ReplicationGroupId=GROW, WaiterConfig={"Delay": 1, "MaxAttempts": 120}
+    )
+    serve.remember()
+    return grown(serve)
+
+
+def test_increase_replica_count_adds_a_replica_of_each_primary(
+    serve: Serve, grow: dict[str, Any]
+) -> None:
+    out = aws(serve, "increase-replica-count", "--replication-group-id", GROW,
+              "--new-replica-count", "1", "--apply-immediately")  # fmt: skip
+    assert json.loads(out.stdout)["ReplicationGroup"]["Status"] == "modifying"
+    with pytest.raises(ClientError) as err:  # one change at a time
+        serve.client().modify_replication_group(
+            ReplicationGroupId=GROW, CacheNodeType="cache.t4g.small", ApplyImmediately=True
+        )
+    assert err.value.response["Error"]["Code"] == "InvalidReplicationGroupState"
+    g = wait_modified(serve)
+    assert len(g["MemberClusters"]) == 2
+    members = g["NodeGroups"][0]["NodeGroupMembers"]
+    assert sorted(m["CurrentRole"] for m in members) == ["primary", "replica"]
+    primary = next(m["ReadEndpoint"] for m in members if m["CurrentRole"] == "primary")
+    replica = next(m["ReadEndpoint"] for m in members if m["CurrentRole"] == "replica")
+    info = node_client(f"{replica['Address']}:{replica['Port']}").info("replication")
+    assert info["role"] == "slave" and info["master_port"] == primary["Port"]
+    assert info["master_link_status"] == "up"
+
+
+def test_refused_modifies_change_nothing(serve: Serve, grow: dict[str, Any]) -> None:
+    ec = serve.client()
+    refused = [
+        # the service requires ApplyImmediately for resharding
+        (lambda: ec.modify_replication_group_shard_configuration(
+            ReplicationGroupId=GROW, NodeGroupCount=2, ApplyImmediately=False),
+         "InvalidParameterValue"),
+        (lambda: ec.modify_replication_group_shard_configuration(
+            ReplicationGroupId=GROW, NodeGroupCount=1, ApplyImmediately=True),
+         "InvalidParameterValue"),
+        (lambda: ec.decrease_replica_count(
+            ReplicationGroupId=GROW, ApplyImmediately=True, ReplicasToRemove=[f"{GROW}-0001-001"]),
+         "InvalidParameterValue"),  # the primary is not one that leaves
+        (lambda: ec.modify_replication_group(
+            ReplicationGroupId=GROW, ApplyImmediately=True, AuthToken="x" * 20),
+         "InvalidParameterValue"),
+        (lambda: ec.modify_replication_group(
+            ReplicationGroupId=GROW, ApplyImmediately=True, CacheParameterGroupName="mine"),
+         "CacheParameterGroupNotFound"),
+    ]  # fmt: skip
+    for call, code in refused:
+        assert code_of(call) == code
+    g = grown(serve)
+    assert g["Status"] == "available" and len(g["NodeGroups"]) == 1
+    assert not (serve.state_dir / GROW / ".topology.yaml.proposed").exists()
+
+
+def test_node_groups_scale_from_one_to_two_and_every_key_stays(
+    serve: Serve, grow: dict[str, Any]
+) -> None:
+    endpoint = grown(serve)["ConfigurationEndpoint"]
+    keys = {f"item:{i}": str(i) for i in range(300)}
+    client = RedisCluster(host=endpoint["Address"], port=endpoint["Port"], decode_responses=True)
+    try:
+        for k, v in keys.items():
+            client.set(k, v)
+    finally:
+        client.close()
+    ec = serve.client()
+    answer = ec.modify_replication_group_shard_configuration(
+        ReplicationGroupId=GROW, NodeGroupCount=2, ApplyImmediately=True
+    )
+    assert answer["ReplicationGroup"]["Status"] == "modifying"
+    g = wait_modified(serve)
+    assert [n["NodeGroupId"] for n in g["NodeGroups"]] == ["0001", "0002"]
+    assert all(len(n["NodeGroupMembers"]) == 2 and n["Slots"] for n in g["NodeGroups"])
+    client = RedisCluster(host=endpoint["Address"], port=endpoint["Port"], decode_responses=True)
+    try:  # through the router, after the move
+        assert {k: client.get(k) for k in keys} == keys
+    finally:
+        client.close()
+    st = json.loads(cli("status", GROW, "--json", "--state-dir", str(serve.state_dir)).stdout)
+    assert len(st["shards"]) == 2
+
+
+def test_modify_replication_group_sets_the_backup_window_and_description(
+    serve: Serve, grow: dict[str, Any]
+) -> None:
+    ec = serve.client()
+    ec.modify_replication_group(
+        ReplicationGroupId=GROW, ReplicationGroupDescription="scaled twice",
+        SnapshotRetentionLimit=2, SnapshotWindow="05:00-06:00", ApplyImmediately=True,
+    )  # fmt: skip
+    g = wait_modified(serve)
+    assert (g["Description"], g["SnapshotRetentionLimit"], g["SnapshotWindow"]) == (
+        "scaled twice", 2, "05:00-06:00"
+    )  # fmt: skip
+    stored = yaml.safe_load((serve.state_dir / GROW / "topology.yaml").read_text())
+    assert stored["backup"] == {"retention": 2, "window": "05:00-06:00"}
+    assert stored["shards"] == 2 and stored["replicas_per_shard"] == 1
+
+
+def test_a_deleted_groups_events_are_still_described(serve: Serve, grow: dict[str, Any]) -> None:
+    ec = serve.client()
+    ec.delete_replication_group(ReplicationGroupId=GROW)
+    ec.get_waiter("replication_group_deleted").wait(
+        ReplicationGroupId=GROW, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+    )
+    assert not (serve.state_dir / GROW).exists()
+    found = ec.describe_events(SourceType="replication-group", SourceIdentifier=GROW, Duration=60)
+    messages = [e["Message"] for e in found["Events"]]
+    assert any(m.startswith("cluster_created") for m in messages)
+    assert any(m.startswith("modify_completed") for m in messages)
+    assert any(m.startswith("cluster_stopped") and "purged=True" in m for m in messages)
+    out = cli("events", GROW, "--state-dir", str(serve.state_dir)).stdout
+    assert "cluster_created" in out and "purged=True" in out
 
 
 TEMPLATE = """
