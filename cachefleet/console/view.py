@@ -19,8 +19,8 @@ from cachefleet.plan import Plan
 from cachefleet.slots import Range
 
 NO_SLOTS = {
-    "memcached": "not shown: a memcached cluster has no slots (clients hash keys to nodes)",
-    "standalone": "not shown: cluster mode is disabled (one shard holds every key)",
+    "memcached": "Not shown: a memcached cluster has no slots (clients hash keys to nodes).",
+    "standalone": "Not shown: cluster mode is disabled (one shard holds every key).",
 }
 
 
@@ -144,7 +144,7 @@ def cluster_view(
         )
     if mode == "cluster":
         view["slot_map"] = slot_map((s["id"], s["ranges"]) for s in view["shards"])
-        view["slot_note"] = "" if view["slot_map"] else "no slots assigned yet"
+        view["slot_note"] = "" if view["slot_map"] else "No slots assigned yet."
     return view
 
 

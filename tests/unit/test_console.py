@@ -210,7 +210,7 @@ def test_memcached_and_cluster_mode_disabled_show_no_slot_bar() -> None:
     samples = memcached_samples({"curr_connections": "2"}, cluster="m", node=n.name, zone=n.zone)
     view = cluster_view(mc, None, samples)
     assert view["mode"] == "memcached" and view["slot_map"] is None and view["shards"] == []
-    assert "not shown" in view["slot_note"]
+    assert "Not shown" in view["slot_note"]
     assert not view["can"]["failover"] and not view["can"]["snapshot"]
     nodes = {n["name"]: n for z in view["zones"] for n in z["nodes"]}
     assert nodes[n.name]["role"] == "node" and nodes[n.name]["connections"] == 2
@@ -218,7 +218,7 @@ def test_memcached_and_cluster_mode_disabled_show_no_slot_bar() -> None:
     first = group.nodes[0].name
     view = cluster_view(group, layout_of(group, {1: first}), [])
     assert view["mode"] == "standalone" and view["slot_map"] is None
-    assert "not shown" in view["slot_note"]
+    assert "Not shown" in view["slot_note"]
     assert [s["primary"] for s in view["shards"]] == [first]
     assert view["can"]["failover"]
 

@@ -133,7 +133,7 @@
     const note = document.getElementById("slot-note");
     if (!m.slot_map || m.slot_map.length === 0) {
       bar.style.display = "none";
-      note.textContent = `Slot map ${m.slot_note || "not shown"}`.replace("Slot map not", "Slot map: not");
+      note.textContent = m.slot_note || "Not shown.";
       return;
     }
     bar.style.display = "";
