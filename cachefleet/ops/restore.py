@@ -28,7 +28,7 @@ from cachefleet.credentials import Credentials
 from cachefleet.errors import CachefleetError
 from cachefleet.layout import Layout
 from cachefleet.nodes import connect
-from cachefleet.ops.snapshot import Out, link_or_copy
+from cachefleet.ops.snapshot import Out, key_count, link_or_copy
 from cachefleet.plan import Plan
 from cachefleet.resp import encode_command
 from cachefleet.sealing import Key
@@ -133,22 +133,45 @@ class _Link:
             await self.writer.wait_closed()
 
 
-async def _copy_keys(source_port: int, layout: Layout, auth: Credentials) -> int:
-    """Every key of the source engine to the primary owning its slot: SCAN, DUMP + PTTL,
+async def _databases(source_port: int, group: bool) -> list[int]:
+    """The source engine's databases that hold keys. Only a cluster-mode-disabled group has
+    more than database 0; a cluster cannot take the others, so that is refused."""
+    source = await _Link.open("127.0.0.1", source_port)
+    try:
+        (text,) = await source.call(encode_command([b"INFO", b"keyspace"]), 1)
+    finally:
+        await source.close()
+    dbs = sorted(int(line[2:].split(b":")[0]) for line in text.split() if line.startswith(b"db"))
+    if not group and any(db != 0 for db in dbs):
+        raise SnapshotError(
+            f"the snapshot holds keys in database(s) {', '.join(map(str, dbs))}: a cluster "
+            "serves database 0 only (restore it into a cluster_mode: disabled group)"
+        )
+    return dbs
+
+
+async def _copy_keys(source_port: int, layout: Layout, auth: Credentials, db: int = 0) -> int:
+    """Every key of the source engine's database `db` to the primary owning its slot (a
+    group's one primary: its shard owns no slots, it holds every key): SCAN, DUMP + PTTL,
     then RESTORE, SCAN_COUNT keys a round, each step one pipelined write per connection."""
     owner: list[tuple[str, int] | None] = [None] * SLOTS
     for shard in layout.shards:
         if shard.primary is None:
             raise CachefleetError(f"the new cluster's shard {shard.id} has no primary")
-        for a, b in shard.slots:
+        for a, b in shard.slots or ((0, SLOTS - 1),):
             for slot in range(a, b + 1):
                 owner[slot] = (shard.primary.host, shard.primary.port)
     source = await _Link.open("127.0.0.1", source_port)
     targets: dict[tuple[str, int], _Link] = {}
     copied = 0
+    select = encode_command([b"SELECT", str(db).encode()])
     try:
+        if db:
+            await source.call(select, 1)
         for addr in {a for a in owner if a is not None}:
             targets[addr] = await _Link.open(addr[0], addr[1], auth)
+            if db:
+                await targets[addr].call(select, 1)
         cursor = b"0"
         count = str(SCAN_COUNT).encode()
         while True:
@@ -192,7 +215,7 @@ async def _count_keys(cdir: ClusterDir) -> int:
             continue
         client = connect(shard.primary.host, shard.primary.port, timeout=5.0, auth=auth)
         try:
-            total += int(await client.dbsize())
+            total += await key_count(client)
         finally:
             await client.aclose()
     return total
@@ -238,11 +261,13 @@ async def restore(
     t0 = time.monotonic()
     base = snapshots.directory(home, snapshot_id)
     ranges = tuple(tuple(s.slots) for s in manifest.shards)
-    fast = (
-        not topo.persistence.appendonly  # with AOF on, an engine starts from its AOF
-        and topo.shards == len(manifest.shards)
+    same_shape = (  # a group from one file (every database), a cluster from the same ranges
+        len(manifest.shards) == 1
+        if topo.standalone
+        else topo.shards == len(manifest.shards)
         and ranges == tuple(((a, b),) for a, b in split_slots(topo.shards))
     )
+    fast = not topo.persistence.appendonly and same_shape  # with AOF, nodes start from it
 
     def seed(plan: Plan, cdir: ClusterDir) -> None:
         """Same shards and slot ranges: each primary starts from its shard's RDB file and
@@ -284,7 +309,9 @@ async def restore(
         with tempfile.TemporaryDirectory(prefix="cachefleet-restore-") as work:
             proc, port = await _reader(plan.engine_binary, base / shard.file, Path(work), key)
             try:
-                n = await _copy_keys(port, layout, auth)
+                n = 0
+                for db in await _databases(port, topo.standalone):
+                    n += await _copy_keys(port, layout, auth, db)
             finally:
                 await _stop(proc)
         out(f"shard {shard.shard}: {n} keys restored")

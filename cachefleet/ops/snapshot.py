@@ -133,7 +133,7 @@ async def _snapshot_from(
     dest = target / name
     client = connect(node.host, node.port, timeout=10.0, auth=auth)
     try:
-        keys = int(await client.dbsize())
+        keys = await key_count(client)
         rep = await replication(client)
         server = await info(client, "server") or {}
         sha = None
@@ -170,6 +170,12 @@ async def _snapshot_from(
         ),
         version,
     )
+
+
+async def key_count(client: aredis.Redis) -> int:
+    """Keys in every database (a cluster-mode-disabled group's nodes have 16)."""
+    spaces = await info(client, "keyspace") or {}
+    return sum(int(v["keys"]) for k, v in spaces.items() if k.startswith("db"))
 
 
 class StreamRefused(CachefleetError):
