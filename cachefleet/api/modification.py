@@ -81,7 +81,8 @@ def _combination(message: str) -> ApiError:
     return ApiError("InvalidParameterCombination", message)
 
 
-def _plan(view: ClusterView) -> Plan:
+def _plan(params: Params, view: ClusterView) -> Plan:
+    params.required("ReplicationGroupId")  # the server found `view` by it
     if view.plan is None:
         raise ApiError(
             "InvalidReplicationGroupState",
@@ -170,7 +171,7 @@ def _engine_change(
 def modify_group(params: Params, view: ClusterView, versions: Mapping[str, str]) -> Change:
     """ModifyReplicationGroup. Changes are made at once (there is no maintenance window
     here), whatever ApplyImmediately says."""
-    plan = _plan(view)
+    plan = _plan(params, view)
     for key, why in REFUSED.items():
         present = key in params.fields or any(k.startswith(key + ".") for k in params.fields)
         if present and params.fields.get(key, "").lower() not in ("false", "0"):
@@ -267,7 +268,7 @@ def modify_shards(params: Params, view: ClusterView) -> Change:
     the highest id here; NodeGroupsToRemove / NodeGroupsToRetain are taken when they name
     exactly those."""
     action = "ModifyReplicationGroupShardConfiguration"
-    plan = _plan(view)
+    plan = _plan(params, view)
     count = params.integer("NodeGroupCount", lo=1, hi=MAX_SHARDS)
     if count is None:
         raise ApiError("MissingParameter", "The request must contain the parameter NodeGroupCount")
@@ -386,7 +387,7 @@ def change_replicas(params: Params, view: ClusterView, *, increase: bool) -> Cha
     replicas. DecreaseReplicaCount's ReplicasToRemove is taken when it names the replicas
     that leave by the topology's rule (a replica sharing a zone first, the newest first)."""
     action = "IncreaseReplicaCount" if increase else "DecreaseReplicaCount"
-    plan = _plan(view)
+    plan = _plan(params, view)
     _apply_immediately(params, action)
     current = plan.topology.replicas_per_shard
     count = _replica_count(params, current, increase)
