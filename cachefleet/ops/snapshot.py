@@ -327,12 +327,6 @@ def delete(snapshot_id: str, *, state_dir: str | None) -> None:
     shutil.rmtree(snapshots.directory(home, snapshot_id))
 
 
-def export(snapshot_id: str, destination: str, *, state_dir: str | None) -> Path:
-    """A self-contained copy (manifest + one RDB per shard) under `destination`."""
-    home = state_home(state_dir)
-    manifest = snapshots.load(home, snapshot_id)
-    snapshots.verify(home, manifest)
-    target = Path(destination) / snapshot_id
 def copy(source_id: str, target_id: str, *, state_dir: str | None) -> Manifest:
     """A manual snapshot `target_id` with the data of `source_id` (checked first): its files
     hard-linked (they never change once written), the manifest its own."""
@@ -357,6 +351,12 @@ def copy(source_id: str, target_id: str, *, state_dir: str | None) -> Manifest:
     return copied
 
 
+def export(snapshot_id: str, destination: str, *, state_dir: str | None) -> Path:
+    """A self-contained copy (manifest + one RDB per shard) under `destination`."""
+    home = state_home(state_dir)
+    manifest = snapshots.load(home, snapshot_id)
+    snapshots.verify(home, manifest)
+    target = Path(destination) / snapshot_id
     if target.exists():
         raise SnapshotError(f"{target} already exists")
     shutil.copytree(snapshots.directory(home, snapshot_id), target)
