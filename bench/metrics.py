@@ -7,6 +7,8 @@ settle, then for `--seconds` scrapes every `--interval` s and reads the supervis
 (psutil) before and after; then `--requests` back-to-back scrapes for the latency percentiles.
 The supervisor's CPU includes its process supervision (a tick every 0.2 s), measured alone
 first with the same window while nothing scrapes (collection still runs: it is not optional).
+The cluster carries `--alarms` alarms (10 s periods, evaluated after every pass) and the
+collector computes its cost series once a minute; both are timed on their own too.
 Prints figures; asserts nothing. Figures taken while other work runs on the machine are noisy.
 """
 
@@ -27,6 +29,9 @@ from pathlib import Path
 import psutil
 import yaml
 
+from cachefleet.alarms import Evaluator
+from cachefleet.ops.alarms import points
+from cachefleet.ops.cost import cluster_bill
 from cachefleet.ops.metrics_server import Collector
 from cachefleet.proc import live_processes
 from cachefleet.state import ClusterDir
@@ -82,7 +87,27 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--interval", type=float, default=10.0)
     ap.add_argument("--requests", type=int, default=500)
+    ap.add_argument("--alarms", type=int, default=3)
     args = ap.parse_args()
+    watched = [  # (metric, statistic, comparison, threshold)
+        ("DatabaseMemoryUsagePercentage", "Maximum", "GreaterThanOrEqualToThreshold", 90),
+        ("CurrConnections", "Average", "GreaterThanThreshold", 1000),
+        ("Evictions", "Sum", "GreaterThanThreshold", 0),
+        ("ReplicationLag", "Maximum", "GreaterThanThreshold", 5),
+    ]
+    alarms = [
+        {
+            "name": f"alarm-{i}",
+            "metric": metric,
+            "statistic": stat,
+            "period_s": 10,
+            "comparison": comparison,
+            "threshold": threshold,
+        }
+        for i, (metric, stat, comparison, threshold) in (
+            (i, watched[i % len(watched)]) for i in range(args.alarms)
+        )
+    ]
 
     name = f"bench-metrics-{os.getpid()}"
     topo = {
@@ -92,6 +117,7 @@ def main() -> None:
         "replicas_per_shard": args.replicas,
         "node_type": "cache.micro",
         "router": {"workers": 1},
+        "alarms": alarms,
     }
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "topology.yaml"
@@ -128,6 +154,17 @@ def main() -> None:
                 plan=ClusterDir(state, name).load_plan(), cdir=ClusterDir(state, name)
             )
             passes = asyncio.run(_time_passes(collector, 10))
+            # Alarm evaluation of one pass's samples, and one bill (the cost series).
+            evaluator = Evaluator(collector.plan.topology.alarms)
+            sample_points = points(collector.samples)
+            c0 = time.process_time()
+            for i in range(20):
+                evaluator.evaluate(1000.0 + 2 * i)
+                evaluator.feed(sample_points, 1000.0 + 2 * i)
+            alarm_pass = (time.process_time() - c0) / 20
+            c0 = time.process_time()
+            cluster_bill(ClusterDir(state, name), collector.plan, since=None, now=time.time())
+            bill_cpu = time.process_time() - c0
             # What the supervisor's own tick (every 0.2 s) spends finding live processes.
             cdir = ClusterDir(state, name)
             c0 = time.process_time()
@@ -154,6 +191,9 @@ def main() -> None:
             print(f"one collection pass (in this process):     {1000 * passes[0]:5.1f} ms CPU, "
                   f"{1000 * passes[1]:.1f} ms wall (median of 10)")  # fmt: skip
             print(f"rendering one pass for a scrape:           {1000 * passes[2]:5.1f} ms CPU")
+            label = f"evaluating {args.alarms} alarms on one pass:"
+            print(f"{label:<43}{1000 * alarm_pass:5.2f} ms CPU")
+            print(f"one bill (cost series, once a minute):     {1000 * bill_cpu:5.2f} ms CPU")
             print(f"supervision: live_processes() over {len(live)} pid files: {1000 * tick:.1f} ms "
                   f"CPU per tick, {100 * tick / 0.2:.1f} % of one core at 5 ticks/s")  # fmt: skip
             print(f"/metrics: {size} bytes, p50 {1000 * p50:.2f} ms, p99 {1000 * p99:.2f} ms "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import Protocol, TypeVar, cast
 
@@ -38,6 +39,37 @@ MAX_CLIENTS_REPLY = b"-ERR max number of clients reached\r\n"
 
 #: One per process: clients' packets are framed one at a time.
 SPLITTER = CanonicalSplitter()
+
+#: Upper bounds (seconds) of the request-duration histogram: from reading the packet that
+#: carried a request to queueing its reply for the client.
+LATENCY_BOUNDS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+_now = time.monotonic
+
+
+class Latency:
+    """This worker's request-duration histogram: a count per bound plus one for +Inf (not
+    cumulative) and the sum of durations. Counting costs one bisect per reply queue entry (a
+    pipelined batch is one entry for all its requests); the worker publishes it with its
+    state every second."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BOUNDS) + 1)
+        self.total = 0.0
+
+    def state(self) -> dict[str, object]:
+        return {
+            "le": list(LATENCY_BOUNDS),
+            "counts": list(self.counts),
+            "sum": round(self.total, 6),
+        }
+
+
+#: One per process (a router worker is one process).
+LATENCY = Latency()
 
 
 class ClientHooks(BackendHooks, Protocol):
@@ -110,6 +142,7 @@ class Call:
         "reply",
         "size",
         "slot",
+        "t0",
         "target",
         "version",
     )  # fmt: skip
@@ -140,6 +173,7 @@ class Call:
         self.on_done: Callable[[Call], None] | None = None
         self.dedicated = False
         self.size = 0  # bytes counted against the client's in-flight limit
+        self.t0 = client.t_in  # when the packet that carried it was read
 
     @property
     def payload(self) -> bytes:
@@ -148,6 +182,7 @@ class Call:
         return self.raw
 
     left = 1  # replies it takes from its connection (a batch takes several)
+    requests = 1  # client requests it answers (the request-duration histogram's weight)
 
     def on_replies(self, frames: list[bytes]) -> None:
         self.on_reply(frames[0])
@@ -192,11 +227,12 @@ def _merged() -> bytes:
 class Merge(Call):
     """A request answered from several backend calls (split by slot, or fanned out)."""
 
-    __slots__ = ("left", "merge", "parts")
+    __slots__ = ("left", "merge", "parts", "requests")
 
     def __init__(self, client: ClientConn, args: list[bytes], merge: Callable[[], bytes]) -> None:
         super().__init__(client, args, None)
         self.parts: list[Call] = []
+        self.requests = 1
         self.left = 0
         self.merge = merge
 
@@ -237,7 +273,7 @@ class Batch(Call):
     connection puts one call per request in its place, each then followed, retried or
     answered as any call is."""
 
-    __slots__ = ("frames", "items", "left", "lost", "subcalls")
+    __slots__ = ("frames", "items", "left", "lost", "requests", "subcalls")
 
     def __init__(self, client: ClientConn, items: list[Item]) -> None:
         super().__init__(client, [], b"".join([item[1] for item in items]))
@@ -246,6 +282,7 @@ class Batch(Call):
         self.frames: list[bytes] = []
         self.subcalls: list[Call] = []
         self.lost = False
+        self.requests = len(items)
         client.parts += len(items) - 1  # each request counts against the in-flight limit
 
     def frame(self, i: int) -> bytes:
@@ -323,6 +360,7 @@ class ClientConn(asyncio.Protocol):
         self.closed = False
         self.reading_paused = False
         self.writing_paused = False
+        self.t_in = _now()  # when the last packet was read (its requests' start)
         self.protocol = 2
         self.name: bytes | None = None
         self.user: str | None = None  # None: not authenticated (or the router needs no AUTH)
@@ -364,6 +402,7 @@ class ClientConn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        self.t_in = _now()
         if self.framer.idle:
             # Whole canonical requests at the start of the packet are framed in C; whatever
             # follows them goes through the framer.
@@ -495,13 +534,22 @@ class ClientConn(asyncio.Protocol):
             return
         out = self.out
         freed = 0
-        while q and q[0].reply is not None:
-            call = q.popleft()
-            reply = call.reply
-            assert reply is not None
-            out.append(reply)
-            self.out_bytes += len(reply)
-            freed += call.size
+        if q and q[0].reply is not None:
+            now = _now()
+            counts = LATENCY.counts
+            spent = 0.0
+            while q and q[0].reply is not None:
+                call = q.popleft()
+                reply = call.reply
+                assert reply is not None
+                out.append(reply)
+                self.out_bytes += len(reply)
+                freed += call.size
+                took = now - call.t0
+                n = call.requests
+                counts[bisect_left(LATENCY_BOUNDS, took)] += n
+                spent += took * n
+            LATENCY.total += spent
         if freed:
             self.inflight_bytes -= freed
             self.hooks.inflight_bytes -= freed

@@ -217,6 +217,7 @@ class Core:
             return b"".join([call.frame(i) for call, i in sources])
 
         parent = client.add(Merge(client, [], merge))
+        parent.requests = len(order)
         for conn, items in groups.items():
             parts[conn] = parent.add(self._part(client, items))
         sources = [(parts[conn], i) for conn, i in order]

@@ -36,7 +36,7 @@ from cachefleet.tls import server_context, tls_files
 from router import endpoint, multikey, policy, pubsub, replies, transactions
 from router.auth import NO_AUTH_COMMANDS, NOAUTH, Authenticator, watch_certificate
 from router.backend import BackendLost
-from router.client import Call, ClientConn
+from router.client import LATENCY, Call, ClientConn
 from router.commands import LOCAL as LOCAL_COMMANDS
 from router.commands import Action, plan
 from router.core import Core, err
@@ -233,6 +233,7 @@ class Router(Core):
             "ops_per_sec": round(ops_per_sec, 1),
             "ops_total": self.ops,
             "client_errors": self.errors,
+            "latency": LATENCY.state(),
             "epoch": self.layout.epoch if self.layout else 0,
             "read_from": self.read_from,
             "commands_loaded": self.commands is not None,

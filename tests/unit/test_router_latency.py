@@ -1,0 +1,71 @@
+"""The router's request-duration histogram: every request counted once, in the bucket of the
+time from reading its packet to queueing its reply (a pipelined batch weighs its requests)."""
+
+from __future__ import annotations
+
+import pytest
+from test_router_core import K1, K2, P1, P2, Harness, cmds, layout, settle
+
+from router import client as client_module
+from router.client import LATENCY_BOUNDS
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(client_module, "_now", c)
+    hist = client_module.LATENCY  # one per worker process: reset in place
+    monkeypatch.setattr(hist, "counts", [0] * (len(LATENCY_BOUNDS) + 1))
+    monkeypatch.setattr(hist, "total", 0.0)
+    return c
+
+
+def bucket(seconds: float) -> int:
+    return next((i for i, b in enumerate(LATENCY_BOUNDS) if seconds <= b), len(LATENCY_BOUNDS))
+
+
+async def test_one_request(clock: Clock) -> None:
+    h = Harness(layout())
+    c, t = h.client()
+    c.data_received(cmds([b"GET", K1[0]]))
+    await settle()
+    h.node(P1).requests()
+    clock.now += 0.003
+    h.node(P1).answer(b"$1\r\nv\r\n")
+    await settle()
+    assert t.written == b"$1\r\nv\r\n"
+    hist = client_module.LATENCY
+    assert sum(hist.counts) == 1 and hist.counts[bucket(0.003)] == 1
+    assert hist.total == pytest.approx(0.003)
+    published = hist.state()
+    assert published["counts"] == hist.counts and published["le"] == list(LATENCY_BOUNDS)
+
+
+async def test_a_pipeline_across_shards_counts_each_request(clock: Clock) -> None:
+    h = Harness(layout())
+    c, _ = h.client()
+    c.data_received(cmds([b"GET", K2[0]], [b"GET", K1[0]], [b"GET", K2[1]], [b"GET", K1[1]]))
+    await settle()
+    c.data_received(cmds([b"GET", K1[0]]))  # a second packet, after the run
+    clock.now += 0.0002
+    await settle()
+    h.node(P1).requests()
+    h.node(P2).requests()
+    clock.now += 0.0001
+    h.node(P1).answer(b"$2\r\nb0\r\n$2\r\nb1\r\n")
+    h.node(P2).answer(b"$2\r\na0\r\n$2\r\na1\r\n")
+    await settle()
+    hist = client_module.LATENCY
+    assert sum(hist.counts) == 4  # the merged run: one queue entry, four requests
+    assert hist.counts[bucket(0.0003)] == 4
+    h.node(P1).answer(b"$1\r\nx\r\n")
+    await settle()
+    assert sum(hist.counts) == 5
