@@ -20,9 +20,10 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/cachefleet up topologies/default.yaml
 
-## The whole suite: unit (pure logic) and integration (real engines, real broker).
+## The whole suite: unit (pure logic) and integration (real engines, real broker), two test
+## modules at a time (each module runs whole in one worker: its shared clusters stay its own).
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
