@@ -18,7 +18,6 @@ from cachefleet import __version__
 from cachefleet.api import command as api_command
 from cachefleet.errors import CachefleetError, ScenarioError, TopologyError
 from cachefleet.events import EventFilter, follow_events
-from cachefleet.ops.status import exit_code, format_status, status
 from cachefleet.snapshots import Manifest
 from cachefleet.topology import load_topology
 
@@ -218,6 +217,8 @@ def _apply(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from cachefleet.ops.status import exit_code, format_status, status
+
     st = asyncio.run(status(args.name, state_dir=args.state_dir))
     _out(json.dumps(st, indent=2) if args.json else format_status(st))
     return exit_code(st["state"])
