@@ -25,7 +25,7 @@ from cachefleet.ops.metrics_file import metrics_address
 
 pytestmark = pytest.mark.integration
 
-VALUE = b"x" * (56 * 1024)
+VALUE = "x" * (56 * 1024)
 KEYS = 1300  # about 73 MB of values: more than a cache.micro node's 64 MB
 
 
@@ -134,7 +134,7 @@ def test_memory_alarm_fires_when_full_and_clears_after(
     c, marker = cluster
     wait_for(lambda: states(c).get("memory-high") == "OK", 30, "memory-high OK at rest")
     assert alarm_events(c, "memory-high") == ["OK"]
-    r = router_client(c, decode_responses=False)
+    r = router_client(c)
     try:
         for start in range(0, KEYS, 50):
             pipe = r.pipeline(transaction=False)
