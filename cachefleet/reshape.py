@@ -93,7 +93,7 @@ def restarts(old: Topology, new: Topology) -> list[str]:
         out.append("sentinels")
     if replace(old.router, port=None) != replace(new.router, port=None):
         out.append("routers")
-    if old.backup != new.backup:
+    if old.backup != new.backup or old.alarms != new.alarms:  # the supervisor runs both
         out.append("supervisor")
     return out
 

@@ -309,3 +309,12 @@ def test_transition_event_fields() -> None:
         "reason": "why",
         "datapoints": [None, 81.234568],
     }
+
+
+def test_apply_restarts_the_supervisor_when_alarms_change() -> None:
+    from cachefleet.reshape import restarts
+
+    old = parse_topology(topo())
+    new = parse_topology(topo(alarms=[alarm()]))
+    assert restarts(old, new) == ["supervisor"]
+    assert restarts(new, new) == []
