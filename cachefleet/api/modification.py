@@ -59,6 +59,7 @@ FIELDS = {
     "backup.retention": "SnapshotRetentionLimit",
     "shards": "NodeGroupCount",
     "replicas_per_shard": "NewReplicaCount",
+    "replicas": "NewReplicaCount",
 }
 _VERSION = re.compile(r"^\d+(\.\d+){0,2}$")
 
@@ -207,7 +208,7 @@ def modify_group(params: Params, view: ClusterView, versions: Mapping[str, str])
         if parse_topology(raw).backup != plan.topology.backup:
             what.append("SnapshotRetentionLimit" if retention is not None else "SnapshotWindow")
     if failover is not None and failover != view.automatic_failover:
-        if view.record.cluster_enabled and not failover:
+        if view.cluster_enabled and not failover:
             raise _combination(
                 "Cluster mode enabled replication groups need AutomaticFailoverEnabled"
             )
@@ -236,7 +237,7 @@ def modify_group(params: Params, view: ClusterView, versions: Mapping[str, str])
 
 
 def _cluster_mode(view: ClusterView, action: str) -> None:
-    if not view.record.cluster_enabled:
+    if not view.cluster_enabled:
         raise _combination(
             f"{action} is for cluster mode enabled replication groups; "
             f"{view.name} has cluster mode disabled"
@@ -415,7 +416,8 @@ def change_replicas(params: Params, view: ClusterView, *, increase: bool) -> Cha
     if not increase and count < 1 and view.record.multi_az:
         raise _combination("MultiAZEnabled groups need at least one replica per node group")
     raw = _stored(plan)
-    raw["replicas_per_shard"] = count
+    # a cluster_mode: disabled topology counts its replicas in `replicas`
+    raw["replicas" if plan.topology.standalone else "replicas_per_shard"] = count
     checked(raw)
     if to_remove:
         leaving = _leaving(plan, view, parse_topology(raw))

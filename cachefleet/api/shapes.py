@@ -108,6 +108,14 @@ class ClusterView:
         return planned
 
     @property
+    def cluster_enabled(self) -> bool:
+        """A cluster_mode: disabled topology is a cluster-mode-disabled group; otherwise as
+        the API was asked (one node group of NumCacheClusters is shown disabled)."""
+        if self.plan is not None and self.plan.topology.standalone:
+            return False
+        return self.record.cluster_enabled
+
+    @property
     def automatic_failover(self) -> bool:
         if self.record.automatic_failover is not None:
             return self.record.automatic_failover
@@ -200,14 +208,14 @@ def replication_group(view: ClusterView, account: Account) -> dict[str, Any]:
         "MultiAZ": "enabled" if view.record.multi_az else "disabled",
         "ConfigurationEndpoint": _endpoint(plan.router_host, plan.router_port) if plan else None,
         **_backup(plan),
-        "ClusterEnabled": view.record.cluster_enabled,
+        "ClusterEnabled": view.cluster_enabled,
         "CacheNodeType": view.node_type,
         "AuthTokenEnabled": False,
         "TransitEncryptionEnabled": False,
         "AtRestEncryptionEnabled": False,
         "ARN": account.arn("replicationgroup", view.name),
         "ReplicationGroupCreateTime": timestamp(view.created),
-        "ClusterMode": "enabled" if view.record.cluster_enabled else "disabled",
+        "ClusterMode": "enabled" if view.cluster_enabled else "disabled",
         "Engine": view.engine,
     }
 

@@ -318,3 +318,17 @@ def test_a_multi_az_group_keeps_a_replica() -> None:
     refused(lambda: replicas(view(multi_az=True), increase=False, NewReplicaCount="0"),
             "InvalidParameterCombination", "MultiAZ")  # fmt: skip
     assert replicas(view(), increase=False, NewReplicaCount="0").topology
+
+
+def test_a_cluster_mode_disabled_group_counts_its_replicas_in_replicas() -> None:
+    raw = {"name": "solo", "zones": ["az-a", "az-b"], "cluster_mode": "disabled",
+           "replicas": 1, "ports": {"base": 7101}}  # fmt: skip
+    plan = build_plan(parse_topology(raw), raw, engine_binary="/bin/true", node_ports=None,
+                      bus=("127.0.0.1", 1883), router_port=7100)  # fmt: skip
+    solo = shapes.ClusterView("solo", plan, None, "available", shapes.Record(), 0.0, "8.1.8")
+    assert not solo.cluster_enabled
+    change = replicas(solo, increase=True, NewReplicaCount="2")
+    assert change.topology is not None and change.topology["replicas"] == 2
+    assert "replicas_per_shard" not in change.topology
+    refused(lambda: shards(solo, NodeGroupCount="2"), "InvalidParameterCombination",
+            "cluster mode disabled")  # fmt: skip
