@@ -31,6 +31,7 @@ STATUS: dict[str, int] = {
     "CacheClusterAlreadyExists": 400,
     "InvalidCacheClusterState": 400,
     "NodeGroupNotFoundFault": 404,
+    "CacheParameterGroupNotFound": 404,
     "SnapshotNotFoundFault": 404,
     "SnapshotAlreadyExistsFault": 400,
     "InvalidSnapshotState": 400,
