@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import random
+import ssl
 import time
 import uuid
 from collections import Counter
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 import aiomqtt
 
 from cachefleet.errors import BusError
-from cachefleet.security import bus_login
+from cachefleet.security import bus_login, bus_tls_context
 from cachefleet.tls import client_context
 
 SCHEMA_VERSION = 1
@@ -47,21 +48,69 @@ def client(
     name: str,
     *,
     will: tuple[str, bytes] | None = None,
+    login: tuple[str, str] | None = None,
+    tls_context: ssl.SSLContext | None = None,
 ) -> aiomqtt.Client:
-    """An aiomqtt client with a unique identifier (name + random suffix) and optional last-will."""
+    """An aiomqtt client with a unique identifier (name + random suffix) and optional last-will.
+
+    Its login and TLS are the cluster's: the embedded broker admits each role with its own
+    credential (over TLS in a TLS cluster); an external one, the ``bus.username`` and
+    ``bus.tls`` that `up` saved. `login`/`tls_context` override them (`up`'s first check)."""
     will_msg = aiomqtt.Will(will[0], will[1], qos=1, retain=True) if will else None
-    login = bus_login(host, port)  # the cluster's embedded broker admits its roles only
+    login = login or bus_login(host, port)
+    tls = tls_context or bus_tls_context(host, port) or client_context(host, port)
     return aiomqtt.Client(
         host,
         port,
         username=login[0] if login else None,
         password=login[1] if login else None,
-        tls_context=client_context(host, port),  # a TLS cluster's embedded broker
+        tls_context=tls,
         identifier=f"{name}-{uuid.uuid4().hex[:8]}",
         will=will_msg,
         keepalive=5,
         timeout=5,
     )
+
+
+_REFUSED_LOGIN = (4, 5, 134, 135)  # MQTT 3.1.1 and 5 CONNACK codes: bad login / not authorized
+
+
+async def check(
+    host: str,
+    port: int,
+    *,
+    login: tuple[str, str] | None = None,
+    tls_context: ssl.SSLContext | None = None,
+) -> None:
+    """Connect once and leave; a BusError that says what the broker refused (the login, the
+    TLS handshake) and which topology field to look at."""
+    url = f"mqtt://{host}:{port}"
+    try:
+        async with client(host, port, "check", login=login, tls_context=tls_context):
+            return
+    except aiomqtt.MqttCodeError as exc:
+        if _code(exc.rc) in _REFUSED_LOGIN:
+            raise BusError(
+                f"the broker at {url} refused the login ({exc}): check bus.username and "
+                "the password in bus.password_file"
+            ) from exc
+        raise BusError(f"bus at {url} refused the connection: {exc}") from exc
+    except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+        text = str(exc)
+        if isinstance(exc, ssl.SSLError) or "SSL" in text or "certificate" in text:
+            raise BusError(
+                f"TLS to the broker at {url} failed ({text}): check bus.tls (the broker's "
+                "certificate must be signed by bus.tls.ca_file and carry the address of bus.url)"
+            ) from exc
+        raise BusError(f"bus at {url} unreachable: {text}") from exc
+
+
+def _code(rc: Any) -> int | None:
+    try:
+        return int(rc)
+    except (TypeError, ValueError):
+        value = getattr(rc, "value", None)
+        return value if isinstance(value, int) else None
 
 
 async def read_retained(

@@ -63,3 +63,28 @@ class RoleTopicPlugin(BaseTopicPlugin):  # type: ignore[misc]
         if not allowed:
             self.context.logger.warning(f"bus publish refused: {user} on {topic}")
         return allowed
+
+
+class PasswordAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
+    """A standalone broker (``python -m cachefleet.broker`` without ``--cluster``, what a
+    cluster with ``bus.url`` meets as its external broker) admitting one user."""
+
+    @dataclass
+    class Config:
+        username: str = ""
+        password_file: str = ""
+
+    def __init__(self, context: BaseContext) -> None:
+        super().__init__(context)
+        self.password = Path(self.config.password_file).read_text().rstrip("\r\n")
+
+    async def authenticate(self, *, session: Session) -> bool:
+        user, password = session.username, session.password
+        ok = (
+            user == self.config.username
+            and password is not None
+            and hmac.compare_digest(self.password.encode(), password.encode())
+        )
+        if not ok:
+            self.context.logger.warning("bus client refused: wrong user name or password")
+        return ok

@@ -14,6 +14,7 @@ import ipaddress
 import json
 import os
 import re
+import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -427,6 +428,8 @@ BUS_PUBLISH: dict[str, tuple[str, ...]] = {
 
 _bus_role = "cli"
 _bus_stores: dict[tuple[str, int], Path] = {}
+_bus_external: set[tuple[str, int]] = set()
+_bus_contexts: dict[tuple[str, int], ssl.SSLContext] = {}
 
 
 def topic_matches(topic: str, pattern: str) -> bool:
@@ -485,9 +488,16 @@ def set_bus_role(role: str) -> None:
     _bus_role = role
 
 
-def remember_bus(host: str, port: int, root: Path) -> None:
-    """The embedded broker at host:port belongs to the cluster whose directory is `root`."""
+def remember_bus(host: str, port: int, root: Path, *, external: bool = False) -> None:
+    """The broker at host:port is the bus of the cluster whose directory is `root`: its
+    embedded broker (one credential per role) or an external one (`external`: the login
+    and TLS files `up` saved there, shared by every process)."""
     _bus_stores[(host, port)] = root
+    if external:
+        _bus_external.add((host, port))
+    else:
+        _bus_external.discard((host, port))
+    _bus_contexts.pop((host, port), None)
 
 
 def bus_login(host: str, port: int) -> tuple[str, str] | None:
@@ -495,6 +505,8 @@ def bus_login(host: str, port: int) -> tuple[str, str] | None:
     root = _bus_stores.get((host, port))
     if root is None:
         return None
+    if (host, port) in _bus_external:
+        return load_bus_login(root).credentials
     try:
         return _bus_role, ensure_bus_secrets(root)[_bus_role]
     except (OSError, ValueError, KeyError):
@@ -523,3 +535,190 @@ def security_status(security: Security, ca: Path | None) -> dict[str, Any]:
         "users": [u.name for u in security.users],
         "allowed_sources": list(security.allowed_sources),
     }
+
+
+# -- an external broker (bus.url) ---------------------------------------------------------------
+
+_BUS_USER_RE = re.compile(r"^[\x21-\x7e]{1,64}$")  # printable ASCII, no spaces
+BUS_PASSWORD_MAX = 256
+BUS_LOGIN_FILE = "bus.login"  # username and password, 0600
+BUS_TLS_DIR = "bus-tls"  # copies of bus.tls's files (the key 0600), in a 0700 directory
+
+
+@dataclass(frozen=True)
+class ExternalBus:
+    """How the cluster's processes log in to an external broker: paths only (the topology,
+    ``plan.json`` and ``status`` never hold a secret)."""
+
+    username: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None  # set: MQTT over TLS, the broker verified against this CA
+    cert_file: str | None = None  # a client certificate, when the broker asks for one
+    key_file: str | None = None
+
+
+def parse_external_bus(bus_s: Section, embedded: bool) -> ExternalBus:
+    """``bus.username``, ``bus.password_file`` and ``bus.tls`` (``ca_file``, ``cert_file``,
+    ``key_file``): for an external broker only. Relative paths are taken from the topology
+    file's directory; the files are read at `up`."""
+    base = None if bus_s.source.startswith("<") else Path(bus_s.source).parent
+
+    def path(sec: Section, key: str) -> str | None:
+        value = sec.raw(key, None)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise sec.fail(key, "must be a path to a file")
+        return str(base / value) if base is not None and not Path(value).is_absolute() else value
+
+    if embedded:
+        for key in ("username", "password_file", "tls"):
+            if bus_s.has(key):
+                raise bus_s.fail(
+                    key,
+                    "is for an external broker (bus.url: mqtt://host:port); the embedded "
+                    "broker gives every role its own credential",
+                )
+        return ExternalBus()
+    username = bus_s.raw("username", None)
+    if username is not None and (
+        not isinstance(username, str) or not _BUS_USER_RE.fullmatch(username)
+    ):
+        raise bus_s.fail("username", "must be 1-64 printable characters without spaces")
+    password_file = path(bus_s, "password_file")
+    if username is not None and password_file is None:
+        raise bus_s.fail("password_file", "is required with bus.username")
+    if password_file is not None and username is None:
+        raise bus_s.fail("username", "is required with bus.password_file")
+    ca: str | None = None
+    cert: str | None = None
+    key_file: str | None = None
+    if bus_s.has("tls"):
+        from cachefleet.topology import Section as Reader
+
+        tls = Reader(bus_s.source, bus_s.dotted("tls"), bus_s.raw("tls"))
+        ca, cert, key_file = path(tls, "ca_file"), path(tls, "cert_file"), path(tls, "key_file")
+        if ca is None:
+            raise tls.fail("ca_file", "is required: the CA the broker's certificate is signed by")
+        if (cert is None) != (key_file is None):
+            missing = "key_file" if key_file is None else "cert_file"
+            raise tls.fail(missing, "is required: a client certificate comes with its key")
+        tls.done()
+    return ExternalBus(username, password_file, ca, cert, key_file)
+
+
+@dataclass(frozen=True)
+class BusLogin:
+    """An external broker's login, read at `up` (never printed)."""
+
+    username: str | None
+    password: str | None
+    tls: ExternalBus  # where ca/cert/key are (the state dir's copies once saved)
+
+    def __repr__(self) -> str:  # never print a secret
+        return f"BusLogin(username={self.username!r}, tls={self.tls.ca_file is not None})"
+
+    @property
+    def credentials(self) -> tuple[str, str] | None:
+        if self.username is None or self.password is None:
+            return None
+        return self.username, self.password
+
+    def context(self) -> ssl.SSLContext | None:
+        """The client TLS context (None: plain MQTT). Host names are verified: the broker's
+        certificate must carry the address of bus.url."""
+        if self.tls.ca_file is None:
+            return None
+        ctx = ssl.create_default_context(cafile=self.tls.ca_file)
+        if self.tls.cert_file is not None and self.tls.key_file is not None:
+            ctx.load_cert_chain(self.tls.cert_file, self.tls.key_file)
+        return ctx
+
+
+def read_bus_login(ext: ExternalBus, source: str) -> BusLogin:
+    """The login an external broker's section names, read and validated (errors name the
+    field)."""
+    password = None
+    if ext.password_file is not None:
+        try:
+            text = Path(ext.password_file).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            msg = f"{ext.password_file}: {getattr(exc, 'strerror', None) or exc}"
+            raise TopologyError(source, "bus.password_file", msg) from None
+        password = text.rstrip("\r\n")
+        if not 1 <= len(password) <= BUS_PASSWORD_MAX or any(
+            not 0x20 <= ord(ch) < 0x7F for ch in password
+        ):
+            raise TopologyError(
+                source,
+                "bus.password_file",
+                f"the password in {ext.password_file} must be 1-{BUS_PASSWORD_MAX} printable "
+                "ASCII characters on one line",
+            )
+    login = BusLogin(ext.username, password, ext)
+    if ext.ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=ext.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise TopologyError(source, "bus.tls.ca_file", f"{ext.ca_file}: {exc}") from None
+        try:
+            login.context()
+        except (OSError, ssl.SSLError) as exc:
+            msg = f"{ext.cert_file} / {ext.key_file}: {exc}"
+            raise TopologyError(source, "bus.tls.cert_file", msg) from None
+    return login
+
+
+def save_bus_login(root: Path, login: BusLogin) -> None:
+    """Keep the login in the cluster's directory: ``bus.login`` (0600) and copies of the TLS
+    files in ``bus-tls/`` (0700; the key 0600). Every process reads these, never the
+    topology's files again."""
+    if login.credentials is not None:
+        tmp = root / f".{BUS_LOGIN_FILE}.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"username": login.username, "password": login.password}, f)
+        tmp.replace(root / BUS_LOGIN_FILE)
+    ext = login.tls
+    if ext.ca_file is None:
+        return
+    d = root / BUS_TLS_DIR
+    d.mkdir(mode=0o700, exist_ok=True)
+    copies = [(ext.ca_file, "ca.pem", 0o644)]
+    if ext.cert_file is not None and ext.key_file is not None:
+        copies += [(ext.cert_file, "client.pem", 0o644), (ext.key_file, "client.key", 0o600)]
+    for src, name, mode in copies:
+        fd = os.open(d / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(Path(src).read_bytes())
+
+
+def load_bus_login(root: Path) -> BusLogin:
+    """The login saved by :func:`save_bus_login` (nothing saved: an anonymous, plain one)."""
+    username = password = None
+    try:
+        data = json.loads((root / BUS_LOGIN_FILE).read_text())
+        username, password = str(data["username"]), str(data["password"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    d = root / BUS_TLS_DIR
+    ca = d / "ca.pem"
+    cert, key = d / "client.pem", d / "client.key"
+    ext = ExternalBus(
+        ca_file=str(ca) if ca.exists() else None,
+        cert_file=str(cert) if cert.exists() else None,
+        key_file=str(key) if key.exists() else None,
+    )
+    return BusLogin(username, password, ext)
+
+
+def bus_tls_context(host: str, port: int) -> ssl.SSLContext | None:
+    """The TLS context for an external broker at host:port (None: plain, or not external)."""
+    if (host, port) not in _bus_external:
+        return None
+    ctx = _bus_contexts.get((host, port))
+    if ctx is None:
+        ctx = load_bus_login(_bus_stores[(host, port)]).context()
+        if ctx is not None:
+            _bus_contexts[(host, port)] = ctx
+    return ctx

@@ -93,8 +93,11 @@ class ClusterDir:
         if not self.plan_path.exists():
             raise StateError(f"no cluster named {self.name!r} under {self.home}")
         plan = Plan.load(self.plan_path)
-        if plan.topology.bus.embedded:  # its broker admits the cluster's own processes only
-            remember_bus(plan.bus_host, plan.bus_port, self.root)
+        # the embedded broker admits the cluster's own processes only; an external one, the
+        # login (and TLS) `up` saved here
+        remember_bus(
+            plan.bus_host, plan.bus_port, self.root, external=not plan.topology.bus.embedded
+        )
         return plan
 
     @property

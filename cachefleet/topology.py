@@ -20,7 +20,7 @@ from cachefleet import nodetypes
 from cachefleet.alarms import AlarmSpec, parse_alarms
 from cachefleet.cost import Reservation, parse_reserved
 from cachefleet.errors import TopologyError
-from cachefleet.security import Security, parse_security
+from cachefleet.security import ExternalBus, Security, parse_external_bus, parse_security
 
 ENGINES = ("valkey", "redis", "memcached")
 ZONE_ADDRESSING = ("per-zone", "shared")
@@ -125,6 +125,7 @@ class Endpoints:
 @dataclass(frozen=True)
 class Bus:
     url: str  # "embedded" or mqtt://host:port
+    external: ExternalBus = field(default_factory=ExternalBus)  # its login and TLS: paths
 
     @property
     def embedded(self) -> bool:
@@ -511,6 +512,7 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
             raise bus_s.fail("url", f"{url!r} must be 'embedded' or mqtt://host:port")
         if not _is_loopback_host(parsed.hostname):
             raise bus_s.fail("url", f"{parsed.hostname!r} is not a loopback address (127.0.0.0/8)")
+    external_bus = parse_external_bus(bus_s, embedded=url == "embedded")
     bus_s.done()
 
     sent = root.section("sentinels")
@@ -594,7 +596,7 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
         node_type=node_type,
         sentinels=sentinels,
         router=router,
-        bus=Bus(url),
+        bus=Bus(url, external_bus),
         persistence=persistence,
         backup=backup,
         durability=Durability(min_rw, max_lag),

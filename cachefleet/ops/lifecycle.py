@@ -32,7 +32,14 @@ from cachefleet.proc import (
     spawn,
     stop_processes,
 )
-from cachefleet.security import read_secrets, remember_bus, save_secrets, security_summary
+from cachefleet.security import (
+    read_bus_login,
+    read_secrets,
+    remember_bus,
+    save_bus_login,
+    save_secrets,
+    security_summary,
+)
 from cachefleet.state import ClusterDir, state_home
 from cachefleet.tls import (
     ca_for,
@@ -155,10 +162,16 @@ async def up(
         # anything starts, or this cluster's sentinels would probe (and fail over) its nodes.
         _check_ports_free(plan)
         secrets = read_secrets(topo.security, topo.source)  # bad secret files fail here
+        login = None if topo.bus.embedded else read_bus_login(topo.bus.external, topo.source)
+        if login is not None:  # an external broker takes its login and TLS before anything
+            await bus.check(
+                plan.bus_host, plan.bus_port, login=login.credentials, tls_context=login.context()
+            )
         cdir.make()
         save_secrets(cdir.root, secrets)
-        if plan.topology.bus.embedded:
-            remember_bus(plan.bus_host, plan.bus_port, cdir.root)
+        if login is not None:
+            save_bus_login(cdir.root, login)
+        remember_bus(plan.bus_host, plan.bus_port, cdir.root, external=login is not None)
         if topo.security.tls:
             zone_ips = [topo.zone_address(z) for z in topo.zones]
             files = ensure_certificates(cdir.root, topo.name, zone_ips)
@@ -414,9 +427,10 @@ async def republish_layout(plan: Plan, cdir: ClusterDir, timeout: float = 15.0) 
 
 
 async def _wait_bus(plan: Plan, cdir: ClusterDir) -> None:
-    if plan.topology.bus.embedded and not await asyncio.to_thread(
-        _wait_port, plan.bus_host, plan.bus_port, 15.0
-    ):
+    if not plan.topology.bus.embedded:  # an external broker: it takes the saved login
+        await bus.check(plan.bus_host, plan.bus_port)
+        return
+    if not await asyncio.to_thread(_wait_port, plan.bus_host, plan.bus_port, 15.0):
         raise ClusterTimeout("bus start", 15.0, f"see {cdir.log_file('broker')}")
 
 
