@@ -215,12 +215,14 @@ class Collector:
             self.cross_zone[hour] = self.cross_zone.get(hour, 0) + int(sent) * remote
 
     def _costs(self) -> list[Sample]:
-        """cachefleet_cost_usd_total by component, recomputed every BILL_EVERY_S."""
+        """cachefleet_cost_usd_total by component, recomputed every BILL_EVERY_S (every pass
+        while it is still zero: a cluster's first seconds)."""
         mono = time.monotonic()
         if mono - self._traffic_saved >= TRAFFIC_SAVE_S:
             self._traffic_saved = mono
             save_traffic(self.cdir, self.cross_zone)
-        if mono - self._billed_at < BILL_EVERY_S:
+        billed = any(s.value > 0 for s in self.bill)
+        if mono - self._billed_at < BILL_EVERY_S and billed:
             return self.bill
         self._billed_at = mono
         try:

@@ -1,9 +1,11 @@
 """Alarms on a live cluster: a writer fills a cache.micro node, the memory and evictions alarms
 fire (event, HTTP POST to a loopback hook, command), and clear once the keys are deleted. The
-same cluster answers `cost` and serves the router's request-duration histogram."""
+same cluster answers `cost`, serves the router's request-duration histogram, and is in the
+merged exposition of `serve`'s /metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import sys
@@ -21,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cachefleet import ports
 from cachefleet.events import read_events
 from cachefleet.ops.alarms import read_states
+from cachefleet.ops.metrics_all import all_clusters
 from cachefleet.ops.metrics_file import metrics_address
 
 pytestmark = pytest.mark.integration
@@ -206,6 +209,13 @@ def test_scrape_has_alarm_states_router_histogram_and_cost(
     assert state[("memory-high", "OK")] == 1 and state[("memory-high", "ALARM")] == 0
     cost_usd = {s.labels["component"]: s.value for s in families["cachefleet_cost_usd"].samples}
     assert cost_usd["on_demand_nodes"] > 0
+
+    # `serve`'s /metrics: every cluster of the state directory, merged from their endpoints
+    merged = asyncio.run(all_clusters(c.state_dir)).decode()
+    parsed = {f.name: f for f in text_string_to_metric_families(merged)}
+    (up,) = parsed["cachefleet_cluster_scrape_up"].samples
+    assert (up.labels["cluster"], up.value) == (c.name, 1.0)
+    assert {s.labels["cluster"] for s in parsed["cachefleet_node_up"].samples} == {c.name}
 
     bill = json.loads(cli("cost", c.name, "--json", "--state-dir", str(c.state_dir)).stdout)
     (line,) = bill["nodes"]
