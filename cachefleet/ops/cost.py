@@ -100,24 +100,37 @@ def show_cost(
         return 0
     hours = (b.end - b.start) / HOUR
     out(f"{name}: {_iso(b.start)} .. {_iso(b.end)} ({hours:.2f} h), prices {cost.prices_path()}")
+    rows: list[tuple[str, str, float]] = []
     for n in b.nodes:
-        out(
-            f"  nodes        {n.node_type} (as {n.priced_as}): {n.node_hours:.2f} node-hours, "
-            f"{n.reserved_hours:.2f} reserved, {n.on_demand_hours:.2f} on demand"
-            f"  {n.on_demand_usd:>10.4f} {b.currency}"
+        rows.append(
+            (
+                "nodes",
+                f"{n.node_type} as {n.priced_as}: {n.node_hours:.2f} node-hours "
+                f"({n.reserved_hours:.2f} reserved, {n.on_demand_hours:.2f} on demand)",
+                n.on_demand_usd,
+            )
         )
     for r in b.reserved:
-        out(
-            f"  reserved     {r.count} x {r.node_type} {r.term} {r.payment}: {r.hours:.2f} h at "
-            f"{r.hourly_usd:.4f}/h, {r.used_hours:.2f} used  {r.usd:>10.4f} {b.currency}"
+        rows.append(
+            (
+                "reserved",
+                f"{r.count} x {r.node_type} {r.term} {r.payment}: {r.hours:.2f} h at "
+                f"{r.hourly_usd:.4f}/h ({r.used_hours:.2f} h used)",
+                r.usd,
+            )
         )
-    out(
-        f"  snapshots    {b.snapshot_gb_months:.6f} GB-months beyond the free one"
-        f"  {b.snapshot_usd:>10.4f} {b.currency}"
+    rows.append(
+        ("snapshots", f"{b.snapshot_gb_months:.6f} GB-months beyond the free one", b.snapshot_usd)
     )
-    out(
-        f"  cross-zone   {b.cross_zone_bytes:,} bytes (replication between zones)"
-        f"  {b.cross_zone_usd:>10.4f} {b.currency}"
+    rows.append(
+        (
+            "cross-zone",
+            f"{b.cross_zone_bytes:,} bytes of replication between zones",
+            b.cross_zone_usd,
+        )
     )
-    out(f"  total        {b.total_usd:.4f} {b.currency}")
+    width = max(len(detail) for _, detail, _ in rows)
+    for item, detail, usd in rows:
+        out(f"  {item:<11} {detail:<{width}}  {usd:>10.4f} {b.currency}")
+    out(f"  {'total':<11} {'':<{width}}  {b.total_usd:>10.4f} {b.currency}")
     return 0
