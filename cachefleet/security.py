@@ -119,17 +119,21 @@ def access_problem(access: str) -> str | None:
     return None
 
 
+def file_path(sec: Section, key: str, value: Any) -> str:
+    """A file a topology names: relative paths are taken from the topology file's directory."""
+    if not isinstance(value, str) or not value:
+        raise sec.fail(key, "must be a path to a file")
+    if not sec.source.startswith("<") and not Path(value).is_absolute():
+        return str(Path(sec.source).parent / value)
+    return value
+
+
 def parse_security(sec: Section, engine: str, cluster_mode: str = "enabled") -> Security:
     """The ``security:`` section. Secret files are named, not read (that happens at `up`):
     relative paths are taken from the topology file's directory."""
-    base = None if sec.source.startswith("<") else Path(sec.source).parent
 
     def path(key: str, value: Any) -> str:
-        if not isinstance(value, str) or not value:
-            raise sec.fail(key, "must be a path to a file")
-        if base is not None and not Path(value).is_absolute():
-            return str(base / value)
-        return value
+        return file_path(sec, key, value)
 
     tls = sec.boolean("tls", False)  # memcached too: `up` checks that its binary has TLS
     if tls and cluster_mode == "disabled":
@@ -561,15 +565,10 @@ def parse_external_bus(bus_s: Section, embedded: bool) -> ExternalBus:
     """``bus.username``, ``bus.password_file`` and ``bus.tls`` (``ca_file``, ``cert_file``,
     ``key_file``): for an external broker only. Relative paths are taken from the topology
     file's directory; the files are read at `up`."""
-    base = None if bus_s.source.startswith("<") else Path(bus_s.source).parent
 
     def path(sec: Section, key: str) -> str | None:
         value = sec.raw(key, None)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value:
-            raise sec.fail(key, "must be a path to a file")
-        return str(base / value) if base is not None and not Path(value).is_absolute() else value
+        return None if value is None else file_path(sec, key, value)
 
     if embedded:
         for key in ("username", "password_file", "tls"):
