@@ -209,3 +209,28 @@ def test_openssl_line_of_status_works(mc: RunningCluster) -> None:
         input=b"version\r\nquit\r\n", capture_output=True, timeout=10, check=False,
     )  # fmt: skip
     assert b"VERSION " in out.stdout, out.stderr
+
+
+def test_tls_on_a_memcached_without_it_is_refused_and_names_the_fix(tmp_path: Path) -> None:
+    fake = tmp_path / "memcached-notls"  # answers -h as a build without TLS does
+    fake.write_text("#!/bin/sh\necho 'memcached 1.6.18'\necho '-p, --port=<num> TCP port'\n")
+    fake.chmod(0o755)
+    name = f"mn{os.getpid() % 100000}"
+    topo = {
+        "name": name,
+        "engine": "memcached",
+        "engine_binary": str(fake),
+        "zones": ["az-a"],
+        "nodes": 1,
+        "node_type": "cache.micro",
+        "security": {"tls": True},
+    }
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(topo))
+    state = tmp_path / "state"
+    proc = cli("up", str(path), "--detach", "--state-dir", str(state), check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "security.tls" in text and "built without TLS" in text
+    assert "apt-get install memcached" in text
+    assert not (state / name).exists()
