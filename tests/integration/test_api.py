@@ -552,6 +552,8 @@ def test_increase_replica_count_adds_a_replica_of_each_primary(
     info = node_client(f"{replica['Address']}:{replica['Port']}").info("replication")
     assert info["role"] == "slave" and info["master_port"] == primary["Port"]
     assert info["master_link_status"] == "up"
+    # apply ran detached from serve, its output in the cluster's directory
+    assert "change applied" in (serve.state_dir / GROW / "logs" / "apply.out").read_text()
 
 
 def test_refused_modifies_change_nothing(serve: Serve, grow: dict[str, Any]) -> None:

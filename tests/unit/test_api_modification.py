@@ -332,3 +332,23 @@ def test_a_cluster_mode_disabled_group_counts_its_replicas_in_replicas() -> None
     assert "replicas_per_shard" not in change.topology
     refused(lambda: shards(solo, NodeGroupCount="2"), "InvalidParameterCombination",
             "cluster mode disabled")  # fmt: skip
+
+
+def test_describe_shows_the_node_type_of_the_plan_once_it_changed() -> None:
+    v = view()  # topology cache.t4g.small
+    for asked, shown in [
+        (None, "cache.t4g.small"),
+        ("cache.t3.small", "cache.t4g.small"),  # the plan names a service type: the plan's
+    ]:
+        assert replace(v, record=replace(v.record, node_type=asked)).node_type == shown
+    raw = {**v.plan.raw_topology, "node_type": "cache.small"}  # type: ignore[union-attr]
+    old = replace(v, plan=replace(v.plan, topology=parse_topology(raw)))  # type: ignore[type-var]
+    # a group made when the topology took short names only: the name asked, same size
+    assert replace(old, record=replace(v.record, node_type="cache.t4g.small")).node_type == (
+        "cache.t4g.small"
+    )
+    raw = {**raw, "node_type": "cache.medium"}  # then changed to a short name of another size
+    changed = replace(v, plan=replace(v.plan, topology=parse_topology(raw)))  # type: ignore[type-var]
+    assert replace(changed, record=replace(v.record, node_type="cache.t4g.small")).node_type == (
+        "cache.medium"
+    )
