@@ -1,8 +1,9 @@
 """`cachefleet serve`: the Query API over aiohttp, for every cluster in one state dir.
 
 Each action calls the same operation as the CLI (``lifecycle.up``/``down``,
-``graceful_failover``, the event log); long ones run as tasks of this process while the
-Describe calls show their progress (``creating`` -> ``available``, ``deleting`` -> gone).
+``graceful_failover``, the event log; `cachefleet apply` for modifications, run detached);
+long ones run as tasks of this process while the Describe calls show their progress
+(``creating`` -> ``available``, ``modifying``, ``deleting`` -> gone).
 The clusters themselves run under their own supervisors: stopping ``serve`` stops none of
 them, and a restarted ``serve`` finds them in the state dir.
 """
@@ -45,8 +46,6 @@ log = logging.getLogger("cachefleet.api")
 Handler = Callable[[Params], Awaitable[dict[str, Any] | None]]
 Out = Callable[[str], None]
 
-#: Actions of the service that wait for a capability cachefleet does not have yet.
-PENDING: dict[str, str] = {}
 EVENT_WINDOW_S = 3600.0  # DescribeEvents without a time range: the last hour
 EVENT_HISTORY_S = 14 * 86400.0
 
@@ -155,11 +154,6 @@ class Api:
         handler = self.actions.get(action)
         if handler is not None:
             return await handler(params)
-        if action in PENDING:
-            raise ApiError(
-                "InvalidAction",
-                f"The action {action} is not supported yet: it needs {PENDING[action]}",
-            )
         raise ApiError("InvalidAction", f"The action {action} is not valid for this web service.")
 
     # -- helpers -----------------------------------------------------------------------------
