@@ -36,6 +36,7 @@ from cachefleet.ops.status import status
 from cachefleet.plan import NodeSpec, Plan
 from cachefleet.proc import live_processes, read_pid
 from cachefleet.state import ClusterDir, state_home
+from cachefleet.tls import stream_options
 from cachefleet.topology import load_topology
 
 Out = Callable[[str], None]
@@ -77,7 +78,10 @@ class TextClient:
     async def _call(self, payload: bytes, multi: bool) -> bytes:
         if self.writer is None:
             assert self.addr is not None
-            self.reader, self.writer = await asyncio.open_connection(*self.addr)
+            # a TLS cluster's endpoint and nodes: TLS, verified against the cluster's CA
+            self.reader, self.writer = await asyncio.open_connection(
+                *self.addr, **stream_options(*self.addr)
+            )
         assert self.reader is not None
         self.writer.write(payload)
         await self.writer.drain()
