@@ -13,11 +13,13 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers import ROOT, RunningCluster, assert_all_gone, start_cluster, wait_for
+import yaml
+from helpers import ROOT, RunningCluster, assert_all_gone, cli, start_cluster, wait_for
 
 from cachefleet import ports, snapshots
 from cachefleet.ops.metrics_file import metrics_address
@@ -300,3 +302,43 @@ def test_serve_lists_the_cluster_and_takes_a_snapshot(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_memcached_cluster_shows_its_nodes_and_no_slot_map(
+    cluster: RunningCluster, browser: WebDriver
+) -> None:
+    name = f"mc{uuid.uuid4().hex[:6]}"
+    topo = {
+        "name": name,
+        "engine": "memcached",
+        "zones": ["az-a", "az-b"],
+        "nodes": 2,
+        "node_type": "cache.micro",
+        "ports": {"base": "auto"},
+        "router": {"port": "auto", "workers": 1},
+    }
+    path = cluster.state_dir.parent / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(topo))
+    out = cli("up", str(path), "--detach", "--state-dir", str(cluster.state_dir))
+    mc = RunningCluster(name, cluster.state_dir, path, out.stdout)
+    mc.remember_pids()
+    try:
+        address = wait_for(lambda: metrics_address(mc.cdir), WAIT_S, "the metrics address")
+        browser.get(f"http://{address}/")
+
+        def shown(d: WebDriver) -> dict[str, Any] | None:
+            state = _page_state(d)
+            nodes = [n for z in state["zones"] for n in z["nodes"]]
+            healthy = len(nodes) == 2 and all(n["health"] == "ok" for n in nodes)
+            listed = cluster.name in state["clusters"] and name in state["clusters"]
+            return state if healthy and listed else None
+
+        state = _wait(browser).until(shown, message="the memcached cluster's nodes")
+        assert {n["role"] for z in state["zones"] for n in z["nodes"]} == {"node"}
+        assert state["shards"] == [] and state["slots"] == []
+        assert "Not shown" in browser.find_element(By.ID, "slot-note").text
+        assert not browser.find_elements(By.CSS_SELECTOR, "button.failover")
+        assert not browser.find_element(By.ID, "snapshot-button").is_enabled()
+    finally:
+        mc.down()
+        assert_all_gone(mc.seen_pids)

@@ -83,8 +83,8 @@
 
   // -- one cluster ---------------------------------------------------------------------------
   function nodeCard(n) {
-    const role = el("span", { class: `badge role ${n.role}` }, n.role);
-    const health = el("span", { class: `badge health ${n.health}` }, n.health);
+    const role = el("span", { class: `badge role-${n.role}` }, n.role);
+    const health = el("span", { class: `badge health-${n.health}` }, n.health);
     const rows = [
       ["shard", n.mode === "memcached" ? "–" : n.shard],
       ["memory", bytes(n.memory) + (n.memory_ratio !== null && n.memory_ratio !== undefined
@@ -173,7 +173,8 @@
     const when = m.collected_at ? `values of ${clock(m.collected_at)} UTC` :
       (m.supervised ? "collecting…" : "supervisor not running: no live values");
     document.getElementById("cluster-meta").textContent =
-      `${m.engine} · ${m.mode === "standalone" ? "cluster mode disabled" : m.mode} · ` +
+      `${m.engine} · ` +
+      (m.mode === "memcached" ? "" : m.mode === "standalone" ? "cluster mode disabled · " : "cluster mode · ") +
       `config epoch ${m.config_epoch === null ? "–" : m.config_epoch} · ${when}`;
     renderActions(m);
     renderSlots(m);
@@ -226,7 +227,7 @@
       drawn += 1;
       const path = svg("path", { d, fill: "none", stroke: shardColor(shards[node] || 0),
         "stroke-width": 1.6, "data-node": node });
-      if (roles[node] !== "primary") path.setAttribute("stroke-dasharray", "4 3");
+      if (roles[node] === "replica") path.setAttribute("stroke-dasharray", "4 3");
       const t = svg("title", {});
       t.textContent = node;
       path.append(t);
@@ -250,7 +251,7 @@
     document.querySelectorAll(".chart").forEach((f) => drawChart(f, h, roles, shards));
     const legend = document.getElementById("chart-legend");
     legend.replaceChildren(...Object.keys(shards).sort().map((name) => {
-      const s = el("span", {}, `${name}${roles[name] === "primary" ? "" : " (dashed: " + roles[name] + ")"}`);
+      const s = el("span", {}, name + (roles[name] === "replica" ? " (replica: dashed)" : ""));
       s.style.setProperty("--c", shardColor(shards[name]));
       return s;
     }));
