@@ -41,6 +41,7 @@ from cachefleet.state import ClusterDir
 STATIC = Path(__file__).with_name("static")
 ASSETS = {"console.js": "application/javascript", "console.css": "text/css"}
 BACKLOG_BYTES = 64 * 1024  # a new event stream starts with the events in the log's last 64 KiB
+READ_MAX = 1024 * 1024  # at most this much of the log per poll of an event stream
 POLL_S = 0.5
 KEEPALIVE_S = 15.0
 PROXY_TIMEOUT_S = 2.0
@@ -66,16 +67,16 @@ def backlog_offset(path: Path, max_bytes: int = BACKLOG_BYTES) -> int:
 
 
 def read_event_lines(path: Path, offset: int) -> tuple[list[tuple[int, dict[str, Any]]], int]:
-    """The whole lines appended since `offset`: ``([(offset after the line, event)...],
-    offset after the last whole line)``. A log shorter than `offset` (recreated) is read from
-    its start."""
+    """The whole lines appended since `offset` (at most READ_MAX bytes of them): ``([(offset
+    after the line, event)...], offset after the last whole line)``. A log shorter than
+    `offset` (recreated) is read from its start."""
     try:
         with open(path, "rb") as f:
             size = f.seek(0, 2)
             if offset > size:
                 offset = 0
             f.seek(offset)
-            chunk = f.read(size - offset)
+            chunk = f.read(min(size - offset, READ_MAX))
     except OSError:
         return [], offset
     out: list[tuple[int, dict[str, Any]]] = []
@@ -126,9 +127,8 @@ class ClusterConsole:
         data = await self.view()
         mine = self.actions.to_json()
         theirs = [a for a in data.get("recent_actions", []) if isinstance(a, dict)]
-        data["recent_actions"] = sorted(mine + theirs, key=lambda a: -float(a.get("started") or 0))[
-            :ACTIONS_KEPT
-        ]
+        newest_first = sorted(mine + theirs, key=lambda a: -float(a.get("started") or 0))
+        data["recent_actions"] = newest_first[:ACTIONS_KEPT]
         return _json(data)
 
     async def history_json(self, request: web.Request) -> web.Response:
@@ -147,7 +147,10 @@ class ClusterConsole:
         )
         await resp.prepare(request)
         last = request.headers.get("Last-Event-ID", "")
-        offset = int(last) if last.isdigit() else backlog_offset(path)
+        offset = int(last) if last.isdigit() and len(last) < 16 else backlog_offset(path)
+        with contextlib.suppress(OSError):
+            if offset > path.stat().st_size:  # not this log's offset: start as a new stream
+                offset = backlog_offset(path)
         quiet_since = time.monotonic()
         try:
             await resp.write(b"retry: 2000\n\n")
