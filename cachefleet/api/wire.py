@@ -16,7 +16,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from xml.sax.saxutils import escape
+
+
+def escape(text: str) -> str:
+    """Character data for an XML element: what xml.sax.saxutils.escape does, without its
+    import of urllib (every CLI command loads this module to build its parser)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
 
 API_VERSION = "2015-02-02"
 NAMESPACE = f"http://elasticache.amazonaws.com/doc/{API_VERSION}/"
