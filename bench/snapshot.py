@@ -176,6 +176,7 @@ class PeakRss:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3, help="alternated snapshot rounds")
+    parser.add_argument("--snapshot-only", action="store_true", help="skip the restores")
     parser.add_argument("-n", type=int, default=1_000_000)
     args = parser.parse_args()
     if not shutil.which("redis-cli"):
@@ -229,6 +230,19 @@ def main() -> None:
             snap_s, anchor_rdb_s = statistics.median(snap_runs), statistics.median(anchor_runs)
             start_s = min(cli(state, "snapshot", "list", "--cluster", src) for _ in range(3))
             size = sum((tmp / f"anchor-{n.name}.rdb").stat().st_size for n in replicas)
+            snapshot_table = "\n".join([
+                f"\n{args.n:,} keys, 3 shards x 1 replica; RDB total {size / 2**20:.0f} MiB",
+                f"{'':<34} {'cachefleet':>12} {'anchor':>12} {'ratio':>7}",
+                f"{'snapshot (s), median':<34} {snap_s:>12.2f} {anchor_rdb_s:>12.2f} "
+                f"{snap_s / anchor_rdb_s:>7.2f}   anchor: redis-cli --rdb x3 in parallel",
+                f"  {args.rounds} alternated rounds: cachefleet "
+                f"{', '.join(f'{x:.2f}' for x in snap_runs)}; anchor "
+                f"{', '.join(f'{x:.2f}' for x in anchor_runs)}; the CLI's own start-up and "
+                f"exit (snapshot list): {start_s:.2f} s",
+            ])  # fmt: skip
+            if args.snapshot_only:
+                print(snapshot_table)
+                return
 
             # restore into 3 and 5 shards
             with PeakRss(state) as rss3:
@@ -269,18 +283,7 @@ def main() -> None:
             keys_anchor = count_keys(aplan, ClusterDir(state, anchor))
 
             n = args.n
-            print(f"\n{n:,} keys, 3 shards x 1 replica; RDB total {size / 2**20:.0f} MiB")
-            print(f"{'':<34} {'cachefleet':>12} {'anchor':>12} {'ratio':>7}")
-            print(
-                f"{'snapshot (s), median':<34} {snap_s:>12.2f} {anchor_rdb_s:>12.2f} "
-                f"{snap_s / anchor_rdb_s:>7.2f}   anchor: redis-cli --rdb x3 in parallel"
-            )
-            print(
-                f"  {args.rounds} alternated rounds: cachefleet "
-                f"{', '.join(f'{x:.2f}' for x in snap_runs)}; anchor "
-                f"{', '.join(f'{x:.2f}' for x in anchor_runs)}; the CLI's own start-up and "
-                f"exit (snapshot list): {start_s:.2f} s"
-            )
+            print(snapshot_table)
             print(
                 f"{'restore into 5 shards (s)':<34} {restore5_s:>12.2f} {anchor_import_s:>12.2f} "
                 f"{anchor_import_s / restore5_s:>6.1f}x   anchor: redis-cli --cluster import"
