@@ -26,6 +26,7 @@ from cachefleet.resp import encode_command
 from router.backend import Addr, BackendConn, BackendHooks
 from router.commands import Command
 from router.framing import CanonicalSplitter, Request, RequestFramer
+from router.latency import LATENCY, LATENCY_BOUNDS
 
 C = TypeVar("C", bound="Call")
 
@@ -40,36 +41,7 @@ MAX_CLIENTS_REPLY = b"-ERR max number of clients reached\r\n"
 #: One per process: clients' packets are framed one at a time.
 SPLITTER = CanonicalSplitter()
 
-#: Upper bounds (seconds) of the request-duration histogram: from reading the packet that
-#: carried a request to queueing its reply for the client.
-LATENCY_BOUNDS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-)  # fmt: skip
 _now = time.monotonic
-
-
-class Latency:
-    """This worker's request-duration histogram: a count per bound plus one for +Inf (not
-    cumulative) and the sum of durations. Counting costs one bisect per reply queue entry (a
-    pipelined batch is one entry for all its requests); the worker publishes it with its
-    state every second."""
-
-    __slots__ = ("counts", "total")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BOUNDS) + 1)
-        self.total = 0.0
-
-    def state(self) -> dict[str, object]:
-        return {
-            "le": list(LATENCY_BOUNDS),
-            "counts": list(self.counts),
-            "sum": round(self.total, 6),
-        }
-
-
-#: One per process (a router worker is one process).
-LATENCY = Latency()
 
 
 class ClientHooks(BackendHooks, Protocol):

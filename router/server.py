@@ -36,11 +36,12 @@ from cachefleet.tls import server_context, tls_files
 from router import endpoint, multikey, policy, pubsub, replies, transactions
 from router.auth import NO_AUTH_COMMANDS, NOAUTH, Authenticator, watch_certificate
 from router.backend import BackendLost
-from router.client import LATENCY, Call, ClientConn
+from router.client import Call, ClientConn
 from router.commands import LOCAL as LOCAL_COMMANDS
 from router.commands import Action, plan
 from router.core import Core, err
 from router.framing import Request
+from router.latency import LATENCY
 
 
 class Router(Core):

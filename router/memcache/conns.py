@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
+from router.latency import LATENCY, LATENCY_BOUNDS
 from router.memcache.protocol import Framer, Reply
 from router.memcache.replies import ReplyFramer
 
@@ -21,6 +23,7 @@ MAX_PENDING = 1024  # replies a client may be owed before its reading pauses
 MAX_NODE_REPLY = 256 * 1024 * 1024  # one node reply; larger ones drop that node connection
 
 Waiter = Callable[[bytes | None], None]
+_now = time.monotonic
 
 
 def discard(_reply: bytes | None) -> None:
@@ -96,6 +99,7 @@ class NodeConn(asyncio.Protocol):
 @dataclass(slots=True)
 class Slot:
     data: bytes | None = None
+    t0: float = 0.0  # when the packet that carried its request was read
 
 
 class Client(asyncio.Protocol):
@@ -108,6 +112,7 @@ class Client(asyncio.Protocol):
         self.closing = False
         self.reading = True
         self.write_paused = False
+        self.t_in = _now()  # when the last packet was read (its requests' start)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -132,6 +137,7 @@ class Client(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        self.t_in = _now()
         for req in self.framer.feed(data):
             self.proxy.dispatch(self, req)
             if self.closing:
@@ -143,7 +149,7 @@ class Client(asyncio.Protocol):
         self._reading()
 
     def slot(self) -> Slot:
-        slot = Slot()
+        slot = Slot(None, self.t_in)
         self.slots.append(slot)
         return slot
 
@@ -159,12 +165,22 @@ class Client(asyncio.Protocol):
     def flush(self) -> None:
         """Move the replies that are ready, in order, to the output; written once per turn
         of the event loop."""
-        while self.slots and self.slots[0].data is not None:
-            data = self.slots.popleft().data
-            assert data is not None
-            if not self.out:
-                asyncio.get_running_loop().call_soon(self._write)
-            self.out.append(data)
+        slots = self.slots
+        if slots and slots[0].data is not None:
+            now = _now()
+            counts = LATENCY.counts
+            spent = 0.0
+            while slots and slots[0].data is not None:
+                slot = slots.popleft()
+                data = slot.data
+                assert data is not None
+                if not self.out:
+                    asyncio.get_running_loop().call_soon(self._write)
+                self.out.append(data)
+                took = now - slot.t0
+                counts[bisect_left(LATENCY_BOUNDS, took)] += 1
+                spent += took
+            LATENCY.total += spent
         self._reading()
 
     def _write(self) -> None:

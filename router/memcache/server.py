@@ -17,6 +17,7 @@ from cachefleet.layout import Layout, LayoutError
 from cachefleet.plan import Plan
 from cachefleet.tls import server_context, tls_files
 from router.auth import watch_certificate
+from router.latency import LATENCY
 from router.memcache.conns import Client
 from router.memcache.proxy import Proxy
 from router.server import listen_socket, raise_nofile_limit, state_link
@@ -96,6 +97,7 @@ class Router:
             "ops_per_sec": round(ops_per_sec, 1),
             "ops_total": p.ops,
             "client_errors": p.client_errors,
+            "latency": LATENCY.state(),
             "epoch": p.layout.epoch if p.layout else 0,
         }
 
