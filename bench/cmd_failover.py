@@ -24,8 +24,10 @@ Sides (same engine binary, same shape, same ``down_after_ms`` and failover timeo
   primary on every new connection).
 
 Throughput: ``redis-benchmark -t set,get -n N -c 50 -P 1|16`` against the primary endpoint
-and against the primary node directly (ops/s; the endpoint forwards bytes between asyncio
-protocols under uvloop: copy-only, no zero-copy splice).
+and against the primary node directly (ops/s; the endpoint moves bytes with ``splice``
+through a pipe, zero-copy). ``--compare-forwarding ROUNDS`` measures only that, for the
+endpoint's two forwarding modes (splice, and the protocol-to-protocol copy) in two groups
+side by side, in alternated rounds.
 
 Prints tables; asserts nothing. ``python bench/cmd_failover.py --trials 20`` (``make bench``
 runs it with the defaults).
@@ -440,6 +442,48 @@ def benchmark(host: str, port: int, pipeline: int, n: int) -> float:
     return sum(rates) / len(rates) if rates else float("nan")
 
 
+def compare_forwarding(rounds: int, n: int) -> None:
+    """The primary endpoint's two ways of moving bytes (router.standalone.FORWARD), each in a
+    group of its own started side by side, measured in alternated rounds (so that load from
+    elsewhere on the machine hits both alike); the best round of each is printed."""
+    modes = ("splice", "copy")
+    tmp = Path(tempfile.mkdtemp(prefix="cf-cmd-fwd-"))
+    groups: dict[str, Ours] = {}
+    best: dict[tuple[str, int], float] = {}
+    try:
+        for mode in modes:
+            os.environ["CACHEFLEET_FORWARD"] = mode  # inherited by the group's router
+            (tmp / mode).mkdir()
+            groups[mode] = Ours(tmp / mode)
+            groups[mode].start()
+        os.environ.pop("CACHEFLEET_FORWARD", None)
+        for r in range(rounds):
+            for pipeline in (1, 16):
+                for mode in (*modes, "direct"):
+                    side = groups["copy" if mode == "direct" else mode]
+                    if mode == "direct":
+                        host, port = side.primary()[0].rsplit(":", 1)
+                        rate = benchmark(host, int(port), pipeline, n)
+                    else:
+                        rate = benchmark(*side.endpoint, pipeline, n)
+                    log(f"round {r + 1} -P {pipeline} {mode}: {rate:,.0f} ops/s")
+                    if rate == rate:  # not NaN
+                        best[(mode, pipeline)] = max(best.get((mode, pipeline), 0.0), rate)
+    finally:
+        for side in groups.values():
+            side.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"\nPrimary endpoint by forwarding mode: redis-benchmark -t set,get -n {n} -c 50, "
+          f"best of {rounds} alternated rounds (ops/s, mean of SET and GET)")  # fmt: skip
+    print("| pipeline | splice | copy | direct | splice / direct | copy / direct |")
+    print("|---|---|---|---|---|---|")
+    for pipeline in (1, 16):
+        got = {m: best.get((m, pipeline), float("nan")) for m in (*modes, "direct")}
+        print(f"| -P {pipeline} | {got['splice']:,.0f} | {got['copy']:,.0f} | "
+              f"{got['direct']:,.0f} | {got['splice'] / got['direct']:.2f} | "
+              f"{got['copy'] / got['direct']:.2f} |")  # fmt: skip
+
+
 def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -452,7 +496,15 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200_000, help="redis-benchmark requests")
     parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the logs (a temp dir)")
+    parser.add_argument(
+        "--compare-forwarding", type=int, default=0, metavar="ROUNDS",
+        help="only the endpoint's throughput: a group per forwarding mode (splice, copy), "
+        "ROUNDS alternated rounds, best of each",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.compare_forwarding:
+        compare_forwarding(args.compare_forwarding, args.n)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="cf-cmd-bench-"))
     results: dict[tuple[str, str], list[tuple[float | None, int, int]]] = {}
     throughput: list[tuple[int, float, float]] = []
