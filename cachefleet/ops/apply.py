@@ -885,9 +885,7 @@ async def apply(
         return await lifecycle.up(topology_path, state_dir=state_dir, detach=True, out=out)
     plan = cdir.load_plan()
     if plan.topology.is_memcached or topo.is_memcached:
-        if topo.is_memcached and plan.topology.is_memcached:  # node count: `up` scales it
-            return await lifecycle.up(topology_path, state_dir=state_dir, detach=True, out=out)
-        check_changeable(plan.topology, topo)
+        check_changeable(plan.topology, topo)  # (memcached <-> valkey is refused here)
     if not live_processes(cdir):
         if plan.raw_topology == raw and not (cdir.root / MARKER).exists():
             return await lifecycle.up(topology_path, state_dir=state_dir, detach=True, out=out)
@@ -913,6 +911,11 @@ async def apply(
 
         applier: Applier = apply_standalone.GroupApplier(cdir, plan, out)
         run = apply_standalone.apply_group
+    elif topo.is_memcached:  # independent nodes: node lists and rolling restarts, no slots
+        from cachefleet.ops import apply_memcached
+
+        applier = apply_memcached.MemcachedApplier(cdir, plan, out)
+        run = apply_memcached.apply_memcached
     else:
         applier, run = Applier(cdir, plan, out), _apply
     with _one_apply(cdir) if not dry_run else contextlib.nullcontext():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -10,8 +11,8 @@ from typing import Any
 from cachefleet import memcache, ports
 from cachefleet.errors import ClusterTimeout
 from cachefleet.layout import Layout
-from cachefleet.plan import Plan, build_plan, place
-from cachefleet.proc import alive_and_ours, read_pid
+from cachefleet.plan import NodeSpec, Plan, build_plan, place
+from cachefleet.proc import alive_and_ours, live_processes, read_pid
 from cachefleet.state import ClusterDir
 from cachefleet.tls import ca_for
 from cachefleet.topology import Topology
@@ -70,6 +71,14 @@ def print_endpoints(plan: Plan, layout: Layout | None, out: Out) -> None:
         out(f"  node {n.node_id} {n.name} {n.address} ({n.zone})")
     host, port = plan.router_host, plan.router_port
     ca = ca_for(host, port)
+    sources = plan.topology.security.allowed_sources
+    if sources:
+        from cachefleet.ops import firewall
+
+        out(
+            f"  security: the configuration endpoint admits {', '.join(sources)} only; "
+            f"{firewall.describe(plan)}"
+        )
     if ca is None:
         out(f"  try: printf 'config get cluster\\r\\n' | nc {host} {port}")
         return
@@ -135,8 +144,62 @@ def scaled_plan(old: Plan, topo: Topology, raw: dict[str, Any]) -> Plan:
         bus=(old.bus_host, old.bus_port),
         router_port=old.router_port,
     )
-    assert plan.nodes[:keep] == old.nodes[:keep]
+    kept = [(n.name, n.zone, n.host, n.port) for n in plan.nodes[:keep]]
+    assert kept == [(n.name, n.zone, n.host, n.port) for n in old.nodes[:keep]]
     return plan
+
+
+async def wait_routers(cdir: ClusterDir, plan: Plan, version: int, timeout: float) -> None:
+    """Until every router worker serves discovery version `version` (or a later one): each
+    fresh connection reaches one worker (SO_REUSEPORT), and the proxy's `stats` names the
+    worker's pid beside the version it serves."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = {pid for name, pid in live_processes(cdir).items() if name.startswith("router")}
+        current: set[int] = set()
+        for _ in range(4 * max(len(workers), 1)):
+            reply = await memcache.call(
+                plan.router_host, plan.router_port, b"stats\r\n", timeout=2.0
+            )
+            st = memcache.parse_stats(reply or b"")
+            with contextlib.suppress(KeyError, ValueError):
+                if int(st["discovery_version"]) >= version:
+                    current.add(int(st["pid"]))
+            if workers and workers <= current:
+                return
+        await asyncio.sleep(0.05)
+    raise ClusterTimeout("routers serve the node list", timeout, f"discovery version {version}")
+
+
+def wanted_settings(topo: Topology) -> dict[str, str]:
+    """What `stats settings` reports on a node started for `topo` (the fields a topology
+    sets: node_type as -m, and the allow-listed parameters)."""
+    mc = topo.memcached
+    assert mc is not None
+    return {
+        "maxbytes": str(topo.maxmemory // 1024**2 * 1024**2),
+        "maxconns": str(mc.max_connections),
+        "num_threads": str(mc.threads),
+        "item_size_max": str(mc.max_item_size),
+        "chunk_size": str(mc.chunk_size),
+        "growth_factor": f"{mc.growth_factor:.2f}",
+        "cas_enabled": "yes" if mc.cas else "no",
+        "evictions": "on" if mc.evictions else "off",
+    }
+
+
+def settings_differ(wanted: dict[str, str], seen: dict[str, str]) -> list[str]:
+    """The wanted settings a node reports otherwise (a node that reports none of them,
+    an older memcached, is taken as it is)."""
+    return [k for k, v in wanted.items() if k in seen and seen[k] != v]
+
+
+async def node_settings(node: NodeSpec, timeout: float = 1.0) -> dict[str, str] | None:
+    """A node's `stats settings` (None when it does not answer)."""
+    reply = await memcache.call(node.host, node.port, b"stats settings\r\n", timeout=timeout)
+    if reply is None or not reply.endswith(b"END\r\n"):
+        return None
+    return memcache.parse_stats(reply)
 
 
 async def wait_stopped(cdir: ClusterDir, names: list[str], timeout: float) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
+from cachefleet.security import source_allowed
 from router.latency import LATENCY, LATENCY_BOUNDS
 from router.memcache.protocol import Framer, Reply
 from router.memcache.replies import ReplyFramer
@@ -42,6 +43,7 @@ class NodeConn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.pending_out: list[bytes] = []
         self.closed = False
+        self.retiring = False  # its node left the node list: closed once it has answered
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -58,6 +60,8 @@ class NodeConn(asyncio.Protocol):
         for reply in replies:
             waiter, _ = self.waiters.popleft()
             waiter(reply)
+        if self.retiring and not self.waiters:
+            self.fail()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail()
@@ -78,6 +82,13 @@ class NodeConn(asyncio.Protocol):
         if self.pending_out and self.transport is not None and not self.closed:
             self.transport.write(b"".join(self.pending_out))
         self.pending_out = []
+
+    def retire(self) -> None:
+        """The node left the node list: nothing new is sent; the connection closes once the
+        requests already sent are answered (or time out), so none of them fails."""
+        self.retiring = True
+        if not self.waiters and not self.pending_out:
+            self.fail()
 
     def fail(self) -> None:
         """The connection is done: every request still waiting is answered as lost."""
@@ -116,6 +127,15 @@ class Client(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        sources = self.proxy.allowed_sources
+        if sources:
+            peer = transport.get_extra_info("peername")
+            host = peer[0] if isinstance(peer, tuple) else ""
+            if not source_allowed(sources, host):  # closed without a word, as by a firewall
+                self.closing = True
+                self.proxy.log.info("client_refused_source", peer=host)
+                self.transport.abort()
+                return
         if len(self.proxy.clients) >= self.proxy.max_clients:
             self.transport.write(b"SERVER_ERROR too many open connections\r\n")
             self.transport.close()

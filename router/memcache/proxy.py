@@ -50,11 +50,13 @@ class Proxy:
         max_clients: int,
         worker: int = 0,
         copies: int = 1,
+        allowed_sources: tuple[str, ...] = (),
     ) -> None:
         self.cluster = cluster
         self.version = version
         self.max_value = max_value
         self.copies = copies  # nodes that hold each key (memcached.copies)
+        self.allowed_sources = allowed_sources  # CIDR blocks; empty: any source
         self.max_merged = MAX_MERGED_REPLY
         self.budget = HELD_BUDGET
         self.held = 0  # reply bytes received for clients and not yet written to them
@@ -65,6 +67,7 @@ class Proxy:
         self.ring: Ring | None = None
         self.addresses: dict[str, tuple[str, int]] = {}
         self.conns: dict[str, NodeConn] = {}
+        self.retired: set[NodeConn] = set()  # of removed nodes, closed once answered
         self.down_until: dict[str, float] = {}
         self.clients: set[Client] = set()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -95,7 +98,12 @@ class Proxy:
             return
         addresses = {n.name: (n.host, n.port) for n in layout.nodes()}
         for name, conn in list(self.conns.items()):
-            if addresses.get(name) != self.addresses.get(name):
+            if name not in addresses:  # removed: what it was sent is still answered
+                conn.retire()
+                if not conn.closed:
+                    self.retired.add(conn)
+                del self.conns[name]
+            elif addresses[name] != self.addresses.get(name):  # moved: the old one is gone
                 conn.fail()
                 del self.conns[name]
         self.layout = layout
@@ -139,8 +147,9 @@ class Proxy:
         """Requests a node leaves unanswered past BACKEND_TIMEOUT_S fail (bounded waits)."""
         while not stop.is_set():
             now = time.monotonic()
-            for conn in list(self.conns.values()):
+            for conn in [*self.conns.values(), *self.retired]:
                 conn.expire(now)
+            self.retired = {c for c in self.retired if not c.closed}
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.1)
 
