@@ -139,9 +139,8 @@ def parse_security(sec: Section, engine: str, cluster_mode: str = "enabled") -> 
     if tls and cluster_mode == "disabled":
         raise sec.fail("tls", "is not available yet for cluster_mode: disabled")
     for key in ("auth_token_file", "users", "allowed_sources"):
-        if engine == "memcached" and sec.has(key):
-            what = "no AUTH" if key != "allowed_sources" else "no source filter yet"
-            raise sec.fail(key, f"memcached clusters have {what}: keep them on loopback")
+        if engine == "memcached" and key != "allowed_sources" and sec.has(key):
+            raise sec.fail(key, "memcached clusters have no AUTH: keep them on loopback")
         if cluster_mode == "disabled" and sec.has(key):
             raise sec.fail(key, "is not available yet for cluster_mode: disabled")
     token_raw = sec.raw("auth_token_file", None)

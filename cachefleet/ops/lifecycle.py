@@ -220,6 +220,8 @@ async def _up_memcached(plan: Plan, cdir: ClusterDir, *, detach: bool, step: Out
     """The memcached half of `up`: nodes answering, then discovery version 1 (or the next
     one after a restart: the nodes came back empty) published, and the router serving it."""
     try:
+        if plan.topology.security.allowed_sources:
+            step(f"allowed_sources: {await asyncio.to_thread(firewall.install, plan)}")
         await _start_processes(plan, cdir, step)
         step(f"waiting for {len(plan.nodes)} memcached nodes")
         await memcached.wait_nodes(plan, 30.0)

@@ -48,6 +48,7 @@ class Router:
             max_clients=topo.router.max_clients,
             worker=worker,
             copies=topo.memcached.copies,
+            allowed_sources=topo.security.allowed_sources,
         )
         self.layouts_refused = 0
 

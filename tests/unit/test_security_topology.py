@@ -167,8 +167,11 @@ def test_cluster_mode_disabled_has_no_auth_yet() -> None:
 def test_memcached_has_no_auth() -> None:
     exc = error({"auth_token_file": "t"}, engine="memcached")
     assert exc.field == "security.auth_token_file"
-    exc = error({"allowed_sources": ["127.0.0.0/8"]}, engine="memcached")
-    assert exc.field == "security.allowed_sources"
+
+
+def test_memcached_takes_allowed_sources() -> None:
+    t = topo({"allowed_sources": ["127.0.0.0/8"]}, engine="memcached")
+    assert t.security.allowed_sources == ("127.0.0.0/8",)
 
 
 @pytest.mark.parametrize(
