@@ -7,6 +7,9 @@ import math
 from typing import Any
 
 import pytest
+from helpers import message_json
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from cachefleet import metrics
@@ -52,6 +55,28 @@ def test_router_stats_from_state() -> None:
 )
 def test_router_stats_refuse_bad_input(bad: Any) -> None:
     assert RouterStats.from_state(bad) is None
+
+
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "ops_total": message_json(),
+            "client_errors": message_json(),
+            "latency": message_json()
+            | st.fixed_dictionaries(
+                {}, optional={"le": message_json(), "counts": message_json(), "sum": message_json()}
+            ),
+        },
+    )
+    | message_json()
+)
+def test_router_stats_never_raise_and_render(data: Any) -> None:
+    stats = RouterStats.from_state(data)
+    if stats is not None and stats.counts:
+        lab = (("router", "r"),)
+        text = render([metrics.Sample(metrics.ROUTER_LATENCY, lab, stats.total_s, stats.buckets())])
+        assert b"_bucket" in text
 
 
 def families(samples: list[metrics.Sample]) -> dict[str, Any]:
