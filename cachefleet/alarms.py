@@ -10,12 +10,13 @@ the service's percentages (DatabaseMemoryUsagePercentage, CPUUtilization, Engine
 CacheHitRate) are in percent here too, although the Prometheus series are ratios.
 
 Once a period has ended, the last ``evaluation_periods`` datapoints decide: ``ALARM`` when at
-least ``datapoints_to_alarm`` of them breach the threshold; otherwise ``OK`` when any datapoint
-is known, else what ``treat_missing_data`` says (``missing``: ``INSUFFICIENT_DATA``;
-``ignore``: the state stays; ``breaching`` / ``notBreaching``: an empty period counts as one
-that breaches / does not). Every change of state is a :class:`Transition`; the operator side
-(``cachefleet/ops/alarms.py``) turns it into an ``alarm_state_changed`` event and runs the
-actions of the new state.
+least ``datapoints_to_alarm`` of them breach the threshold; ``OK`` when too few could breach,
+even counting the empty periods as breaching. In between (empty periods that could tip it),
+and when every period is empty, ``treat_missing_data`` says: ``missing`` keeps the state
+(``INSUFFICIENT_DATA`` when every period is empty), ``ignore`` keeps it always,
+``breaching`` / ``notBreaching`` count an empty period as one that breaches / does not.
+Every change of state is a :class:`Transition`; the operator side (``cachefleet/ops/alarms.py``)
+turns it into an ``alarm_state_changed`` event and runs the actions of the new state.
 """
 
 from __future__ import annotations
@@ -459,6 +460,9 @@ class Evaluator:
     def __init__(self, specs: Iterable[AlarmSpec], restored: Mapping[str, Any] | None = None):
         self.alarms = {s.name: AlarmStatus(s) for s in specs}
         self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        #: when the first collection was fed: periods that ended before it were not watched,
+        #: and are not judged (a restarted supervisor does not flap its restored states)
+        self.first_at: float | None = None
         for name, saved in (restored or {}).items():
             status = self.alarms.get(name)
             if status is None or not isinstance(saved, Mapping):
@@ -473,6 +477,8 @@ class Evaluator:
 
     def feed(self, points: Iterable[Point], at: float) -> None:
         """The samples of one collection taken at Unix time `at`."""
+        if self.first_at is None:
+            self.first_at = at
         wanted = {s.spec.metric for s in self.alarms.values()}
         seen: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         for p in points:
@@ -509,6 +515,8 @@ class Evaluator:
             last = math.floor(now / spec.period_s) - 1  # the last period that has ended
             if status.evaluated_through is not None and last <= status.evaluated_through:
                 continue
+            if self.first_at is None or (last + 1) * spec.period_s <= self.first_at:
+                continue  # it ended before anything was watched
             first = last - spec.evaluation_periods + 1
             points: list[float | None] = []
             for i in range(first, last + 1):
@@ -552,6 +560,12 @@ def judge(spec: AlarmSpec, points: Sequence[float | None], current: State) -> tu
         return State.INSUFFICIENT_DATA, f"no datapoints in the last {len(points)} periods"
     if not known and treat == "ignore":
         return current, f"no datapoints in the last {len(points)} periods: state kept"
+    if treat in ("missing", "ignore") and breaching + missing >= spec.needed:
+        # the empty periods could have breached: too few datapoints to change the state
+        return current, (
+            f"{breaching} of the last {len(points)} datapoints {shown} were {sign} {threshold} "
+            f"and {missing} missing ({spec.needed} needed to alarm): state kept"
+        )
     return State.OK, (
         f"{breaching} of the last {len(points)} datapoints {shown} were {sign} {threshold} "
         f"({spec.needed} needed to alarm)"

@@ -314,7 +314,7 @@ class Bill:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        def r(x: float, n: int = 4) -> float:
+        def r(x: float, n: int = 6) -> float:
             return round(x, n)
 
         return {
@@ -341,12 +341,12 @@ class Bill:
                     "payment": x.payment,
                     "hours": r(x.hours),
                     "used_hours": r(x.used_hours),
-                    "hourly_usd": r(x.hourly_usd, 6),
+                    "hourly_usd": r(x.hourly_usd),
                     "usd": r(x.usd),
                 }
                 for x in self.reserved
             ],
-            "snapshots": {"gb_months": r(self.snapshot_gb_months, 6), "usd": r(self.snapshot_usd)},
+            "snapshots": {"gb_months": r(self.snapshot_gb_months, 9), "usd": r(self.snapshot_usd)},
             "cross_zone": {"bytes": self.cross_zone_bytes, "usd": r(self.cross_zone_usd)},
         }
 

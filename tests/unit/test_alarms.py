@@ -218,13 +218,19 @@ def test_dimensions_filter_series() -> None:
 def test_m_of_n_and_missing_data() -> None:
     ev = Evaluator([spec(evaluation_periods=3, datapoints_to_alarm=2)])
     ev.feed([mem(0.9)], 1001.0)
-    assert [x.new for x in ev.evaluate(1010.0)] == [State.OK]  # 1 of [-, -, 90]
+    assert ev.evaluate(1010.0) == []  # [-, -, 90]: the gaps could make it 2: kept
     ev.feed([mem(0.1)], 1011.0)
-    assert ev.evaluate(1020.0) == []  # 1 of [-, 90, 10]
+    assert ev.evaluate(1020.0) == []  # [-, 90, 10]: likewise
+    assert ev.alarms["mem"].state is State.INSUFFICIENT_DATA
+    assert "state kept" in ev.alarms["mem"].reason
     ev.feed([mem(0.95)], 1021.0)
     (t,) = ev.evaluate(1030.0)  # 2 of [90, 10, 95]
     assert t.new is State.ALARM and t.datapoints == (90.0, 10.0, 95.0)
-    (t,) = ev.evaluate(1040.0)  # [10, 95, -]: 1 breaching of 2 needed
+    assert ev.evaluate(1040.0) == []  # [10, 95, -]: could still be 2: ALARM kept
+    ev.feed([mem(0.2)], 1041.0)
+    assert ev.evaluate(1050.0) == []  # [95, -, 20]: 1 breaching, 2 with the gap: kept
+    ev.feed([mem(0.2)], 1051.0)
+    (t,) = ev.evaluate(1060.0)  # [-, 20, 20]: at most 1 of 2 needed
     assert (t.old, t.new) == (State.ALARM, State.OK)
 
 
@@ -282,12 +288,14 @@ def test_counters_count_their_increase_and_survive_a_restart() -> None:
 
 def test_late_samples_and_periods_already_judged() -> None:
     ev = Evaluator([spec()])
-    ev.evaluate(1010.0)  # nothing yet: stays INSUFFICIENT_DATA, no transition
+    assert ev.evaluate(1010.0) == []  # nothing fed yet: nothing judged
+    ev.feed([], 1011.0)
+    assert ev.evaluate(1020.0) == []  # [1010, 1020) judged: empty, INSUFFICIENT_DATA
+    assert ev.alarms["mem"].evaluated_at == 1020.0
+    ev.feed([mem(0.99)], 1015.0)  # a late sample of a period already judged is dropped
+    assert ev.evaluate(1029.0) == []
     assert ev.alarms["mem"].state is State.INSUFFICIENT_DATA
-    ev.feed([mem(0.99)], 1005.0)  # a sample of a period already judged is dropped
-    assert ev.evaluate(1019.0) == []
-    assert ev.alarms["mem"].state is State.INSUFFICIENT_DATA
-    assert ev.evaluate(1019.5) == []  # the same period is judged once
+    assert ev.evaluate(1029.5) == []  # the same period is judged once
 
 
 def test_other_metrics_are_ignored_and_state_restored() -> None:
@@ -298,6 +306,19 @@ def test_other_metrics_are_ignored_and_state_restored() -> None:
     assert (t.old, t.new) == (State.ALARM, State.INSUFFICIENT_DATA)
     bad = Evaluator([spec()], restored={"mem": {"state": "ON"}, "gone": {"state": "OK"}})
     assert bad.alarms["mem"].state is State.INSUFFICIENT_DATA
+
+
+def test_a_restored_state_is_not_judged_on_periods_nobody_watched() -> None:
+    ev = Evaluator([spec(evaluation_periods=2)], restored={"mem": {"state": "ALARM"}})
+    assert ev.evaluate(1010.0) == []  # nothing fed yet
+    ev.feed([mem(0.95)], 1025.0)  # the first pass after a restart
+    assert ev.evaluate(1025.0) == []  # [1010, 1020) ended before it
+    assert ev.evaluate(1030.0) == []  # [-, 95]: could be 2 of 2: still ALARM
+    assert ev.alarms["mem"].state is State.ALARM
+    ev.feed([mem(0.1)], 1035.0)
+    ev.feed([mem(0.1)], 1045.0)
+    (t,) = ev.evaluate(1050.0)  # [10, 10]
+    assert (t.old, t.new) == (State.ALARM, State.OK)
 
 
 def test_transition_event_fields() -> None:
