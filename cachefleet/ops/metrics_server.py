@@ -31,7 +31,7 @@ from cachefleet.nodes import connect, info, try_call
 from cachefleet.ops.alarms import AlarmRunner
 from cachefleet.ops.cost import cluster_bill, read_traffic, save_traffic
 from cachefleet.ops.metrics_file import address_path, metrics_address, save_address
-from cachefleet.plan import NodeSpec, Plan
+from cachefleet.plan import NodeSpec, Plan, PlanFile
 from cachefleet.state import ClusterDir
 from cachefleet.tls import stream_options
 
@@ -72,6 +72,7 @@ class Collector:
         self.plan, self.cdir = plan, cdir
         self.memcached = plan.topology.engine == "memcached"
         self.nodes = [_Node(spec) for spec in plan.nodes]
+        self._plan_file = PlanFile(cdir.plan_path, plan)
         self.counts = EventCounts()
         self.events = EventTail(cdir.events_path)
         self.sdown: dict[str, frozenset[str]] = {}
@@ -169,7 +170,23 @@ class Collector:
         except (TimeoutError, OSError):
             return empty
 
+    async def _follow_plan(self) -> None:
+        """Nodes `apply` adds are read from the next pass on; those it removed no more."""
+        if not self._plan_file.refresh():
+            return
+        plan = self._plan_file.plan
+        old = {n.spec.name: n for n in self.nodes}
+        self.plan = plan
+        self.nodes = [old.pop(n.name) if n.name in old else _Node(n) for n in plan.nodes]
+        self.zone_of = {spec.address: spec.zone for spec in plan.nodes}
+        self.known = messages.Known.from_plan(plan)
+        for gone in old.values():
+            if gone.client is not None:
+                with contextlib.suppress(Exception):
+                    await gone.client.aclose()
+
     async def collect(self) -> None:
+        await self._follow_plan()
         samples: list[Sample] = []
         if self.memcached:
             per_node = await asyncio.gather(

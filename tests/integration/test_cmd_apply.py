@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 import redis
 import yaml
 from helpers import RunningCluster, assert_all_gone, cli, wait_for
+from prometheus_client.parser import text_string_to_metric_families
 
 from cachefleet.events import read_events
 
@@ -128,6 +130,21 @@ def in_sync(c: RunningCluster, address: str, primary: str) -> bool:
     )
 
 
+def scraped_nodes(c: RunningCluster) -> set[str]:
+    """Nodes whose role the metrics endpoint reports."""
+    address = c.status()["metrics"]["address"]
+    if not address:
+        return set()
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {
+        s.labels["node"]
+        for family in text_string_to_metric_families(text)
+        if family.name == "cachefleet_is_primary"
+        for s in family.samples
+    }
+
+
 def test_plan_refusal_and_replicas_up_and_down(group: RunningCluster) -> None:
     c = group
     out = apply(c, "--dry-run", "--json", replicas=2)
@@ -144,6 +161,9 @@ def test_plan_refusal_and_replicas_up_and_down(group: RunningCluster) -> None:
     assert len(zones) == 3  # the new replica went to the zone nobody used
     assert all(in_sync(c, r["address"], primary["address"]) for r in replicas)
     all_read_back(c, w.acked)
+    # the metrics collector reads the new replica too
+    new = {r["name"] for r in replicas}
+    wait_for(lambda: new <= scraped_nodes(c), 20, f"{new} in /metrics")
 
     with Writer(c) as w:
         apply(c, "--yes", replicas=1)
