@@ -114,9 +114,15 @@ def main() -> None:
         try:
             driver.get(f"http://{address}/")
             time.sleep(6)  # a poll of every JSON, the event backlog, the charts
-            height = driver.execute_script("return document.body.scrollHeight")
-            driver.set_window_size(1400, int(height) + 20)
-            time.sleep(1)
+            for _ in range(3):  # the window's height, browser frame included, fits the page
+                page, inner, outer = driver.execute_script(
+                    "return [document.documentElement.scrollHeight, window.innerHeight,"
+                    " window.outerHeight]"
+                )
+                if page <= inner:
+                    break
+                driver.set_window_size(1400, int(page) + int(outer) - int(inner) + 8)
+                time.sleep(1)
             driver.save_screenshot(args.out)
         finally:
             driver.quit()
