@@ -11,16 +11,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
 import yaml
 
 from cachefleet import nodetypes
-from cachefleet.alarms import AlarmSpec, parse_alarms
-from cachefleet.cost import Reservation, parse_reserved
 from cachefleet.errors import TopologyError
 from cachefleet.security import ExternalBus, Security, parse_external_bus, parse_security
+
+if TYPE_CHECKING:  # imported when a topology has the section (start-up time of the CLI)
+    from cachefleet.alarms import AlarmSpec
+    from cachefleet.cost import Reservation
 
 ENGINES = ("valkey", "redis", "memcached")
 ZONE_ADDRESSING = ("per-zone", "shared")
@@ -576,14 +578,22 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
     metrics = Metrics(port=met.int_or_auto("port", "auto", 1, MAX_PORT))
     met.done()
     security = parse_security(root.section("security"), engine, cluster_mode)
-    alarms = parse_alarms(
-        root.raw("alarms"),
-        source=source,
-        memcached=memcached is not None,
-        shards=shards,
-        zones=zones,
-    )
-    reserved = parse_reserved(root.raw("reserved"), source=source)
+    alarms: tuple[AlarmSpec, ...] = ()
+    if root.raw("alarms") is not None:
+        from cachefleet.alarms import parse_alarms
+
+        alarms = parse_alarms(
+            root.raw("alarms"),
+            source=source,
+            memcached=memcached is not None,
+            shards=shards,
+            zones=zones,
+        )
+    reserved: tuple[Reservation, ...] = ()
+    if root.raw("reserved") is not None:
+        from cachefleet.cost import parse_reserved
+
+        reserved = parse_reserved(root.raw("reserved"), source=source)
 
     root.done()
 
