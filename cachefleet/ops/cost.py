@@ -73,6 +73,18 @@ def cluster_bill(cdir: ClusterDir, plan: Plan, *, since: float | None, now: floa
     )
 
 
+def month_start(now: float) -> float:
+    """The start of `now`'s calendar month (UTC), as the service's bill counts a month."""
+    t = dt.datetime.fromtimestamp(now, dt.UTC)
+    return t.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+def month_to_date(cdir: ClusterDir, plan: Plan, now: float | None = None) -> cost.Bill:
+    """The bill of the current month so far (what the web console shows)."""
+    now = time.time() if now is None else now
+    return cluster_bill(cdir, plan, since=month_start(now), now=now)
+
+
 def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

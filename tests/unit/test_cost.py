@@ -213,3 +213,14 @@ def test_cross_zone_bytes_and_dict() -> None:
     d = b.to_dict()
     assert d["cross_zone"] == {"bytes": 3 * cost.GB, "usd": 0.03}
     assert d["total_usd"] == pytest.approx(0.03)
+
+
+def test_month_start_is_the_first_of_the_month_utc() -> None:
+    import datetime as dt
+
+    from cachefleet.ops.cost import month_start
+
+    now = dt.datetime(2026, 11, 29, 15, 4, 5, tzinfo=dt.UTC).timestamp()
+    assert month_start(now) == dt.datetime(2026, 11, 1, tzinfo=dt.UTC).timestamp()
+    first = dt.datetime(2026, 1, 1, tzinfo=dt.UTC).timestamp()
+    assert month_start(first) == first
