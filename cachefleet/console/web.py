@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import html
 import json
 import time
@@ -46,6 +47,38 @@ POLL_S = 0.5
 KEEPALIVE_S = 15.0
 PROXY_TIMEOUT_S = 2.0
 HOSTS_KEY = web.AppKey("console_hosts", frozenset)  # host names served besides loopback ones
+COST_EVERY_S = 60.0  # the month-to-date cost is recomputed this often
+
+
+class MonthToDate:
+    """The cluster's cost since the first of this month (UTC), as ``cachefleet cost NAME
+    --since`` computes it (node-hours, reserved nodes, snapshot storage, cross-zone bytes at
+    the price table's prices), recomputed at most every COST_EVERY_S in a thread."""
+
+    def __init__(self, cdir: ClusterDir) -> None:
+        self.cdir = cdir
+        self._at = -COST_EVERY_S
+        self._value: dict[str, Any] | None = None
+
+    async def get(self, plan: Plan) -> dict[str, Any] | None:
+        if time.monotonic() - self._at < COST_EVERY_S:
+            return self._value
+        self._at = time.monotonic()
+        start = dt.datetime.now(dt.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        try:
+            from cachefleet.ops.cost import cluster_bill
+
+            bill = await asyncio.to_thread(
+                cluster_bill, self.cdir, plan, since=start.timestamp(), now=time.time()
+            )
+        except (CachefleetError, OSError, ValueError, KeyError, TypeError):
+            self._value = None  # no price for this node type, or no log yet: not shown
+        else:
+            self._value = {
+                "month_to_date_usd": round(bill.total_usd, 2),
+                "since": start.isoformat(),
+            }
+        return self._value
 
 
 # -- the event log, by byte offsets -------------------------------------------------------------
@@ -311,6 +344,7 @@ def mount_cluster(
     planfile = PlanFile(cdir.plan_path, source.plan)
     stop = asyncio.Event()
     actions = Actions()
+    month = MonthToDate(cdir)
 
     def plan() -> Plan:
         planfile.refresh()  # `apply` may have added nodes
@@ -325,6 +359,7 @@ def mount_cluster(
             collected_at=source.collected_at or None,
         )
         data["recent_actions"] = []
+        data["cost"] = await month.get(plan())
         return data
 
     async def history() -> dict[str, Any]:
@@ -426,13 +461,17 @@ def mount_serve(
                 raise web.HTTPNotFound(text=f"cluster {name!r} has no readable plan")
             return found
 
+        month = MonthToDate(cdir)
+
         async def view() -> dict[str, Any]:
             address = metrics_address(cdir)
             if address is not None and _supervised(cdir):
                 data = await remote.get(address, "/api/cluster.json")
                 if data is not None:
                     return data
-            return cluster_view(plan(), cdir.load_layout(), [], supervised=False)
+            data = cluster_view(plan(), cdir.load_layout(), [], supervised=False)
+            data["cost"] = await month.get(plan())
+            return data
 
         async def history() -> dict[str, Any]:
             address = metrics_address(cdir)

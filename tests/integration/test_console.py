@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -154,6 +155,7 @@ return {
   events: q('#events li').map((li) => li.dataset.type),
   lines: q('.chart[data-series="memory"] path').length,
   clusters: document.getElementById('clusters').innerText,
+  cost: document.getElementById('cluster-cost').innerText,
 };
 """
 
@@ -202,6 +204,7 @@ def test_page_shows_every_zone_shard_and_node(
     assert sorted(int(shard) for shard, _ in state["slots"]) == [1, 2]
     assert sum(int(width) for _, width in state["slots"]) == 16384
     assert state["clusters"].count(cluster.name) == 1
+    assert re.fullmatch(r"\$\d+\.\d\d this month", state["cost"]), state["cost"]
 
 
 def test_failover_from_the_page_shows_the_new_primary_and_the_event(

@@ -73,6 +73,9 @@ def test_stopped_clusters_of_every_mode(tmp_path: Path) -> None:
         assert {n["health"] for z in view["zones"] for n in z["nodes"]} == {"unknown"}
         view = await (await client.get("/console/c/group/api/cluster.json")).json()
         assert view["mode"] == "standalone" and "Not shown" in view["slot_note"]
+        # never started: nothing spent this month (the page shows it beside the title)
+        assert view["cost"]["month_to_date_usd"] == 0.0
+        assert view["cost"]["since"].endswith("-01T00:00:00+00:00")
         history = await (await client.get("/console/c/group/api/history.json")).json()
         assert history["t"] == []
         post = await client.post("/console/c/sessions/api/failover", json={"shard": 1})

@@ -176,6 +176,9 @@
       `${m.engine} · ` +
       (m.mode === "memcached" ? "" : m.mode === "standalone" ? "cluster mode disabled · " : "cluster mode · ") +
       `config epoch ${m.config_epoch === null ? "–" : m.config_epoch} · ${when}`;
+    const cost = document.getElementById("cluster-cost");
+    cost.textContent = m.cost ? `$${m.cost.month_to_date_usd.toFixed(2)} this month` : "";
+    cost.title = m.cost ? `since ${m.cost.since}, at the price table's prices (cachefleet cost)` : "";
     renderActions(m);
     renderSlots(m);
     renderShards(m);
