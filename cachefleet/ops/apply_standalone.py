@@ -50,6 +50,7 @@ from cachefleet.topology import Topology
 
 Out = Callable[[str], None]
 SYNC_TIMEOUT_S = 120.0
+ROLE_TIMEOUT_S = 2.0
 
 
 class GroupApplier(Applier):
@@ -59,7 +60,10 @@ class GroupApplier(Applier):
         """(replication, run id) of every node that answers."""
 
         async def one(n: NodeSpec) -> tuple[Replication, str] | None:
-            data = await self.info(n, "default")
+            try:  # a paused node must not hold the change up for the client's long timeout
+                data = await asyncio.wait_for(self.info(n, "default"), ROLE_TIMEOUT_S)
+            except TimeoutError:
+                return None
             if not data or "role" not in data:
                 return None
             return Replication.from_info(data), str(data.get("run_id", ""))
