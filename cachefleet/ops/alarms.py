@@ -15,6 +15,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import signal
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -149,7 +150,7 @@ class AlarmRunner:
             )
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)  # its own session: the command and its children
             await proc.wait()
             self.log.warning("alarm_action_timeout", alarm=t.alarm, argv=list(action.argv))
             return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -339,3 +341,44 @@ def test_apply_restarts_the_supervisor_when_alarms_change() -> None:
     new = parse_topology(topo(alarms=[alarm()]))
     assert restarts(old, new) == ["supervisor"]
     assert restarts(new, new) == []
+
+
+def test_a_command_action_gets_the_transition_and_is_killed_at_its_timeout(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+    import sys
+    import time as time_module
+
+    from cachefleet.alarms import Action
+    from cachefleet.ops.alarms import AlarmRunner
+    from cachefleet.state import ClusterDir
+
+    class Quiet:
+        def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+            pass
+
+    class Log:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def info(self, event: str, **kw: Any) -> None:
+            self.seen.append(event)
+
+        warning = info
+
+    cdir = ClusterDir(tmp_path, "c")
+    cdir.root.mkdir()
+    log = Log()
+    runner = AlarmRunner(specs=[spec()], cdir=cdir, publisher=Quiet(), log=log)
+    t = Transition("mem", State.OK, State.ALARM, "why", 1.0, (90.0,))
+    out = tmp_path / "got.json"
+    copy = "import pathlib, sys; pathlib.Path(sys.argv[1]).write_text(sys.stdin.read())"
+    asyncio.run(runner._command(Action("command", argv=(sys.executable, "-c", copy, str(out))), t))
+    got = json.loads(out.read_text())
+    assert (got["cluster"], got["alarm"], got["new_state"]) == ("c", "mem", "ALARM")
+    started = time_module.monotonic()
+    sleeper = Action("command", argv=("/bin/sh", "-c", "sleep 30 & sleep 30"), timeout_s=0.3)
+    asyncio.run(runner._command(sleeper, t))
+    assert time_module.monotonic() - started < 10
+    assert log.seen == ["alarm_action", "alarm_action_timeout"]
