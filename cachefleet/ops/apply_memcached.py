@@ -47,7 +47,7 @@ from cachefleet.errors import CachefleetError, ClusterTimeout
 from cachefleet.ops import memcached
 from cachefleet.ops.apply import MARKER, Applier, Summary, _update_marker, present
 from cachefleet.plan import NodeSpec, Plan
-from cachefleet.proc import alive_and_ours, read_pid
+from cachefleet.proc import alive_and_ours, live_processes, read_pid
 from cachefleet.reshape import restarts
 from cachefleet.state import ClusterDir
 from cachefleet.topology import Topology
@@ -85,7 +85,7 @@ def restart_reasons(old: Topology, new: Topology, old_binary: str, binary: str) 
 def process_restarts(old: Topology, new: Topology) -> list[str]:
     """The control processes that restart: apply's own rule (router settings, the
     supervisor's alarms and backups), and the routers for memcached.copies too."""
-    kinds = restarts(old, new)
+    kinds = [k for k in restarts(old, new) if k != "sentinels"]  # (memcached runs none)
     a, b = old.memcached, new.memcached
     assert a is not None and b is not None
     if a.copies != b.copies and "routers" not in kinds:
@@ -140,6 +140,33 @@ class MemcachedApplier(Applier):
                 return
             await asyncio.sleep(PLAN_READ_S)
         raise CachefleetError(f"node {node.name} did not come back with the new settings")
+
+    async def restart(self, kinds: Sequence[str]) -> None:
+        """apply's restart, except that a router worker counts as back once it serves the
+        node list (not when its pid file is written): the next one stops only then, so the
+        port never closes while there are two or more workers."""
+        for kind in kinds:
+            if kind != "routers":
+                await super().restart([kind])
+                continue
+            layout = self.cdir.load_layout()
+            version = layout.epoch if layout else 1
+            names = sorted(k for k in live_processes(self.cdir) if k.startswith("router"))
+            for name in names:
+                old = live_processes(self.cdir).get(name)
+                if old is None:
+                    continue
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(old, signal.SIGTERM)
+
+                async def back(name: str = name, old: int = old) -> bool:
+                    pid = live_processes(self.cdir).get(name)
+                    return pid is not None and pid != old
+
+                await _until(f"{name} to restart", 30.0, back)
+                await memcached.wait_routers(self.cdir, self.plan, version, 30.0)
+            if names:
+                self.step(f"restarted {', '.join(names)}")
 
     async def stale(
         self, nodes: Sequence[NodeSpec], wanted: dict[str, str], binary: str

@@ -273,6 +273,39 @@ def test_a_node_type_change_restarts_the_nodes_one_at_a_time(mc: RunningCluster)
     assert work.wrong == []
 
 
+def test_copies_change_restarts_the_router_workers_one_at_a_time(mc: RunningCluster) -> None:
+    topo = {**topology(mc.name, 3, node_type="cache.small"), "memcached": {"copies": 2}}
+    before = _routers(mc)
+    work = Workload(mc.router)
+    work.start()
+    try:
+        out = apply(mc, topo)
+    finally:
+        work.finish()
+    assert "restart routers" in out and all(p != before[n] for n, p in _routers(mc).items())
+    proxy = Client(mc.router, timeout=5)
+    try:
+        assert proxy.set("copied", b"twice")
+    finally:
+        proxy.close()
+    holders = 0
+    for n in mc.status()["nodes"]:
+        host, port = n["address"].rsplit(":", 1)
+        client = Client((host, int(port)), timeout=3)
+        try:
+            holders += client.get("copied") == b"twice"
+        finally:
+            client.close()
+    assert holders == 2
+    # two workers restarted one at a time: the port stayed open
+    print(f"\ncopies 1 -> 2: proxy {work.proxy_ops} ops, {len(work.proxy_errors)} errors")
+    assert not [e for e in work.proxy_errors if "Refused" in e[1]]
+
+
+def _routers(c: RunningCluster) -> dict[str, int | None]:
+    return {p.stem: read_pid(p) for p in sorted(c.cdir.pid_file("router").parent.glob("router*"))}
+
+
 def _write(c: RunningCluster, topo: dict[str, Any]) -> Path:
     c.topology_path.write_text(yaml.safe_dump(topo))
     return c.topology_path
