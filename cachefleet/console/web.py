@@ -51,9 +51,10 @@ COST_EVERY_S = 60.0  # the month-to-date cost is recomputed this often
 
 
 class MonthToDate:
-    """The cluster's cost since the first of this month (UTC), as ``cachefleet cost NAME
-    --since`` computes it (node-hours, reserved nodes, snapshot storage, cross-zone bytes at
-    the price table's prices), recomputed at most every COST_EVERY_S in a thread."""
+    """The cluster's cost since the first of this month (UTC):
+    :func:`cachefleet.ops.cost.month_to_date` (node-hours, reserved nodes, snapshot storage,
+    cross-zone bytes at the price table's prices), recomputed at most every COST_EVERY_S in a
+    thread."""
 
     def __init__(self, cdir: ClusterDir) -> None:
         self.cdir = cdir
@@ -64,19 +65,18 @@ class MonthToDate:
         if time.monotonic() - self._at < COST_EVERY_S:
             return self._value
         self._at = time.monotonic()
-        start = dt.datetime.now(dt.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        try:
-            from cachefleet.ops.cost import cluster_bill
+        from cachefleet.ops.cost import month_start, month_to_date
 
-            bill = await asyncio.to_thread(
-                cluster_bill, self.cdir, plan, since=start.timestamp(), now=time.time()
-            )
+        now = time.time()
+        try:
+            bill = await asyncio.to_thread(month_to_date, self.cdir, plan, now)
         except (CachefleetError, OSError, ValueError, KeyError, TypeError):
             self._value = None  # no price for this node type, or no log yet: not shown
         else:
+            since = dt.datetime.fromtimestamp(month_start(now), dt.UTC)
             self._value = {
                 "month_to_date_usd": round(bill.total_usd, 2),
-                "since": start.isoformat(),
+                "since": since.isoformat(),
             }
         return self._value
 
