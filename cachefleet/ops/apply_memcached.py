@@ -235,8 +235,9 @@ def plan_steps(
              "are lost)", nodes=[n.name for n in leaving])  # fmt: skip
     if added:
         names = ", ".join(f"{n.name} ({n.zone}, {n.address})" for n in added)
-        step("add_nodes", f"add {names}; the discovery version goes up by one once they "
-             f"serve; {_share(len(added), len(new))} move to them and start as misses",
+        they = "they serve" if len(added) > 1 else "it serves"
+        step("add_nodes", f"add {names}; the discovery version goes up by one once {they}; "
+             f"{_share(len(added), len(new))} move there and start as misses",
              nodes=[n.name for n in added])  # fmt: skip
     if not added and not leaving and {n.name for n in final.nodes} != listed:
         step("publish", "publish the node list (discovery version +1)")

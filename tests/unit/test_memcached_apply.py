@@ -84,7 +84,7 @@ def test_the_plan_says_what_scaling_and_restarts_do_to_the_items() -> None:
     plan_steps(s, three, four, {"s-0001", "s-0002", "s-0003"}, [], [], [], False)
     (add,) = s.steps
     assert add["step"] == "add_nodes" and add["nodes"] == ["s-0004"]
-    assert "about 1/4 of the keys move" in add["text"] and s.nodes_added == 1
+    assert "about 1/4 of the keys move there" in add["text"] and s.nodes_added == 1
     s = Summary()
     plan_steps(s, four, three, {n.name for n in four.nodes}, [], [], [], False)
     (rm,) = s.steps
