@@ -231,6 +231,8 @@ async def _memcached_status(
         state = "stopped"
     elif layout is None:
         state = "creating"
+    elif (cdir.root / "modifying.json").exists():  # `apply` is changing it
+        state = "modifying"
     elif all(n["healthy"] for n in nodes):
         state = "available"
     else:

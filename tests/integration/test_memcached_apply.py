@@ -173,6 +173,12 @@ def test_dry_run_prints_the_new_node_and_changes_nothing(mc: RunningCluster) -> 
     assert data["summary"]["nodes_added"] == 1
     assert discovery(mc.router) == before and len(mc.plan.nodes) == 3
     mc.topology_path.write_text(yaml.safe_dump(topology(mc.name, 3)))
+    marker = mc.cdir.root / "modifying.json"  # what an apply under way leaves
+    marker.write_text("{}")
+    try:
+        assert mc.status()["state"] == "modifying"
+    finally:
+        marker.unlink()
 
 
 def test_three_to_four_to_three_nodes_under_proxy_and_discovery_clients(
