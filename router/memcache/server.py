@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -56,6 +57,19 @@ class Router:
         data = bus.decode(payload)
         if data is None or not topic.endswith("/layout"):
             return
+        self.take_layout(data)
+
+    def load_saved(self, path: Path) -> None:
+        """The last published node list (the cluster's layout.json), so that a worker that
+        starts again (apply restarts them one at a time) serves at once instead of answering
+        "no node list yet" until the bus delivers it; a later one from the bus replaces it."""
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        self.take_layout(data)
+
+    def take_layout(self, data: Any) -> None:
         layout: Layout | None
         try:  # only the plan's nodes at their planned addresses
             layout = Layout.from_dict(data, self.plan)
@@ -124,6 +138,8 @@ async def run_memcached_router(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if plan_path is not None:
+        router.load_saved(plan_path.parent / "layout.json")
     sock = listen_socket(plan.router_host, plan.router_port, reuse_port=reuse_port)
     # a TLS cluster's configuration endpoint terminates TLS (and speaks TLS to the nodes)
     files = tls_files(plan_path.parent) if plan.topology.security.tls and plan_path else None
