@@ -221,9 +221,11 @@ def _steps(
         adds = [n.name for n in c.add]
         gone = [n.name for n in c.remove]
         if c.replaced:
+            # (an interrupted apply may have added the replacements already)
+            add = f"add {members} as replicas; " if c.add else ""
             text = (
-                f"replace the group's nodes ({topo.node_type}, {Path(binary).name}): add "
-                f"{members} as replicas; hand the primary to one of them; remove {', '.join(gone)}"
+                f"replace the group's nodes ({topo.node_type}, {Path(binary).name}): {add}"
+                f"hand the primary to a new node; remove {', '.join(gone)}"
             )
             step("replace_nodes", text, add=adds, remove=gone)
             continue

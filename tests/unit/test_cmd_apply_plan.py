@@ -3,6 +3,7 @@ printed steps, members that do not follow the primary yet)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -94,3 +95,14 @@ def test_members_not_following_the_primary_are_joined_again() -> None:
     assert _unjoined(plan, roles, p) == [b]  # not synced yet
     del roles[b.name]
     assert _unjoined(plan, roles, p) == []  # a member that is down is not apply's to join
+
+
+def test_a_resumed_replacement_adds_nothing_more() -> None:
+    plan = plan_of()
+    new = topo(node_type="cache.large")
+    r = reshape(plan, new, "/bin/valkey", {1: plan.nodes[0].name}, no_alloc)
+    union = replace(plan, nodes=r.union)  # what an interrupted apply left in plan.json
+    (step,) = planned(union, new)
+    assert step["step"] == "replace_nodes" and step["add"] == []
+    assert step["remove"] == ["g-0001-001", "g-0001-002"]
+    assert " add " not in step["text"] and "hand the primary" in step["text"]
