@@ -135,14 +135,12 @@ def parse_security(sec: Section, engine: str, cluster_mode: str = "enabled") -> 
     def path(key: str, value: Any) -> str:
         return file_path(sec, key, value)
 
-    tls = sec.boolean("tls", False)  # memcached too: `up` checks that its binary has TLS
-    if tls and cluster_mode == "disabled":
-        raise sec.fail("tls", "is not available yet for cluster_mode: disabled")
-    for key in ("auth_token_file", "users", "allowed_sources"):
-        if engine == "memcached" and key != "allowed_sources" and sec.has(key):
+    # memcached too: `up` checks that its binary has TLS; cluster-mode-disabled groups too:
+    # their endpoints pass TLS through to the nodes, whose certificate carries 127.0.0.1
+    tls = sec.boolean("tls", False)
+    for key in ("auth_token_file", "users"):
+        if engine == "memcached" and sec.has(key):
             raise sec.fail(key, "memcached clusters have no AUTH: keep them on loopback")
-        if cluster_mode == "disabled" and sec.has(key):
-            raise sec.fail(key, "is not available yet for cluster_mode: disabled")
     token_raw = sec.raw("auth_token_file", None)
     token_file = None if token_raw is None else path("auth_token_file", token_raw)
     users_raw = sec.raw("users", None)

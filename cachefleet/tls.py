@@ -247,9 +247,12 @@ def server_context(files: TlsFiles) -> ssl.SSLContext:
 
 
 def tls_addresses(plan: Plan) -> list[tuple[str, int]]:
-    """Every address of the cluster that speaks TLS: its nodes, its router and its embedded
+    """Every address of the cluster that speaks TLS: its nodes, its router (a group's
+    primary and reader endpoints: they pass the nodes' TLS through) and its embedded
     broker."""
     out = [(n.host, n.port) for n in plan.nodes] + [(plan.router_host, plan.router_port)]
+    if plan.reader_port is not None:
+        out.append((plan.router_host, plan.reader_port))
     if plan.topology.bus.embedded:
         out.append((plan.bus_host, plan.bus_port))
     return out

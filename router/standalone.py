@@ -12,6 +12,15 @@ goes, from the layout the router follows on the bus:
   has one), the primary when no replica is healthy. Health is probed here (PING + INFO
   replication every probe interval): answering, a replica, link to its primary up.
 
+Security stays the engines' own: a client's AUTH (or HELLO ... AUTH) reaches the node, which
+answers NOAUTH, WRONGPASS or NOPERM itself, with its users, access strings and blocked
+commands. With ``security.tls`` the hop still only moves bytes, to the node's TLS port: the
+client's handshake is with the node, whose certificate carries 127.0.0.1 (the endpoints'
+address) as well as its zone address, so the client verifies it as it would the endpoint's
+(pass-through: no second handshake, no decryption here; the health probes speak TLS to the
+nodes as the control plane's user). ``security.allowed_sources``: a connection from any other
+source is reset as soon as it is accepted.
+
 Layouts come from the bus and, as a fast path, from ``layout.json`` in the cluster's state
 dir (written by the same call that publishes the layout, read as soon as its mtime changes):
 on a busy machine the bus delivers a new layout 100-150 ms after it was published, about a
@@ -35,6 +44,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,6 +57,7 @@ from cachefleet.credentials import Credentials
 from cachefleet.layout import Layout, LayoutError, LayoutNode
 from cachefleet.nodes import NodeLink, Role
 from cachefleet.plan import Plan, PlanFile
+from cachefleet.security import source_allowed
 from cachefleet.state import ClusterDir
 from router.server import listen_socket, raise_nofile_limit, state_link
 
@@ -118,6 +129,11 @@ class _Half(asyncio.Protocol):
 class _ClientHalf(_Half):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        if not self.hop.endpoint.admits(peer[0] if isinstance(peer, tuple) else ""):
+            self.hop.closed = True
+            cast(asyncio.Transport, transport).abort()
+            return
         self.hop.start(self)
 
 
@@ -308,6 +324,14 @@ class SpliceHop:
             self.task.cancel()
 
 
+def refuse(conn: socket.socket) -> None:
+    """Close a connection from a source allowed_sources does not admit with a reset, without
+    a word (as a packet filter would)."""
+    with contextlib.suppress(OSError):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+
+
 def serve_spliced(endpoint: Endpoint, lsock: socket.socket) -> None:
     """Accept on `lsock` with the loop's reader callback; every connection becomes a
     SpliceHop."""
@@ -315,11 +339,14 @@ def serve_spliced(endpoint: Endpoint, lsock: socket.socket) -> None:
     def accept() -> None:
         for _ in range(ACCEPT_BATCH):
             try:
-                conn, _ = lsock.accept()
+                conn, peer = lsock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return
+            if not endpoint.admits(peer[0]):
+                refuse(conn)
+                continue
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             SpliceHop(endpoint, conn).start()
@@ -335,6 +362,15 @@ class Endpoint:
         self.kind = kind
         self.hops: set[Hop | SpliceHop] = set()
         self.turn = 0
+
+    def admits(self, host: str) -> bool:
+        """Whether a client from `host` may connect (``security.allowed_sources``)."""
+        sources = self.router.allowed_sources
+        if not sources or source_allowed(sources, host):
+            return True
+        self.router.refused_sources += 1
+        self.router.log.info("client_refused_source", peer=host, endpoint=self.kind)
+        return False
 
     def protocol(self) -> _ClientHalf:
         return _ClientHalf(Hop(self))
@@ -404,6 +440,9 @@ class StandaloneRouter:
         self.links = {n.name: NodeLink(host=n.host, port=n.port, auth=admin) for n in plan.nodes}
         self.layouts_refused = 0
         self.connections_total = 0
+        # CIDR blocks the endpoints admit clients from (empty: any source)
+        self.allowed_sources = plan.topology.security.allowed_sources
+        self.refused_sources = 0
 
     def on_bus_message(self, topic: str, payload: bytes) -> None:
         data = bus.decode(payload)

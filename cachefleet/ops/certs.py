@@ -4,7 +4,8 @@ A new certificate (same CA, so no client changes anything) is put in place of th
 every running node is told to load it (``CONFIG SET tls-cert-file … tls-key-file …``, which
 reloads TLS without dropping connections; memcached's ``refresh_certs``) and checked by a
 handshake that shows the new serial; every router worker reloads it for new connections and
-acknowledges the serial it serves. Nodes that are not running load it when they start.
+acknowledges the serial it serves (a cluster-mode-disabled group's endpoints pass TLS through
+to the nodes: nothing to reload there). Nodes that are not running load it when they start.
 """
 
 from __future__ import annotations
@@ -79,6 +80,10 @@ async def rotate_certificates(name: str, *, state_dir: str | None, out: Out) -> 
             raise ClusterTimeout("certificate rotation", TIMEOUT_S, f"nodes {sorted(pending)}")
         if pending:
             await asyncio.sleep(0.2)
+    if topo.standalone:
+        # a group's endpoints pass TLS through: a new connection gets the primary's (or a
+        # replica's) certificate, which every node now serves
+        return serial
     out("waiting for the routers to serve it")
     while True:
         routers = {k: v for k, v in live_processes(cdir).items() if k.split(".")[0] == "router"}

@@ -251,6 +251,8 @@ async def _up_standalone(plan: Plan, cdir: ClusterDir, *, detach: bool, step: Ou
     """The cluster-mode-disabled half of `up`: one primary and its replicas in sync (their
     configs name the primary), the layout published, the endpoints reaching the nodes."""
     try:
+        if plan.topology.security.allowed_sources:
+            step(f"allowed_sources: {await asyncio.to_thread(firewall.install, plan)}")
         await _start_processes(plan, cdir, step)
         layout = await standalone.create(plan, cdir.admin(), cdir.load_layout(), step)
         await _wait_bus(plan, cdir)

@@ -308,7 +308,8 @@ def format_status(st: dict[str, Any]) -> str:
             opts = f"-CAfile {sec['ca']} -verify_ip {host}"
             lines.append(f"  connect: openssl s_client -quiet {opts} -connect {host}:{port}")
         else:
-            lines.append(f"  connect: redis-cli -c{opts} -h {host} -p {port}")
+            cluster = "" if st.get("endpoints") else " -c"  # a group: no cluster redirects
+            lines.append(f"  connect: redis-cli{cluster}{opts} -h {host} -p {port}")
     if st.get("endpoints"):
         ends = st["endpoints"]
         lines[1] = f"  primary endpoint: {ends['primary']}, reader endpoint: {ends['reader']}"

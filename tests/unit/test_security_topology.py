@@ -152,16 +152,21 @@ def test_bad_sections_name_the_field(security: Any, field: str, words: str) -> N
     assert words in exc.message
 
 
-def test_cluster_mode_disabled_has_no_auth_yet() -> None:
+def test_cluster_mode_disabled_takes_security() -> None:
     doc = {
         "name": "c",
         "zones": ["az-a"],
         "cluster_mode": "disabled",
-        "security": {"auth_token_file": "t"},
+        "security": {
+            "tls": True,
+            "auth_token_file": "t",
+            "users": [{"name": "app", "password_files": ["p"], "access": "on ~app:* +@all"}],
+            "allowed_sources": ["127.0.0.1/32"],
+        },
     }
-    with pytest.raises(TopologyError) as info:
-        parse_topology(doc)
-    assert info.value.field == "security.auth_token_file"
+    sec = parse_topology(doc).security
+    assert sec.tls and sec.auth_token_file == "t" and sec.allowed_sources == ("127.0.0.1/32",)
+    assert [u.name for u in sec.users] == ["app"]
 
 
 def test_memcached_has_no_auth() -> None:
