@@ -21,7 +21,9 @@ from cachefleet.errors import CachefleetError, ClusterTimeout
 from cachefleet.layout import Layout, LayoutNode, LayoutShard
 from cachefleet.nodes import Replication, Role, connect, info, try_call
 from cachefleet.plan import NodeSpec, Plan
+from cachefleet.security import security_summary
 from cachefleet.state import ClusterDir
+from cachefleet.tls import ca_for
 
 Out = Callable[[str], None]
 
@@ -153,8 +155,18 @@ def print_endpoints(plan: Plan, layout: Layout | None, out: Out) -> None:
         primary = f"{p.name} {p.address} ({p.zone})" if p else "none"
         reps = ", ".join(f"{r.name} {r.address} ({r.zone})" for r in shard.replicas) or "none"
         out(f"  primary {primary}; replicas {reps}")
+    sec = plan.topology.security
+    ca = ca_for(plan.router_host, plan.router_port)  # the endpoints pass the nodes' TLS on
+    opts = (f" --tls --cacert {ca}" if ca is not None else "") + (
+        " --askpass" if sec.requires_auth else ""
+    )
+    if sec.tls or sec.requires_auth or sec.allowed_sources:
+        from cachefleet.ops import firewall
+
+        nodes = firewall.describe(plan) if sec.allowed_sources else ""
+        out(f"  security: {security_summary(sec, ca, nodes)}")
     host, port = ends["primary"].split(":")
-    out(f"  try: redis-cli -h {host} -p {port} set foo bar")
+    out(f"  try: redis-cli{opts} -h {host} -p {port} set foo bar")
 
 
 class Member(Protocol):

@@ -101,6 +101,8 @@ def endpoint(c: RunningCluster, kind: str, **kw: Any) -> redis.Redis:
 
 
 def test_status_names_the_ca_and_a_tls_redis_cli_line(group: RunningCluster) -> None:
+    assert f"redis-cli --tls --cacert {ca(group)} --askpass" in group.up_output
+    assert "security: TLS (CA" in group.up_output
     text = cli("status", group.name, "--state-dir", str(group.state_dir)).stdout
     assert f"--tls --cacert {ca(group)}" in text
     assert "redis-cli -c" not in text  # a group: no cluster redirects
@@ -248,4 +250,21 @@ def test_killed_primary_fails_over_under_tls(group: RunningCluster) -> None:
         "a new primary in status",
     )
     assert new["name"] != old["name"]
+    # the old primary comes back as the new one's replica, syncing over TLS as the admin user
+    host, port = old["address"].rsplit(":", 1)
+    auth = group.cdir.admin()
+    node = redis.Redis(
+        host=host, port=int(port), username=auth.user, password=auth.password, ssl=True,
+        ssl_ca_certs=ca(group), socket_timeout=2, decode_responses=True,
+    )  # fmt: skip
+
+    def follows() -> bool:
+        try:
+            info = node.info("replication")
+        except redis.RedisError:
+            return False
+        return info["role"] == "slave" and info.get("master_link_status") == "up"
+
+    wait_for(follows, 30, f"{old['name']} replicating {new['name']}")
+    assert node.get("before") == "1"
     print(f"writes through the primary endpoint resumed {elapsed:.2f}s after the SIGKILL")
