@@ -3,7 +3,8 @@ client contexts every cachefleet process uses to reach them.
 
 ``<state-dir>/<cluster>/tls/`` (mode 0700) holds ``ca.pem`` (what clients verify against),
 ``ca.key``, ``server.pem`` and ``server.key`` (keys 0600). The server certificate carries every
-zone address and 127.0.0.1 (the router's) as IP SANs, so clients verify host names. Which
+zone address and 127.0.0.1 (the router's, and a cluster-mode-disabled group's endpoints',
+which pass the nodes' TLS through to the client) as IP SANs, so clients verify host names. Which
 addresses speak TLS is learnt when a process loads the cluster's plan
 (:func:`remember_tls`), so every connection helper asks :func:`client_context` and needs no
 new argument.

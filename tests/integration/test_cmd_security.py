@@ -222,6 +222,24 @@ def test_token_rotation_and_certificate_rotation(group: RunningCluster, tmp_path
     assert served_serial(plan.router_host, plan.reader_port) == serial
 
 
+def test_graceful_failover_under_tls(group: RunningCluster) -> None:
+    old = group.status()["shards"][0]["primary"]
+    w = endpoint(group, "primary", password=TOKEN_B)
+    assert w.set("graceful", "1")
+    out = cli("failover", group.name, "--state-dir", str(group.state_dir)).stdout
+    assert f"primary {old['name']}" in out
+
+    def moved() -> bool:
+        try:
+            c = endpoint(group, "primary", password=TOKEN_B, socket_timeout=2)
+            return bool(c.info("replication")["role"] == "master" and c.get("graceful") == "1")
+        except redis.RedisError:
+            return False
+
+    wait_for(moved, 10, "the primary endpoint on the new primary")
+    assert group.status()["shards"][0]["primary"]["name"] != old["name"]
+
+
 def test_killed_primary_fails_over_under_tls(group: RunningCluster) -> None:
     st = group.status()
     old = st["shards"][0]["primary"]
