@@ -201,9 +201,12 @@ def _stream_rdb_blocking(node: LayoutNode, auth: Credentials, dest: Path) -> str
         sock.sendall(
             encode_command([b"AUTH", auth.user.encode(), auth.password.encode()])
             + encode_command([b"REPLCONF", b"rdb-only", b"1"])
+            # an EOF-marked stream is one the node can send while its fork writes it
+            # (diskless); without this capability it writes the file to disk first
+            + encode_command([b"REPLCONF", b"capa", b"eof"])
         )
         rfile = cast(io.BufferedReader, sock.makefile("rb", buffering=1 << 20))
-        for _ in range(2):
+        for _ in range(3):
             line = rfile.readline()
             if line.startswith(b"-"):
                 raise StreamRefused(f"the node refused: {line.strip()[:200]!r}")
