@@ -18,15 +18,16 @@ import contextlib
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hiredis
-import redis.asyncio as aredis
-from redis.exceptions import RedisError
 
 from cachefleet.credentials import Credentials
 from cachefleet.resp import encode_command
 from cachefleet.tls import ca_for, client_context
+
+if TYPE_CHECKING:  # redis-py loads with the first connect(): the raw links do without it
+    import redis.asyncio as aredis
 
 
 class Role(enum.StrEnum):
@@ -195,6 +196,8 @@ def myself_line(text: str) -> NodeLine | None:
 def connect(
     host: str, port: int, *, timeout: float = 2.0, auth: Credentials | None = None
 ) -> aredis.Redis:
+    import redis.asyncio as aredis
+
     ca = ca_for(host, port)  # a TLS cluster's node or router
     return aredis.Redis(
         host=host,
@@ -215,13 +218,16 @@ def connect(
 # is not UTF-8: clients put bytes of their choosing in some of it (INFO errorstats counts a
 # script's error_reply prefix; CLIENT LIST shows names), and one client must not be able to
 # break a daemon that reads it.
-_NO_REPLY = (TimeoutError, RedisError, OSError, ValueError)
+def _no_reply() -> tuple[type[BaseException], ...]:
+    from redis.exceptions import RedisError  # loaded already: a client exists
+
+    return (TimeoutError, RedisError, OSError, ValueError)
 
 
 async def try_call(client: aredis.Redis, *args: Any) -> Any | None:
     try:
         return await client.execute_command(*args)  # type: ignore[no-untyped-call]
-    except _NO_REPLY:
+    except _no_reply():
         return None
 
 
@@ -235,7 +241,7 @@ async def info(client: aredis.Redis, *sections: str) -> Mapping[str, Any] | None
     try:
         result: Mapping[str, Any] = await client.info(*sections)  # type: ignore[arg-type]
         return result
-    except _NO_REPLY:
+    except _no_reply():
         return None
 
 

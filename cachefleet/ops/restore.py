@@ -27,8 +27,8 @@ from cachefleet import ports, snapshots
 from cachefleet.credentials import Credentials
 from cachefleet.errors import CachefleetError
 from cachefleet.layout import Layout
-from cachefleet.nodes import connect
-from cachefleet.ops.snapshot import Out, key_count, link_or_copy
+from cachefleet.nodes import connect, info
+from cachefleet.ops.snapshot import Out, keyspace_keys, link_or_copy
 from cachefleet.plan import Plan
 from cachefleet.resp import encode_command
 from cachefleet.sealing import Key
@@ -215,7 +215,7 @@ async def _count_keys(cdir: ClusterDir) -> int:
             continue
         client = connect(shard.primary.host, shard.primary.port, timeout=5.0, auth=auth)
         try:
-            total += await key_count(client)
+            total += keyspace_keys(await info(client, "keyspace") or {})
         finally:
             await client.aclose()
     return total

@@ -20,24 +20,25 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import redis.asyncio as aredis
-from redis.exceptions import RedisError
+import hiredis
 
 from cachefleet import snapshots
 from cachefleet.credentials import Credentials
 from cachefleet.errors import CachefleetError
 from cachefleet.layout import LayoutNode, LayoutShard
-from cachefleet.nodes import Role, connect, info, replication
+from cachefleet.nodes import NodeLink, Replication, Role, parse_info
 from cachefleet.resp import encode_command
-from cachefleet.sealing import Key
 from cachefleet.snapshots import Manifest, ShardSnapshot, SnapshotError
 from cachefleet.state import ClusterDir, state_home
 from cachefleet.tls import client_context
+
+if TYPE_CHECKING:  # sealing (and its cryptography) loads only for an encrypted snapshot
+    from cachefleet.sealing import Key
 
 Out = Callable[[str], None]
 
@@ -54,11 +55,11 @@ async def _sources(shard: LayoutShard, auth: Credentials, prefer: str) -> list[L
     first, then the primary (`prefer` "primary": the primary first)."""
     linked: list[tuple[int, LayoutNode]] = []
     for node in shard.replicas:
-        client = connect(node.host, node.port, timeout=1.0, auth=auth)
+        link = NodeLink(host=node.host, port=node.port, auth=auth)
         try:
-            rep = await replication(client)
+            rep = await link.probe(1.0)
         finally:
-            await client.aclose()
+            await link.close()
         if rep is not None and rep.role is Role.REPLICA and rep.link_up and not rep.syncing:
             linked.append((rep.offset, node))
     replicas = [node for _, node in sorted(linked, key=lambda x: (-x[0], x[1].name))]
@@ -69,31 +70,61 @@ async def _sources(shard: LayoutShard, auth: Credentials, prefer: str) -> list[L
     return found
 
 
-async def _persistence(client: aredis.Redis, run_id: str | None = None) -> dict[str, Any]:
-    """INFO persistence (and server); with `run_id`, a node that restarted meanwhile (the
-    client reconnects by itself) is an error, not a node whose counters started afresh."""
-    fields = await info(client, "persistence", "server")
-    if fields is None:
-        raise CachefleetError("no INFO persistence reply")
+# What a raw link to a node raises when the node is gone or answers nonsense.
+_LINK_FAILURES = (OSError, TimeoutError, asyncio.IncompleteReadError, hiredis.ProtocolError,
+                  ValueError)  # fmt: skip
+
+
+async def _ask(link: NodeLink, *args: str, timeout: float = 10.0) -> Any:
+    """One command on the node's link; an error reply raises."""
+    reply = await link.request(*args, timeout=timeout)
+    if isinstance(reply, hiredis.ReplyError):
+        raise CachefleetError(f"{' '.join(args[:2])}: {reply}")
+    return reply
+
+
+async def _info(link: NodeLink, section: str) -> dict[str, str]:
+    text = await _ask(link, "INFO", section)
+    if not isinstance(text, bytes):
+        raise CachefleetError(f"no INFO {section} reply")
+    return parse_info(text.decode(errors="replace"))
+
+
+def keyspace_keys(fields: Mapping[str, Any]) -> int:
+    """Keys in every database of an INFO keyspace (a cluster-mode-disabled group's nodes
+    have 16), as text (``db3:keys=12,expires=0,avg_ttl=0``) or redis-py's parsed mapping."""
+    total = 0
+    for name, value in fields.items():
+        if name.startswith("db"):
+            if isinstance(value, str):
+                value = dict(p.partition("=")[::2] for p in value.split(","))
+            total += int(value.get("keys", 0))
+    return total
+
+
+async def _persistence(link: NodeLink, run_id: str | None = None) -> dict[str, str]:
+    """INFO persistence and server; with `run_id`, a node that restarted meanwhile is an
+    error, not a node whose counters started afresh."""
+    fields = {**await _info(link, "persistence"), **await _info(link, "server")}
     if run_id is not None and fields.get("run_id") != run_id:
         raise CachefleetError("the node restarted during its snapshot")
-    return dict(fields)
+    return fields
 
 
-async def _bgsave(client: aredis.Redis, where: str) -> None:
+async def _bgsave(link: NodeLink, where: str) -> None:
     """BGSAVE, and wait until this save (not an earlier one) has finished well."""
     deadline = time.monotonic() + BGSAVE_TIMEOUT_S
-    while (before := await _persistence(client)).get("rdb_bgsave_in_progress"):
+    while (before := await _persistence(link)).get("rdb_bgsave_in_progress") == "1":
         if time.monotonic() > deadline:
             raise CachefleetError(f"{where}: a background save never finished")
         await asyncio.sleep(0.02)
-    run_id = str(before.get("run_id"))
-    await client.bgsave()
+    run_id = before.get("run_id")
+    await _ask(link, "BGSAVE")
     while True:
-        now = await _persistence(client, run_id)
-        done = not now.get("rdb_bgsave_in_progress")
+        now = await _persistence(link, run_id)
+        done = now.get("rdb_bgsave_in_progress") != "1"
         if "rdb_saves" in now:
-            done = done and now["rdb_saves"] > before.get("rdb_saves", 0)
+            done = done and int(now["rdb_saves"]) > int(before.get("rdb_saves", 0))
         else:  # engines without the counter: the save time moves
             done = done and now.get("rdb_last_save_time") != before.get("rdb_last_save_time")
         if done:
@@ -114,7 +145,7 @@ async def _snapshot_shard(
     for node in await _sources(shard, auth, prefer):
         try:
             return await _snapshot_from(shard, node, auth, target, key, out)
-        except (CachefleetError, RedisError, OSError) as exc:
+        except (CachefleetError, *_LINK_FAILURES) as exc:
             errors.append(f"{node.name}: {exc}")
             out(f"shard {shard.id}: snapshot from {node.name} failed ({exc}); trying another node")
     raise CachefleetError(f"shard {shard.id}: no node could be snapshotted ({'; '.join(errors)})")
@@ -131,11 +162,11 @@ async def _snapshot_from(
     where = f"shard {shard.id} ({node.name})"
     name = f"shard-{shard.id:04d}.rdb" + (".enc" if key is not None else "")
     dest = target / name
-    client = connect(node.host, node.port, timeout=10.0, auth=auth)
+    link = NodeLink(host=node.host, port=node.port, auth=auth)
     try:
-        keys = await key_count(client)
-        rep = await replication(client)
-        server = await info(client, "server") or {}
+        keys = keyspace_keys(await _info(link, "keyspace"))
+        rep = Replication.from_info(await _info(link, "replication"))
+        server = await _info(link, "server")
         sha = None
         if key is None:  # streamed as a replica would get it, hashed on the way
             try:
@@ -144,11 +175,11 @@ async def _snapshot_from(
                 out(f"{where}: {exc}; saving the RDB instead")
                 dest.unlink(missing_ok=True)
         if sha is None:
-            await _bgsave(client, where)
-            directory = str((await client.config_get("dir"))["dir"])
-            dbfilename = str((await client.config_get("dbfilename"))["dbfilename"])
+            await _bgsave(link, where)
+            directory = (await _ask(link, "CONFIG", "GET", "dir"))[1].decode()
+            dbfilename = (await _ask(link, "CONFIG", "GET", "dbfilename"))[1].decode()
     finally:
-        await client.aclose()
+        await link.close()
     if sha is None:
         if key is None:
             await asyncio.to_thread(link_or_copy, Path(directory) / dbfilename, dest)
@@ -166,16 +197,10 @@ async def _snapshot_from(
             bytes=dest.stat().st_size,
             sha256=sha,
             source=node.name,
-            offset=rep.offset if rep is not None else 0,
+            offset=rep.offset,
         ),
         version,
     )
-
-
-async def key_count(client: aredis.Redis) -> int:
-    """Keys in every database (a cluster-mode-disabled group's nodes have 16)."""
-    spaces = await info(client, "keyspace") or {}
-    return sum(int(v["keys"]) for k, v in spaces.items() if k.startswith("db"))
 
 
 class StreamRefused(CachefleetError):
@@ -189,6 +214,9 @@ async def _stream_rdb(node: LayoutNode, auth: Credentials, dest: Path) -> str:
     written to `dest` and hashed on the way, in a thread of its own (hashing and writing
     release the GIL, so shards stream in parallel); its SHA-256."""
     return await asyncio.to_thread(_stream_rdb_blocking, node, auth, dest)
+
+
+_HEADER_BUFFER = 1 << 16
 
 
 def _stream_rdb_blocking(node: LayoutNode, auth: Credentials, dest: Path) -> str:
@@ -205,7 +233,7 @@ def _stream_rdb_blocking(node: LayoutNode, auth: Credentials, dest: Path) -> str
             # (diskless); without this capability it writes the file to disk first
             + encode_command([b"REPLCONF", b"capa", b"eof"])
         )
-        rfile = cast(io.BufferedReader, sock.makefile("rb", buffering=1 << 20))
+        rfile = cast(io.BufferedReader, sock.makefile("rb", buffering=_HEADER_BUFFER))
         for _ in range(3):
             line = rfile.readline()
             if line.startswith(b"-"):
@@ -219,29 +247,45 @@ def _stream_rdb_blocking(node: LayoutNode, auth: Credentials, dest: Path) -> str
             raise StreamRefused(f"the node refused SYNC: {line.strip()[:200]!r}")
         if not line.startswith(b"$"):
             raise CachefleetError(f"not an RDB transfer: {line.strip()[:200]!r}")
-        with dest.open("wb") as f:
-            if line.startswith(b"$EOF:"):  # diskless: the payload ends with a 40-byte mark
-                mark = line[5:45]
-                tail = b""
-                while chunk := rfile.read1(1 << 22):
-                    data = tail + chunk if tail else chunk
-                    if data.endswith(mark):
-                        body = data[: -len(mark)]
-                        f.write(body)
-                        digest.update(body)
-                        return digest.hexdigest()
-                    body, tail = data[: -len(mark)], data[-len(mark) :]
-                    f.write(body)
-                    digest.update(body)
-                raise CachefleetError("the RDB stream ended before its end mark")
-            left = int(line[1:].strip())
-            while left > 0:
-                chunk = rfile.read1(min(left, 1 << 22))
-                if not chunk:
-                    raise CachefleetError("the RDB stream ended early")
-                f.write(chunk)
-                digest.update(chunk)
-                left -= len(chunk)
+        # The payload: whatever the header's buffer already holds (read1 asking for the
+        # buffer's size hands all of it over), then straight from the socket into one
+        # reused buffer, written and hashed from views of it: no copy, no fresh pages.
+        f = stack.enter_context(dest.open("wb"))
+
+        def out(data: bytes | memoryview) -> None:
+            f.write(data)
+            digest.update(data)
+
+        buf = memoryview(bytearray(1 << 22))
+        first = rfile.read1(_HEADER_BUFFER)
+        if line.startswith(b"$EOF:"):  # diskless: the payload ends with a 40-byte mark
+            mark = line[5:45]
+            tail = b""  # the last len(mark) bytes seen, held back until more arrive
+            piece: bytes | memoryview = first
+            while True:
+                if len(piece) >= len(mark):
+                    out(tail)
+                    out(piece[: -len(mark)])
+                    tail = bytes(piece[-len(mark) :])
+                else:
+                    joined = tail + bytes(piece)
+                    out(joined[: -len(mark)])
+                    tail = joined[-len(mark) :]
+                if tail == mark:
+                    return digest.hexdigest()
+                n = sock.recv_into(buf)
+                if not n:
+                    raise CachefleetError("the RDB stream ended before its end mark")
+                piece = buf[:n]
+        left = int(line[1:].strip())
+        out(first[:left])
+        left -= len(first)
+        while left > 0:
+            n = sock.recv_into(buf, min(left, len(buf)))
+            if not n:
+                raise CachefleetError("the RDB stream ended early")
+            out(buf[:n])
+            left -= n
     return digest.hexdigest()
 
 
@@ -284,7 +328,11 @@ async def create(
     if layout is None:
         raise CachefleetError(f"cluster {name!r} has no layout (is it running?)")
     key_file = plan.topology.backup.encryption_key_file
-    key = Key.from_file(key_file) if key_file else None  # refused before any BGSAVE
+    key = None
+    if key_file:  # refused before any BGSAVE
+        from cachefleet.sealing import Key
+
+        key = Key.from_file(key_file)
     partial = final.with_name(final.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     snapshots.root(cdir.home).mkdir(parents=True, exist_ok=True, mode=0o700)
