@@ -36,7 +36,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -826,6 +826,41 @@ def _update_marker(cdir: ClusterDir, **fields: Any) -> None:
     tmp.replace(cdir.root / MARKER)
 
 
+@dataclass
+class Modification:
+    """One running change: whether it resumes an interrupted one, and how long it took."""
+
+    resumed: bool
+    t0: float = field(default_factory=time.monotonic)
+    took: float = 0.0
+
+
+@contextlib.asynccontextmanager
+async def modifying(
+    a: Applier, raw: dict[str, Any], summary: Summary
+) -> AsyncIterator[Modification]:
+    """The frame of every engine's change: the marker (so status says "modifying" and a
+    rerun resumes) and the modify_started / _failed / _completed events around the steps."""
+    marker = a.cdir.root / MARKER
+    run = Modification(resumed=marker.exists())
+    _update_marker(a.cdir, topology=raw, started=time.time())
+    counts = {"nodes_added": summary.nodes_added, "nodes_removed": summary.nodes_removed,
+              "slots": summary.slots}  # fmt: skip
+    a.event("modify_started", steps=len(summary.steps), **counts)
+    await a.outbox.flush()
+    try:
+        yield run
+    except BaseException as exc:
+        a.event("modify_failed", error=repr(exc)[:300])
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(a.outbox.flush(), 2.0)
+        raise
+    marker.unlink(missing_ok=True)
+    run.took = time.monotonic() - run.t0
+    a.event("modify_completed", seconds=round(run.took, 2), **counts)
+    await a.outbox.flush()
+
+
 async def _until(what: str, timeout: float, check: Callable[[], Any]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -1104,15 +1139,8 @@ async def _execute(
     to_restart: list[str],
     summary: Summary,
 ) -> int:
-    cdir = a.cdir
-    marker = cdir.root / MARKER
-    marker_found = marker.exists()
-    _update_marker(cdir, topology=raw, started=time.time())
-    a.event("modify_started", steps=len(summary.steps), nodes_added=summary.nodes_added,
-            nodes_removed=summary.nodes_removed, slots=summary.slots)  # fmt: skip
-    await a.outbox.flush()
-    t0 = time.monotonic()
-    try:
+    async with modifying(a, raw, summary) as run:
+        marker_found = run.resumed
         union = Plan(
             topology=topo, raw_topology=raw, nodes=r.union, slot_ranges=plan.slot_ranges,
             engine_binary=binary, bus_host=plan.bus_host, bus_port=plan.bus_port,
@@ -1175,17 +1203,7 @@ async def _execute(
         sentinels_done = joining or removed or marker_found
         await a.restart([k for k in to_restart if not (k == "sentinels" and sentinels_done)])
         await a.publish(final.nodes)
-    except BaseException as exc:
-        a.event("modify_failed", error=repr(exc)[:300])
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(a.outbox.flush(), 2.0)
-        raise
-    marker.unlink(missing_ok=True)
-    took = time.monotonic() - t0
-    a.event("modify_completed", seconds=round(took, 2), nodes_added=summary.nodes_added,
-            nodes_removed=summary.nodes_removed, slots=summary.slots)  # fmt: skip
-    await a.outbox.flush()
-    a.step(f"cluster {topo.name}: change applied in {took:.1f}s")
+    a.step(f"cluster {topo.name}: change applied in {run.took:.1f}s")
     return 0
 
 

@@ -45,7 +45,7 @@ from cachefleet.announce import publish_layout
 from cachefleet.discovery import memcached_layout
 from cachefleet.errors import CachefleetError, ClusterTimeout
 from cachefleet.ops import memcached
-from cachefleet.ops.apply import MARKER, Applier, Summary, _update_marker, present
+from cachefleet.ops.apply import MARKER, Applier, Summary, modifying, present
 from cachefleet.plan import NodeSpec, Plan
 from cachefleet.proc import alive_and_ours, live_processes, read_pid
 from cachefleet.reshape import restarts
@@ -302,17 +302,11 @@ async def _execute(
     summary: Summary,
 ) -> int:
     cdir = a.cdir
-    marker = cdir.root / MARKER
-    _update_marker(cdir, topology=final.raw_topology, started=time.time())
-    a.event("modify_started", steps=len(summary.steps), nodes_added=summary.nodes_added,
-            nodes_removed=summary.nodes_removed, slots=0)  # fmt: skip
-    await a.outbox.flush()
-    t0 = time.monotonic()
     old = {n.name for n in plan.nodes}
     new = {n.name for n in final.nodes}
     added = [n for n in final.nodes if n.name not in old]
     leaving = [n for n in plan.nodes if n.name not in new]
-    try:
+    async with modifying(a, final.raw_topology, summary) as run:
         if leaving:  # out of the ring and the discovery list before they stop
             await a.publish_nodes([n for n in plan.nodes if n.name in new], "nodes_removed")
         a.write_plan(final)  # the agents start the added nodes and stop the leaving ones
@@ -337,15 +331,5 @@ async def _execute(
             for n in stale:
                 await a.restart_node(n, wanted)
         await a.restart(kinds)
-    except BaseException as exc:
-        a.event("modify_failed", error=repr(exc)[:300])
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(a.outbox.flush(), 2.0)
-        raise
-    marker.unlink(missing_ok=True)
-    took = time.monotonic() - t0
-    a.event("modify_completed", seconds=round(took, 2), nodes_added=summary.nodes_added,
-            nodes_removed=summary.nodes_removed, slots=0)  # fmt: skip
-    await a.outbox.flush()
-    a.step(f"cluster {final.name}: change applied in {took:.1f}s")
+    a.step(f"cluster {final.name}: change applied in {run.took:.1f}s")
     return 0

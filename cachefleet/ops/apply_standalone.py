@@ -23,8 +23,6 @@ Resumable like the sharded apply: every step is computed from what runs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -42,6 +40,7 @@ from cachefleet.ops.apply import (
     _read_marker,
     _until,
     _update_marker,
+    modifying,
     present,
 )
 from cachefleet.plan import NodeSpec, Plan
@@ -294,14 +293,8 @@ async def _execute(
     summary: Summary,
 ) -> int:
     cdir = a.cdir
-    marker = cdir.root / MARKER
-    marker_found = marker.exists()
-    _update_marker(cdir, topology=raw, started=time.time())
-    a.event("modify_started", steps=len(summary.steps), nodes_added=summary.nodes_added,
-            nodes_removed=summary.nodes_removed, slots=0)  # fmt: skip
-    await a.outbox.flush()
-    t0 = time.monotonic()
-    try:
+    async with modifying(a, raw, summary) as run:
+        marker_found = run.resumed
         union = replace(plan, topology=topo, raw_topology=raw, nodes=r.union, engine_binary=binary)
         await a.wait_no_failover()
         await a.set_live(settings, plan.nodes)
@@ -327,15 +320,5 @@ async def _execute(
         sentinels_done = joining or removed or marker_found
         await a.restart([k for k in to_restart if not (k == "sentinels" and sentinels_done)])
         await a.publish(final.nodes)
-    except BaseException as exc:
-        a.event("modify_failed", error=repr(exc)[:300])
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(a.outbox.flush(), 2.0)
-        raise
-    marker.unlink(missing_ok=True)
-    took = time.monotonic() - t0
-    a.event("modify_completed", seconds=round(took, 2), nodes_added=summary.nodes_added,
-            nodes_removed=summary.nodes_removed, slots=0)  # fmt: skip
-    await a.outbox.flush()
-    a.step(f"group {topo.name}: change applied in {took:.1f}s")
+    a.step(f"group {topo.name}: change applied in {run.took:.1f}s")
     return 0
