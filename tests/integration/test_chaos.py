@@ -135,6 +135,7 @@ def test_kill_primary_with_wait_loses_nothing_and_writes_every_report(run_chaos:
     assert "primary now" in proc.stderr
 
 
+@pytest.mark.machine_wide  # zone addresses are shared: the cut reaches every cluster
 @pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("iptables") is None, reason="partitions need root"
 )
