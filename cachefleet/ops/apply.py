@@ -804,11 +804,15 @@ class Applier:
                     return pid is not None and pid != old
 
                 await _until(f"{name} to restart", 30.0, back)
-                # a sentinel counts again once its hellos are fresh at the others'
-                settle = self.plan.topology.sentinels.hello_max_age_ms / 1000
-                await asyncio.sleep(settle if kind == "sentinels" else 0.1)
+                await self.settled(kind)
             if names:
                 self.step(f"restarted {', '.join(names)}")
+
+    async def settled(self, kind: str) -> None:
+        """Wait until a restarted process of `kind` counts again, before the next one stops:
+        a sentinel once its hellos are fresh at the others'."""
+        settle = self.plan.topology.sentinels.hello_max_age_ms / 1000
+        await asyncio.sleep(settle if kind == "sentinels" else 0.1)
 
 
 def _read_marker(cdir: ClusterDir) -> dict[str, Any]:

@@ -47,7 +47,7 @@ from cachefleet.errors import CachefleetError, ClusterTimeout
 from cachefleet.ops import memcached
 from cachefleet.ops.apply import MARKER, Applier, Summary, modifying, present
 from cachefleet.plan import NodeSpec, Plan
-from cachefleet.proc import alive_and_ours, live_processes, read_pid
+from cachefleet.proc import alive_and_ours, read_pid
 from cachefleet.reshape import restarts
 from cachefleet.state import ClusterDir
 from cachefleet.topology import Topology
@@ -141,32 +141,15 @@ class MemcachedApplier(Applier):
             await asyncio.sleep(PLAN_READ_S)
         raise CachefleetError(f"node {node.name} did not come back with the new settings")
 
-    async def restart(self, kinds: Sequence[str]) -> None:
-        """apply's restart, except that a router worker counts as back once it serves the
-        node list (not when its pid file is written): the next one stops only then, so the
-        port never closes while there are two or more workers."""
-        for kind in kinds:
-            if kind != "routers":
-                await super().restart([kind])
-                continue
-            layout = self.cdir.load_layout()
-            version = layout.epoch if layout else 1
-            names = sorted(k for k in live_processes(self.cdir) if k.startswith("router"))
-            for name in names:
-                old = live_processes(self.cdir).get(name)
-                if old is None:
-                    continue
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(old, signal.SIGTERM)
-
-                async def back(name: str = name, old: int = old) -> bool:
-                    pid = live_processes(self.cdir).get(name)
-                    return pid is not None and pid != old
-
-                await _until(f"{name} to restart", 30.0, back)
-                await memcached.wait_routers(self.cdir, self.plan, version, 30.0)
-            if names:
-                self.step(f"restarted {', '.join(names)}")
+    async def settled(self, kind: str) -> None:
+        """A router worker counts as back once it serves the node list (not when its pid
+        file is written): the next one stops only then, so the port never closes while
+        there are two or more workers."""
+        if kind != "routers":
+            await super().settled(kind)
+            return
+        layout = self.cdir.load_layout()
+        await memcached.wait_routers(self.cdir, self.plan, layout.epoch if layout else 1, 30.0)
 
     async def stale(
         self, nodes: Sequence[NodeSpec], wanted: dict[str, str], binary: str
