@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,12 @@ def node_client(address: str, timeout: float = 10) -> redis.Redis:
 
 def start_cluster(tmp_path: Path, **overrides: Any) -> RunningCluster:
     name = overrides.pop("name", None) or f"t{uuid.uuid4().hex[:8]}"
-    topo = base_topology(name, **overrides)
+    return up_topology(tmp_path, base_topology(name, **overrides))
+
+
+def up_topology(tmp_path: Path, topo: dict[str, Any]) -> RunningCluster:
+    """`up --detach` of a topology given whole (any engine or mode), in tmp_path/state."""
+    name = str(topo["name"])
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(topo))
     state = tmp_path / "state"
@@ -139,6 +145,18 @@ def start_cluster(tmp_path: Path, **overrides: Any) -> RunningCluster:
     cluster = RunningCluster(name, state, path, out.stdout)
     cluster.remember_pids()
     return cluster
+
+
+@contextlib.contextmanager
+def cluster_up(tmp_path: Path, topo: dict[str, Any]) -> Iterator[RunningCluster]:
+    """A cluster for the block: started from `topo`, then stopped, purged and checked by
+    pid to have left nothing running."""
+    cluster = up_topology(tmp_path, topo)
+    try:
+        yield cluster
+    finally:
+        cluster.down()
+        assert_all_gone(cluster.seen_pids)
 
 
 def wait_for(check: Any, timeout: float, what: str) -> Any:

@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 import redis
-import yaml
-from helpers import RunningCluster, assert_all_gone, cli, wait_for
+from helpers import RunningCluster, cli, cluster_up, wait_for
 
 REPLICAS = 2
 
@@ -34,18 +33,8 @@ def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
         "node_type": "cache.micro",
         "endpoints": {"primary": {"port": "auto"}, "reader": {"port": "auto"}},
     }
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(topo))
-    state = tmp / "state"
-    out = cli("up", str(path), "--detach", "--state-dir", str(state))
-    c = RunningCluster(name, state, path, out.stdout)
-    c.remember_pids()
-    try:
+    with cluster_up(tmp, topo) as c:
         yield c
-    finally:
-        c.remember_pids()
-        cli("down", name, "--purge", "--state-dir", str(state), check=False)
-        assert_all_gone(c.seen_pids)
 
 
 def endpoint(c: RunningCluster, kind: str, **kw: Any) -> redis.Redis:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 import yaml
-from helpers import RunningCluster, assert_all_gone, cli, wait_for
+from helpers import RunningCluster, cli, cluster_up, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from cachefleet.events import read_events
@@ -36,18 +36,8 @@ def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
         "node_type": "cache.micro",
         "endpoints": {"primary": {"port": "auto"}, "reader": {"port": "auto"}},
     }
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(topo))
-    state = tmp / "state"
-    out = cli("up", str(path), "--detach", "--state-dir", str(state))
-    c = RunningCluster(name, state, path, out.stdout)
-    c.remember_pids()
-    try:
+    with cluster_up(tmp, topo) as c:
         yield c
-    finally:
-        c.remember_pids()
-        cli("down", name, "--purge", "--state-dir", str(state), check=False)
-        assert_all_gone(c.seen_pids)
 
 
 def endpoint(c: RunningCluster, **kw: Any) -> redis.Redis:

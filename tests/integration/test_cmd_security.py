@@ -21,8 +21,7 @@ from typing import Any
 
 import pytest
 import redis
-import yaml
-from helpers import RunningCluster, assert_all_gone, cli, wait_for
+from helpers import RunningCluster, cli, cluster_up, wait_for
 
 from cachefleet.ops import firewall
 from cachefleet.ops.certs import served_serial
@@ -66,21 +65,11 @@ def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
             "allowed_sources": ["127.0.0.1/32"],
         },
     }
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(topo))
-    state = tmp / "state"
-    out = cli("up", str(path), "--detach", "--state-dir", str(state))
-    c = RunningCluster(name, state, path, out.stdout)
-    c.remember_pids()
-    try:
+    with cluster_up(tmp, topo) as c:
         yield c
-    finally:
-        c.remember_pids()
-        cli("down", name, "--purge", "--state-dir", str(state), check=False)
-        assert_all_gone(c.seen_pids)
-        if firewall.available() is None:
-            listed = os.popen("iptables -w -S INPUT").read()
-            assert firewall.tag(name) not in listed
+    if firewall.available() is None:
+        listed = os.popen("iptables -w -S INPUT").read()
+        assert firewall.tag(name) not in listed
 
 
 def ca(c: RunningCluster) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import RunningCluster, assert_all_gone, cli, wait_for
+from helpers import RunningCluster, assert_all_gone, cli, cluster_up, wait_for
 from pymemcache.client.base import Client
 from pymemcache.client.hash import HashClient
 from pymemcache.exceptions import MemcacheServerError
@@ -43,15 +43,8 @@ def mc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
         "ports": {"base": "auto"},
         "router": {"port": "auto", "workers": 1},
     }
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(topo))
-    state = tmp / "state"
-    out = cli("up", str(path), "--detach", "--state-dir", str(state))
-    cluster = RunningCluster(name, state, path, out.stdout)
-    cluster.remember_pids()
-    yield cluster
-    cluster.down()
-    assert_all_gone(cluster.seen_pids)
+    with cluster_up(tmp, topo) as cluster:
+        yield cluster
 
 
 def raw(addr: tuple[str, int], data: bytes, *, until: bytes = b"END\r\n") -> bytes:

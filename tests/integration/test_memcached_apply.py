@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import RunningCluster, assert_all_gone, cli
+from helpers import RunningCluster, assert_all_gone, cli, cluster_up
 from pymemcache.client.base import Client
 from pymemcache.client.hash import HashClient
 
@@ -53,15 +53,8 @@ def topology(name: str, nodes: int, node_type: str = "cache.micro") -> dict[str,
 def mc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
     tmp = tmp_path_factory.mktemp("mcapply")
     name = f"ma{os.getpid() % 100000}"
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(topology(name, 3)))
-    state = tmp / "state"
-    out = cli("up", str(path), "--detach", "--state-dir", str(state))
-    cluster = RunningCluster(name, state, path, out.stdout)
-    cluster.remember_pids()
-    yield cluster
-    cluster.down()
-    assert_all_gone(cluster.seen_pids)
+    with cluster_up(tmp, topology(name, 3)) as cluster:
+        yield cluster
 
 
 def apply(c: RunningCluster, topo: dict[str, Any], *extra: str) -> str:

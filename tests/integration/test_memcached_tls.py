@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import RunningCluster, assert_all_gone, cli, wait_for
+from helpers import RunningCluster, cli, cluster_up, wait_for
 from pymemcache.client.base import Client
 
 from cachefleet.tls import certificate_serial, engine_has_tls
@@ -45,15 +45,8 @@ def mc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
         "router": {"port": "auto", "workers": 1},
         "security": {"tls": True},
     }
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(topo))
-    state = tmp / "state"
-    out = cli("up", str(path), "--detach", "--state-dir", str(state))
-    cluster = RunningCluster(name, state, path, out.stdout)
-    cluster.remember_pids()
-    yield cluster
-    cluster.down()
-    assert_all_gone(cluster.seen_pids)
+    with cluster_up(tmp, topo) as cluster:
+        yield cluster
 
 
 def ca_path(c: RunningCluster) -> Path:
