@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from cachefleet.errors import TopologyError
+from cachefleet.topology import Section, kind_of
 
 
 class State(enum.StrEnum):
@@ -154,37 +155,18 @@ class AlarmSpec:
         )
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return f"boolean {str(value).lower()}"
-    if isinstance(value, str):
-        return f"string {value!r}"
-    if isinstance(value, int | float):
-        return f"number {value!r}"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    return type(value).__name__
-
-
-class _Fields:
-    """One mapping of ``alarms[i]``, read field by field, each error naming its dotted path."""
+class _Fields(Section):
+    """One mapping of ``alarms[i]``, read field by field, each error naming its dotted path
+    (the topology's reader; an alarm's fields take their default when null, and a missing
+    one names its choices)."""
 
     def __init__(self, source: str, path: str, data: Any) -> None:
         if not isinstance(data, Mapping):
-            raise TopologyError(source, path, f"must be a mapping, got {_kind(data)}")
-        self.source, self.path, self.data = source, path, data
-        self.used: set[str] = set()
-
-    def fail(self, key: str, message: str) -> TopologyError:
-        return TopologyError(self.source, f"{self.path}.{key}" if key else self.path, message)
+            raise TopologyError(source, path, f"must be a mapping, got {kind_of(data)}")
+        super().__init__(source, path, data)
 
     def get(self, key: str, default: Any = None) -> Any:
-        self.used.add(key)
-        value = self.data.get(key)
+        value = self.raw(key)
         return default if value is None else value
 
     def choice(self, key: str, default: str | None, choices: Iterable[str]) -> str:
@@ -196,16 +178,6 @@ class _Fields:
             raise self.fail(key, f"{value!r} is not one of {', '.join(options)}")
         return str(value)
 
-    def integer(self, key: str, default: int | None, lo: int, hi: int) -> int:
-        value = self.get(key, default)
-        if value is None:
-            raise self.fail(key, "is required")
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, f"must be an integer, got {_kind(value)}")
-        if not lo <= value <= hi:
-            raise self.fail(key, f"{value} is out of range {lo}..{hi}")
-        return value
-
     def number(self, key: str) -> float:
         value = self.get(key)
         if value is None:
@@ -215,18 +187,13 @@ class _Fields:
             or not isinstance(value, int | float)
             or not math.isfinite(value)
         ):
-            raise self.fail(key, f"must be a number, got {_kind(value)}")
+            raise self.fail(key, f"must be a number, got {kind_of(value)}")
         return float(value)
-
-    def done(self) -> None:
-        unknown = sorted(set(map(str, self.data)) - self.used)
-        if unknown:
-            raise self.fail(unknown[0], "unknown field")
 
 
 def _loopback_url(f: _Fields, key: str, url: Any) -> str:
     if not isinstance(url, str):
-        raise f.fail(key, f"must be an http:// URL, got {_kind(url)}")
+        raise f.fail(key, f"must be an http:// URL, got {kind_of(url)}")
     parsed = urlparse(url)
     try:
         port_ok = parsed.port is None or parsed.port > 0
@@ -258,7 +225,7 @@ def _action(source: str, path: str, data: Any) -> Action:
         or not argv
         or not all(isinstance(a, str) and a and "\0" not in a for a in argv)
     ):
-        raise f.fail("command", f"must be a non-empty list of strings (argv), got {_kind(argv)}")
+        raise f.fail("command", f"must be a non-empty list of strings (argv), got {kind_of(argv)}")
     f.done()
     return Action("command", argv=tuple(argv), timeout_s=timeout)
 
@@ -279,7 +246,7 @@ def _dimensions(f: _Fields, shards: int) -> tuple[tuple[str, str], ...]:
         else:
             value = dims.get(key)
             if not isinstance(value, str) or not value:
-                raise dims.fail(key, f"must be a {key} name, got {_kind(value)}")
+                raise dims.fail(key, f"must be a {key} name, got {kind_of(value)}")
             out.append((key, value))
     dims.done()
     return tuple(out)
@@ -292,7 +259,7 @@ def parse_alarms(
     if data is None:
         return ()
     if not isinstance(data, list):
-        raise TopologyError(source, "alarms", f"must be a list of alarms, got {_kind(data)}")
+        raise TopologyError(source, "alarms", f"must be a list of alarms, got {kind_of(data)}")
     if len(data) > MAX_ALARMS:
         raise TopologyError(source, "alarms", f"{len(data)} alarms, at most {MAX_ALARMS}")
     known = MEMCACHED_METRICS if memcached else ENGINE_METRICS
@@ -302,7 +269,7 @@ def parse_alarms(
         name = f.get("name")
         if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
             raise f.fail(
-                "name", f"must be 1-64 letters, digits, '.', '_' or '-', got {_kind(name)}"
+                "name", f"must be 1-64 letters, digits, '.', '_' or '-', got {kind_of(name)}"
             )
         if any(a.name == name for a in out):
             raise f.fail("name", f"{name!r} is used by another alarm")
@@ -335,7 +302,7 @@ def parse_alarms(
         for key, state in ACTION_STATES.items():
             listed = acts.get(key, [])
             if not isinstance(listed, list):
-                raise acts.fail(key, f"must be a list of actions, got {_kind(listed)}")
+                raise acts.fail(key, f"must be a list of actions, got {kind_of(listed)}")
             parsed = tuple(
                 _action(source, f"{acts.path}.{key}[{j}]", a) for j, a in enumerate(listed)
             )
@@ -344,7 +311,7 @@ def parse_alarms(
         acts.done()
         description = f.get("description", "")
         if not isinstance(description, str):
-            raise f.fail("description", f"must be a string, got {_kind(description)}")
+            raise f.fail("description", f"must be a string, got {kind_of(description)}")
         out.append(
             AlarmSpec(
                 name=name,

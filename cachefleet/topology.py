@@ -289,7 +289,7 @@ class Section:
         if data is None:
             data = {}
         if not isinstance(data, Mapping):
-            raise TopologyError(source, path or "<root>", f"must be a mapping, got {_kind(data)}")
+            raise TopologyError(source, path or "<root>", f"must be a mapping, got {kind_of(data)}")
         self.data: Mapping[str, Any] = data
         self.used: set[str] = set()
 
@@ -297,6 +297,9 @@ class Section:
         return TopologyError(self.source, self.dotted(key), message)
 
     def dotted(self, key: str) -> str:
+        """The field's dotted path; the section's own path for the key ""."""
+        if not key:
+            return self.path or "<root>"
         return f"{self.path}.{key}" if self.path else key
 
     def raw(self, key: str, default: Any = None) -> Any:
@@ -316,7 +319,7 @@ class Section:
         if value is None:
             raise self.fail(key, "is required")
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, f"must be an integer, got {_kind(value)}")
+            raise self.fail(key, f"must be an integer, got {kind_of(value)}")
         if not lo <= value <= hi:
             raise self.fail(key, f"{value} is out of range {lo}..{hi}")
         return value
@@ -326,7 +329,7 @@ class Section:
         if value == "auto":
             return None
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, f"must be an integer or 'auto', got {_kind(value)}")
+            raise self.fail(key, f"must be an integer or 'auto', got {kind_of(value)}")
         if not lo <= value <= hi:
             raise self.fail(key, f"{value} is out of range {lo}..{hi}")
         return value
@@ -336,7 +339,7 @@ class Section:
         if value is None:
             raise self.fail(key, "is required")
         if not isinstance(value, str):
-            raise self.fail(key, f"must be a string, got {_kind(value)}")
+            raise self.fail(key, f"must be a string, got {kind_of(value)}")
         return value
 
     def choice(self, key: str, default: str | None, choices: tuple[str, ...]) -> str:
@@ -348,7 +351,7 @@ class Section:
     def boolean(self, key: str, default: bool) -> bool:
         value = self.raw(key, default)
         if not isinstance(value, bool):
-            raise self.fail(key, f"must be true or false, got {_kind(value)}")
+            raise self.fail(key, f"must be true or false, got {kind_of(value)}")
         return value
 
     def done(self) -> None:
@@ -357,7 +360,8 @@ class Section:
             raise self.fail(str(unknown[0]), "unknown field")
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
+    """What a wrong value is, for an error message: "string 'x'", "a list", …"""
     if value is None:
         return "nothing"
     if isinstance(value, bool):
@@ -412,7 +416,7 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
     if zones_raw is None:
         raise root.fail("zones", "is required")
     if not isinstance(zones_raw, list):
-        raise root.fail("zones", f"must be a list of zone names, got {_kind(zones_raw)}")
+        raise root.fail("zones", f"must be a list of zone names, got {kind_of(zones_raw)}")
     if not zones_raw:
         raise root.fail("zones", "zone list is empty: give at least one zone")
     if len(zones_raw) > MAX_ZONES:
@@ -460,7 +464,7 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
 
     engine_binary = root.raw("engine_binary", None)
     if engine_binary is not None and not isinstance(engine_binary, str):
-        raise root.fail("engine_binary", f"must be a path, got {_kind(engine_binary)}")
+        raise root.fail("engine_binary", f"must be a path, got {kind_of(engine_binary)}")
 
     nodes_total = shards * (1 + replicas)
     ports = root.section("ports")
@@ -707,7 +711,7 @@ def _size(section: Section, key: str, value: Any) -> int:
         m = re.fullmatch(r"(\d{1,10})([kmg]?)b?", value.strip().lower())
         if m:
             return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[m.group(2)]
-    raise section.fail(key, f"must be a size such as 1048576, 512k or 1m, got {_kind(value)}")
+    raise section.fail(key, f"must be a size such as 1048576, 512k or 1m, got {kind_of(value)}")
 
 
 def _engine_parameters(params: Section) -> tuple[tuple[str, str], ...]:
@@ -749,7 +753,7 @@ def _memcached_parameters(root: Section, nodes: int, maxmemory: int) -> Memcache
             value: float = _size(params, str(key), raw)
         elif kind == "float":
             if isinstance(raw, bool) or not isinstance(raw, int | float):
-                raise params.fail(str(key), f"must be a number, got {_kind(raw)}")
+                raise params.fail(str(key), f"must be a number, got {kind_of(raw)}")
             value = float(raw)
         else:
             value = params.integer(str(key), None, int(lo), int(hi))
