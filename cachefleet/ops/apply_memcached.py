@@ -43,9 +43,11 @@ import psutil
 from cachefleet import memcache, ports
 from cachefleet.announce import publish_layout
 from cachefleet.discovery import memcached_layout
-from cachefleet.errors import CachefleetError, ClusterTimeout
+from cachefleet.errors import CachefleetError
 from cachefleet.ops import memcached
-from cachefleet.ops.apply import MARKER, Applier, Summary, modifying, present
+from cachefleet.ops.apply import Summary, modifying, present
+from cachefleet.ops.apply_links import MARKER, _until
+from cachefleet.ops.apply_steps import Applier
 from cachefleet.plan import NodeSpec, Plan
 from cachefleet.proc import alive_and_ours, read_pid
 from cachefleet.reshape import restarts
@@ -174,15 +176,6 @@ def _binary(cdir: ClusterDir, node: NodeSpec) -> str | None:
     except (psutil.Error, OSError):
         return None
     return cmdline[0] if cmdline else None
-
-
-async def _until(what: str, timeout: float, check: Callable[[], Any]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.02)
-    raise ClusterTimeout(what, timeout)
 
 
 def _share(n: int, total: int) -> str:

@@ -32,17 +32,9 @@ from cachefleet.announce import publish_layout
 from cachefleet.errors import CachefleetError, ClusterTimeout
 from cachefleet.nodes import Replication, Role
 from cachefleet.ops import standalone
-from cachefleet.ops.apply import (
-    MARKER,
-    Applier,
-    Summary,
-    _allocate,
-    _read_marker,
-    _until,
-    _update_marker,
-    modifying,
-    present,
-)
+from cachefleet.ops.apply import Summary, _allocate, modifying, present
+from cachefleet.ops.apply_links import MARKER, _read_marker, _until, _update_marker
+from cachefleet.ops.apply_steps import Applier
 from cachefleet.plan import NodeSpec, Plan
 from cachefleet.reshape import Reshape, live_settings, reshape, restarts
 from cachefleet.topology import Topology

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cachefleet.ops.apply import _joined, _split_primaries, _view
+from cachefleet.ops.apply_view import _joined, _split_primaries, _view
 from cachefleet.plan import NodeSpec
 
 
