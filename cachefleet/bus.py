@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 import aiomqtt
 
+from cachefleet.buscreds import bus_login, bus_tls_context
 from cachefleet.errors import BusError
-from cachefleet.security import bus_login, bus_tls_context
 from cachefleet.tls import client_context
 
 SCHEMA_VERSION = 1

@@ -13,7 +13,7 @@ from amqtt.contexts import Action, BaseContext
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
-from cachefleet.security import bus_publish_allowed, ensure_bus_secrets
+from cachefleet.buscreds import bus_publish_allowed, ensure_bus_secrets
 
 
 class RoleAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]

@@ -9,11 +9,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from cachefleet.buscreds import remember_bus
 from cachefleet.credentials import ADMIN_USER, Credentials
 from cachefleet.errors import StateError
 from cachefleet.layout import Layout
 from cachefleet.plan import Plan
-from cachefleet.security import remember_bus
 
 
 def state_home(state_dir: str | os.PathLike[str] | None = None) -> Path:

@@ -17,8 +17,9 @@ from urllib.parse import urlparse
 import yaml
 
 from cachefleet import nodetypes
+from cachefleet.buscreds import ExternalBus, parse_external_bus
 from cachefleet.errors import TopologyError
-from cachefleet.security import ExternalBus, Security, parse_external_bus, parse_security
+from cachefleet.security import Security, parse_security
 
 if TYPE_CHECKING:  # imported when a topology has the section (start-up time of the CLI)
     from cachefleet.alarms import AlarmSpec

@@ -12,9 +12,9 @@ import argparse
 import asyncio
 from pathlib import Path
 
+from cachefleet.buscreds import set_bus_role
 from cachefleet.log import configure
 from cachefleet.plan import Plan
-from cachefleet.security import set_bus_role
 from cachefleet.state import ClusterDir, state_home
 from router.memcache.server import run_memcached_router
 from router.server import run_router

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from cachefleet.buscreds import set_bus_role
 from cachefleet.log import configure
-from cachefleet.security import set_bus_role
 from cachefleet.state import ClusterDir, state_home
 from sentinel.process import Sentinel
 

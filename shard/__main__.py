@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import subprocess
 
+from cachefleet.buscreds import set_bus_role
 from cachefleet.proc import alive_and_ours, read_pid
-from cachefleet.security import set_bus_role
 from cachefleet.state import ClusterDir, state_home
 from shard.launch import node_paths, start_engine
 

@@ -17,6 +17,7 @@ import yaml
 
 from cachefleet import bus, discovery, event_archive, ports
 from cachefleet.announce import emit_event, publish_layout
+from cachefleet.buscreds import read_bus_login, remember_bus, save_bus_login
 from cachefleet.engine import resolve_engine_binary
 from cachefleet.errors import BusError, CachefleetError, ClusterTimeout, StateError, TopologyError
 from cachefleet.layout import Layout
@@ -32,14 +33,7 @@ from cachefleet.proc import (
     spawn,
     stop_processes,
 )
-from cachefleet.security import (
-    read_bus_login,
-    read_secrets,
-    remember_bus,
-    save_bus_login,
-    save_secrets,
-    security_summary,
-)
+from cachefleet.security import read_secrets, save_secrets, security_summary
 from cachefleet.state import ClusterDir, state_home
 from cachefleet.tls import (
     ca_for,

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 from cachefleet.broker import broker_config
-from cachefleet.errors import TopologyError
-from cachefleet.security import (
+from cachefleet.buscreds import (
     ExternalBus,
     bus_login,
     bus_tls_context,
@@ -20,6 +19,7 @@ from cachefleet.security import (
     remember_bus,
     save_bus_login,
 )
+from cachefleet.errors import TopologyError
 from cachefleet.tls import ensure_certificates
 from cachefleet.topology import parse_topology
 

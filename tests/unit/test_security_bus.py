@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cachefleet import security
+from cachefleet import buscreds
 from cachefleet.broker import broker_config
-from cachefleet.security import (
+from cachefleet.buscreds import (
     BUS_ROLES,
     bus_login,
     bus_publish_allowed,
@@ -88,8 +88,8 @@ def test_store_is_made_once_private_and_per_role(tmp_path: Path) -> None:
 def test_login_is_the_process_role_for_a_remembered_broker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(security, "_bus_stores", {})
-    monkeypatch.setattr(security, "_bus_role", "cli")
+    monkeypatch.setattr(buscreds, "_bus_stores", {})
+    monkeypatch.setattr(buscreds, "_bus_role", "cli")
     assert bus_login("127.0.0.1", 1) is None
     remember_bus("127.0.0.1", 1, tmp_path)
     roles = ensure_bus_secrets(tmp_path)
