@@ -7,7 +7,8 @@ this way), (c) the router in front of a one-shard cluster (started with `cachefl
 and (d) `redis-benchmark --cluster` bootstrapped from the router's configuration endpoint
 (a cluster-aware client talking to the nodes; it needs two nodes or more, so it runs on a
 3-shard cluster, beside the router in front of that cluster; -n --cluster-n). Prints ops/s,
-p50/p99 latency, the router/direct ratio and the router's CPU time per request; then the
+p50/p99 latency (medians of alternated rounds: -P 16 runs are short and the machine's load
+moves), the router/direct ratio and the router's CPU time per request; then the
 router's RSS before and after 1,000 idle client connections. Asserts nothing.
 """
 
@@ -20,6 +21,7 @@ import io
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,6 +74,17 @@ def run_benchmark(
     return result
 
 
+STATS = ("rps", "p50", "p99")
+
+
+def speedups_built() -> bool:
+    try:
+        import router._speedups  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def wait_port(port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -102,7 +115,10 @@ def cli(*args: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("-n", type=int, default=200_000)
+    parser.add_argument("-n", type=int, default=200_000, help="requests per run at -P 1")
+    # At -P 16 a 200,000-request run lasts well under a second: too short to be steady.
+    parser.add_argument("--n16", type=int, default=2_000_000, help="requests per run at -P 16")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds (medians)")
     parser.add_argument("-c", type=int, default=50)
     parser.add_argument("--cluster-n", type=int, default=1_000_000)
     parser.add_argument("--copy-hop", nargs=2, type=int, help=argparse.SUPPRESS)
@@ -150,8 +166,10 @@ def main() -> None:
             cdir, router_port = up(name, 1)
             _, router3_port = up(name3, 3)
             print(
-                f"redis-benchmark -t set,get -n {args.n} -c {args.c} (ops/s, p50/p99 ms); "
-                f"3-shard --cluster with -n {args.cluster_n}; ratio: router/direct"
+                f"redis-benchmark -t set,get -c {args.c}, -n {args.n} at -P 1 and {args.n16} at "
+                f"-P 16 (ops/s, p50/p99 ms, medians of {args.rounds} alternated rounds); "
+                f"3-shard --cluster with -n {args.cluster_n}; ratio: router/direct; the "
+                f"router's C accelerator: {'built' if speedups_built() else 'NOT built'}"
             )
             names = ("direct", "copy hop", "router", "router 3 shards", "--cluster 3 shards")
             print(f"{'':>6} {'test':>4} " + " ".join(f"{n:>22}" for n in names) + "  ratio")
@@ -165,23 +183,36 @@ def main() -> None:
             ]
             cpu_per_op: dict[int, float] = {}
             for pipeline in (1, 16):
-                cpu_before = sum(cpu_s(pid) for pid in workers)
-                router_run = run_benchmark(router_port, pipeline, args.n, args.c)
-                cpu_after = sum(cpu_s(pid) for pid in workers)
-                cpu_per_op[pipeline] = (cpu_after - cpu_before) / (2 * args.n) * 1e6
-                runs = [
-                    run_benchmark(direct_port, pipeline, args.n, args.c),
-                    run_benchmark(hop_port, pipeline, args.n, args.c),
-                    router_run,
-                    run_benchmark(router3_port, pipeline, args.n, args.c),
-                    run_benchmark(router3_port, pipeline, args.cluster_n, args.c, cluster=True),
-                ]
+                n = args.n if pipeline == 1 else args.n16
+                ports_ = (direct_port, hop_port, router_port, router3_port, router3_port)
+                runs: list[list[dict[str, dict[str, float]]]] = [[] for _ in names]
+                cpu, requests = 0.0, 0
+                for round_ in range(args.rounds):
+                    # alternate the order: a shared machine's load moves between runs
+                    order = list(range(len(names)))
+                    order = order[round_ % len(order) :] + order[: round_ % len(order)]
+                    for i in order:
+                        if i == 4:
+                            runs[i].append(
+                                run_benchmark(ports_[i], pipeline, args.cluster_n, args.c,
+                                              cluster=True)
+                            )  # fmt: skip
+                            continue
+                        before = sum(cpu_s(pid) for pid in workers) if i == 2 else 0.0
+                        runs[i].append(run_benchmark(ports_[i], pipeline, n, args.c))
+                        if i == 2:
+                            cpu += sum(cpu_s(pid) for pid in workers) - before
+                            requests += 2 * n
+                cpu_per_op[pipeline] = cpu / requests * 1e6
                 for test in ("SET", "GET"):
+                    medians = [
+                        {k: statistics.median(r[test][k] for r in target) for k in STATS}
+                        for target in runs
+                    ]
                     cells = " ".join(
-                        f"{r[test]['rps']:>10.0f} {r[test]['p50']:>5.2f}/{r[test]['p99']:<5.2f}"
-                        for r in runs
+                        f"{m['rps']:>10.0f} {m['p50']:>5.2f}/{m['p99']:<5.2f}" for m in medians
                     )
-                    ratio = runs[2][test]["rps"] / runs[0][test]["rps"]
+                    ratio = medians[2]["rps"] / medians[0]["rps"]
                     print(f"-P {pipeline:<3} {test:>4} {cells} {ratio:>6.2f}", flush=True)
             print(
                 f"router CPU per request, all {len(workers)} workers (user+system, less "
