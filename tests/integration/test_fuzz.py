@@ -26,5 +26,6 @@ def test_short_fuzz_campaign_breaks_nothing(capsys: pytest.CaptureFixture[str]) 
     assert summary["good_client_outcome_unknown"] <= 2, summary["first_errors"]
     assert summary["good_client_mismatches"] == 0, summary["first_errors"]
     assert summary["good_client_ops"] > 0
+    assert summary["bus_messages"] > 0  # the bus part ran (it logs in as the cluster's cli)
     assert summary["router_max_rss_mb"] <= 300
     assert code == 0 or summary["good_client_outcome_unknown"] > 0
