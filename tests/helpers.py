@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from cachefleet.plan import Plan
 from cachefleet.proc import live_processes, running
+from cachefleet.resp import encode_command
 from cachefleet.state import ClusterDir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,4 +200,41 @@ def message_json() -> st.SearchStrategy[Any]:
             | st.dictionaries(st.sampled_from(MESSAGE_FIELDS), children, max_size=8)
         ),
         max_leaves=20,
+    )
+
+
+#: Requests that are not in the canonical form, or not whole (property tests of the request
+#: framing and its C accelerator feed them between canonical ones).
+ODD_REQUESTS = [
+    b"*2\r\n+abc\r\n$1\r\na\r\n",  # a simple string where a bulk belongs
+    b"*2\r\n=7\r\ntxt:abc\r\n+ab\r\n",  # lengths that could add up to canonical
+    b"*2\r\n(123\r\n$1\r\na\r\n",
+    b"*2\r\n$4\r\nECHO\r\n$1\r\naXY",  # no CRLF after an argument
+    b"*1\r\n$4\r\nPING\n\r",
+    b"*1\r\n$03\r\nabc\r\n",
+    b"*01\r\n$3\r\nabc\r\n",
+    b"*1\r\n$+3\r\nabc\r\n",
+    b"*1\r\n$ 3\r\nabc\r\n",
+    b"*1\r\n$3 \r\nabc\r\n",
+    b"*1\r\n*1\r\n$1\r\na\r\n",
+    b"*0\r\n",
+    b"*-1\r\n",
+    b"*1\r\n$-1\r\n",
+    b"*12345678\r\n",
+    b"*999999\r\n$1\r\na\r\n",
+    b"*1\r\n$99999999999999999999\r\n",
+    b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n",  # incomplete
+    b"PING\r\n",
+    b"~1\r\n$1\r\na\r\n",
+]
+
+
+def request_pieces(arguments: st.SearchStrategy[list[bytes]]) -> st.SearchStrategy[bytes]:
+    """Pieces of a client's byte stream: canonical requests, odd ones, random bytes."""
+    return st.one_of(
+        st.lists(arguments, min_size=1, max_size=4).map(
+            lambda cs: b"".join(encode_command(c) for c in cs)
+        ),
+        st.sampled_from(ODD_REQUESTS),
+        st.binary(max_size=30),
     )

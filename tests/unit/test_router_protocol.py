@@ -9,6 +9,7 @@ import zlib
 
 import hiredis
 import pytest
+from helpers import request_pieces
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -209,31 +210,7 @@ def test_good_requests_before_garbage_are_all_delivered(
 
 # The C accelerator must agree with the framer on every input: the requests it takes are the
 # framer's first ones, with the same bytes, and it stops at anything it cannot prove canonical.
-RESP_PIECES = st.one_of(
-    st.lists(commands, min_size=1, max_size=4).map(
-        lambda cs: b"".join(encode_command(c) for c in cs)
-    ),
-    st.sampled_from(
-        [
-            b"*2\r\n+abc\r\n$1\r\na\r\n",  # a simple string where a bulk belongs
-            b"*2\r\n=7\r\ntxt:abc\r\n+ab\r\n",  # lengths that could add up to canonical
-            b"*2\r\n(123\r\n$1\r\na\r\n",
-            b"*2\r\n$4\r\nECHO\r\n$1\r\naXY",  # no CRLF after an argument
-            b"*1\r\n$4\r\nPING\n\r",
-            b"*1\r\n$03\r\nabc\r\n",
-            b"*01\r\n$3\r\nabc\r\n",
-            b"*1\r\n*1\r\n$1\r\na\r\n",
-            b"*0\r\n",
-            b"*-1\r\n",
-            b"*1\r\n$-1\r\n",
-            b"*12345678\r\n",
-            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n",  # incomplete
-            b"PING\r\n",
-            b"~1\r\n$1\r\na\r\n",
-        ]
-    ),
-    st.binary(max_size=30),
-)
+RESP_PIECES = request_pieces(commands)
 
 
 @settings(max_examples=1000, deadline=None)

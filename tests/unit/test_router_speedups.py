@@ -5,6 +5,7 @@ the same errors. Skipped where the accelerator was not built (no C compiler at i
 from __future__ import annotations
 
 import pytest
+from helpers import request_pieces
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,31 +17,7 @@ pytest.importorskip("router._speedups", reason="the C accelerator was not built"
 
 args = st.lists(st.binary(max_size=20), min_size=1, max_size=5)
 
-REQUEST_PIECES = st.one_of(
-    st.lists(args, min_size=1, max_size=4).map(lambda cs: b"".join(map(encode_command, cs))),
-    st.sampled_from(
-        [
-            b"*2\r\n+abc\r\n$1\r\na\r\n",
-            b"*2\r\n$4\r\nECHO\r\n$1\r\naXY",
-            b"*1\r\n$4\r\nPING\n\r",
-            b"*1\r\n$03\r\nabc\r\n",
-            b"*01\r\n$3\r\nabc\r\n",
-            b"*1\r\n$+3\r\nabc\r\n",
-            b"*1\r\n$ 3\r\nabc\r\n",
-            b"*1\r\n$3 \r\nabc\r\n",
-            b"*1\r\n*1\r\n$1\r\na\r\n",
-            b"*0\r\n",
-            b"*-1\r\n",
-            b"*1\r\n$-1\r\n",
-            b"*12345678\r\n",
-            b"*999999\r\n$1\r\na\r\n",
-            b"*1\r\n$99999999999999999999\r\n",
-            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n",
-            b"PING\r\n",
-        ]
-    ),
-    st.binary(max_size=30),
-)
+REQUEST_PIECES = request_pieces(args)
 
 
 @settings(max_examples=2000, deadline=None)
