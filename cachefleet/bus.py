@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
 import ssl
 import time
@@ -18,6 +19,13 @@ import aiomqtt
 from cachefleet.buscreds import bus_login, bus_tls_context
 from cachefleet.errors import BusError
 from cachefleet.tls import client_context
+
+#: The MQTT library's own log lines (a broker that closes the connection while it stops
+#: printed "failed to receive on socket: Connection reset by peer" under `up`'s Ctrl-C) go
+#: nowhere: what matters reaches the caller as an MqttError, which BusLink logs with context.
+_MQTT_LOG = logging.getLogger("cachefleet.bus.mqtt")
+_MQTT_LOG.addHandler(logging.NullHandler())
+_MQTT_LOG.propagate = False
 
 SCHEMA_VERSION = 1
 
@@ -69,6 +77,7 @@ def client(
         will=will_msg,
         keepalive=5,
         timeout=5,
+        logger=_MQTT_LOG,
     )
 
 
