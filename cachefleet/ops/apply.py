@@ -71,6 +71,23 @@ Out = Callable[[str], None]
 # --- the operation ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ApplyRequest:
+    """One `apply`, whatever the engine: the running plan, the topology asked for (parsed,
+    and as written, which the plan keeps), the engine binary it names, and how the plan of
+    changes is shown and confirmed."""
+
+    plan: Plan
+    topo: Topology
+    raw: dict[str, Any]
+    binary: str
+    dry_run: bool
+    assume_yes: bool
+    as_json: bool
+    out: Out
+    confirm: Callable[[str], bool] | None
+
+
 @dataclass
 class Summary:
     """What a change does, as printed and as `--json` data."""
@@ -204,8 +221,8 @@ async def apply(
         applier, run = Applier(cdir, plan, out), _apply
     with _one_apply(cdir) if not dry_run else contextlib.nullcontext():
         try:
-            return await run(applier, plan, topo, raw, binary, dry_run, assume_yes, as_json,
-                             out, confirm)  # fmt: skip
+            req = ApplyRequest(plan, topo, raw, binary, dry_run, assume_yes, as_json, out, confirm)
+            return await run(applier, req)
         finally:
             await applier.close()
 
@@ -222,18 +239,8 @@ def _one_apply(cdir: ClusterDir) -> Iterator[None]:
         yield
 
 
-async def _apply(
-    a: Applier,
-    plan: Plan,
-    topo: Topology,
-    raw: dict[str, Any],
-    binary: str,
-    dry_run: bool,
-    assume_yes: bool,
-    as_json: bool,
-    out: Out,
-    confirm: Callable[[str], bool] | None,
-) -> int:
+async def _apply(a: Applier, req: ApplyRequest) -> int:
+    plan, topo, raw, binary = req.plan, req.topo, req.raw, req.binary
     view = await a.observe(plan.nodes)
     resumed = (a.cdir.root / MARKER).exists()
     # nodes an interrupted apply put in plan.json that have not joined their shard yet
@@ -304,28 +311,23 @@ async def _apply(
         step("restart", f"restart {kind}", processes=kind)
     summary.nodes_added = len(r.added)
     summary.nodes_removed = len(r.removed)
-    if plan.raw_topology != raw and not summary.steps:
-        step("record", "record the topology (nothing to change on the nodes)")
-
-    code = present(summary, topo.name, dry_run, assume_yes, as_json, out, confirm)
+    code = present(summary, req)
     if code is not None:
         return code
     joining = [*unjoined, *r.added]
     return await _execute(a, plan, topo, raw, binary, r, joining, settings, to_restart, summary)
 
 
-def present(
-    summary: Summary,
-    name: str,
-    dry_run: bool,
-    assume_yes: bool,
-    as_json: bool,
-    out: Out,
-    confirm: Callable[[str], bool] | None,
-) -> int | None:
+def present(summary: Summary, req: ApplyRequest) -> int | None:
     """Print the plan (or its --json) and ask; the exit code when nothing is to be carried
-    out (no change, --dry-run, declined), None to go on."""
-    if as_json:
+    out (no change, --dry-run, declined), None to go on. A topology that changes nothing on
+    the nodes (a comment, a field at its default) is still recorded."""
+    if req.plan.raw_topology != req.raw and not summary.steps:
+        summary.steps.append(
+            {"step": "record", "text": "record the topology (nothing to change on the nodes)"}
+        )
+    name, out = req.topo.name, req.out
+    if req.as_json:
         out(json.dumps({"cluster": name, "steps": summary.steps, "summary": {
             "nodes_added": summary.nodes_added, "nodes_removed": summary.nodes_removed,
             "slots": summary.slots, "keys": summary.keys, "bytes": summary.bytes,
@@ -338,9 +340,10 @@ def present(
         for i, s in enumerate(summary.steps, 1):
             out(f"  {i}. {s['text']}")
         out(summary.line())
-    if summary.empty or dry_run:
+    if summary.empty or req.dry_run:
         return 0
-    if not assume_yes and (confirm is None or not confirm("Apply these changes? [y/N] ")):
+    confirm = req.confirm
+    if not req.assume_yes and (confirm is None or not confirm("Apply these changes? [y/N] ")):
         out("nothing changed")
         return 1
     return None

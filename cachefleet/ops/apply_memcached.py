@@ -45,7 +45,7 @@ from cachefleet.announce import publish_layout
 from cachefleet.discovery import memcached_layout
 from cachefleet.errors import CachefleetError
 from cachefleet.ops import memcached
-from cachefleet.ops.apply import Summary, modifying, present
+from cachefleet.ops.apply import ApplyRequest, Summary, modifying, present
 from cachefleet.ops.apply_links import MARKER, _until
 from cachefleet.ops.apply_steps import Applier
 from cachefleet.plan import NodeSpec, Plan
@@ -231,19 +231,9 @@ def plan_steps(
     summary.restarts = (["nodes"] if stale else []) + kinds
 
 
-async def apply_memcached(
-    a: Applier,
-    plan: Plan,
-    topo: Topology,
-    raw: dict[str, Any],
-    binary: str,
-    dry_run: bool,
-    assume_yes: bool,
-    as_json: bool,
-    out: Out,
-    confirm: Callable[[str], bool] | None,
-) -> int:
+async def apply_memcached(a: Applier, req: ApplyRequest) -> int:
     assert isinstance(a, MemcachedApplier)
+    plan, topo, raw, binary = req.plan, req.topo, req.raw, req.binary
     resumed = (a.cdir.root / MARKER).exists()
     final = target_plan(plan, topo, raw, binary)
     old_names = {n.name for n in plan.nodes}
@@ -258,11 +248,7 @@ async def apply_memcached(
     kinds = process_restarts(plan.topology, topo)
     summary = Summary()
     plan_steps(summary, plan, final, listed, reasons, stale, kinds, resumed)
-    if plan.raw_topology != raw and not summary.steps:
-        summary.steps.append(
-            {"step": "record", "text": "record the topology (nothing to change on the nodes)"}
-        )
-    code = present(summary, topo.name, dry_run, assume_yes, as_json, out, confirm)
+    code = present(summary, req)
     if code is not None:
         return code
     return await _execute(a, plan, final, listed, stale, kinds, summary)

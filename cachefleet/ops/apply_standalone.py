@@ -32,7 +32,7 @@ from cachefleet.announce import publish_layout
 from cachefleet.errors import CachefleetError, ClusterTimeout
 from cachefleet.nodes import Replication, Role
 from cachefleet.ops import standalone
-from cachefleet.ops.apply import Summary, _allocate, modifying, present
+from cachefleet.ops.apply import ApplyRequest, Summary, _allocate, modifying, present
 from cachefleet.ops.apply_links import MARKER, _read_marker, _until, _update_marker
 from cachefleet.ops.apply_steps import Applier
 from cachefleet.plan import NodeSpec, Plan
@@ -234,19 +234,9 @@ def _steps(
     summary.nodes_removed = len(r.removed)
 
 
-async def apply_group(
-    a: Applier,
-    plan: Plan,
-    topo: Topology,
-    raw: dict[str, Any],
-    binary: str,
-    dry_run: bool,
-    assume_yes: bool,
-    as_json: bool,
-    out: Out,
-    confirm: Callable[[str], bool] | None,
-) -> int:
+async def apply_group(a: Applier, req: ApplyRequest) -> int:
     assert isinstance(a, GroupApplier)
+    plan, topo, raw, binary = req.plan, req.topo, req.raw, req.binary
     roles = await a.roles(plan.nodes)
     primary = standalone.choose_primary(
         plan, {k: v[0] for k, v in roles.items()}, a.cdir.load_layout()
@@ -262,11 +252,7 @@ async def apply_group(
     to_restart = restarts(plan.topology, topo)
     summary = Summary(settings=len(settings), restarts=to_restart)
     _steps(summary, topo, binary, r, primary, settings, to_restart, unjoined, resumed)
-    if plan.raw_topology != raw and not summary.steps:
-        summary.steps.append(
-            {"step": "record", "text": "record the topology (nothing to change on the nodes)"}
-        )
-    code = present(summary, topo.name, dry_run, assume_yes, as_json, out, confirm)
+    code = present(summary, req)
     if code is not None:
         return code
     return await _execute(a, plan, topo, raw, binary, r, unjoined, settings, to_restart, summary)
