@@ -26,29 +26,20 @@ dir (written by the same call that publishes the layout, read as soon as its mti
 on a busy machine the bus delivers a new layout 100-150 ms after it was published, about a
 tenth of a failover. Both are validated against the plan; an older epoch never wins.
 
-Forwarding is zero-copy: each direction of a hop is ``splice`` from the source socket into a
-pipe and from the pipe into the destination socket, the bytes never entering this process,
-driven by the loop's reader/writer callbacks; while a destination cannot take more, its
-source is not read. ``CACHEFLEET_FORWARD=copy`` selects the earlier protocol-to-protocol
-copy (uvloop when present) instead, for comparison (``bench/cmd_failover.py
---compare-forwarding``: at ``-P 16`` splice was ahead in 4 of 5 alternated rounds, best
-323k against 292k ops/s; at ``-P 1`` even).
+Forwarding (zero-copy ``splice``, or a copy between protocols) is in :mod:`router.forward`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import os
 import signal
-import socket
-import struct
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import structlog
 
@@ -59,21 +50,16 @@ from cachefleet.nodes import NodeLink, Role
 from cachefleet.plan import Plan, PlanFile
 from cachefleet.security import source_allowed
 from cachefleet.state import ClusterDir
+from router.forward import ClientHalf, Hop, Joint, serve_spliced
 from router.server import listen_socket, raise_nofile_limit, state_link
 
 Addr = tuple[str, int]
 HEALTH_INTERVAL_S = 0.25
 HEALTH_TIMEOUT_S = 0.5
-CONNECT_TIMEOUT_S = 2.0
-HIGH_WATER = 1 << 20
 LAYOUT_FILE_CHECK_S = 0.01
 #: How a hop moves bytes: "splice" (zero-copy, socket -> pipe -> socket in the kernel) or
 #: "copy" (asyncio protocols).
 FORWARD = os.environ.get("CACHEFLEET_FORWARD", "splice")
-PIPE_SIZE = 1 << 20
-SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-_splice = os.splice
-ACCEPT_BATCH = 64
 
 
 def pick_reader(
@@ -93,274 +79,13 @@ def pick_reader(
     return primary
 
 
-class _Half(asyncio.Protocol):
-    """One side of a hop: what it receives goes to its peer's transport."""
-
-    def __init__(self, hop: Hop) -> None:
-        self.hop = hop
-        self.transport: asyncio.Transport | None = None
-        self.peer: _Half | None = None
-        self.pending: list[bytes] = []  # received before the peer is connected
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # (uvloop's transports are not asyncio.Transport subclasses, but have its methods)
-        self.transport = cast(asyncio.Transport, transport)
-        self.transport.set_write_buffer_limits(high=HIGH_WATER)
-
-    def data_received(self, data: bytes) -> None:
-        peer = self.peer
-        if peer is not None and peer.transport is not None:
-            peer.transport.write(data)
-        else:
-            self.pending.append(data)
-
-    def pause_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.hop.close()
-
-
-class _ClientHalf(_Half):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        peer = transport.get_extra_info("peername")
-        if not self.hop.endpoint.admits(peer[0] if isinstance(peer, tuple) else ""):
-            self.hop.closed = True
-            cast(asyncio.Transport, transport).abort()
-            return
-        self.hop.start(self)
-
-
-class Hop:
-    """One client connection and its backend connection."""
-
-    def __init__(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
-        self.client: _Half | None = None
-        self.backend: _Half | None = None
-        self.target: str | None = None  # node name
-        self.closed = False
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self, client: _Half) -> None:
-        self.client = client
-        self.endpoint.hops.add(self)
-        if client.transport is not None:
-            client.transport.pause_reading()  # until the backend is connected
-        self.task = asyncio.get_running_loop().create_task(self._connect())
-
-    async def _connect(self) -> None:
-        ep = self.endpoint
-        try:
-            node = await ep.choose()
-            if node is None or self.closed:
-                self.close()
-                return
-            self.target = node.name
-            loop = asyncio.get_running_loop()
-            _, backend = await asyncio.wait_for(
-                loop.create_connection(lambda: _Half(self), node.host, node.port),
-                CONNECT_TIMEOUT_S,
-            )
-        except (OSError, TimeoutError):
-            ep.router.note_unreachable(self.target)
-            self.close()
-            return
-        if self.closed or not ep.still_valid(self.target):
-            if backend.transport is not None:
-                backend.transport.close()
-            self.close()
-            return
-        client = self.client
-        assert client is not None and client.transport is not None
-        self.backend = backend
-        backend.peer, client.peer = client, backend
-        assert backend.transport is not None
-        for chunk in client.pending:
-            backend.transport.write(chunk)
-        client.pending.clear()
-        client.transport.resume_reading()
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.endpoint.hops.discard(self)
-        for half in (self.client, self.backend):
-            if half is not None and half.transport is not None:
-                half.transport.close()
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-
-
-class _Pump:
-    """One direction of a spliced hop: bytes go socket -> pipe -> socket inside the kernel
-    (``splice``), driven by the loop's reader/writer callbacks; while the destination cannot
-    take more, the source is not read (flow control)."""
-
-    def __init__(self, hop: SpliceHop, src: int, dst: int) -> None:
-        self.hop, self.src, self.dst = hop, src, dst
-        self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(self.pipe_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        self.pending = 0  # bytes in the pipe
-        self.loop = asyncio.get_running_loop()
-
-    def start(self) -> None:
-        self.loop.add_reader(self.src, self.readable)
-
-    def readable(self) -> None:
-        try:
-            n = _splice(self.src, self.pipe_w, PIPE_SIZE, None, None, SPLICE_FLAGS)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.hop.close()
-            return
-        if n == 0:  # the peer closed
-            self.hop.close()
-            return
-        if not self.pending:  # the usual case: all of it goes on at once
-            try:
-                n -= _splice(self.pipe_r, self.dst, n, None, None, SPLICE_FLAGS)
-            except BlockingIOError:
-                pass
-            except OSError:
-                self.hop.close()
-                return
-            if not n:
-                return
-        self.pending += n
-        if not self.drain():
-            self.loop.remove_reader(self.src)
-            self.loop.add_writer(self.dst, self.writable)
-
-    def drain(self) -> bool:
-        """Move the pipe's bytes on; False while the destination cannot take them all."""
-        while self.pending:
-            try:
-                n = _splice(self.pipe_r, self.dst, self.pending, None, None, SPLICE_FLAGS)
-            except BlockingIOError:
-                return False
-            except OSError:
-                self.hop.close()
-                return True
-            self.pending -= n
-        return True
-
-    def writable(self) -> None:
-        if self.drain() and not self.hop.closed:
-            self.loop.remove_writer(self.dst)
-            self.loop.add_reader(self.src, self.readable)
-
-    def close(self) -> None:
-        self.loop.remove_reader(self.src)
-        self.loop.remove_writer(self.dst)
-        for fd in (self.pipe_r, self.pipe_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
-class SpliceHop:
-    """A client socket and its backend socket joined by two pumps (zero-copy)."""
-
-    def __init__(self, endpoint: Endpoint, client: socket.socket) -> None:
-        self.endpoint = endpoint
-        self.client = client
-        self.backend: socket.socket | None = None
-        self.target: str | None = None
-        self.closed = False
-        self.pumps: list[_Pump] = []
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self.endpoint.hops.add(self)
-        self.task = asyncio.get_running_loop().create_task(self._connect())
-
-    async def _connect(self) -> None:
-        ep = self.endpoint
-        loop = asyncio.get_running_loop()
-        try:
-            node = await ep.choose()
-            if node is None or self.closed:
-                self.close()
-                return
-            self.target = node.name
-            backend = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            self.backend = backend
-            backend.setblocking(False)
-            backend.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await asyncio.wait_for(loop.sock_connect(backend, (node.host, node.port)),
-                                   CONNECT_TIMEOUT_S)  # fmt: skip
-        except (OSError, TimeoutError):
-            ep.router.note_unreachable(self.target)
-            self.close()
-            return
-        if self.closed or not ep.still_valid(self.target):
-            self.close()
-            return
-        c, b = self.client.fileno(), backend.fileno()
-        self.pumps = [_Pump(self, c, b), _Pump(self, b, c)]
-        for pump in self.pumps:
-            pump.start()
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.endpoint.hops.discard(self)
-        for pump in self.pumps:
-            pump.close()
-        for sock in (self.client, self.backend):
-            if sock is not None:
-                sock.close()
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-
-
-def refuse(conn: socket.socket) -> None:
-    """Close a connection from a source allowed_sources does not admit with a reset, without
-    a word (as a packet filter would)."""
-    with contextlib.suppress(OSError):
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    conn.close()
-
-
-def serve_spliced(endpoint: Endpoint, lsock: socket.socket) -> None:
-    """Accept on `lsock` with the loop's reader callback; every connection becomes a
-    SpliceHop."""
-
-    def accept() -> None:
-        for _ in range(ACCEPT_BATCH):
-            try:
-                conn, peer = lsock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            if not endpoint.admits(peer[0]):
-                refuse(conn)
-                continue
-            conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            SpliceHop(endpoint, conn).start()
-
-    asyncio.get_running_loop().add_reader(lsock.fileno(), accept)
-
-
 class Endpoint:
     """One listening port and its hops: `primary` or `reader`."""
 
     def __init__(self, router: StandaloneRouter, kind: str) -> None:
         self.router = router
         self.kind = kind
-        self.hops: set[Hop | SpliceHop] = set()
+        self.hops: set[Joint] = set()
         self.turn = 0
 
     def admits(self, host: str) -> bool:
@@ -372,8 +97,8 @@ class Endpoint:
         self.router.log.info("client_refused_source", peer=host, endpoint=self.kind)
         return False
 
-    def protocol(self) -> _ClientHalf:
-        return _ClientHalf(Hop(self))
+    def protocol(self) -> ClientHalf:
+        return ClientHalf(Hop(self))
 
     async def choose(self) -> LayoutNode | None:
         r = self.router
