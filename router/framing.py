@@ -15,10 +15,10 @@ the way every client library writes them, whose bytes are checked to be exactly 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 
 import hiredis
 
+from router import speedups
 from router.inline import InlineError, split_inline
 
 PROTO_MAX_BULK_LEN = 512 * 1024 * 1024  # proto-max-bulk-len default
@@ -29,14 +29,6 @@ UNAUTH_MULTIBULK = 10  # before AUTH, as the engine
 UNAUTH_BULK = 16384
 
 Request = tuple[list[bytes], bytes | None]
-
-#: The C version of :meth:`CanonicalSplitter.split` (``router/_speedups.pyx``), when it was
-#: built; the pure-Python one below is the reference.
-_native_split: Callable[[bytes], tuple[list[Request], int]] | None
-try:
-    from router._speedups import split_canonical as _native_split
-except ImportError:  # installed without a C compiler
-    _native_split = None
 
 
 class ProtocolError(Exception):
@@ -253,7 +245,7 @@ class CanonicalSplitter:
 
     def __init__(self, *, native: bool = True) -> None:
         self._reader = hiredis.Reader()
-        self._native = _native_split if native else None
+        self._native = speedups.split_canonical if native else None
 
     def split(self, data: bytes) -> tuple[list[Request], int]:
         """The leading canonical requests of `data` and the bytes they take."""

@@ -7,7 +7,7 @@ Backend replies are forwarded byte-for-byte; only their boundaries are needed on
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ import hiredis
 
 from cachefleet.resp import encode
 from cachefleet.slots import SLOTS
+from router import speedups
 
 _LINE = frozenset(b"+-:_,#(")
 _BULK = frozenset(b"$=!")
@@ -22,14 +23,6 @@ _ARRAY = frozenset(b"*~>")
 _MAP = frozenset(b"%|")
 
 Addr = tuple[str, int]
-
-#: The C version of the simple-reply loop of :meth:`ReplyScanner.feed`
-#: (``router/_speedups.pyx``), when it was built; the pure-Python loop is the reference.
-_native_frames: Callable[[bytes, int, list[bytes]], int] | None
-try:
-    from router._speedups import simple_frames as _native_frames
-except ImportError:  # installed without a C compiler
-    _native_frames = None
 
 
 #: Deeper replies are refused (the connection is closed as for garbage). The walk keeps one
@@ -100,7 +93,7 @@ class ReplyScanner:
     __slots__ = ("_chunks", "_native", "_need", "_scanned", "_size", "_stack")
 
     def __init__(self, *, native: bool = True) -> None:
-        self._native = _native_frames if native else None  # the C loop, when it was built
+        self._native = speedups.simple_frames if native else None  # the C loop, if built
         self._chunks: list[bytes] = []  # bytes not walked yet
         self._size = 0
         self._need = 0
